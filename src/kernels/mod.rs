@@ -1,0 +1,131 @@
+//! Raw kernels over slices: matrix products through `gemm`, and the elementwise loops that the
+//! ops build on. Parallel with `rayon` above a size where it pays.
+
+pub mod matmul;
+pub use matmul::{gemm, matmul_into, MatLayout};
+
+use crate::tensor::Element;
+use rayon::prelude::*;
+
+/// Elementwise work below this many elements runs on one thread: spawning costs more.
+pub const PAR_THRESHOLD: usize = 1 << 15;
+
+/// `out[i] = f(x[i])`, parallel when large.
+pub fn map_into<T: Element>(x: &[T], out: &mut [T], f: impl Fn(T) -> T + Sync) {
+    if x.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096))
+            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
+    } else {
+        out.iter_mut().zip(x).for_each(|(o, &i)| *o = f(i));
+    }
+}
+
+/// `out[i] = f(a[i], b[i])`, parallel when large.
+pub fn zip_into<T: Element>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+    if a.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(4096)
+            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+            .for_each(|(o, (a, b))| {
+                o.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&a, &b))| *o = f(a, b))
+            });
+    } else {
+        out.iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(o, (&a, &b))| *o = f(a, b));
+    }
+}
+
+/// Row-wise softmax of a (rows, n) buffer, in place. Subtracts the row max for stability.
+pub fn softmax_rows<T: Element>(x: &mut [T], n: usize) {
+    let f = |row: &mut [T]| {
+        let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+        let m = if m == T::neg_infinity() { T::zero() } else { m };
+        let mut s = T::zero();
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        let inv = if s > T::zero() {
+            T::one() / s
+        } else {
+            T::zero()
+        };
+        row.iter_mut().for_each(|v| *v *= inv);
+    };
+    if x.len() >= PAR_THRESHOLD {
+        x.par_chunks_mut(n).for_each(f);
+    } else {
+        x.chunks_mut(n).for_each(f);
+    }
+}
+
+/// Row-wise log-softmax of a (rows, n) buffer, in place.
+pub fn log_softmax_rows<T: Element>(x: &mut [T], n: usize) {
+    let f = |row: &mut [T]| {
+        let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+        let lse = m + row.iter().map(|&v| (v - m).exp()).sum::<T>().ln();
+        row.iter_mut().for_each(|v| *v -= lse);
+    };
+    if x.len() >= PAR_THRESHOLD {
+        x.par_chunks_mut(n).for_each(f);
+    } else {
+        x.chunks_mut(n).for_each(f);
+    }
+}
+
+/// Backward of a row-wise softmax: `dx = y ⊙ (dy − Σ_j y_j dy_j)`.
+pub fn softmax_rows_backward<T: Element>(y: &[T], dy: &[T], dx: &mut [T], n: usize) {
+    let f = |(dx, (y, dy)): (&mut [T], (&[T], &[T]))| {
+        let dot: T = y.iter().zip(dy).map(|(&a, &b)| a * b).sum();
+        for j in 0..n {
+            dx[j] = y[j] * (dy[j] - dot);
+        }
+    };
+    if y.len() >= PAR_THRESHOLD {
+        dx.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(dy.par_chunks(n)))
+            .for_each(f);
+    } else {
+        dx.chunks_mut(n)
+            .zip(y.chunks(n).zip(dy.chunks(n)))
+            .for_each(f);
+    }
+}
+
+/// `Φ(x)`, the standard normal CDF, via erf.
+#[inline]
+pub fn normal_cdf<T: Element>(x: T) -> T {
+    T::c(0.5) * (T::one() + (x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+/// `φ(x)`, the standard normal density.
+#[inline]
+pub fn normal_pdf<T: Element>(x: T) -> T {
+    T::c(0.398_942_280_401_432_7) * (T::c(-0.5) * x * x).exp()
+}
+
+/// Exact GELU `x Φ(x)`.
+#[inline]
+pub fn gelu<T: Element>(x: T) -> T {
+    x * normal_cdf(x)
+}
+
+/// `d/dx [x Φ(x)] = Φ(x) + x φ(x)`.
+#[inline]
+pub fn gelu_grad<T: Element>(x: T) -> T {
+    normal_cdf(x) + x * normal_pdf(x)
+}
+
+#[inline]
+pub fn sigmoid<T: Element>(x: T) -> T {
+    // Split by sign so exp never overflows.
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}

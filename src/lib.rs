@@ -1,0 +1,26 @@
+//! # nabla — a deep-learning workbench with hand-derived, checked gradients
+//!
+//! Layout (one module per concept):
+//! - [`tensor`]: dense row-major tensors generic over `f32`/`f64`;
+//! - [`kernels`]: matrix products (through `gemm`) and elementwise loops;
+//! - [`autograd`]: the tape, the [`autograd::Op`] trait, parameters;
+//! - [`ops`]: primitive differentiable ops, forward and backward side by side;
+//! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
+//! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
+//! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
+
+pub mod autograd;
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod gradcheck;
+pub mod init;
+pub mod io;
+pub mod kernels;
+pub mod ops;
+pub mod tensor;
+
+pub use autograd::{ParamId, ParamStore, Tape, Var};
+pub use error::{NablaError, Result};
+pub use init::{Init, Rng};
+pub use tensor::{Element, Tensor};
