@@ -13,6 +13,7 @@ pub mod autograd;
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod exercises;
 pub mod gradcheck;
 pub mod init;
 pub mod io;
