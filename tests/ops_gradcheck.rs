@@ -341,7 +341,13 @@ fn params_flow_into_store() {
         let y = ops::tanh(t, y)?;
         ops::sum_all(t, y)
     };
-    let rep = check_gradients(&store, &[x.clone()], &GradCheckOptions::default(), f).unwrap();
+    let rep = check_gradients(
+        &store,
+        std::slice::from_ref(&x),
+        &GradCheckOptions::default(),
+        f,
+    )
+    .unwrap();
     assert_ok(rep, "linear params");
     // Gradients accumulate until zeroed.
     let mut t = nabla::Tape::new();
