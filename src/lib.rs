@@ -18,6 +18,7 @@ pub mod init;
 pub mod io;
 pub mod kernels;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use autograd::{ParamId, ParamStore, Tape, Var};
