@@ -3,5 +3,6 @@
 pub mod norm;
 
 pub use norm::{
-    group_norm, instance_norm, layer_norm, layer_norm_reference, GroupNorm, InstanceNorm, LayerNorm,
+    batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,
+    BatchNormMode, GroupNorm, InstanceNorm, LayerNorm, NormStats, RefKind,
 };
