@@ -7,8 +7,11 @@
 //! - [`ops`]: primitive differentiable ops, forward and backward side by side;
 //! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
+//! - [`nn`]: layers with fused ops (the Elman RNN);
+//! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs), plots;
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
+pub mod analysis;
 pub mod autograd;
 pub mod bench;
 pub mod cli;
@@ -17,6 +20,7 @@ pub mod gradcheck;
 pub mod init;
 pub mod io;
 pub mod kernels;
+pub mod nn;
 pub mod ops;
 pub mod tensor;
 
