@@ -22,6 +22,10 @@ pub enum RnnCommand {
     /// Gradient flow through time: ‖∇_{h_t}L‖ per t, ‖U‖₂ and the ¼‖U‖ Jacobian bound, and the
     /// bias of truncated BPTT for a list of k; JSON + plot.
     Analyze(AnalyzeArgs),
+    /// Trains the character-level language model with TBPTT(k1, k2), Adam and gradient clipping.
+    Train(crate::models::char_rnn::TrainArgs),
+    /// Samples text from a trained character-level model.
+    Sample(crate::models::char_rnn::SampleArgs),
 }
 
 #[derive(Args, Debug)]
@@ -207,5 +211,7 @@ pub fn run(cmd: RnnCommand) -> Result<()> {
     match cmd {
         RnnCommand::Grad(a) => grad(&a),
         RnnCommand::Analyze(a) => analyze(&a),
+        RnnCommand::Train(a) => crate::models::char_rnn::train_cli(&a),
+        RnnCommand::Sample(a) => crate::models::char_rnn::sample_cli(&a),
     }
 }
