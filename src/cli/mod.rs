@@ -6,6 +6,8 @@ use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+pub mod rnn;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nabla",
@@ -38,6 +40,9 @@ pub enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Elman RNN: gradients, gradient-flow analysis, character-level language model.
+    #[command(subcommand)]
+    Rnn(rnn::RnnCommand),
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -70,6 +75,8 @@ impl BenchCommon {
 pub enum BenchCommand {
     /// f32 GFLOP/s: squares 64…1024 and the RNN step 32×256·256×256, 1 and all threads.
     Matmul(BenchCommon),
+    /// Seconds per Elman RNN training step (forward + BPTT + SGD), f32.
+    Rnn(rnn::BenchRnnArgs),
 }
 
 /// Prints results per the benchmark convention.
@@ -158,6 +165,11 @@ pub fn run(cli: Cli) -> Result<()> {
         } => reproduce(json, only.as_deref(), format, out),
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
+            Ok(())
+        }
+        Command::Rnn(c) => rnn::run(c),
+        Command::Bench(BenchCommand::Rnn(a)) => {
+            print_bench(&rnn::bench_rnn(&a)?, a.common.json);
             Ok(())
         }
     }

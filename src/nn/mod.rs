@@ -1,4 +1,5 @@
-//! Layers: fused ops with hand-derived backward passes, and the modules that own their parameters.
+//! Layers: each file holds a fused forward/backward op (the fast path), the module that owns its
+//! parameters, and, for checking, the same computation unrolled into primitive [`crate::ops`].
 
 pub mod norm;
 
@@ -6,3 +7,4 @@ pub use norm::{
     batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,
     BatchNormMode, GroupNorm, InstanceNorm, LayerNorm, NormStats, RefKind,
 };
+pub mod rnn;

@@ -1,0 +1,5 @@
+//! Analyses behind the assignment's exercises, as library functions (the CLI and the exercise
+//! reproductions call them), and their plots.
+
+pub mod plot;
+pub mod rnn;

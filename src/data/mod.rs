@@ -1,0 +1,3 @@
+//! Data sets and loaders.
+
+pub mod text;
