@@ -9,14 +9,19 @@
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
+pub mod analysis;
 pub mod autograd;
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod gradcheck;
+pub mod graph;
 pub mod init;
 pub mod io;
 pub mod kernels;
+pub mod models;
+pub mod nn;
 pub mod ops;
 pub mod tensor;
 

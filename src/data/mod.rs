@@ -1,0 +1,3 @@
+//! Data loaders.
+
+pub mod planetoid;

@@ -1,0 +1,3 @@
+//! Models built from the layers in [`crate::nn`].
+
+pub mod gnn;
