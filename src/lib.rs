@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use autograd::{ParamId, ParamStore, Tape, Var};
