@@ -21,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod exercises;
 pub mod gradcheck;
+pub mod graph;
 pub mod init;
 pub mod io;
 pub mod kernels;
