@@ -17,6 +17,7 @@ pub mod gradcheck;
 pub mod init;
 pub mod io;
 pub mod kernels;
+pub mod nn;
 pub mod ops;
 pub mod tensor;
 
