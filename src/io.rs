@@ -106,34 +106,35 @@ pub fn parse_safetensors<T: Element>(
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let d = view.data();
-        let vals: Vec<T> =
-            match view.dtype() {
-                Dtype::F32 => d
-                    .chunks_exact(4)
-                    .map(|c| T::c(f32::from_le_bytes(c.try_into().unwrap()) as f64))
-                    .collect(),
-                Dtype::F64 => d
-                    .chunks_exact(8)
-                    .map(|c| T::c(f64::from_le_bytes(c.try_into().unwrap())))
-                    .collect(),
-                Dtype::BF16 => d
-                    .chunks_exact(2)
-                    .map(|c| {
-                        let bits = (u16::from_le_bytes([c[0], c[1]]) as u32) << 16;
-                        T::c(f32::from_bits(bits) as f64)
-                    })
-                    .collect(),
-                Dtype::F16 => d
-                    .chunks_exact(2)
-                    .map(|c| T::c(f16_to_f64(u16::from_le_bytes([c[0], c[1]]))))
-                    .collect(),
-                other => return Err(NablaError::format(
+        let vals: Vec<T> = match view.dtype() {
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| T::c(f32::from_le_bytes(c.try_into().unwrap()) as f64))
+                .collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|c| T::c(f64::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| {
+                    let bits = (u16::from_le_bytes([c[0], c[1]]) as u32) << 16;
+                    T::c(f32::from_bits(bits) as f64)
+                })
+                .collect(),
+            Dtype::F16 => d
+                .chunks_exact(2)
+                .map(|c| T::c(f16_to_f64(u16::from_le_bytes([c[0], c[1]]))))
+                .collect(),
+            other => {
+                return Err(NablaError::format(
                     path,
                     format!(
                         "tensor {name} has dtype {other:?}; only F16/BF16/F32/F64 are supported"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         out.insert(name.to_string(), Tensor::new(view.shape(), vals)?);
     }
     Ok(out)

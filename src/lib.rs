@@ -19,6 +19,7 @@ pub mod io;
 pub mod kernels;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use autograd::{ParamId, ParamStore, Tape, Var};
