@@ -1,6 +1,7 @@
 //! Layers: each file holds a fused forward/backward op (the fast path), the module that owns its
 //! parameters, and, for checking, the same computation unrolled into primitive [`crate::ops`].
 
+pub mod attention;
 pub mod graph_ops;
 pub mod masked_attention;
 pub mod message_passing;
