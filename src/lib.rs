@@ -9,6 +9,7 @@
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
+pub mod analysis;
 pub mod autograd;
 pub mod bench;
 pub mod cli;

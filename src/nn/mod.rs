@@ -1,6 +1,9 @@
 //! Layers: fused ops with hand-derived backward passes, and the modules that own their parameters.
 
+pub mod dropout;
 pub mod norm;
+
+pub use dropout::{dropout, Dropout, KeepProb};
 
 pub use norm::{
     batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,
