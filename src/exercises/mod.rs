@@ -55,6 +55,10 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
         ("2.3", gnn::sentence_graph),
         ("2.4", gnn::attention_as_gnn),
         ("2.5", gnn::long_range),
+        ("3.1", optim::norm_statistics),
+        ("3.2", optim::padding),
+        ("3.3", optim::dropout),
+        ("3.4", optim::min_norm),
     ]
 }
 
@@ -96,5 +100,6 @@ pub fn to_json(entries: &[Entry]) -> Value {
 }
 
 mod gnn;
+mod optim;
 mod rnn;
 mod rnn_graph;
