@@ -122,6 +122,15 @@ const UNICODE: &[(char, &str)] = &[
     ('…', "\\dots{}"),
     ('’', "'"),
     ('✓', "ok"),
+    ('¼', "$\\frac{1}{4}$"),
+    ('½', "$\\frac{1}{2}$"),
+    ('ï', "\\\"{\\i}"),
+    ('÷', "$\\div$"),
+    ('⁽', "$^{(}$"),
+    ('⁾', "$^{)}$"),
+    ('⇒', "$\\Rightarrow$"),
+    ('Δ', "$\\Delta$"),
+    ('ĝ', "$\\hat{g}$"),
 ];
 
 fn tex_escape(s: &str) -> String {
@@ -179,6 +188,27 @@ fn latex(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_character_the_exercises_print_has_a_latex_form() {
+        let entries = crate::exercises::run(None).unwrap();
+        for e in &entries {
+            let texts = e
+                .derivation
+                .iter()
+                .chain(&e.summary)
+                .chain(std::iter::once(&e.title));
+            for t in texts {
+                for c in t.chars().filter(|c| !c.is_ascii()) {
+                    assert!(
+                        UNICODE.iter().any(|(u, _)| *u == c),
+                        "exercise {}: no LaTeX for {c:?} in {t:?}",
+                        e.id
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn latex_escapes_specials_and_unicode() {
