@@ -18,7 +18,9 @@ pub mod gradcheck;
 pub mod init;
 pub mod io;
 pub mod kernels;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 pub mod train;
 
