@@ -12,6 +12,7 @@ use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
 use crate::io::atomic_write;
+use crate::optim::clip_grad_norm;
 use crate::tensor::{Element, Tensor};
 use std::io::Write;
 use std::marker::PhantomData;
@@ -417,7 +418,11 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     cfg,
                 ));
             }
-            let gn = model.params().grad_norm();
+            // Norm before clipping; clipping leaves non-finite gradients untouched.
+            let gn = match cfg.clip_grad_norm {
+                Some(max) => clip_grad_norm(model.params_mut(), max),
+                None => model.params().grad_norm(),
+            };
             if !gn.is_finite() {
                 let bad = model
                     .params()
@@ -432,16 +437,6 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     run,
                     cfg,
                 ));
-            }
-            if let Some(max) = cfg.clip_grad_norm {
-                // PyTorch's clip_grad_norm_: coefficient max/(norm + 1e-6), never above 1.
-                let coef = max / (gn + 1e-6);
-                if coef < 1.0 {
-                    let c = T::c(coef);
-                    for p in model.params_mut().iter_mut() {
-                        p.grad.data_mut().iter_mut().for_each(|g| *g *= c);
-                    }
-                }
             }
             let lr = cfg.schedule.lr(run.st.base_lr, s, total, cfg.warmup_steps);
             self.opt.set_lr(lr);
