@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 pub mod plot;
+pub mod rnn;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +27,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every numeric exercise of the assignment, computed through the library and checked.
+    Reproduce {
+        /// One JSON object keyed by exercise id.
+        #[arg(long)]
+        json: bool,
+        /// Only this exercise id (e.g. 2.2).
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::exercises::Format::Text)]
+        format: crate::exercises::Format,
+        /// Also write artefacts (e.g. the DOT graph of 1.1) into this folder.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Elman RNN: gradients, gradient-flow analysis, character-level language model.
+    #[command(subcommand)]
+    Rnn(rnn::RnnCommand),
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -60,6 +78,8 @@ impl BenchCommon {
 pub enum BenchCommand {
     /// f32 GFLOP/s: squares 64…1024 and the RNN step 32×256·256×256, 1 and all threads.
     Matmul(BenchCommon),
+    /// Seconds per Elman RNN training step (forward + BPTT + SGD), f32.
+    Rnn(rnn::BenchRnnArgs),
 }
 
 /// Prints results per the benchmark convention.
@@ -98,13 +118,62 @@ fn info(as_json: bool) -> Result<()> {
     Ok(())
 }
 
+fn reproduce(
+    as_json: bool,
+    only: Option<&str>,
+    format: crate::exercises::Format,
+    out: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let entries = crate::exercises::run(only)?;
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir).map_err(|e| crate::NablaError::io(&dir, e))?;
+        for e in &entries {
+            if let Some((name, text)) = &e.artefact {
+                crate::io::atomic_write(dir.join(name), text.as_bytes())?;
+            }
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::exercises::to_json(&entries)).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::exercises::render(&entries, format)?);
+    }
+    let failed: Vec<&str> = entries
+        .iter()
+        .filter(|e| !e.ok)
+        .map(|e| e.id.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::NablaError::Other(format!(
+            "exercises failed their checks: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => info(json),
         Command::Plot(a) => plot::run(&a),
+        Command::Reproduce {
+            json,
+            only,
+            format,
+            out,
+        } => reproduce(json, only.as_deref(), format, out),
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
+            Ok(())
+        }
+        Command::Rnn(c) => rnn::run(c),
+        Command::Bench(BenchCommand::Rnn(a)) => {
+            print_bench(&rnn::bench_rnn(&a)?, a.common.json);
             Ok(())
         }
     }

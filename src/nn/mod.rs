@@ -1,6 +1,13 @@
-//! Layers: fused ops with hand-derived backward passes, and the modules that own their parameters.
+//! Layers: each file holds a fused forward/backward op (the fast path), the module that owns its
+//! parameters, and, for checking, the same computation unrolled into primitive [`crate::ops`].
 
+pub mod attention;
+pub mod graph_ops;
+pub mod masked_attention;
+pub mod message_passing;
 pub mod norm;
+pub mod rnn;
+pub mod sparse_linear;
 
 pub use norm::{
     batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,

@@ -1,0 +1,322 @@
+//! Reach of message passing (exercise 2.5, the numeric side of long-range dependencies).
+//!
+//! After `L` rounds, node `i`'s state depends only on the nodes within `L` hops (`h_i^L` is a
+//! function of `{h_j^0 : dist(j, i) ≤ L}`), so a dependency `k > L` hops away is invisible; and
+//! within reach, the Jacobian influence `I(i, j) = ‖∂h_i^L/∂h_j^0‖_F` (Xu et al. 2018) typically
+//! decays with distance — squashed through the products of normalized aggregations along paths.
+//! A Transformer sidesteps the depth limit by using the complete graph (every pair at distance 1),
+//! which costs `n(n−1)` edges: O(n²) messages per layer instead of O(|E|).
+//!
+//! [`influence`] computes, for one target node, the hop distance of every node and `I(i, j)` by
+//! one backward pass per output component, and aggregates them by hop distance.
+
+use crate::autograd::{ParamStore, Tape};
+use crate::error::Result;
+use crate::graph::Graph;
+use crate::init::Rng;
+use crate::invalid;
+use crate::nn::message_passing::{
+    Activation, Aggregation, LinearParams, Message, MessagePassing, Update,
+};
+use crate::tensor::Tensor;
+use serde::Serialize;
+
+/// Influence aggregated over the nodes at one hop distance.
+#[derive(Clone, Debug, Serialize)]
+pub struct HopInfluence {
+    pub hop: usize,
+    pub nodes: usize,
+    /// Mean of `‖∂h_i^L/∂h_j^0‖` over the nodes at this distance.
+    pub mean: f64,
+    pub max: f64,
+    /// Share of the total influence (sums to 1 over hops).
+    pub share: f64,
+}
+
+/// Result of [`influence`].
+#[derive(Clone, Debug, Serialize)]
+pub struct InfluenceReport {
+    pub graph: String,
+    pub nodes: usize,
+    pub edges: usize,
+    /// Edges the complete directed graph on these nodes would have (attention's cost).
+    pub complete_graph_edges: usize,
+    pub target: usize,
+    pub layers: usize,
+    pub hidden: usize,
+    /// Nodes within `layers` hops of the target (the only ones that can influence it).
+    pub reachable: usize,
+    /// Nodes connected to the target at any distance.
+    pub connected: usize,
+    /// Largest influence of a node farther than `layers` hops (exactly 0).
+    pub max_influence_beyond_reach: f64,
+    pub by_hop: Vec<HopInfluence>,
+}
+
+/// `L` rounds of a GCN-like layer with fixed random weights: message `W_m h_j`, mean
+/// aggregation over `N(i)` (self loop added), update `tanh(W_u [h_i ‖ a_i] + b)`, width `hidden`,
+/// seeded; `h^0` is standard normal. Returns the report for `target`.
+pub fn influence(
+    name: &str,
+    graph: &Graph,
+    target: usize,
+    layers: usize,
+    hidden: usize,
+    seed: u64,
+) -> Result<InfluenceReport> {
+    if layers == 0 || hidden == 0 {
+        return Err(invalid!("influence needs layers >= 1 and hidden >= 1"));
+    }
+    let dist = graph.hop_distances_to(target)?;
+    let g = graph.with_self_loops();
+    let n = g.num_nodes();
+    let mut rng = Rng::new(seed);
+    let mut store = ParamStore::<f64>::new();
+    let mut stack = Vec::new();
+    for l in 0..layers {
+        let m = LinearParams::new(
+            &mut store,
+            &format!("layers.{l}.message"),
+            hidden,
+            hidden,
+            false,
+            &mut rng,
+        )?;
+        let u = LinearParams::new(
+            &mut store,
+            &format!("layers.{l}.update"),
+            2 * hidden,
+            hidden,
+            true,
+            &mut rng,
+        )?;
+        stack.push(MessagePassing::new(
+            Message::Linear(m),
+            Aggregation::Mean,
+            Update::ConcatLinear {
+                linear: u,
+                activation: Activation::Tanh,
+            },
+        ));
+    }
+    let h0 = Tensor::<f64>::from_fn(&[n, hidden], |_| rng.normal());
+    let mut sq = vec![0.0f64; n];
+    for c in 0..hidden {
+        let mut tape = Tape::<f64>::new();
+        let x = tape.input(h0.clone());
+        let mut h = x;
+        for layer in &stack {
+            h = layer.forward(&mut tape, &store, &g, h)?;
+        }
+        let mut seedt = Tensor::<f64>::zeros(&[n, hidden]);
+        seedt.data_mut()[target * hidden + c] = 1.0;
+        tape.backward_with(h, seedt)?;
+        if let Some(gx) = tape.grad(x) {
+            for (j, row) in gx.data().chunks(hidden).enumerate() {
+                sq[j] += row.iter().map(|v| v * v).sum::<f64>();
+            }
+        }
+    }
+    let inf: Vec<f64> = sq.iter().map(|v| v.sqrt()).collect();
+    let total: f64 = inf.iter().sum();
+    let max_hop = dist.iter().flatten().copied().max().unwrap_or(0);
+    let mut by_hop = Vec::new();
+    let mut beyond = 0.0f64;
+    for k in 0..=max_hop {
+        let vals: Vec<f64> = (0..n)
+            .filter(|&j| dist[j] == Some(k))
+            .map(|j| inf[j])
+            .collect();
+        if k > layers {
+            beyond = vals.iter().copied().fold(beyond, f64::max);
+        }
+        let s: f64 = vals.iter().sum();
+        by_hop.push(HopInfluence {
+            hop: k,
+            nodes: vals.len(),
+            mean: if vals.is_empty() {
+                0.0
+            } else {
+                s / vals.len() as f64
+            },
+            max: vals.iter().copied().fold(0.0, f64::max),
+            share: if total > 0.0 { s / total } else { 0.0 },
+        });
+    }
+    for j in 0..n {
+        if dist[j].is_none() {
+            beyond = beyond.max(inf[j]);
+        }
+    }
+    Ok(InfluenceReport {
+        graph: name.to_string(),
+        nodes: n,
+        edges: graph.num_edges(),
+        complete_graph_edges: n * n.saturating_sub(1),
+        target,
+        layers,
+        hidden,
+        reachable: dist
+            .iter()
+            .filter(|d| d.is_some_and(|d| d <= layers))
+            .count(),
+        connected: dist.iter().filter(|d| d.is_some()).count(),
+        max_influence_beyond_reach: beyond,
+        by_hop,
+    })
+}
+
+/// The chain version used by exercise 2.5: a path of `n` nodes, target at one end, so the hop
+/// distance of node `j` is `j`.
+pub fn chain_influence(
+    n: usize,
+    layers: usize,
+    hidden: usize,
+    seed: u64,
+) -> Result<InfluenceReport> {
+    influence("chain", &Graph::chain(n), 0, layers, hidden, seed)
+}
+
+/// Registers a TTF font from /usr/share/fonts as plotters' "sans-serif" (its text layout needs one).
+fn ensure_font() -> Result<()> {
+    static FONT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        fn find(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        find(&p, out);
+                    } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("ttf")) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        let mut fonts = Vec::new();
+        find(std::path::Path::new("/usr/share/fonts"), &mut fonts);
+        fonts.sort_by_key(|p| !p.to_string_lossy().contains("DejaVuSans.ttf"));
+        let path = fonts
+            .first()
+            .ok_or_else(|| "no TTF font under /usr/share/fonts for plot text".to_string())?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        plotters::style::register_font(
+            "sans-serif",
+            plotters::style::FontStyle::Normal,
+            Box::leak(bytes.into_boxed_slice()),
+        )
+        .map_err(|_| format!("{} is not a usable font", path.display()))
+    })
+    .clone()
+    .map_err(|e| invalid!("{e}"))
+}
+
+/// Draws mean influence (log scale) against hop distance, one line per report, as SVG.
+pub fn plot_influence(reports: &[InfluenceReport], path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let max_hop = reports
+        .iter()
+        .flat_map(|r| r.by_hop.iter().map(|h| h.hop))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let pos: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.by_hop.iter().map(|h| h.mean))
+        .filter(|&v| v > 0.0)
+        .collect();
+    let lo = pos.iter().copied().fold(f64::INFINITY, f64::min).max(1e-30);
+    let hi = pos.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
+    ensure_font()?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| invalid!("plot {}: {e}", path.display());
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let title = format!(
+            "Jacobian influence ‖∂h_i^L/∂h_j^0‖ by hop (L = {})",
+            reports.first().map_or(0, |r| r.layers)
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..max_hop as f64, (lo / 2.0..hi * 2.0).log_scale())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("hop distance from target")
+            .y_desc("mean influence")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let colors = [RED, BLUE, GREEN, MAGENTA];
+        for (k, r) in reports.iter().enumerate() {
+            let c = colors[k % colors.len()];
+            let pts: Vec<(f64, f64)> = r
+                .by_hop
+                .iter()
+                .filter(|h| h.mean > 0.0)
+                .map(|h| (h.hop as f64, h.mean))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(format!("{} (node {})", r.graph, r.target))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    crate::io::atomic_write(path, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_influence_is_zero_beyond_l_hops_and_decays() {
+        let r = chain_influence(12, 3, 8, 0).unwrap();
+        assert_eq!(r.reachable, 4);
+        assert_eq!(r.max_influence_beyond_reach, 0.0);
+        for h in &r.by_hop {
+            if h.hop <= 3 {
+                assert!(h.mean > 0.0, "{h:?}");
+            } else {
+                assert_eq!(h.mean, 0.0, "{h:?}");
+            }
+        }
+        let share: f64 = r.by_hop.iter().map(|h| h.share).sum();
+        assert!((share - 1.0).abs() < 1e-12);
+        // Farther is weaker on the chain: hop 3 well below hop 0.
+        assert!(r.by_hop[3].mean < r.by_hop[0].mean, "{:?}", r.by_hop);
+        assert_eq!(r.complete_graph_edges, 132);
+    }
+
+    #[test]
+    fn influence_on_a_ring_and_plot() {
+        // ‖∂h_i/∂h_j‖ for one pair by central differences through the same layers.
+        let g = Graph::from_edges(4, &[(1, 0), (2, 1), (3, 2), (0, 3)]).unwrap();
+        let r = influence("ring", &g, 0, 2, 3, 1).unwrap();
+        assert_eq!(r.reachable, 3);
+        assert_eq!(
+            r.by_hop.iter().map(|h| h.nodes).collect::<Vec<_>>(),
+            vec![1, 1, 1, 1]
+        );
+        assert_eq!(r.by_hop[3].mean, 0.0);
+        assert!(r.by_hop[2].mean > 0.0);
+        let plot = std::env::temp_dir().join(format!("nabla_influence_{}.svg", std::process::id()));
+        plot_influence(&[r], &plot).unwrap();
+        assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+        let _ = std::fs::remove_file(plot);
+    }
+}

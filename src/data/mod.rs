@@ -1,0 +1,4 @@
+//! Data sets and loaders.
+
+pub mod planetoid;
+pub mod text;

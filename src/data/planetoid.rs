@@ -1,0 +1,570 @@
+//! Node-classification data sets: the TSV conversion of the Planetoid graphs
+//! (`../shared/data/cora`, `citeseer`: `edges.tsv`, `features.tsv`, `labels.tsv`, `split.tsv`),
+//! the original LINQS `*.content` / `*.cites` files, and a built-in contextual stochastic block
+//! model so that training always has something to run on. Every parse error names the file and
+//! the 1-based line.
+
+use crate::error::{NablaError, Result};
+use crate::graph::Graph;
+use crate::init::Rng;
+use crate::invalid;
+use crate::nn::sparse_linear::SparseRows;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A graph with sparse node features, labels and a train/val/test split.
+#[derive(Clone, Debug)]
+pub struct NodeDataset {
+    pub name: String,
+    /// Directed edges as given (symmetric for the Planetoid graphs), without self loops added.
+    pub graph: Graph,
+    /// (N, F) sparse features.
+    pub features: SparseRows,
+    /// Class of each node, `None` if unlabelled.
+    pub labels: Vec<Option<usize>>,
+    pub num_classes: usize,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| NablaError::io(path, e))
+}
+
+fn line_err(path: &Path, line: usize, msg: impl std::fmt::Display) -> NablaError {
+    NablaError::format(path, format!("line {line}: {msg}"))
+}
+
+/// Non-empty lines with their 1-based numbers.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim().is_empty())
+}
+
+fn two_fields<'a>(path: &Path, ln: usize, l: &'a str) -> Result<(&'a str, &'a str)> {
+    let mut it = l.split('\t');
+    match (it.next(), it.next(), it.next()) {
+        (Some(a), Some(b), None) => Ok((a, b)),
+        _ => Err(line_err(
+            path,
+            ln,
+            format!("expected 2 tab-separated fields, got {:?}", l),
+        )),
+    }
+}
+
+fn parse_node(path: &Path, ln: usize, s: &str, n: Option<usize>) -> Result<usize> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| line_err(path, ln, format!("{s:?} is not a node id")))?;
+    if let Some(n) = n {
+        if v >= n {
+            return Err(line_err(
+                path,
+                ln,
+                format!("node id {v} out of range for {n} nodes"),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+impl NodeDataset {
+    /// Loads `DIR/{features,labels,edges,split}.tsv` (format in `../shared/data/README.md`).
+    /// The node count comes from `features.tsv`; every other file is checked against it.
+    pub fn load_tsv_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let p = |f: &str| -> PathBuf { dir.join(f) };
+
+        let fpath = p("features.tsv");
+        let text = read(&fpath)?;
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        for (ln, l) in lines(&text) {
+            let (node, feats) = two_fields(&fpath, ln, l)?;
+            let node = parse_node(&fpath, ln, node, None)?;
+            if node != rows.len() {
+                return Err(line_err(
+                    &fpath,
+                    ln,
+                    format!(
+                        "expected node {} (one line per node, in order), got {node}",
+                        rows.len()
+                    ),
+                ));
+            }
+            let mut idx = Vec::new();
+            for f in feats.split(',').filter(|f| !f.is_empty()) {
+                let i: usize = f
+                    .trim()
+                    .parse()
+                    .map_err(|_| line_err(&fpath, ln, format!("{f:?} is not a feature index")))?;
+                if idx.last().is_some_and(|&last| i <= last) {
+                    return Err(line_err(
+                        &fpath,
+                        ln,
+                        format!(
+                            "feature indices must ascend, {i} follows {}",
+                            idx.last().unwrap()
+                        ),
+                    ));
+                }
+                idx.push(i);
+            }
+            rows.push(idx);
+        }
+        let n = rows.len();
+        if n == 0 {
+            return Err(NablaError::format(&fpath, "no nodes"));
+        }
+        let width = rows
+            .iter()
+            .filter_map(|r| r.last())
+            .max()
+            .map_or(0, |m| m + 1);
+        let features = SparseRows::binary(width, &rows)?;
+
+        let lpath = p("labels.tsv");
+        let text = read(&lpath)?;
+        let mut labels = Vec::with_capacity(n);
+        for (ln, l) in lines(&text) {
+            let (node, c) = two_fields(&lpath, ln, l)?;
+            let node = parse_node(&lpath, ln, node, Some(n))?;
+            if node != labels.len() {
+                return Err(line_err(
+                    &lpath,
+                    ln,
+                    format!(
+                        "expected node {} (one line per node, in order), got {node}",
+                        labels.len()
+                    ),
+                ));
+            }
+            let c: i64 = c
+                .trim()
+                .parse()
+                .map_err(|_| line_err(&lpath, ln, format!("{c:?} is not a class id")))?;
+            labels.push(match c {
+                -1 => None,
+                c if c >= 0 => Some(c as usize),
+                c => return Err(line_err(&lpath, ln, format!("class {c} is negative"))),
+            });
+        }
+        if labels.len() != n {
+            return Err(NablaError::format(
+                &lpath,
+                format!(
+                    "{} labels for {n} nodes in {}",
+                    labels.len(),
+                    fpath.display()
+                ),
+            ));
+        }
+
+        let epath = p("edges.tsv");
+        let text = read(&epath)?;
+        let mut edges = Vec::new();
+        for (ln, l) in lines(&text) {
+            let (s, d) = two_fields(&epath, ln, l)?;
+            edges.push((
+                parse_node(&epath, ln, s, Some(n))?,
+                parse_node(&epath, ln, d, Some(n))?,
+            ));
+        }
+        let graph = Graph::from_edges(n, &edges)?;
+
+        let spath = p("split.tsv");
+        let text = read(&spath)?;
+        let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
+        for (ln, l) in lines(&text) {
+            let (node, which) = two_fields(&spath, ln, l)?;
+            let node = parse_node(&spath, ln, node, Some(n))?;
+            match which.trim() {
+                "train" => train.push(node),
+                "val" => val.push(node),
+                "test" => test.push(node),
+                other => {
+                    return Err(line_err(
+                        &spath,
+                        ln,
+                        format!("split must be train, val or test, got {other:?}"),
+                    ))
+                }
+            }
+            if labels[node].is_none() {
+                return Err(line_err(&spath, ln, format!("node {node} has no label")));
+            }
+        }
+        let name = dir
+            .file_name()
+            .map_or("graph".into(), |s| s.to_string_lossy().into_owned());
+        Self::finish(name, graph, features, labels, train, val, test)
+    }
+
+    /// Loads the LINQS format: `content` lines `<paper_id> <w_1> … <w_F> <class_label>` and
+    /// `cites` lines `<cited_id> <citing_id>` (whitespace-separated). Paper ids become nodes
+    /// 0.. in file order, class names classes 0.. in sorted order; the citation graph is made
+    /// symmetric (self-citations dropped). The split is the Planetoid recipe drawn with `seed`:
+    /// 20 training nodes per class, then 500 validation and 1000 test nodes.
+    pub fn load_linqs(
+        content: impl AsRef<Path>,
+        cites: impl AsRef<Path>,
+        seed: u64,
+    ) -> Result<Self> {
+        let (cpath, epath) = (content.as_ref(), cites.as_ref());
+        let text = read(cpath)?;
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut rows = Vec::new();
+        let mut class_names = Vec::new();
+        let mut width = None;
+        for (ln, l) in lines(&text) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 2 {
+                return Err(line_err(
+                    cpath,
+                    ln,
+                    "expected <paper_id> <features…> <class>",
+                ));
+            }
+            let w = f.len() - 2;
+            match width {
+                None => width = Some(w),
+                Some(w0) if w0 != w => {
+                    return Err(line_err(
+                        cpath,
+                        ln,
+                        format!("{w} features, but the first line has {w0}"),
+                    ))
+                }
+                _ => {}
+            }
+            if ids.insert(f[0].to_string(), rows.len()).is_some() {
+                return Err(line_err(
+                    cpath,
+                    ln,
+                    format!("paper id {:?} appears twice", f[0]),
+                ));
+            }
+            let mut idx = Vec::new();
+            for (k, v) in f[1..f.len() - 1].iter().enumerate() {
+                match *v {
+                    "0" | "0.0" => {}
+                    "1" | "1.0" => idx.push(k),
+                    other => {
+                        return Err(line_err(
+                            cpath,
+                            ln,
+                            format!("feature {k} is {other:?}, expected 0 or 1"),
+                        ))
+                    }
+                }
+            }
+            rows.push(idx);
+            class_names.push(f[f.len() - 1].to_string());
+        }
+        let n = rows.len();
+        if n == 0 {
+            return Err(NablaError::format(cpath, "no papers"));
+        }
+        let mut classes: Vec<&String> = class_names.iter().collect();
+        classes.sort();
+        classes.dedup();
+        let labels: Vec<Option<usize>> = class_names
+            .iter()
+            .map(|c| classes.binary_search(&c).ok())
+            .collect();
+        let num_classes = classes.len();
+        let features = SparseRows::binary(width.unwrap_or(0), &rows)?;
+
+        let text = read(epath)?;
+        let mut edges = Vec::new();
+        for (ln, l) in lines(&text) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() != 2 {
+                return Err(line_err(
+                    epath,
+                    ln,
+                    format!("expected <cited> <citing>, got {l:?}"),
+                ));
+            }
+            let node = |s: &str| {
+                ids.get(s).copied().ok_or_else(|| {
+                    line_err(
+                        epath,
+                        ln,
+                        format!("paper id {s:?} is not in {}", cpath.display()),
+                    )
+                })
+            };
+            let (cited, citing) = (node(f[0])?, node(f[1])?);
+            if cited != citing {
+                edges.push((citing, cited));
+            }
+        }
+        let graph = Graph::from_edges(n, &edges)?.symmetric();
+
+        // Planetoid-style split.
+        let mut rng = Rng::new(seed);
+        let perm = rng.permutation(n);
+        let mut per_class = vec![0usize; num_classes];
+        let (mut train, mut rest) = (Vec::new(), Vec::new());
+        for &i in &perm {
+            let c = labels[i].unwrap_or(0);
+            if per_class[c] < 20 {
+                per_class[c] += 1;
+                train.push(i);
+            } else {
+                rest.push(i);
+            }
+        }
+        let nv = rest.len().min(500);
+        let val = rest[..nv].to_vec();
+        let test = rest[nv..rest.len().min(nv + 1000)].to_vec();
+        let name = cpath
+            .file_stem()
+            .map_or("linqs".into(), |s| s.to_string_lossy().into_owned());
+        let _ = num_classes;
+        Self::finish(name, graph, features, labels, train, val, test)
+    }
+
+    /// A contextual stochastic block model: `classes` blocks of `n/classes` nodes, undirected
+    /// edges with probability `p_in` inside a block and `p_out` across, and binary features
+    /// where each class has its own set of `width/classes` "topic" words drawn with
+    /// probability `q_topic` (others with `q_noise`). 20 train nodes per class, 500 val, 1000 test.
+    pub fn csbm(n: usize, classes: usize, width: usize, seed: u64) -> Result<Self> {
+        if classes < 2 || n < 60 * classes || width < classes {
+            return Err(invalid!(
+                "csbm needs classes >= 2, n >= 60·classes and width >= classes (got n={n}, classes={classes}, width={width})"
+            ));
+        }
+        let mut rng = Rng::new(seed);
+        let labels: Vec<Option<usize>> = (0..n).map(|i| Some(i * classes / n)).collect();
+        // Mean degree ~4 with 80% of the edges inside a block (homophily like Cora's).
+        let deg = 4.0;
+        let p_in = 0.8 * deg / (n as f64 / classes as f64);
+        let p_out = 0.2 * deg / (n as f64 - n as f64 / classes as f64);
+        let mut edges = Vec::new();
+        for i in 0..n {
+            for j in i + 1..n {
+                let p = if labels[i] == labels[j] { p_in } else { p_out };
+                if rng.bernoulli(p) {
+                    edges.push((i, j));
+                }
+            }
+        }
+        let graph = Graph::from_edges(n, &edges)?.symmetric();
+        let topic = width / classes;
+        let rows: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                let c = labels[i].unwrap_or(0);
+                (0..width)
+                    .filter(|&f| {
+                        let own = f / topic == c;
+                        rng.bernoulli(if own { 0.06 } else { 0.01 })
+                    })
+                    .collect()
+            })
+            .collect();
+        let features = SparseRows::binary(width, &rows)?;
+        let perm = rng.permutation(n);
+        let mut per_class = vec![0usize; classes];
+        let (mut train, mut rest) = (Vec::new(), Vec::new());
+        for &i in &perm {
+            let c = labels[i].unwrap_or(0);
+            if per_class[c] < 20 {
+                per_class[c] += 1;
+                train.push(i);
+            } else {
+                rest.push(i);
+            }
+        }
+        let nv = rest.len().min(500);
+        let val = rest[..nv].to_vec();
+        let test = rest[nv..rest.len().min(nv + 1000)].to_vec();
+        Self::finish("csbm".into(), graph, features, labels, train, val, test)
+    }
+
+    fn finish(
+        name: String,
+        graph: Graph,
+        features: SparseRows,
+        labels: Vec<Option<usize>>,
+        train: Vec<usize>,
+        val: Vec<usize>,
+        test: Vec<usize>,
+    ) -> Result<Self> {
+        let num_classes = labels.iter().flatten().max().map_or(0, |m| m + 1);
+        if train.is_empty() {
+            return Err(invalid!("data set {name} has no training nodes"));
+        }
+        Ok(NodeDataset {
+            name,
+            graph,
+            features,
+            labels,
+            num_classes,
+            train,
+            val,
+            test,
+        })
+    }
+
+    pub fn num_nodes(&self) -> usize {
+        self.graph.num_nodes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn tiny_tsv(dir: &Path) {
+        write(dir, "features.tsv", "0\t0,2\n1\t1\n2\t\n3\t2\n");
+        write(dir, "labels.tsv", "0\t0\n1\t1\n2\t1\n3\t0\n");
+        write(dir, "edges.tsv", "0\t1\n1\t0\n1\t2\n2\t1\n2\t3\n3\t2\n");
+        write(dir, "split.tsv", "0\ttrain\n1\ttrain\n2\tval\n3\ttest\n");
+    }
+
+    #[test]
+    fn tsv_loader_reads_a_small_graph() {
+        let d = tempfile::tempdir().unwrap();
+        tiny_tsv(d.path());
+        let ds = NodeDataset::load_tsv_dir(d.path()).unwrap();
+        assert_eq!(ds.num_nodes(), 4);
+        assert_eq!(ds.graph.num_edges(), 6);
+        assert_eq!(ds.features.cols(), 3);
+        assert_eq!(ds.features.nnz(), 4);
+        assert_eq!(ds.num_classes, 2);
+        assert_eq!(
+            (ds.train.clone(), ds.val.clone(), ds.test.clone()),
+            (vec![0, 1], vec![2], vec![3])
+        );
+    }
+
+    #[test]
+    fn tsv_loader_errors_name_file_and_line() {
+        let cases: [(&str, &str, &str); 5] = [
+            (
+                "edges.tsv",
+                "0\t1\n1\t0\n1\t9\n",
+                "edges.tsv: line 3: node id 9 out of range",
+            ),
+            (
+                "edges.tsv",
+                "0\t1\n1 0\n",
+                "edges.tsv: line 2: expected 2 tab-separated",
+            ),
+            (
+                "split.tsv",
+                "0\ttrain\n7\tval\n",
+                "split.tsv: line 2: node id 7 out of range",
+            ),
+            (
+                "split.tsv",
+                "0\ttrain\n1\tdev\n",
+                "split.tsv: line 2: split must be",
+            ),
+            (
+                "features.tsv",
+                "0\t0,2\n1\t1,x\n2\t\n3\t2\n",
+                "features.tsv: line 2: \"x\" is not a feature index",
+            ),
+        ];
+        for (file, text, want) in cases {
+            let d = tempfile::tempdir().unwrap();
+            tiny_tsv(d.path());
+            write(d.path(), file, text);
+            let e = NodeDataset::load_tsv_dir(d.path()).unwrap_err().to_string();
+            assert!(e.contains(want), "{file}: got {e:?}, want {want:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let e = NodeDataset::load_tsv_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("features.tsv"), "{e}");
+    }
+
+    #[test]
+    fn linqs_loader_reads_and_checks() {
+        let d = tempfile::tempdir().unwrap();
+        let mut content = String::new();
+        for i in 0..50 {
+            let c = if i % 2 == 0 {
+                "Theory"
+            } else {
+                "Neural_Networks"
+            };
+            content += &format!("p{i}\t{}\t{}\t0\t{c}\n", i % 2, (i + 1) % 2);
+        }
+        write(d.path(), "g.content", &content);
+        let mut cites = String::new();
+        for i in 1..50 {
+            cites += &format!("p{}\tp{i}\n", i - 1);
+        }
+        cites += "p3\tp3\n";
+        write(d.path(), "g.cites", &cites);
+        let ds = NodeDataset::load_linqs(d.path().join("g.content"), d.path().join("g.cites"), 0)
+            .unwrap();
+        assert_eq!(ds.num_nodes(), 50);
+        assert_eq!(ds.graph.num_edges(), 98);
+        assert_eq!(ds.features.cols(), 3);
+        assert_eq!(ds.num_classes, 2);
+        // Classes in sorted name order: Neural_Networks = 0, Theory = 1.
+        assert_eq!(ds.labels[0], Some(1));
+        assert_eq!(ds.train.len(), 40);
+        assert_eq!(ds.val.len(), 10);
+
+        write(d.path(), "bad.cites", "p0\tp1\np1\tq7\n");
+        let e = NodeDataset::load_linqs(d.path().join("g.content"), d.path().join("bad.cites"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.cites: line 2") && e.contains("\"q7\""),
+            "{e}"
+        );
+        write(d.path(), "bad.content", "a\t1\t0\tX\nb\t1\tY\n");
+        let e = NodeDataset::load_linqs(d.path().join("bad.content"), d.path().join("g.cites"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.content: line 2: 1 features, but the first line has 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cora_tsv_matches_the_readme_counts() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cora");
+        if !Path::new(dir).exists() {
+            eprintln!("skipping: ../shared not found");
+            return;
+        }
+        let ds = NodeDataset::load_tsv_dir(dir).unwrap();
+        assert_eq!(ds.num_nodes(), 2708);
+        assert_eq!(ds.graph.num_edges(), 10556);
+        assert_eq!(ds.features.cols(), 1433);
+        assert_eq!(ds.features.nnz(), 49216);
+        assert_eq!(ds.num_classes, 7);
+        assert_eq!(
+            (ds.train.len(), ds.val.len(), ds.test.len()),
+            (140, 500, 1000)
+        );
+        let first: Vec<usize> = ds.labels[..10].iter().map(|l| l.unwrap()).collect();
+        assert_eq!(first, vec![3, 4, 4, 0, 3, 2, 0, 3, 3, 2]);
+        assert_eq!(ds.graph.symmetric().num_edges(), 10556);
+    }
+
+    #[test]
+    fn csbm_is_reproducible() {
+        let a = NodeDataset::csbm(600, 3, 60, 1).unwrap();
+        let b = NodeDataset::csbm(600, 3, 60, 1).unwrap();
+        assert_eq!(a.graph.src(), b.graph.src());
+        assert_eq!(a.train.len(), 60);
+        assert!(NodeDataset::csbm(10, 3, 60, 1).is_err());
+    }
+}

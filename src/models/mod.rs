@@ -1,0 +1,4 @@
+//! Whole models built from [`crate::nn`] layers, with their training and inference entry points.
+
+pub mod char_rnn;
+pub mod gnn;
