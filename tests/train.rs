@@ -513,3 +513,20 @@ fn early_stopping_best_checkpoint_and_guards() {
     assert_eq!(recs.iter().map(|r| r.step).collect::<Vec<_>>(), [20, 40]);
     assert_eq!(recs[1].epoch, Some(2.0));
 }
+
+#[test]
+fn bar_mode_trains_like_the_other_modes() {
+    // The bar draws only on a terminal (hidden under `cargo test`); the run must be the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(&tmp.path().join("bar"), 40);
+    cfg.progress = ProgressMode::Bar;
+    let s = Trainer::new(cfg, sgd()).fit(&mut Mlp::new(3, 16)).unwrap();
+    let mut cfg = config(&tmp.path().join("quiet"), 40);
+    cfg.progress = ProgressMode::Quiet;
+    let q = Trainer::new(cfg, sgd()).fit(&mut Mlp::new(3, 16)).unwrap();
+    assert_eq!(s.step, 40);
+    assert_eq!(
+        strip_timing(vec![s.last.unwrap()]),
+        strip_timing(vec![q.last.unwrap()])
+    );
+}

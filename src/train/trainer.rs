@@ -473,7 +473,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 }
                 m.push_str(&format!(
                     " {} items/s",
-                    fmt_num((iv.items as f64 / iv.wall_s).round())
+                    format!("{:.0}", iv.items as f64 / iv.wall_s.max(1e-9))
                 ));
                 m
             });
@@ -488,7 +488,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 fields.push(("grad_norm".into(), fmt_num(gn)));
                 fields.push((
                     "items/s".into(),
-                    fmt_num((log_items as f64 / dt.max(1e-9)).round()),
+                    format!("{:.0}", log_items as f64 / dt.max(1e-9)),
                 ));
                 let el = session.elapsed().as_secs_f64();
                 fields.push(("elapsed".into(), fmt_duration(wall_base + el)));
