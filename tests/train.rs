@@ -74,6 +74,8 @@ struct Mlp {
     sampler: BatchSampler,
     /// Inject a NaN into the batch of this step.
     nan_at: Option<u64>,
+    /// Make a gradient infinite after the backward pass of this step.
+    inf_grad_at: Option<u64>,
     /// Raise the interrupt flag during this step (as Ctrl-C would).
     interrupt_at: Option<(u64, Arc<AtomicBool>)>,
     steps_run: Arc<AtomicU64>,
@@ -111,6 +113,7 @@ impl Mlp {
             y_val,
             sampler: BatchSampler::new(n_train, 50, true, seed).unwrap(),
             nan_at: None,
+            inf_grad_at: None,
             interrupt_at: None,
             steps_run: Arc::new(AtomicU64::new(0)),
         }
@@ -175,6 +178,9 @@ impl TrainModel<f32> for Mlp {
         let (loss, logits) = self.forward(&mut tape, xb, &yb)?;
         tape.backward(loss)?;
         tape.accumulate_grads(&mut self.store)?;
+        if self.inf_grad_at == Some(step) {
+            self.store.get_mut(self.ids[3]).grad.data_mut()[1] = f32::INFINITY;
+        }
         let acc = accuracy(tape.value(logits), &yb);
         Ok(StepOutput::new(tape.value(loss).item() as f64, idx.len()).with("train_acc", acc))
     }
@@ -512,6 +518,30 @@ fn early_stopping_best_checkpoint_and_guards() {
     let recs = read_metrics_jsonl(tmp.path().join("ep/metrics.jsonl")).unwrap();
     assert_eq!(recs.iter().map(|r| r.step).collect::<Vec<_>>(), [20, 40]);
     assert_eq!(recs[1].epoch, Some(2.0));
+
+    // `nabla plot` redraws the curves from the JSONL.
+    let out = tmp.path().join("redrawn.svg");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["plot", "--metrics"])
+        .arg(tmp.path().join("ep/metrics.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(std::fs::read_to_string(&out).unwrap().contains("val_acc"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args([
+            "plot",
+            "--metrics",
+            "/nonexistent/metrics.jsonl",
+            "--out",
+            "x.svg",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/metrics.jsonl"));
 }
 
 #[test]
