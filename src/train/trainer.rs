@@ -386,7 +386,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         let mut rng = Rng::from_state(run.st.rng);
         let session = Instant::now();
         let wall_base = run.st.wall_time_s;
-        let (mut log_t, mut log_items, mut log_step) = (Instant::now(), 0u64, run.st.step);
+        let (mut log_t, mut log_items) = (Instant::now(), 0u64);
         let session_start_step = run.st.step;
         let epoch_of = |s: u64| spe.map(|e| s as f64 / e as f64);
 
@@ -472,8 +472,8 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     }
                 }
                 m.push_str(&format!(
-                    " {} items/s",
-                    format!("{:.0}", iv.items as f64 / iv.wall_s.max(1e-9))
+                    " {:.0} items/s",
+                    iv.items as f64 / iv.wall_s.max(1e-9)
                 ));
                 m
             });
@@ -494,8 +494,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 fields.push(("elapsed".into(), fmt_duration(wall_base + el)));
                 fields.push(("eta".into(), fmt_duration(eta(el))));
                 progress.train_line(&format_log_line("train", step, total, &fields));
-                let _ = log_step;
-                (log_t, log_items, log_step) = (Instant::now(), 0, step);
+                (log_t, log_items) = (Instant::now(), 0);
             }
 
             let epoch_end = spe.is_some_and(|e| step % e == 0);
