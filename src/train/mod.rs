@@ -62,10 +62,12 @@
 //! ```
 //!
 //! Command lines flatten [`TrainArgs`] (`#[command(flatten)] train: TrainArgs`) and call
-//! [`TrainArgs::config`], and may flatten [`OptimArgs`] and call [`OptimArgs::build`] for
-//! `--optimizer sgd|adam|adamw --lr --weight-decay …`; the [`TrainArgs`] flags are `--out`, `--resume`, `--seed`, `--steps`/`--epochs`,
-//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--schedule`, `--warmup`, `--clip-grad-norm`,
-//! `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`.
+//! [`TrainArgs::config`]: `--out`, `--resume`, `--overwrite`, `--seed`, `--steps`/`--epochs`,
+//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--schedule`, `--warmup`, `--min-lr`,
+//! `--clip-grad-norm`, `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`. They may also
+//! flatten [`OptimArgs`] and call [`OptimArgs::build`] for `--optimizer sgd|adam|adamw --lr
+//! --weight-decay …` ([`AnyOptimizer`]). Any [`crate::optim::Optimizer`] works directly
+//! ([`TrainOptimizer`] is the same trait under its earlier name; no adapter is needed).
 //!
 //! # Run folder
 //!
