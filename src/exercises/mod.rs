@@ -44,7 +44,22 @@ type Builder = fn() -> Result<Entry>;
 
 /// Every exercise, in the assignment's order.
 pub fn registry() -> Vec<(&'static str, Builder)> {
-    vec![("1.1", rnn_graph::unrolled_graph)]
+    vec![
+        ("1.1", rnn_graph::unrolled_graph),
+        ("1.2", rnn::recursion),
+        ("1.3", rnn::local_terms),
+        ("1.4", rnn::weight_gradients),
+        ("1.5", rnn::truncation),
+        ("2.1", gnn::sum_update),
+        ("2.2", gnn::example_update),
+        ("2.3", gnn::sentence_graph),
+        ("2.4", gnn::attention_as_gnn),
+        ("2.5", gnn::long_range),
+        ("3.1", optim::norm_statistics),
+        ("3.2", optim::padding),
+        ("3.3", optim::dropout),
+        ("3.4", optim::min_norm),
+    ]
 }
 
 /// Runs the exercises (all, or only `only`); errors in building an entry become a failed entry.
@@ -84,4 +99,7 @@ pub fn to_json(entries: &[Entry]) -> Value {
     Value::Object(m)
 }
 
+mod gnn;
+mod optim;
+mod rnn;
 mod rnn_graph;

@@ -2,12 +2,15 @@
 //! parameters, and, for checking, the same computation unrolled into primitive [`crate::ops`].
 
 pub mod attention;
+pub mod dropout;
 pub mod graph_ops;
 pub mod masked_attention;
 pub mod message_passing;
 pub mod norm;
 pub mod rnn;
 pub mod sparse_linear;
+
+pub use dropout::{dropout, Dropout, KeepProb};
 
 pub use norm::{
     batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,
