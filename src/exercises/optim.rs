@@ -15,15 +15,36 @@ pub const BATCH_MEAN: [f64; 2] = [2.5, 2.5];
 pub const BATCH_VAR: [f64; 2] = [13.0 / 12.0, 17.0 / 12.0];
 pub const LAYER_MEAN: [f64; 4] = [17.0 / 6.0, 8.0 / 3.0, 2.5, 2.0];
 pub const LAYER_VAR: [f64; 4] = [41.0 / 36.0, 11.0 / 9.0, 11.0 / 12.0, 4.0 / 3.0];
-pub const INSTANCE_MEAN: [f64; 8] = [3.0, 8.0 / 3.0, 8.0 / 3.0, 8.0 / 3.0, 8.0 / 3.0, 7.0 / 3.0, 5.0 / 3.0, 7.0 / 3.0];
-pub const INSTANCE_VAR: [f64; 8] = [2.0 / 3.0, 14.0 / 9.0, 14.0 / 9.0, 8.0 / 9.0, 2.0 / 9.0, 14.0 / 9.0, 8.0 / 9.0, 14.0 / 9.0];
+pub const INSTANCE_MEAN: [f64; 8] = [
+    3.0,
+    8.0 / 3.0,
+    8.0 / 3.0,
+    8.0 / 3.0,
+    8.0 / 3.0,
+    7.0 / 3.0,
+    5.0 / 3.0,
+    7.0 / 3.0,
+];
+pub const INSTANCE_VAR: [f64; 8] = [
+    2.0 / 3.0,
+    14.0 / 9.0,
+    14.0 / 9.0,
+    8.0 / 9.0,
+    2.0 / 9.0,
+    14.0 / 9.0,
+    8.0 / 9.0,
+    14.0 / 9.0,
+];
 
 fn close(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
 }
 
 fn fmt(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|x| format!("{x:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn norm_statistics() -> Result<Entry> {
@@ -64,7 +85,11 @@ pub fn norm_statistics() -> Result<Entry> {
 pub fn padding() -> Result<Entry> {
     let r = padding_demo(&[3, 7, 5, 2], 4, 4, 21)?;
     let get = |name: &str| r.effects.iter().find(|e| e.layer == name).cloned();
-    let (bn, mbn, ln) = (get("batch_norm"), get("masked_batch_norm"), get("layer_norm"));
+    let (bn, mbn, ln) = (
+        get("batch_norm"),
+        get("masked_batch_norm"),
+        get("layer_norm"),
+    );
     let ok = match (&bn, &mbn, &ln) {
         (Some(bn), Some(mbn), Some(ln)) => {
             bn.more_padding > 1e-3 * r.output_rms
@@ -84,7 +109,10 @@ pub fn padding() -> Result<Entry> {
                 e.layer, e.more_padding, e.other_sentences
             )
         })
-        .chain(std::iter::once(format!("(output scale: RMS {:.3})", r.output_rms)))
+        .chain(std::iter::once(format!(
+            "(output scale: RMS {:.3})",
+            r.output_rms
+        )))
         .collect();
     Ok(Entry {
         id: "3.2".into(),
@@ -103,7 +131,9 @@ pub fn padding() -> Result<Entry> {
 
 pub fn dropout() -> Result<Entry> {
     let r = dropout_identity_demo(3, 4, KeepProb::new(0.7)?, 200_000, 5)?;
-    let exact_ok = r.exact_enumeration.is_some_and(|e| (e - r.closed_form).abs() < 1e-9 * r.closed_form.abs().max(1.0));
+    let exact_ok = r
+        .exact_enumeration
+        .is_some_and(|e| (e - r.closed_form).abs() < 1e-9 * r.closed_form.abs().max(1.0));
     let ok = exact_ok && r.z_score.abs() < 4.0;
     Ok(Entry {
         id: "3.3".into(),
