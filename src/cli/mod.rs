@@ -6,6 +6,7 @@ use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+pub mod plot;
 pub mod rnn;
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,8 @@ pub enum Command {
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Loss and metric curves of a training run (metrics.jsonl → .svg or .png).
+    Plot(plot::PlotArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -157,6 +160,7 @@ fn reproduce(
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => info(json),
+        Command::Plot(a) => plot::run(&a),
         Command::Reproduce {
             json,
             only,
