@@ -463,3 +463,57 @@ fn batch_norm_eval_uses_running_stats_and_4d_layout() {
     let xv = tape.input(x);
     assert!(bn.forward(&mut tape, &store, xv, Some(&bad)).is_err());
 }
+
+#[test]
+fn fused_forward_backward_equals_tape_path() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let kinds = [
+        (RefKind::Batch, None),
+        (RefKind::Group { groups: 6 }, Some(Kind::Instance)),
+        (RefKind::Group { groups: 3 }, Some(Kind::Group(3))),
+    ];
+    for (kind, row) in kinds {
+        let got = norm::fused_forward_backward(
+            kind,
+            &fx["x"],
+            &fx["dy"],
+            &fx["weight"],
+            &fx["bias"],
+            1e-5,
+        )
+        .unwrap();
+        let want: Vec<Tensor<f64>> = match row {
+            None => run_bn::<f64>(&fx, false, None),
+            Some(k) => run::<f64>(k, false, &fx, None).to_vec(),
+        };
+        for k in 0..4 {
+            let e = got[k].max_abs_diff(&want[k]).unwrap();
+            assert!(e < 1e-13, "{kind:?} output {k}: {e:.3e}");
+        }
+    }
+    let Some(fl) = fixture("layer_norm_f") else {
+        return;
+    };
+    let got = norm::fused_forward_backward(
+        RefKind::Layer { normalized_ndim: 1 },
+        &fl["x"],
+        &fl["dy"],
+        &fl["weight"],
+        &fl["bias"],
+        1e-5,
+    )
+    .unwrap();
+    for (k, name) in ["y", "dx", "dweight", "dbias"].iter().enumerate() {
+        assert!(
+            got[k].max_abs_diff(&fl[*name]).unwrap() <= 1e-10,
+            "layer_norm_f {name}"
+        );
+    }
+    let bad = Tensor::<f64>::ones(&[5]);
+    assert!(
+        norm::fused_forward_backward(RefKind::Batch, &fx["x"], &fx["dy"], &bad, &bad, 1e-5)
+            .is_err()
+    );
+}

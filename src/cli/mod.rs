@@ -4,6 +4,8 @@
 use crate::bench::{self, BenchOptions, BenchResult};
 use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
+
+pub mod norm;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -56,6 +58,9 @@ impl BenchCommon {
 pub enum BenchCommand {
     /// f32 GFLOP/s: squares 64…1024 and the RNN step 32×256·256×256, 1 and all threads.
     Matmul(BenchCommon),
+    /// Forward+backward of BatchNorm/LayerNorm/InstanceNorm/GroupNorm, bytes moved and the
+    /// fraction of copy bandwidth reached.
+    Norm(norm::BenchNormArgs),
 }
 
 /// Prints results per the benchmark convention.
@@ -102,6 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
             Ok(())
         }
+        Command::Bench(BenchCommand::Norm(a)) => norm::run_bench(&a),
     }
 }
 
