@@ -517,3 +517,72 @@ fn fused_forward_backward_equals_tape_path() {
             .is_err()
     );
 }
+
+#[test]
+fn four_d_layout_group_instance_layer_gradcheck_and_reference() {
+    let mut rng = Rng::new(21);
+    let x = randn(&[2, 4, 3, 2], 1.0, &mut rng);
+    let mask = Tensor::from_fn(&[2, 1, 3, 2], |i| if i == 5 || i == 10 { 0.0 } else { 1.0 });
+    let mut store = ParamStore::<f64>::new();
+    store
+        .add("weight", randn(&[4], 0.3, &mut rng).map(|v| v + 1.0))
+        .unwrap();
+    store.add("bias", randn(&[4], 0.3, &mut rng)).unwrap();
+    for groups in [2, 4] {
+        for m in [None, Some(&mask)] {
+            let f = |tape: &mut Tape<f64>, p: &ParamStore<f64>, v: &[Var], reference: bool| {
+                let w = tape.param(p, p.find("weight").unwrap());
+                let b = tape.param(p, p.find("bias").unwrap());
+                if reference {
+                    norm::norm_reference(
+                        tape,
+                        v[0],
+                        RefKind::Group { groups },
+                        Some(w),
+                        Some(b),
+                        1e-5,
+                        m,
+                    )
+                } else {
+                    norm::group_norm(tape, v[0], groups, Some(w), Some(b), 1e-5, m)
+                }
+            };
+            let r = check_gradients(
+                &store,
+                std::slice::from_ref(&x),
+                &GradCheckOptions::default(),
+                |t, p, v| f(t, p, v, false),
+            )
+            .unwrap();
+            assert!(
+                r.max_rel_error < 1e-6,
+                "groups {groups}: {:?}",
+                r.per_tensor
+            );
+            let mut t1 = Tape::<f64>::no_grad();
+            let v1 = t1.constant(x.clone());
+            let y1 = f(&mut t1, &store, &[v1], false).unwrap();
+            let mut t2 = Tape::<f64>::no_grad();
+            let v2 = t2.constant(x.clone());
+            let y2 = f(&mut t2, &store, &[v2], true).unwrap();
+            assert!(t1.value(y1).max_abs_diff(t2.value(y2)).unwrap() < 1e-12);
+        }
+    }
+    // InstanceNorm on (N, C, H, W) is GroupNorm with C groups.
+    let mut t = Tape::<f64>::no_grad();
+    let xv = t.constant(x.clone());
+    let a = norm::instance_norm(&mut t, xv, None, None, 1e-5, None).unwrap();
+    let b = norm::group_norm(&mut t, xv, 4, None, None, 1e-5, None).unwrap();
+    assert_eq!(t.value(a), t.value(b));
+    let st = norm::norm_stats(&x, RefKind::Group { groups: 4 }, None).unwrap();
+    assert_eq!(st.shape, vec![2, 4]);
+    assert!(norm::fused_forward_backward(
+        RefKind::Group { groups: 3 },
+        &x,
+        &x,
+        &Tensor::ones(&[4]),
+        &Tensor::ones(&[4]),
+        1e-5
+    )
+    .is_err());
+}
