@@ -123,7 +123,7 @@ impl RowLayout {
 /// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n` with 8 independent accumulators, so the
 /// reduction vectorizes instead of waiting on one add chain.
 #[inline(always)]
-fn sum2(n: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+fn sum2(n: usize, mut f: impl FnMut(usize) -> (f64, f64)) -> (f64, f64) {
     let mut a = [0.0f64; 8];
     let mut b = [0.0f64; 8];
     let full = n / 8 * 8;
@@ -150,10 +150,16 @@ fn sum2(n: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
 fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
     match m {
         None => {
+            // One pass of shifted sums: with K = x₀, σ² = mean((x − K)²) − (mean(x − K))²;
+            // the shift keeps the cancellation to O(ε (μ − x₀)²/σ²).
             let n = x.len() as f64;
-            let mean = sum2(x.len(), |i| (x[i].as_f64(), 0.0)).0 / n;
-            let m2 = sum2(x.len(), |i| ((x[i].as_f64() - mean).powi(2), 0.0)).0;
-            (mean, m2 / n)
+            let k = x[0].as_f64();
+            let (s, s2) = sum2(x.len(), |i| {
+                let d = x[i].as_f64() - k;
+                (d, d * d)
+            });
+            let md = s / n;
+            (k + md, (s2 / n - md * md).max(0.0))
         }
         Some(m) => {
             let n: f64 = m.iter().map(|v| v.as_f64()).sum();
@@ -286,13 +292,13 @@ fn row_backward<T: Element>(
                 // LayerNorm fast path: per-element affine, no mask.
                 let wr = &w[base..base + l];
                 let (dwr, dbr) = (&mut dw[base..base + l], &mut db[base..base + l]);
-                for (((&xv, &g), dw), db) in xr.iter().zip(gr).zip(dwr).zip(dbr) {
-                    *dw += (g * (xv - mu) * rs).as_f64();
-                    *db += g.as_f64();
-                }
+                // One pass for the affine gradients and the two row sums.
                 let (s1, s2) = sum2(l, |i| {
-                    let h = gr[i] * wr[i];
-                    (h.as_f64(), (h * (xr[i] - mu) * rs).as_f64())
+                    let (g, xh) = (gr[i], (xr[i] - mu) * rs);
+                    dwr[i] += (g * xh).as_f64();
+                    dbr[i] += g.as_f64();
+                    let h = g * wr[i];
+                    (h.as_f64(), (h * xh).as_f64())
                 });
                 if need_dx {
                     let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
