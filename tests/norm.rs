@@ -463,3 +463,126 @@ fn batch_norm_eval_uses_running_stats_and_4d_layout() {
     let xv = tape.input(x);
     assert!(bn.forward(&mut tape, &store, xv, Some(&bad)).is_err());
 }
+
+#[test]
+fn fused_forward_backward_equals_tape_path() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let kinds = [
+        (RefKind::Batch, None),
+        (RefKind::Group { groups: 6 }, Some(Kind::Instance)),
+        (RefKind::Group { groups: 3 }, Some(Kind::Group(3))),
+    ];
+    for (kind, row) in kinds {
+        let got = norm::fused_forward_backward(
+            kind,
+            &fx["x"],
+            &fx["dy"],
+            &fx["weight"],
+            &fx["bias"],
+            1e-5,
+        )
+        .unwrap();
+        let want: Vec<Tensor<f64>> = match row {
+            None => run_bn::<f64>(&fx, false, None),
+            Some(k) => run::<f64>(k, false, &fx, None).to_vec(),
+        };
+        for k in 0..4 {
+            let e = got[k].max_abs_diff(&want[k]).unwrap();
+            assert!(e < 1e-13, "{kind:?} output {k}: {e:.3e}");
+        }
+    }
+    let Some(fl) = fixture("layer_norm_f") else {
+        return;
+    };
+    let got = norm::fused_forward_backward(
+        RefKind::Layer { normalized_ndim: 1 },
+        &fl["x"],
+        &fl["dy"],
+        &fl["weight"],
+        &fl["bias"],
+        1e-5,
+    )
+    .unwrap();
+    for (k, name) in ["y", "dx", "dweight", "dbias"].iter().enumerate() {
+        assert!(
+            got[k].max_abs_diff(&fl[*name]).unwrap() <= 1e-10,
+            "layer_norm_f {name}"
+        );
+    }
+    let bad = Tensor::<f64>::ones(&[5]);
+    assert!(
+        norm::fused_forward_backward(RefKind::Batch, &fx["x"], &fx["dy"], &bad, &bad, 1e-5)
+            .is_err()
+    );
+}
+
+#[test]
+fn four_d_layout_group_instance_layer_gradcheck_and_reference() {
+    let mut rng = Rng::new(21);
+    let x = randn(&[2, 4, 3, 2], 1.0, &mut rng);
+    let mask = Tensor::from_fn(&[2, 1, 3, 2], |i| if i == 5 || i == 10 { 0.0 } else { 1.0 });
+    let mut store = ParamStore::<f64>::new();
+    store
+        .add("weight", randn(&[4], 0.3, &mut rng).map(|v| v + 1.0))
+        .unwrap();
+    store.add("bias", randn(&[4], 0.3, &mut rng)).unwrap();
+    for groups in [2, 4] {
+        for m in [None, Some(&mask)] {
+            let f = |tape: &mut Tape<f64>, p: &ParamStore<f64>, v: &[Var], reference: bool| {
+                let w = tape.param(p, p.find("weight").unwrap());
+                let b = tape.param(p, p.find("bias").unwrap());
+                if reference {
+                    norm::norm_reference(
+                        tape,
+                        v[0],
+                        RefKind::Group { groups },
+                        Some(w),
+                        Some(b),
+                        1e-5,
+                        m,
+                    )
+                } else {
+                    norm::group_norm(tape, v[0], groups, Some(w), Some(b), 1e-5, m)
+                }
+            };
+            let r = check_gradients(
+                &store,
+                std::slice::from_ref(&x),
+                &GradCheckOptions::default(),
+                |t, p, v| f(t, p, v, false),
+            )
+            .unwrap();
+            assert!(
+                r.max_rel_error < 1e-6,
+                "groups {groups}: {:?}",
+                r.per_tensor
+            );
+            let mut t1 = Tape::<f64>::no_grad();
+            let v1 = t1.constant(x.clone());
+            let y1 = f(&mut t1, &store, &[v1], false).unwrap();
+            let mut t2 = Tape::<f64>::no_grad();
+            let v2 = t2.constant(x.clone());
+            let y2 = f(&mut t2, &store, &[v2], true).unwrap();
+            assert!(t1.value(y1).max_abs_diff(t2.value(y2)).unwrap() < 1e-12);
+        }
+    }
+    // InstanceNorm on (N, C, H, W) is GroupNorm with C groups.
+    let mut t = Tape::<f64>::no_grad();
+    let xv = t.constant(x.clone());
+    let a = norm::instance_norm(&mut t, xv, None, None, 1e-5, None).unwrap();
+    let b = norm::group_norm(&mut t, xv, 4, None, None, 1e-5, None).unwrap();
+    assert_eq!(t.value(a), t.value(b));
+    let st = norm::norm_stats(&x, RefKind::Group { groups: 4 }, None).unwrap();
+    assert_eq!(st.shape, vec![2, 4]);
+    assert!(norm::fused_forward_backward(
+        RefKind::Group { groups: 3 },
+        &x,
+        &x,
+        &Tensor::ones(&[4]),
+        &Tensor::ones(&[4]),
+        1e-5
+    )
+    .is_err());
+}

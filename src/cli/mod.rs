@@ -4,6 +4,8 @@
 use crate::bench::{self, BenchOptions, BenchResult};
 use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
+
+pub mod norm;
 use serde_json::json;
 
 pub mod plot;
@@ -80,6 +82,9 @@ pub enum BenchCommand {
     Matmul(BenchCommon),
     /// Seconds per Elman RNN training step (forward + BPTT + SGD), f32.
     Rnn(rnn::BenchRnnArgs),
+    /// Forward+backward of BatchNorm/LayerNorm/InstanceNorm/GroupNorm, bytes moved and the
+    /// fraction of copy bandwidth reached.
+    Norm(norm::BenchNormArgs),
 }
 
 /// Prints results per the benchmark convention.
@@ -176,6 +181,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print_bench(&rnn::bench_rnn(&a)?, a.common.json);
             Ok(())
         }
+        Command::Bench(BenchCommand::Norm(a)) => norm::run_bench(&a),
     }
 }
 

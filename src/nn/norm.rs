@@ -120,15 +120,46 @@ impl RowLayout {
     }
 }
 
+/// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n` with 8 independent accumulators, so the
+/// reduction vectorizes instead of waiting on one add chain.
+#[inline(always)]
+fn sum2(n: usize, mut f: impl FnMut(usize) -> (f64, f64)) -> (f64, f64) {
+    let mut a = [0.0f64; 8];
+    let mut b = [0.0f64; 8];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for k in 0..8 {
+            let (u, v) = f(i + k);
+            a[k] += u;
+            b[k] += v;
+        }
+        i += 8;
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for i in full..n {
+        let (u, v) = f(i);
+        sa += u;
+        sb += v;
+    }
+    (sa, sb)
+}
+
 /// Mean and population variance of a row, over the entries with `m = 1` when masked.
 #[inline]
 fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
     match m {
         None => {
+            // One pass of shifted sums: with K = x₀, σ² = mean((x − K)²) − (mean(x − K))²;
+            // the shift keeps the cancellation to O(ε (μ − x₀)²/σ²).
             let n = x.len() as f64;
-            let mean = x.iter().map(|v| v.as_f64()).sum::<f64>() / n;
-            let m2: f64 = x.iter().map(|v| (v.as_f64() - mean).powi(2)).sum();
-            (mean, m2 / n)
+            let k = x[0].as_f64();
+            let (s, s2) = sum2(x.len(), |i| {
+                let d = x[i].as_f64() - k;
+                (d, d * d)
+            });
+            let md = s / n;
+            (k + md, (s2 / n - md * md).max(0.0))
         }
         Some(m) => {
             let n: f64 = m.iter().map(|v| v.as_f64()).sum();
@@ -261,15 +292,14 @@ fn row_backward<T: Element>(
                 // LayerNorm fast path: per-element affine, no mask.
                 let wr = &w[base..base + l];
                 let (dwr, dbr) = (&mut dw[base..base + l], &mut db[base..base + l]);
-                let (mut s1, mut s2) = (0.0f64, 0.0f64);
-                for ((((&xv, &g), &wv), dw), db) in xr.iter().zip(gr).zip(wr).zip(dwr).zip(dbr) {
-                    let xh = (xv - mu) * rs;
-                    let h = g * wv;
-                    *dw += (g * xh).as_f64();
-                    *db += g.as_f64();
-                    s1 += h.as_f64();
-                    s2 += (h * xh).as_f64();
-                }
+                // One pass for the affine gradients and the two row sums.
+                let (s1, s2) = sum2(l, |i| {
+                    let (g, xh) = (gr[i], (xr[i] - mu) * rs);
+                    dwr[i] += (g * xh).as_f64();
+                    dbr[i] += g.as_f64();
+                    let h = g * wr[i];
+                    (h.as_f64(), (h * xh).as_f64())
+                });
                 if need_dx {
                     let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
                     let dxr = &mut dx[k * l..(k + 1) * l];
@@ -288,14 +318,18 @@ fn row_backward<T: Element>(
             {
                 let a = base + s;
                 let wa = w[a];
-                let (mut gw, mut gb) = (0.0f64, 0.0f64);
-                for (i, (&xv, &g)) in xs.iter().zip(gs).enumerate() {
-                    let g = mr.map_or(g, |m| g * m[s * lay.seg_len + i]);
-                    let xh = (xv - mu) * rs;
-                    let gx = (g * xh).as_f64();
-                    gw += gx;
-                    gb += g.as_f64();
-                }
+                let (gw, gb) = match mr {
+                    None => sum2(xs.len(), |i| {
+                        ((gs[i] * (xs[i] - mu) * rs).as_f64(), gs[i].as_f64())
+                    }),
+                    Some(m) => {
+                        let ms = &m[s * lay.seg_len..(s + 1) * lay.seg_len];
+                        sum2(xs.len(), |i| {
+                            let g = gs[i] * ms[i];
+                            ((g * (xs[i] - mu) * rs).as_f64(), g.as_f64())
+                        })
+                    }
+                };
                 dw[a] += gw;
                 db[a] += gb;
                 s1 += wa.as_f64() * gb;
@@ -990,11 +1024,21 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
             let (mu, rs) = (self.mean[ch], self.rstd[ch]);
             for s in 0..n {
                 let o = (s * c + ch) * f;
-                for i in o..o + f {
-                    let gi = mask.map_or(dy[i], |m| dy[i] * m[i]);
-                    s1 += gi.as_f64();
-                    s2 += (gi * (x[i] - mu) * rs).as_f64();
-                }
+                let (xs, gs) = (&x[o..o + f], &dy[o..o + f]);
+                let (a, b) = match mask {
+                    None => sum2(f, |i| {
+                        (gs[i].as_f64(), (gs[i] * (xs[i] - mu) * rs).as_f64())
+                    }),
+                    Some(m) => {
+                        let ms = &m[o..o + f];
+                        sum2(f, |i| {
+                            let g = gs[i] * ms[i];
+                            (g.as_f64(), (g * (xs[i] - mu) * rs).as_f64())
+                        })
+                    }
+                };
+                s1 += a;
+                s2 += b;
             }
             (s1, s2)
         };
@@ -1339,4 +1383,141 @@ pub fn norm_stats<T: Element>(
         var.push(v);
     }
     Ok(NormStats { shape, mean, var })
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-shot forward + backward (benchmarks)
+// ---------------------------------------------------------------------------------------------
+
+fn row_layout(kind: RefKind, xs: &[usize]) -> Result<RowLayout> {
+    let op = "fused_forward_backward";
+    match kind {
+        RefKind::Layer { normalized_ndim } => {
+            if normalized_ndim == 0 || normalized_ndim > xs.len() {
+                return Err(shape_err!(
+                    op,
+                    "normalized_ndim {normalized_ndim} for {:?}",
+                    xs
+                ));
+            }
+            let d: usize = xs[xs.len() - normalized_ndim..].iter().product();
+            Ok(RowLayout {
+                rows: xs.iter().product::<usize>().checked_div(d).unwrap_or(0),
+                seg: d,
+                seg_len: 1,
+                period: 1,
+            })
+        }
+        RefKind::Group { groups } => {
+            let (n, c, f) = ncf(xs, op)?;
+            if groups == 0 || c % groups != 0 {
+                return Err(invalid!(
+                    "{op}: the number of groups {groups} must divide the number of channels {c}"
+                ));
+            }
+            Ok(RowLayout {
+                rows: n * groups,
+                seg: c / groups,
+                seg_len: f,
+                period: groups,
+            })
+        }
+        RefKind::Batch => Err(invalid!("{op}: BatchNorm has no row layout")),
+    }
+}
+
+/// One training-mode forward and backward of a fused normalization without a tape — the same
+/// kernels and the same [`Op::backward`] the tape runs — for benchmarks: returns
+/// `(y, ∂L/∂x, ∂L/∂γ, ∂L/∂β)` for the upstream gradient `dy`. (BatchNorm's running statistics
+/// are not involved.)
+pub fn fused_forward_backward<T: Element>(
+    kind: RefKind,
+    x: &Tensor<T>,
+    dy: &Tensor<T>,
+    weight: &Tensor<T>,
+    bias: &Tensor<T>,
+    eps: f64,
+) -> Result<[Tensor<T>; 4]> {
+    const OP: &str = "fused_forward_backward";
+    check_eps(eps, OP)?;
+    x.check_same_shape(OP, dy)?;
+    weight.check_same_shape(OP, bias)?;
+    let xs = x.shape();
+    if x.numel() == 0 {
+        return Err(shape_err!(OP, "empty input {:?}", xs));
+    }
+    let (y, op): (Vec<T>, Box<dyn Op<T>>) = match kind {
+        RefKind::Batch => {
+            let (n, c, f) = ncf(xs, OP)?;
+            if weight.shape() != [c] {
+                return Err(shape_err!(
+                    OP,
+                    "weight {:?} for input {:?}",
+                    weight.shape(),
+                    xs
+                ));
+            }
+            let st = channel_stats(x.data(), None, (n, c, f));
+            let mean: Vec<T> = st.iter().map(|s| T::c(s.1)).collect();
+            let rstd: Vec<T> = st.iter().map(|s| T::c(1.0 / (s.2 + eps).sqrt())).collect();
+            let y = channel_normalize(
+                x.data(),
+                None,
+                &mean,
+                &rstd,
+                weight.data(),
+                bias.data(),
+                c,
+                f,
+            );
+            let op = BatchNormOp {
+                ncf: (n, c, f),
+                mask: None,
+                mean,
+                rstd,
+                count: st.iter().map(|s| s.0).collect(),
+                batch_stats: true,
+                has_w: true,
+                has_b: true,
+            };
+            (y, Box::new(op))
+        }
+        _ => {
+            let lay = row_layout(kind, xs)?;
+            if weight.numel() != lay.affine_len() {
+                return Err(shape_err!(
+                    OP,
+                    "weight {:?} for input {:?}",
+                    weight.shape(),
+                    xs
+                ));
+            }
+            let (y, mean, rstd) = row_forward(x.data(), None, weight.data(), bias.data(), lay, eps);
+            let op = RowNormOp {
+                name: "norm",
+                lay,
+                mask: None,
+                mean,
+                rstd,
+                has_w: true,
+                has_b: true,
+            };
+            (y, Box::new(op))
+        }
+    };
+    let y = Tensor::from_parts(xs.to_vec(), y);
+    let ctx = BackwardCtx {
+        inputs: vec![x, weight, bias],
+        outputs: vec![&y],
+        grad_outputs: vec![Some(dy)],
+        needs_grad: vec![true; 3],
+    };
+    let mut g = op.backward(&ctx)?.into_iter();
+    let mut next = || {
+        g.next()
+            .flatten()
+            .ok_or_else(|| crate::error::NablaError::Other(format!("{OP}: missing gradient")))
+    };
+    let (dx, dw, db) = (next()?, next()?, next()?);
+    Ok([y, dx, dw, db])
 }
