@@ -10,14 +10,17 @@
 //! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
+pub mod analysis;
 pub mod autograd;
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod gradcheck;
 pub mod init;
 pub mod io;
 pub mod kernels;
+pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;

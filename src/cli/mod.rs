@@ -6,6 +6,9 @@ use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+pub mod vit;
+pub mod vit_train;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nabla",
@@ -27,6 +30,9 @@ pub enum Command {
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Vision Transformer: predict, train, eval, analyze.
+    #[command(subcommand)]
+    Vit(vit::VitCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -56,6 +62,35 @@ impl BenchCommon {
 pub enum BenchCommand {
     /// f32 GFLOP/s: squares 64…1024 and the RNN step 32×256·256×256, 1 and all threads.
     Matmul(BenchCommon),
+    /// ViT training step (forward, backward, AdamW): median seconds, images/s, GFLOP/s.
+    Vit(BenchVitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchVitArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    #[arg(long, default_value_t = 28)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 7)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub mlp_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Rayon threads (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// Prints results per the benchmark convention.
@@ -98,6 +133,28 @@ fn info(as_json: bool) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => info(json),
+        Command::Vit(c) => vit::run(c),
+        Command::Bench(BenchCommand::Vit(a)) => {
+            let cfg = crate::models::vit::VitConfig {
+                image_size: a.image_size,
+                patch: a.patch,
+                in_chans: a.channels,
+                dim: a.dim,
+                depth: a.depth,
+                heads: a.heads,
+                mlp_dim: a.mlp_dim,
+                num_classes: a.classes,
+                pool: crate::models::vit::Pool::Cls,
+                eps: 1e-6,
+                dropout: 0.0,
+            };
+            let opts = a.common.options();
+            let r = bench::with_threads(a.threads, || {
+                crate::models::vit_bench::bench_vit(&cfg, a.batch, &opts)
+            })?;
+            print_bench(&[r], a.common.json);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
             Ok(())

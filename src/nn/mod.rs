@@ -3,7 +3,9 @@
 //! [`crate::ops`] as a reference path for tests.
 
 pub mod attention;
+pub mod mlp;
 pub mod norm;
+pub mod patch_embed;
 
 pub use norm::{
     group_norm, instance_norm, layer_norm, layer_norm_reference, GroupNorm, InstanceNorm, LayerNorm,

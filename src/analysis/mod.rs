@@ -1,0 +1,3 @@
+//! Analyses of trained models.
+
+pub mod vit_attention;
