@@ -82,7 +82,9 @@ pub struct TrainArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Start from this checkpoint's weights (any resolution: position embeddings are resampled).
+    /// Start from this checkpoint's weights and architecture (patch, dim, depth, heads, MLP) at
+    /// --image-size: position embeddings are resampled, the head is re-initialized if the data
+    /// has another number of classes.
     #[arg(long)]
     pub finetune_from: Option<PathBuf>,
     /// Interpolation for the position embeddings when fine-tuning at another resolution.
@@ -327,13 +329,17 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
                     Vit::infer_config(&tensors, h, a.pool)?
                 }
             };
+            // The architecture is the checkpoint's; resolution, classes and dropout are new.
             let cfg = VitConfig {
+                patch: old.patch,
+                dim: old.dim,
                 heads: old.heads,
                 depth: old.depth,
                 mlp_dim: old.mlp_dim,
                 pool: old.pool,
                 ..cfg
             };
+            cfg.validate()?;
             let store = finetune_store(&tensors, &old, &cfg, a.pos_interp, a.seed)?;
             eprintln!(
                 "fine-tuning {} ({}x{} → {}x{}, pos_embed {}x{} → {}x{} grid, {:?})",
