@@ -9,3 +9,4 @@ pub mod padding;
 pub mod plot;
 pub mod rnn;
 pub mod transformers_as_gnns;
+pub mod vit_attention;

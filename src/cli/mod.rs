@@ -10,6 +10,8 @@ use serde_json::json;
 
 pub mod plot;
 pub mod rnn;
+pub mod vit;
+pub mod vit_train;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +53,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Loss and metric curves of a training run (metrics.jsonl → .svg or .png).
     Plot(plot::PlotArgs),
+    /// Vision Transformer: predict, train, eval, analyze.
+    #[command(subcommand)]
+    Vit(vit::VitCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -85,6 +90,35 @@ pub enum BenchCommand {
     /// Forward+backward of BatchNorm/LayerNorm/InstanceNorm/GroupNorm, bytes moved and the
     /// fraction of copy bandwidth reached.
     Norm(norm::BenchNormArgs),
+    /// ViT training step (forward, backward, AdamW): median seconds, images/s, GFLOP/s.
+    Vit(BenchVitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchVitArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    #[arg(long, default_value_t = 28)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 7)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub mlp_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Rayon threads (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// Prints results per the benchmark convention.
@@ -172,6 +206,28 @@ pub fn run(cli: Cli) -> Result<()> {
             format,
             out,
         } => reproduce(json, only.as_deref(), format, out),
+        Command::Vit(c) => vit::run(c),
+        Command::Bench(BenchCommand::Vit(a)) => {
+            let cfg = crate::models::vit::VitConfig {
+                image_size: a.image_size,
+                patch: a.patch,
+                in_chans: a.channels,
+                dim: a.dim,
+                depth: a.depth,
+                heads: a.heads,
+                mlp_dim: a.mlp_dim,
+                num_classes: a.classes,
+                pool: crate::models::vit::Pool::Cls,
+                eps: 1e-6,
+                dropout: 0.0,
+            };
+            let opts = a.common.options();
+            let r = bench::with_threads(a.threads, || {
+                crate::models::vit_bench::bench_vit(&cfg, a.batch, &opts)
+            })?;
+            print_bench(&[r], a.common.json);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
             Ok(())

@@ -2,3 +2,6 @@
 
 pub mod char_rnn;
 pub mod gnn;
+pub mod resample;
+pub mod vit;
+pub mod vit_bench;

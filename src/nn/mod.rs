@@ -6,7 +6,9 @@ pub mod dropout;
 pub mod graph_ops;
 pub mod masked_attention;
 pub mod message_passing;
+pub mod mlp;
 pub mod norm;
+pub mod patch_embed;
 pub mod rnn;
 pub mod sparse_linear;
 

@@ -1,0 +1,426 @@
+//! `nabla vit train`: a ViT on an image data set through the shared [`crate::train::Trainer`]
+//! (AdamW, linear warm-up then cosine decay, progress bar, per-epoch validation, metrics JSONL +
+//! plot, checkpoints, `--resume`), and fine-tuning at another resolution (`--finetune-from`:
+//! position embeddings resampled in 2-D, class token kept).
+
+use crate::data::{self, BatchOptions, ImageDataset};
+use crate::error::Result;
+use crate::init::Rng;
+use crate::invalid;
+use crate::models::resample::{resample_pos_embed, Interp};
+use crate::models::vit::{param_shapes, ForwardOptions, Pool, Vit, VitConfig};
+use crate::optim::{AdamConfig, AdamW, Optimizer};
+use crate::tensor::{Element, Tensor};
+use crate::train::{
+    BatchSampler, LrSchedule, Metrics, Mode, StepOutput, TrainConfig, TrainModel, TrainOptimizer,
+    Trainer,
+};
+use crate::{ops, ParamStore, Tape};
+use clap::Args;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Data folder (MNIST-style IDX, CIFAR-10/100 binaries, train/ + test/ PNG folders);
+    /// the built-in synthetic shapes if omitted.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run folder: metrics.jsonl, plot, checkpoint/, best/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Side of the (square) model input; images are resized bilinearly if it differs from the
+    /// data's. Default: the data's own size.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, default_value_t = 7)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub mlp_dim: usize,
+    #[arg(long, default_value = "cls")]
+    pub pool: Pool,
+    #[arg(long, default_value_t = 12)]
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (overrides --epochs when smaller).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate of AdamW.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 300)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Random-crop padding in pixels (0 = off).
+    #[arg(long, default_value_t = 2)]
+    pub crop_pad: usize,
+    /// Random horizontal flips (only applied to data sets where a flip keeps the class).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Validate on the first N test images only.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start from this checkpoint's weights and architecture (patch, dim, depth, heads, MLP) at
+    /// --image-size: position embeddings are resampled, the head is re-initialized if the data
+    /// has another number of classes.
+    #[arg(long)]
+    pub finetune_from: Option<PathBuf>,
+    /// Interpolation for the position embeddings when fine-tuning at another resolution.
+    #[arg(long, default_value = "bicubic")]
+    pub pos_interp: Interp,
+    /// Heads of the --finetune-from checkpoint when it carries no configuration (timm files).
+    #[arg(long)]
+    pub finetune_heads: Option<usize>,
+    /// Evaluate every N steps instead of once per epoch.
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Allow reusing a run folder that already has a checkpoint.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// plain log lines even on a terminal.
+    #[arg(long)]
+    pub no_bar: bool,
+}
+
+/// [`crate::optim`] optimizers as the trainer's [`TrainOptimizer`].
+pub struct OptimAdapter<O>(pub O);
+
+impl<T: Element, O: Optimizer<T>> TrainOptimizer<T> for OptimAdapter<O> {
+    fn step(&mut self, params: &mut ParamStore<T>) -> Result<()> {
+        self.0.step(params)
+    }
+    fn lr(&self) -> f64 {
+        self.0.lr()
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.0.set_lr(lr)
+    }
+    fn state_tensors(&self) -> Vec<(String, Tensor<T>)> {
+        self.0.state_tensors()
+    }
+    fn load_state_tensors(&mut self, t: &BTreeMap<String, Tensor<T>>, step: u64) -> Result<()> {
+        self.0.load_state_tensors(t, step)
+    }
+    fn step_count(&self) -> u64 {
+        self.0.step_count()
+    }
+}
+
+/// The ViT with its data, as a [`TrainModel`].
+pub struct VitTask {
+    pub vit: Vit,
+    pub store: ParamStore<f32>,
+    pub train: ImageDataset,
+    pub test: ImageDataset,
+    pub sampler: BatchSampler,
+    pub batch_opts: BatchOptions,
+    pub label_smoothing: f64,
+    pub data_name: String,
+}
+
+impl TrainModel<f32> for VitTask {
+    fn params(&self) -> &ParamStore<f32> {
+        &self.store
+    }
+    fn params_mut(&mut self) -> &mut ParamStore<f32> {
+        &mut self.store
+    }
+    fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput> {
+        let idx = self.sampler.batch(step);
+        let (x, y) = data::make_batch(&self.train, &idx, &self.batch_opts, Some(rng))?;
+        let mut tape = Tape::<f32>::new();
+        let xv = tape.constant(x);
+        let out = self.vit.forward(
+            &mut tape,
+            &self.store,
+            xv,
+            ForwardOptions {
+                train: true,
+                rng: Some(rng),
+                need_attn: false,
+            },
+        )?;
+        let loss = ops::cross_entropy(
+            &mut tape,
+            out.logits,
+            &y,
+            &ops::CrossEntropyOptions {
+                label_smoothing: self.label_smoothing,
+                ..Default::default()
+            },
+        )?;
+        let c = self.vit.cfg.num_classes;
+        let correct = tape
+            .value(out.logits)
+            .data()
+            .chunks(c)
+            .zip(&y)
+            .filter(|(r, &t)| (0..c).max_by(|&i, &j| r[i].total_cmp(&r[j])) == Some(t))
+            .count();
+        let l = tape.value(loss).item() as f64;
+        tape.backward(loss)?;
+        tape.accumulate_grads(&mut self.store)?;
+        Ok(StepOutput::new(l, idx.len()).with("train_acc", correct as f64 / idx.len() as f64))
+    }
+    fn evaluate(&mut self) -> Result<Metrics> {
+        let eval_opts = BatchOptions {
+            crop_pad: 0,
+            hflip: false,
+            ..self.batch_opts.clone()
+        };
+        let (acc, loss) =
+            crate::cli::vit::evaluate(&self.vit, &self.store, &self.test, &eval_opts, 500)?;
+        let mut m = Metrics::new();
+        m.insert("val_acc".into(), acc);
+        m.insert("val_loss".into(), loss);
+        Ok(m)
+    }
+    fn config_json(&self) -> serde_json::Value {
+        json!({
+            "model": "vit",
+            "vit": self.vit.cfg,
+            "data": self.data_name,
+            "normalize": {"mean": self.batch_opts.mean, "std": self.batch_opts.std},
+            "augment": {"crop_pad": self.batch_opts.crop_pad, "hflip": self.batch_opts.hflip},
+            "batch": self.sampler.batch_size(),
+            "label_smoothing": self.label_smoothing,
+        })
+    }
+    fn steps_per_epoch(&self) -> Option<u64> {
+        Some(self.sampler.steps_per_epoch())
+    }
+}
+
+/// The normalization saved with a nabla checkpoint (so eval/analyze use the training's).
+pub fn saved_batch_options(ckpt: &Path) -> Option<BatchOptions> {
+    let (file, cfg) = crate::cli::vit::resolve_checkpoint(ckpt).ok()?;
+    let cfg = cfg?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file.with_file_name("state.json")).ok()?).ok()?;
+    let n = v.get("model_config")?.get("normalize")?;
+    let f = |k: &str| -> Option<Vec<f64>> {
+        n.get(k)?.as_array()?.iter().map(|x| x.as_f64()).collect()
+    };
+    Some(BatchOptions {
+        mean: f("mean")?,
+        std: f("std")?,
+        image_size: cfg.image_size,
+        crop_pad: 0,
+        hflip: false,
+    })
+}
+
+/// Parameters for fine-tuning: the checkpoint's weights with `pos_embed` resampled to the new
+/// grid (class token entry kept) and, if the class count changed, a fresh head.
+pub fn finetune_store(
+    tensors: &BTreeMap<String, Tensor<f32>>,
+    old: &VitConfig,
+    new: &VitConfig,
+    interp: Interp,
+    seed: u64,
+) -> Result<ParamStore<f32>> {
+    if old.patch != new.patch || old.dim != new.dim || old.in_chans != new.in_chans {
+        return Err(invalid!(
+            "fine-tuning keeps patch size, width and channels: checkpoint has patch {} dim {} channels {}, the flags/data ask for patch {} dim {} channels {}",
+            old.patch, old.dim, old.in_chans, new.patch, new.dim, new.in_chans
+        ));
+    }
+    let mut fresh = ParamStore::<f32>::new();
+    Vit::init(new.clone(), &mut fresh, seed)?;
+    let mut store = ParamStore::<f32>::new();
+    for (name, shape) in param_shapes(new) {
+        let t = if name == "pos_embed" {
+            let pos = crate::io::take(tensors, "pos_embed", "checkpoint")?;
+            resample_pos_embed(
+                pos,
+                (old.grid(), old.grid()),
+                (new.grid(), new.grid()),
+                1,
+                interp,
+            )?
+        } else if name.starts_with("head.") && new.num_classes != old.num_classes {
+            fresh.by_name(&name)?.value.clone()
+        } else {
+            let t = crate::io::take(tensors, &name, "checkpoint")?.clone();
+            if t.shape() != shape.as_slice() {
+                return Err(invalid!(
+                    "checkpoint tensor {name} has shape {:?}, the fine-tuned model needs {:?}",
+                    t.shape(),
+                    shape
+                ));
+            }
+            t
+        };
+        store.add(name, t)?;
+    }
+    Ok(store)
+}
+
+/// Builds the task (model, data, normalization) from the flags.
+pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
+    let splits = data::load(a.data.as_deref(), a.seed)?;
+    let mut train = splits.train;
+    if let Some(n) = a.train_limit {
+        train = train.take(n);
+    }
+    let test = match a.eval_limit {
+        Some(n) => splits.test.take(n),
+        None => splits.test,
+    };
+    if train.is_empty() || test.is_empty() {
+        return Err(invalid!("empty training or test set"));
+    }
+    let image_size = a.image_size.unwrap_or(train.height);
+    let cfg = VitConfig {
+        image_size,
+        patch: a.patch,
+        in_chans: train.channels,
+        dim: a.dim,
+        depth: a.depth,
+        heads: a.heads,
+        mlp_dim: a.mlp_dim,
+        num_classes: train.num_classes,
+        pool: a.pool,
+        eps: 1e-6,
+        dropout: a.dropout,
+    };
+    cfg.validate()?;
+    if !(0.0..1.0).contains(&a.label_smoothing) {
+        return Err(invalid!(
+            "--label-smoothing must be in [0, 1), got {}",
+            a.label_smoothing
+        ));
+    }
+    let (vit, store) = match &a.finetune_from {
+        None => {
+            let mut store = ParamStore::new();
+            let vit = Vit::init(cfg, &mut store, a.seed)?;
+            (vit, store)
+        }
+        Some(p) => {
+            let (file, saved) = crate::cli::vit::resolve_checkpoint(p)?;
+            let tensors = crate::io::load_safetensors::<f32>(&file)?;
+            let old = match saved {
+                Some(c) => c,
+                None => {
+                    let h = a.finetune_heads.unwrap_or(a.heads);
+                    Vit::infer_config(&tensors, h, a.pool)?
+                }
+            };
+            // The architecture is the checkpoint's; resolution, classes and dropout are new.
+            let cfg = VitConfig {
+                patch: old.patch,
+                dim: old.dim,
+                heads: old.heads,
+                depth: old.depth,
+                mlp_dim: old.mlp_dim,
+                pool: old.pool,
+                ..cfg
+            };
+            cfg.validate()?;
+            let store = finetune_store(&tensors, &old, &cfg, a.pos_interp, a.seed)?;
+            eprintln!(
+                "fine-tuning {} ({}x{} → {}x{}, pos_embed {}x{} → {}x{} grid, {:?})",
+                file.display(),
+                old.image_size,
+                old.image_size,
+                cfg.image_size,
+                cfg.image_size,
+                old.grid(),
+                old.grid(),
+                cfg.grid(),
+                cfg.grid(),
+                a.pos_interp
+            );
+            let vit = Vit::bind(cfg, &store)?;
+            (vit, store)
+        }
+    };
+    let (mean, std) = train.channel_stats();
+    let batch_opts = BatchOptions {
+        mean,
+        std,
+        image_size,
+        crop_pad: a.crop_pad,
+        hflip: a.hflip && train.flip_ok,
+    };
+    let sampler = BatchSampler::new(train.len(), a.batch, true, a.seed)?;
+    let data_name = train.name.clone();
+    Ok(VitTask {
+        vit,
+        store,
+        train,
+        test,
+        sampler,
+        batch_opts,
+        label_smoothing: a.label_smoothing,
+        data_name,
+    })
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let mut task = build_task(a)?;
+    let opt = AdamW::<f32>::new(AdamConfig::new(a.lr).weight_decay(a.weight_decay))?;
+    let cfg = TrainConfig {
+        out_dir: a.out.clone(),
+        resume: if a.resume { Some(a.out.clone()) } else { None },
+        overwrite: a.overwrite,
+        seed: a.seed,
+        max_steps: a.steps,
+        epochs: Some(a.epochs),
+        eval_every: a.eval_every,
+        log_every: 50,
+        checkpoint_every: 0,
+        schedule: LrSchedule::Cosine {
+            min_lr: a.lr * 0.01,
+        },
+        warmup_steps: a.warmup,
+        clip_grad_norm: None,
+        monitor: Some(("val_acc".into(), Mode::Max)),
+        early_stopping: None,
+        progress: if a.no_bar {
+            crate::train::ProgressMode::Plain
+        } else {
+            crate::train::ProgressMode::Auto
+        },
+        ..TrainConfig::default()
+    };
+    eprintln!(
+        "ViT {} params on {} ({} train / {} test images, {}x{}x{} → {}x{}), {} steps/epoch",
+        task.store.num_elements(),
+        task.data_name,
+        task.train.len(),
+        task.test.len(),
+        task.train.channels,
+        task.train.height,
+        task.train.width,
+        task.vit.cfg.image_size,
+        task.vit.cfg.image_size,
+        task.sampler.steps_per_epoch()
+    );
+    let summary = Trainer::new(cfg, OptimAdapter(opt)).fit(&mut task)?;
+    println!("{}", summary.describe());
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! IDX files (MNIST, Fashion-MNIST, the 8x8 digits), raw or gzip-compressed (detected from the
+//! gzip magic bytes `1f 8b`). Layout: `00 00 <type> <ndim>`, ndim big-endian u32 sizes, then the
+//! row-major elements; only unsigned bytes (type 0x08) are image/label data here.
+//! Every inconsistency (magic, type, truncated or over-long data) is an error naming the file.
+
+use super::{ImageDataset, Splits};
+use crate::error::{NablaError, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// An IDX array of unsigned bytes.
+#[derive(Clone, Debug)]
+pub struct IdxArray {
+    pub dims: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Parses IDX bytes (already decompressed).
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    let err = |m: String| NablaError::format(path, m);
+    if bytes.len() < 4 {
+        return Err(err(format!(
+            "truncated IDX header: {} bytes, need at least 4",
+            bytes.len()
+        )));
+    }
+    if bytes[0] != 0 || bytes[1] != 0 {
+        return Err(err(format!(
+            "not an IDX file: magic starts with {:02x} {:02x}, expected 00 00",
+            bytes[0], bytes[1]
+        )));
+    }
+    if bytes[2] != 0x08 {
+        return Err(err(format!(
+            "IDX element type 0x{:02x} is not supported (only 0x08, unsigned byte)",
+            bytes[2]
+        )));
+    }
+    let nd = bytes[3] as usize;
+    if nd == 0 {
+        return Err(err("IDX file with 0 dimensions".into()));
+    }
+    let header = 4 + 4 * nd;
+    if bytes.len() < header {
+        return Err(err(format!(
+            "truncated IDX header: {} bytes, {nd} dimensions need {header}",
+            bytes.len()
+        )));
+    }
+    let dims: Vec<usize> = (0..nd)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| err(format!("IDX dimensions {dims:?} overflow")))?;
+    let have = bytes.len() - header;
+    if have != n {
+        return Err(err(format!(
+            "{} IDX file: dims {dims:?} need {n} data bytes, found {have}",
+            if have < n { "truncated" } else { "over-long" }
+        )));
+    }
+    Ok(IdxArray {
+        dims,
+        data: bytes[header..].to_vec(),
+    })
+}
+
+/// Reads an IDX file, decompressing gzip when the file starts with the gzip magic.
+pub fn read_idx(path: &Path) -> Result<IdxArray> {
+    let raw = std::fs::read(path).map_err(|e| NablaError::io(path, e))?;
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                NablaError::format(path, format!("corrupt or truncated gzip stream: {e}"))
+            })?;
+        parse_idx(&out, path)
+    } else {
+        parse_idx(&raw, path)
+    }
+}
+
+/// Images `(N, rows, cols)` and labels `(N)` from two IDX files → a 1-channel data set.
+pub fn load_pair(images: &Path, labels: &Path, name: &str) -> Result<ImageDataset> {
+    let im = read_idx(images)?;
+    let lb = read_idx(labels)?;
+    if im.dims.len() != 3 {
+        return Err(NablaError::format(
+            images,
+            format!(
+                "image IDX must have 3 dims (N, rows, cols), has {:?}",
+                im.dims
+            ),
+        ));
+    }
+    if lb.dims.len() != 1 {
+        return Err(NablaError::format(
+            labels,
+            format!("label IDX must have 1 dim (N), has {:?}", lb.dims),
+        ));
+    }
+    if im.dims[0] != lb.dims[0] {
+        return Err(NablaError::format(
+            labels,
+            format!(
+                "{} labels for {} images in {}",
+                lb.dims[0],
+                im.dims[0],
+                images.display()
+            ),
+        ));
+    }
+    let labels_v: Vec<usize> = lb.data.iter().map(|&b| b as usize).collect();
+    let num_classes = labels_v.iter().max().map_or(0, |m| m + 1).max(10);
+    let ds = ImageDataset {
+        pixels: im.data,
+        labels: labels_v,
+        channels: 1,
+        height: im.dims[1],
+        width: im.dims[2],
+        num_classes,
+        name: name.to_string(),
+        flip_ok: false,
+    };
+    ds.validate()?;
+    Ok(ds)
+}
+
+fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// Recognises MNIST-style file names in `dir`; `Ok(None)` if there are none.
+pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tr_i = find(dir, "train-images-idx3-ubyte");
+    let tr_l = find(dir, "train-labels-idx1-ubyte");
+    let te_i = find(dir, "t10k-images-idx3-ubyte");
+    let te_l = find(dir, "t10k-labels-idx1-ubyte");
+    if tr_i.is_some() || te_i.is_some() || tr_l.is_some() || te_l.is_some() {
+        let need = |p: Option<PathBuf>, what: &str| {
+            p.ok_or_else(|| {
+                NablaError::io(
+                    dir.join(what),
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{what}[.gz] is missing from this IDX data folder"),
+                    ),
+                )
+            })
+        };
+        let train = load_pair(
+            &need(tr_i, "train-images-idx3-ubyte")?,
+            &need(tr_l, "train-labels-idx1-ubyte")?,
+            &format!("{name}/train"),
+        )?;
+        let test = load_pair(
+            &need(te_i, "t10k-images-idx3-ubyte")?,
+            &need(te_l, "t10k-labels-idx1-ubyte")?,
+            &format!("{name}/test"),
+        )?;
+        return Ok(Some(Splits { train, test }));
+    }
+    // A single `<x>-images-idx3-ubyte[.gz]` + `<x>-labels-idx1-ubyte[.gz]` pair.
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| NablaError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    let img = entries.iter().find(|p| {
+        let n = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        n.ends_with("-images-idx3-ubyte") || n.ends_with("-images-idx3-ubyte.gz")
+    });
+    if let Some(img) = img {
+        let s = img
+            .to_string_lossy()
+            .replace("-images-idx3-ubyte", "-labels-idx1-ubyte");
+        let lab = PathBuf::from(s);
+        let all = load_pair(img, &lab, &name)?;
+        // No official split: the last sixth (in file order) is the test set.
+        let n = all.len();
+        let n_test = n / 6;
+        let k = all.image_len();
+        let cut = n - n_test;
+        let test = ImageDataset {
+            pixels: all.pixels[cut * k..].to_vec(),
+            labels: all.labels[cut..].to_vec(),
+            name: format!("{name}/test"),
+            ..all.clone()
+        };
+        let train = ImageDataset {
+            name: format!("{name}/train"),
+            ..all.take(cut)
+        };
+        return Ok(Some(Splits { train, test }));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn raw_gz_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let img = idx_bytes(&[2, 2, 3], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let lab = idx_bytes(&[2], &[3, 9]);
+        std::fs::write(p.join("a-images-idx3-ubyte"), &img).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &lab).unwrap();
+        let gzb = gz.finish().unwrap();
+        std::fs::write(p.join("a-labels-idx1-ubyte"), &gzb).unwrap();
+        let ds = load_pair(
+            &p.join("a-images-idx3-ubyte"),
+            &p.join("a-labels-idx1-ubyte"),
+            "a",
+        )
+        .unwrap();
+        assert_eq!((ds.len(), ds.height, ds.width), (2, 2, 3));
+        assert_eq!(ds.labels, vec![3, 9]);
+        assert_eq!(ds.image(1), &[7, 8, 9, 10, 11, 12]);
+        // Truncated raw data.
+        std::fs::write(p.join("t"), &img[..img.len() - 1]).unwrap();
+        let e = read_idx(&p.join("t")).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("need 12"), "{e}");
+        // Truncated gzip stream.
+        std::fs::write(p.join("g.gz"), &gzb[..gzb.len() / 2]).unwrap();
+        let e = read_idx(&p.join("g.gz")).unwrap_err().to_string();
+        assert!(e.contains("gzip"), "{e}");
+        // Bad magic, bad type, short header.
+        let mut bad = img.clone();
+        bad[0] = 7;
+        std::fs::write(p.join("m"), &bad).unwrap();
+        assert!(read_idx(&p.join("m"))
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        bad = img.clone();
+        bad[2] = 0x0d;
+        std::fs::write(p.join("ty"), &bad).unwrap();
+        assert!(read_idx(&p.join("ty"))
+            .unwrap_err()
+            .to_string()
+            .contains("0x0d"));
+        std::fs::write(p.join("h"), &img[..6]).unwrap();
+        assert!(read_idx(&p.join("h"))
+            .unwrap_err()
+            .to_string()
+            .contains("header"));
+        // Count mismatch between images and labels.
+        std::fs::write(p.join("l3"), idx_bytes(&[3], &[0, 1, 2])).unwrap();
+        let e = load_pair(&p.join("a-images-idx3-ubyte"), &p.join("l3"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 labels for 2 images"), "{e}");
+    }
+}

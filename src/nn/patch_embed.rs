@@ -1,0 +1,305 @@
+//! ViT token embedding as one fused op: non-overlapping P×P patches → linear embedding (timm's
+//! `patch_embed.proj`, a Conv2d with kernel = stride = P), the class token prepended and the
+//! position embeddings added.
+//!
+//! With `cols (B·N, C·P·P)` the patches flattened in the Conv2d weight order (c, i, j) and the
+//! grid row-major (patch r, c is token `1 + r·grid_w + c`):
+//!
+//! ```text
+//! e   = cols Wᵀ + b                     (B·N, D)     W = proj.weight viewed (D, C·P·P)
+//! z_b = [cls + pos_0 ; e_b + pos_1..N]  (B, 1+N, D)
+//! ```
+//!
+//! Backward with `dz`: `dpos = Σ_b dz_b`, `dcls = Σ_b dz_{b,0}`, `de = dz_{·,1..}`,
+//! `db = Σ_rows de`, `dW = deᵀ cols`, `dx = col2im(de W)` (each pixel lies in exactly one patch).
+//! Without a class token (`cls = None`), `z_b = e_b + pos`.
+
+use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::error::Result;
+use crate::kernels::{gemm, MatLayout};
+use crate::shape_err;
+use crate::tensor::{Element, Tensor};
+
+/// Geometry of a patch grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchGeom {
+    pub b: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub p: usize,
+}
+
+impl PatchGeom {
+    pub fn grid(&self) -> (usize, usize) {
+        (self.h / self.p, self.w / self.p)
+    }
+    pub fn num_patches(&self) -> usize {
+        let (gh, gw) = self.grid();
+        gh * gw
+    }
+    pub fn patch_len(&self) -> usize {
+        self.c * self.p * self.p
+    }
+}
+
+/// `x (B, C, H, W)` → patches `(B·N, C·P·P)` in Conv2d weight order.
+pub fn im2col<T: Element>(x: &[T], g: &PatchGeom) -> Vec<T> {
+    let (gh, gw) = g.grid();
+    let (p, k) = (g.p, g.patch_len());
+    let mut out = vec![T::zero(); g.b * gh * gw * k];
+    for bi in 0..g.b {
+        for r in 0..gh {
+            for cc in 0..gw {
+                let row = &mut out[((bi * gh + r) * gw + cc) * k..][..k];
+                for ch in 0..g.c {
+                    for i in 0..p {
+                        let src = ((bi * g.c + ch) * g.h + r * p + i) * g.w + cc * p;
+                        row[(ch * p + i) * p..][..p].copy_from_slice(&x[src..src + p]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Inverse data movement of [`im2col`] (non-overlapping patches: a pure scatter).
+pub fn col2im<T: Element>(cols: &[T], g: &PatchGeom) -> Vec<T> {
+    let (gh, gw) = g.grid();
+    let (p, k) = (g.p, g.patch_len());
+    let mut x = vec![T::zero(); g.b * g.c * g.h * g.w];
+    for bi in 0..g.b {
+        for r in 0..gh {
+            for cc in 0..gw {
+                let row = &cols[((bi * gh + r) * gw + cc) * k..][..k];
+                for ch in 0..g.c {
+                    for i in 0..p {
+                        let dst = ((bi * g.c + ch) * g.h + r * p + i) * g.w + cc * p;
+                        x[dst..dst + p].copy_from_slice(&row[(ch * p + i) * p..][..p]);
+                    }
+                }
+            }
+        }
+    }
+    x
+}
+
+/// The embedding parameters on the tape (timm names).
+#[derive(Clone, Copy, Debug)]
+pub struct EmbedWeights {
+    /// `patch_embed.proj.weight` (D, C, P, P).
+    pub proj_w: Var,
+    /// `patch_embed.proj.bias` (D).
+    pub proj_b: Var,
+    /// `cls_token` (1, 1, D).
+    pub cls: Option<Var>,
+    /// `pos_embed` (1, [1+]N, D).
+    pub pos: Var,
+}
+
+struct EmbedOp<T> {
+    g: PatchGeom,
+    d: usize,
+    has_cls: bool,
+    cols: Vec<T>,
+}
+
+impl<T: Element> Op<T> for EmbedOp<T> {
+    fn name(&self) -> &'static str {
+        "patch_embed"
+    }
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
+        let (g, d) = (&self.g, self.d);
+        let n = g.num_patches();
+        let k = g.patch_len();
+        let extra = self.has_cls as usize;
+        let tok = n + extra;
+        let dz = ctx.grad();
+        let dz = dz.data();
+        // Inputs: x, proj_w, proj_b, [cls], pos
+        let pos_i = 3 + extra;
+        let mut grads: Vec<Option<Tensor<T>>> = vec![None; ctx.inputs.len()];
+        if ctx.needs_grad[pos_i] {
+            let mut dpos = vec![T::zero(); tok * d];
+            for blk in dz.chunks_exact(tok * d) {
+                for (o, &v) in dpos.iter_mut().zip(blk) {
+                    *o += v;
+                }
+            }
+            grads[pos_i] = Some(Tensor::from_parts(ctx.inputs[pos_i].shape().to_vec(), dpos));
+        }
+        if self.has_cls && ctx.needs_grad[3] {
+            let mut dcls = vec![T::zero(); d];
+            for blk in dz.chunks_exact(tok * d) {
+                for (o, &v) in dcls.iter_mut().zip(&blk[..d]) {
+                    *o += v;
+                }
+            }
+            grads[3] = Some(Tensor::from_parts(vec![1, 1, d], dcls));
+        }
+        // de (B·N, D): the patch rows of dz.
+        let mut de = Vec::with_capacity(g.b * n * d);
+        for blk in dz.chunks_exact(tok * d) {
+            de.extend_from_slice(&blk[extra * d..]);
+        }
+        if ctx.needs_grad[2] {
+            let mut db = vec![T::zero(); d];
+            for row in de.chunks_exact(d) {
+                for (o, &v) in db.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+            grads[2] = Some(Tensor::from_parts(vec![d], db));
+        }
+        if ctx.needs_grad[1] {
+            let mut dw = vec![T::zero(); d * k];
+            gemm(
+                d,
+                k,
+                g.b * n,
+                &de,
+                MatLayout::T,
+                &self.cols,
+                MatLayout::N,
+                &mut dw,
+                false,
+            );
+            grads[1] = Some(Tensor::from_parts(ctx.inputs[1].shape().to_vec(), dw));
+        }
+        if ctx.needs_grad[0] {
+            let mut dcols = vec![T::zero(); g.b * n * k];
+            gemm(
+                g.b * n,
+                k,
+                d,
+                &de,
+                MatLayout::N,
+                ctx.inputs[1].data(),
+                MatLayout::N,
+                &mut dcols,
+                false,
+            );
+            grads[0] = Some(Tensor::from_parts(
+                ctx.inputs[0].shape().to_vec(),
+                col2im(&dcols, g),
+            ));
+        }
+        Ok(grads)
+    }
+}
+
+/// Images `x (B, C, H, W)` → tokens `(B, [1+]N, D)`.
+pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> Result<Var> {
+    const OP: &str = "patch_embed";
+    let xs = tape.shape(x).to_vec();
+    let ws = tape.shape(w.proj_w).to_vec();
+    if ws.len() != 4 || ws[2] != ws[3] || ws[2] == 0 {
+        return Err(shape_err!(
+            OP,
+            "patch_embed.proj.weight must be (D, C, P, P), got {:?}",
+            ws
+        ));
+    }
+    let (d, c, p) = (ws[0], ws[1], ws[2]);
+    if xs.len() != 4 {
+        return Err(shape_err!(OP, "images must be (B, C, H, W), got {:?}", xs));
+    }
+    if xs[1] != c {
+        return Err(shape_err!(
+            OP,
+            "images have {} channels {:?}, the model expects {c} (patch_embed.proj.weight {:?})",
+            xs[1],
+            xs,
+            ws
+        ));
+    }
+    if xs[2] % p != 0 || xs[3] % p != 0 || xs[2] == 0 || xs[3] == 0 {
+        return Err(shape_err!(
+            OP,
+            "image size {}x{} is not divisible by the patch size {p}",
+            xs[2],
+            xs[3]
+        ));
+    }
+    let g = PatchGeom {
+        b: xs[0],
+        c,
+        h: xs[2],
+        w: xs[3],
+        p,
+    };
+    let n = g.num_patches();
+    let extra = w.cls.is_some() as usize;
+    let tok = n + extra;
+    if tape.shape(w.proj_b) != [d] {
+        return Err(shape_err!(
+            OP,
+            "patch_embed.proj.bias {:?}, expected [{d}]",
+            tape.shape(w.proj_b)
+        ));
+    }
+    if let Some(cls) = w.cls {
+        if tape.shape(cls) != [1, 1, d] {
+            return Err(shape_err!(
+                OP,
+                "cls_token {:?}, expected [1, 1, {d}]",
+                tape.shape(cls)
+            ));
+        }
+    }
+    if tape.shape(w.pos) != [1, tok, d] {
+        return Err(shape_err!(
+            OP,
+            "pos_embed is {:?} but a {}x{} image in {p}x{p} patches gives {} tokens: expected [1, {tok}, {d}]",
+            tape.shape(w.pos),
+            g.h,
+            g.w,
+            tok
+        ));
+    }
+    let cols = im2col(tape.value(x).data(), &g);
+    let k = g.patch_len();
+    let mut e = vec![T::zero(); g.b * n * d];
+    for row in e.chunks_exact_mut(d) {
+        row.copy_from_slice(tape.value(w.proj_b).data());
+    }
+    gemm(
+        g.b * n,
+        d,
+        k,
+        &cols,
+        MatLayout::N,
+        tape.value(w.proj_w).data(),
+        MatLayout::T,
+        &mut e,
+        true,
+    );
+    let pos = tape.value(w.pos).data();
+    let mut z = Vec::with_capacity(g.b * tok * d);
+    for eb in e.chunks_exact(n * d) {
+        if let Some(cls) = w.cls {
+            z.extend(
+                tape.value(cls)
+                    .data()
+                    .iter()
+                    .zip(&pos[..d])
+                    .map(|(&a, &b)| a + b),
+            );
+        }
+        z.extend(eb.iter().zip(&pos[extra * d..]).map(|(&a, &b)| a + b));
+    }
+    let mut inputs = vec![x, w.proj_w, w.proj_b];
+    inputs.extend(w.cls);
+    inputs.push(w.pos);
+    Ok(tape.record1(
+        EmbedOp {
+            g,
+            d,
+            has_cls: w.cls.is_some(),
+            cols,
+        },
+        &inputs,
+        Tensor::from_parts(vec![g.b, tok, d], z),
+    ))
+}
