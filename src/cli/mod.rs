@@ -6,6 +6,8 @@ use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+pub mod gnn;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nabla",
@@ -24,6 +26,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Graph neural networks: node classification and the reach of message passing.
+    #[command(subcommand)]
+    Gnn(gnn::GnnCommand),
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -56,6 +61,17 @@ impl BenchCommon {
 pub enum BenchCommand {
     /// f32 GFLOP/s: squares 64…1024 and the RNN step 32×256·256×256, 1 and all threads.
     Matmul(BenchCommon),
+    /// Seconds per full-batch GNN training epoch on a Cora-sized random graph.
+    Gnn(GnnBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GnnBenchArgs {
+    /// gcn | gat | transformer | dense
+    #[arg(long, default_value = "gcn")]
+    pub model: String,
+    #[command(flatten)]
+    pub common: BenchCommon,
 }
 
 /// Prints results per the benchmark convention.
@@ -98,6 +114,15 @@ fn info(as_json: bool) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => info(json),
+        Command::Gnn(c) => gnn::run(&c),
+        Command::Bench(BenchCommand::Gnn(a)) => {
+            let kind = crate::models::gnn::GnnKind::parse(&a.model)?;
+            print_bench(
+                &crate::models::gnn_bench::bench_gnn(kind, &a.common.options())?,
+                a.common.json,
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
             Ok(())
