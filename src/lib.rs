@@ -7,6 +7,7 @@
 //! - [`ops`]: primitive differentiable ops, forward and backward side by side;
 //! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
+//! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
 pub mod analysis;
@@ -25,6 +26,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{ParamId, ParamStore, Tape, Var};
 pub use error::{NablaError, Result};

@@ -143,7 +143,7 @@ impl GraphInput {
     }
 }
 
-/// One GAT layer's parameters: `{p}.lin.weight (H·F, in)`, `{p}.att_src (1, H, F)`,
+/// One GAT layer's parameters: `{p}.lin.weight (H·F, in)`, `{p}.att_src (H, F)`,
 /// `{p}.att_dst`, `{p}.bias (H·F)`.
 #[derive(Clone, Copy, Debug)]
 struct GatLayer {
@@ -214,11 +214,11 @@ fn gat_layer<T: Element>(
         )?,
         att_src: store.add(
             format!("{p}.att_src"),
-            glorot(&[1, heads, out], heads, out, rng)?,
+            glorot(&[heads, out], heads, out, rng)?,
         )?,
         att_dst: store.add(
             format!("{p}.att_dst"),
-            glorot(&[1, heads, out], heads, out, rng)?,
+            glorot(&[heads, out], heads, out, rng)?,
         )?,
         bias: store.add(format!("{p}.bias"), Tensor::zeros(&[heads * out]))?,
         heads,
@@ -412,7 +412,7 @@ impl GnnModel {
         let z = lin(tape, store, x, l.weight, None)?; // (N, H·F)
         let z3 = ops::reshape(tape, z, &[n, l.heads, l.out])?; // (N, H, F)
         let score = |tape: &mut Tape<T>, a: ParamId| -> Result<Var> {
-            let av = tape.param(store, a); // (1, H, F)
+            let av = tape.param(store, a); // (H, F), broadcast over nodes
             let p = ops::mul(tape, z3, av)?;
             ops::sum(tape, p, 2, false) // (N, H)
         };

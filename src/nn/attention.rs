@@ -1,0 +1,808 @@
+//! Multi-head attention as fused ops with hand-derived backward passes.
+//!
+//! Two entry points:
+//! - [`multi_head_self_attention`]: timm's `Attention` / `nn.MultiheadAttention` self-attention in
+//!   one op — packed input projection `[q | k | v] = x W_qkvᵀ + b_qkv` (`W_qkv` is (3D, D), rows
+//!   `0..D` give q, `D..2D` k, `2D..3D` v; head h uses columns `h·dh..(h+1)·dh` of each part),
+//!   per-head scaled-dot-product attention, concatenation of the heads and the output projection
+//!   `y = o W_projᵀ + b_proj`. Optionally returns the attention probabilities (B, H, T, T).
+//! - [`scaled_dot_product_attention`]: the attention core alone on already-projected
+//!   `q (B, H, Tq, dh)`, `k, v (B, H, Tk, dh)`.
+//!
+//! Forward, per item and head (`s = dh^{-1/2}`, `M_ij = −∞` where key j is masked for query i):
+//!
+//! ```text
+//! S = s·q kᵀ + M          (Tq, Tk)
+//! P = softmax_rows(S)     (Tq, Tk)
+//! o = P v                 (Tq, dh)
+//! ```
+//!
+//! Backward, given `do` (and `dP₀`, the gradient reaching the returned probabilities, if any):
+//!
+//! ```text
+//! dv = Pᵀ do
+//! dP = do vᵀ + dP₀
+//! dS = P ⊙ (dP − rowsum(P ⊙ dP))      softmax backward; masked entries have P = 0 so dS = 0
+//! dq = s · dS k
+//! dk = s · dSᵀ q
+//! ```
+//!
+//! For the fused op the projections add the usual linear-layer gradients:
+//! `dW_proj = dyᵀ o`, `db_proj = Σ_rows dy`, `do = dy W_proj`, and with `dqkv` assembled from
+//! `dq, dk, dv`: `dW_qkv = dqkvᵀ x`, `db_qkv = Σ_rows dqkv`, `dx = dqkv W_qkv`.
+//!
+//! A query row whose keys are all masked gets probabilities 0 and output 0 (PyTorch yields NaN).
+//!
+//! The same computation unrolled into primitive ops is [`multi_head_self_attention_reference`];
+//! tests compare the two and check both against finite differences and PyTorch.
+
+use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::error::Result;
+use crate::kernels::{gemm, MatLayout};
+use crate::ops;
+use crate::shape_err;
+use crate::tensor::{Element, Tensor};
+use rayon::prelude::*;
+
+/// Which (query, key) pairs are blocked. `true` = blocked (PyTorch's boolean-mask convention).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttnMask {
+    /// `key_padding_mask` (B, Tk): `true` = that key is padding and is ignored by every query.
+    KeyPadding(Vec<bool>),
+    /// A dense (B, Tq, Tk) mask (e.g. a graph's non-edges); `true` = query i may not attend to key j.
+    Dense(Vec<bool>),
+    /// One dense (Tq, Tk) mask shared by every item of the batch.
+    Shared(Vec<bool>),
+}
+
+impl AttnMask {
+    fn check(&self, b: usize, tq: usize, tk: usize, op: &str) -> Result<()> {
+        let (want, what) = match self {
+            AttnMask::KeyPadding(m) => (b * tk, (m.len(), format!("(B, Tk) = ({b}, {tk})"))),
+            AttnMask::Dense(m) => (
+                b * tq * tk,
+                (m.len(), format!("(B, Tq, Tk) = ({b}, {tq}, {tk})")),
+            ),
+            AttnMask::Shared(m) => (tq * tk, (m.len(), format!("(Tq, Tk) = ({tq}, {tk})"))),
+        };
+        if what.0 != want {
+            return Err(shape_err!(
+                op,
+                "mask has {} entries, expected {} for {}",
+                what.0,
+                want,
+                what.1
+            ));
+        }
+        Ok(())
+    }
+    /// The mask rows of item `b`: (slice, stride between query rows; 0 = same row for all).
+    fn view(&self, b: usize, tq: usize, tk: usize) -> MaskView<'_> {
+        match self {
+            AttnMask::KeyPadding(m) => MaskView {
+                data: &m[b * tk..(b + 1) * tk],
+                row_stride: 0,
+            },
+            AttnMask::Dense(m) => MaskView {
+                data: &m[b * tq * tk..(b + 1) * tq * tk],
+                row_stride: tk,
+            },
+            AttnMask::Shared(m) => MaskView {
+                data: m,
+                row_stride: tk,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct MaskView<'a> {
+    data: &'a [bool],
+    row_stride: usize,
+}
+
+impl<'a> MaskView<'a> {
+    fn row(&self, i: usize, tk: usize) -> &'a [bool] {
+        &self.data[i * self.row_stride..i * self.row_stride + tk]
+    }
+}
+
+/// Dot product with 8 independent accumulators so the loop vectorizes.
+#[inline]
+fn dot<T: Element>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    s
+}
+
+/// `y += alpha · x`.
+#[inline]
+fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+/// Strided row access: row `i` of a (rows, dh) matrix stored with row stride `rs`.
+#[derive(Clone, Copy)]
+struct Rows<'a, T> {
+    buf: &'a [T],
+    rs: usize,
+    dh: usize,
+}
+
+impl<'a, T> Rows<'a, T> {
+    #[inline]
+    fn row(&self, i: usize) -> &'a [T] {
+        &self.buf[i * self.rs..i * self.rs + self.dh]
+    }
+}
+
+/// Rows of block `i` of a stack of contiguous `(rows, dh)` blocks.
+fn block_rows<T>(buf: &[T], i: usize, rows: usize, dh: usize) -> Rows<'_, T> {
+    Rows {
+        buf: &buf[i * rows * dh..(i + 1) * rows * dh],
+        rs: dh,
+        dh,
+    }
+}
+
+/// One (item, head) forward: fills `p` (tq, tk) and `o` rows (stride `o_rs`, offset 0).
+#[allow(clippy::too_many_arguments)]
+fn head_forward<T: Element>(
+    q: Rows<'_, T>,
+    k: Rows<'_, T>,
+    v: Rows<'_, T>,
+    tq: usize,
+    tk: usize,
+    scale: T,
+    mask: Option<MaskView<'_>>,
+    p: &mut [T],
+    o: &mut [T],
+    o_rs: usize,
+) {
+    let dh = q.dh;
+    for i in 0..tq {
+        let qi = q.row(i);
+        let prow = &mut p[i * tk..(i + 1) * tk];
+        let mrow = mask.map(|m| m.row(i, tk));
+        let mut mx = T::neg_infinity();
+        for j in 0..tk {
+            let s = if mrow.is_some_and(|m| m[j]) {
+                T::neg_infinity()
+            } else {
+                scale * dot(qi, k.row(j))
+            };
+            prow[j] = s;
+            mx = mx.max(s);
+        }
+        let orow = &mut o[i * o_rs..i * o_rs + dh];
+        orow.iter_mut().for_each(|x| *x = T::zero());
+        if mx == T::neg_infinity() {
+            // Every key blocked: probabilities and output stay 0.
+            prow.iter_mut().for_each(|x| *x = T::zero());
+            continue;
+        }
+        let mut sum = T::zero();
+        for x in prow.iter_mut() {
+            *x = (*x - mx).exp();
+            sum += *x;
+        }
+        let inv = T::one() / sum;
+        for (j, x) in prow.iter_mut().enumerate() {
+            *x *= inv;
+            if *x != T::zero() {
+                axpy(*x, v.row(j), orow);
+            }
+        }
+    }
+}
+
+/// One (item, head) backward. `d` receives dq, dk, dv at offsets `off` = (q, k, v) with row
+/// stride `d_rs`; it must be zero on entry in those places. `scratch` holds tq·tk values.
+#[allow(clippy::too_many_arguments)]
+fn head_backward<T: Element>(
+    q: Rows<'_, T>,
+    k: Rows<'_, T>,
+    v: Rows<'_, T>,
+    tq: usize,
+    tk: usize,
+    scale: T,
+    p: &[T],
+    dout: Rows<'_, T>,
+    gp: Option<&[T]>,
+    d: &mut [T],
+    off: (usize, usize, usize),
+    d_rs: usize,
+    scratch: &mut [T],
+) {
+    let dh = q.dh;
+    let ds = &mut scratch[..tq * tk];
+    for i in 0..tq {
+        let doi = dout.row(i);
+        let prow = &p[i * tk..(i + 1) * tk];
+        let dsrow = &mut ds[i * tk..(i + 1) * tk];
+        // dP_ij = do_i · v_j (+ gradient on P); dv_j += P_ij do_i
+        let mut rowdot = T::zero();
+        for j in 0..tk {
+            let pij = prow[j];
+            if pij == T::zero() {
+                dsrow[j] = T::zero();
+                continue;
+            }
+            let mut dp = dot(doi, v.row(j));
+            if let Some(g) = gp {
+                dp += g[i * tk + j];
+            }
+            dsrow[j] = dp;
+            rowdot += pij * dp;
+            let b = off.2 + j * d_rs;
+            axpy(pij, doi, &mut d[b..b + dh]);
+        }
+        for j in 0..tk {
+            dsrow[j] = prow[j] * (dsrow[j] - rowdot) * scale;
+        }
+    }
+    // dq_i = Σ_j dS_ij k_j ; dk_j = Σ_i dS_ij q_i  (scale already folded into dS)
+    for i in 0..tq {
+        let dsrow = &ds[i * tk..(i + 1) * tk];
+        let qi = q.row(i);
+        for (j, &g) in dsrow.iter().enumerate() {
+            if g == T::zero() {
+                continue;
+            }
+            let bq = off.0 + i * d_rs;
+            axpy(g, k.row(j), &mut d[bq..bq + dh]);
+            let bk = off.1 + j * d_rs;
+            axpy(g, qi, &mut d[bk..bk + dh]);
+        }
+    }
+}
+
+/// Column sums of a (rows, cols) buffer: the gradient of a broadcast bias.
+fn col_sums<T: Element>(g: &[T], cols: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); cols];
+    for row in g.chunks_exact(cols) {
+        axpy(T::one(), row, &mut out);
+    }
+    out
+}
+
+/// `out (n, o) = x (n, i) Wᵀ + b` with `W` (o, i).
+fn linear_fwd<T: Element>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); n * o];
+    if let Some(b) = b {
+        for row in out.chunks_exact_mut(o) {
+            row.copy_from_slice(b);
+        }
+    }
+    gemm(
+        n,
+        o,
+        i,
+        x,
+        MatLayout::N,
+        w,
+        MatLayout::T,
+        &mut out,
+        b.is_some(),
+    );
+    out
+}
+
+/// The parameters of one attention layer, as tape variables (timm names in comments).
+#[derive(Clone, Copy, Debug)]
+pub struct MhaWeights {
+    /// `attn.qkv.weight` (3D, D).
+    pub qkv_w: Var,
+    /// `attn.qkv.bias` (3D).
+    pub qkv_b: Option<Var>,
+    /// `attn.proj.weight` (D, D).
+    pub proj_w: Var,
+    /// `attn.proj.bias` (D).
+    pub proj_b: Option<Var>,
+}
+
+/// Options of [`multi_head_self_attention`].
+#[derive(Clone, Debug, Default)]
+pub struct AttnOptions {
+    pub heads: usize,
+    pub mask: Option<AttnMask>,
+    /// Also return the attention probabilities (B, H, T, T) as a differentiable output.
+    pub need_weights: bool,
+}
+
+/// Saved state of the fused layer: the projected `qkv` (B·T, 3D), probabilities (B, H, T, T) and
+/// the concatenated head outputs `o` (B·T, D).
+struct MhaOp<T> {
+    b: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    has_qkv_b: bool,
+    has_proj_b: bool,
+    qkv: Vec<T>,
+    p: Vec<T>,
+    o: Vec<T>,
+}
+
+impl<T: Element> Op<T> for MhaOp<T> {
+    fn name(&self) -> &'static str {
+        "multi_head_self_attention"
+    }
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
+        let (b, t, d, h) = (self.b, self.t, self.d, self.heads);
+        let n = b * t;
+        let dh = d / h;
+        let scale = T::c(1.0 / (dh as f64).sqrt());
+        let x = ctx.inputs[0];
+        let qkv_w = ctx.inputs[1];
+        let pi = if self.has_qkv_b { 3 } else { 2 };
+        let proj_w = ctx.inputs[pi];
+        let dy = ctx.grad_output(0);
+        let gp = if ctx.outputs.len() > 1 {
+            ctx.grad_outputs[1]
+        } else {
+            None
+        };
+        let mut grads: Vec<Option<Tensor<T>>> = vec![None; ctx.inputs.len()];
+
+        // Output projection.
+        if ctx.needs_grad[pi] {
+            let mut dw = vec![T::zero(); d * d];
+            gemm(
+                d,
+                d,
+                n,
+                dy.data(),
+                MatLayout::T,
+                &self.o,
+                MatLayout::N,
+                &mut dw,
+                false,
+            );
+            grads[pi] = Some(Tensor::from_parts(vec![d, d], dw));
+        }
+        if self.has_proj_b && ctx.needs_grad[pi + 1] {
+            grads[pi + 1] = Some(Tensor::from_parts(vec![d], col_sums(dy.data(), d)));
+        }
+        let need_inner =
+            ctx.needs_grad[0] || ctx.needs_grad[1] || (self.has_qkv_b && ctx.needs_grad[2]);
+        if !need_inner {
+            return Ok(grads);
+        }
+        let mut dout = vec![T::zero(); n * d];
+        gemm(
+            n,
+            d,
+            d,
+            dy.data(),
+            MatLayout::N,
+            proj_w.data(),
+            MatLayout::N,
+            &mut dout,
+            false,
+        );
+
+        // Attention core, parallel over items; each item owns its rows of dqkv.
+        let mut dqkv = vec![T::zero(); n * 3 * d];
+        let tt = t * t;
+        let gp_data = gp.map(|g| g.data());
+        dqkv.par_chunks_mut(t * 3 * d)
+            .enumerate()
+            .for_each(|(bi, dblk)| {
+                let mut scratch = vec![T::zero(); tt];
+                let qkv_b = &self.qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+                let do_b = &dout[bi * t * d..(bi + 1) * t * d];
+                for hi in 0..h {
+                    let c = hi * dh;
+                    let rows = |off: usize| Rows {
+                        buf: &qkv_b[off + c..],
+                        rs: 3 * d,
+                        dh,
+                    };
+                    let pb = &self.p[(bi * h + hi) * tt..(bi * h + hi + 1) * tt];
+                    let gpb = gp_data.map(|g| &g[(bi * h + hi) * tt..(bi * h + hi + 1) * tt]);
+                    head_backward(
+                        rows(0),
+                        rows(d),
+                        rows(2 * d),
+                        t,
+                        t,
+                        scale,
+                        pb,
+                        Rows {
+                            buf: &do_b[c..],
+                            rs: d,
+                            dh,
+                        },
+                        gpb,
+                        dblk,
+                        (c, d + c, 2 * d + c),
+                        3 * d,
+                        &mut scratch,
+                    );
+                }
+            });
+
+        // Input projection.
+        if ctx.needs_grad[1] {
+            let mut dw = vec![T::zero(); 3 * d * d];
+            gemm(
+                3 * d,
+                d,
+                n,
+                &dqkv,
+                MatLayout::T,
+                x.data(),
+                MatLayout::N,
+                &mut dw,
+                false,
+            );
+            grads[1] = Some(Tensor::from_parts(vec![3 * d, d], dw));
+        }
+        if self.has_qkv_b && ctx.needs_grad[2] {
+            grads[2] = Some(Tensor::from_parts(vec![3 * d], col_sums(&dqkv, 3 * d)));
+        }
+        if ctx.needs_grad[0] {
+            let mut dx = vec![T::zero(); n * d];
+            gemm(
+                n,
+                d,
+                3 * d,
+                &dqkv,
+                MatLayout::N,
+                qkv_w.data(),
+                MatLayout::N,
+                &mut dx,
+                false,
+            );
+            grads[0] = Some(Tensor::from_parts(x.shape().to_vec(), dx));
+        }
+        Ok(grads)
+    }
+}
+
+/// Fused multi-head self-attention (timm `Attention`, `nn.MultiheadAttention` packed layout):
+/// `x (B, T, D)` → `y (B, T, D)` and, with `need_weights`, the probabilities `(B, H, T, T)`.
+pub fn multi_head_self_attention<T: Element>(
+    tape: &mut Tape<T>,
+    x: Var,
+    w: &MhaWeights,
+    opts: &AttnOptions,
+) -> Result<(Var, Option<Var>)> {
+    const OP: &str = "multi_head_self_attention";
+    let xs = tape.shape(x).to_vec();
+    if xs.len() != 3 {
+        return Err(shape_err!(OP, "x must be (B, T, D), got {:?}", xs));
+    }
+    let (b, t, d) = (xs[0], xs[1], xs[2]);
+    let h = opts.heads;
+    if h == 0 || d % h != 0 {
+        return Err(shape_err!(
+            OP,
+            "embed dim {d} is not divisible by {h} heads"
+        ));
+    }
+    let check = |tape: &Tape<T>, v: Var, want: &[usize], what: &str| -> Result<()> {
+        if tape.shape(v) != want {
+            return Err(shape_err!(
+                OP,
+                "{what} has shape {:?}, expected {:?} for x {:?}",
+                tape.shape(v),
+                want,
+                xs
+            ));
+        }
+        Ok(())
+    };
+    check(tape, w.qkv_w, &[3 * d, d], "qkv weight")?;
+    check(tape, w.proj_w, &[d, d], "proj weight")?;
+    if let Some(bq) = w.qkv_b {
+        check(tape, bq, &[3 * d], "qkv bias")?;
+    }
+    if let Some(bp) = w.proj_b {
+        check(tape, bp, &[d], "proj bias")?;
+    }
+    if let Some(m) = &opts.mask {
+        m.check(b, t, t, OP)?;
+    }
+    let n = b * t;
+    let dh = d / h;
+    let scale = T::c(1.0 / (dh as f64).sqrt());
+    let qkv = linear_fwd(
+        tape.value(x).data(),
+        tape.value(w.qkv_w).data(),
+        w.qkv_b.map(|v| tape.value(v).data()),
+        n,
+        d,
+        3 * d,
+    );
+    let tt = t * t;
+    let mut p = vec![T::zero(); b * h * tt];
+    let mut o = vec![T::zero(); n * d];
+    o.par_chunks_mut(t * d)
+        .zip(p.par_chunks_mut(h * tt))
+        .enumerate()
+        .for_each(|(bi, (ob, pb))| {
+            let qkv_b = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+            let mv = opts.mask.as_ref().map(|m| m.view(bi, t, t));
+            for hi in 0..h {
+                let c = hi * dh;
+                let rows = |off: usize| Rows {
+                    buf: &qkv_b[off + c..],
+                    rs: 3 * d,
+                    dh,
+                };
+                head_forward(
+                    rows(0),
+                    rows(d),
+                    rows(2 * d),
+                    t,
+                    t,
+                    scale,
+                    mv,
+                    &mut pb[hi * tt..(hi + 1) * tt],
+                    &mut ob[c..],
+                    d,
+                );
+            }
+        });
+    let y = linear_fwd(
+        &o,
+        tape.value(w.proj_w).data(),
+        w.proj_b.map(|v| tape.value(v).data()),
+        n,
+        d,
+        d,
+    );
+    let mut inputs = vec![x, w.qkv_w];
+    inputs.extend(w.qkv_b);
+    inputs.push(w.proj_w);
+    inputs.extend(w.proj_b);
+    let mut outs = vec![Tensor::from_parts(vec![b, t, d], y)];
+    if opts.need_weights {
+        outs.push(Tensor::from_parts(vec![b, h, t, t], p.clone()));
+    }
+    let op = MhaOp {
+        b,
+        t,
+        d,
+        heads: h,
+        has_qkv_b: w.qkv_b.is_some(),
+        has_proj_b: w.proj_b.is_some(),
+        // Inference keeps nothing: the tape drops the op when nothing needs a gradient.
+        qkv,
+        p,
+        o,
+    };
+    let vars = tape.record(op, &inputs, outs);
+    Ok((vars[0], vars.get(1).copied()))
+}
+
+/// Saved state of [`scaled_dot_product_attention`]: the probabilities (B, H, Tq, Tk).
+struct SdpaOp<T> {
+    dims: (usize, usize, usize, usize),
+    p: Vec<T>,
+}
+
+impl<T: Element> Op<T> for SdpaOp<T> {
+    fn name(&self) -> &'static str {
+        "scaled_dot_product_attention"
+    }
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
+        let (bh, tq, tk, dh) = self.dims;
+        let scale = T::c(1.0 / (dh as f64).sqrt());
+        let (q, k, v) = (ctx.inputs[0], ctx.inputs[1], ctx.inputs[2]);
+        let dout = ctx.grad_output(0);
+        let gp = if ctx.outputs.len() > 1 {
+            ctx.grad_outputs[1].map(|g| g.data())
+        } else {
+            None
+        };
+        // Per (item, head) a packed block [dq (tq, dh) | dk (tk, dh) | dv (tk, dh)].
+        let blk = (tq + 2 * tk) * dh;
+        let mut d = vec![T::zero(); bh * blk];
+        let tt = tq * tk;
+        d.par_chunks_mut(blk).enumerate().for_each(|(i, dblk)| {
+            let mut scratch = vec![T::zero(); tt];
+            let r = |buf, rows| block_rows(buf, i, rows, dh);
+            head_backward(
+                r(q.data(), tq),
+                r(k.data(), tk),
+                r(v.data(), tk),
+                tq,
+                tk,
+                scale,
+                &self.p[i * tt..(i + 1) * tt],
+                r(dout.data(), tq),
+                gp.map(|g| &g[i * tt..(i + 1) * tt]),
+                dblk,
+                (0, tq * dh, (tq + tk) * dh),
+                dh,
+                &mut scratch,
+            );
+        });
+        let (mut dq, mut dk, mut dvv) = (
+            Vec::with_capacity(q.numel()),
+            Vec::with_capacity(k.numel()),
+            Vec::with_capacity(v.numel()),
+        );
+        for c in d.chunks_exact(blk) {
+            dq.extend_from_slice(&c[..tq * dh]);
+            dk.extend_from_slice(&c[tq * dh..(tq + tk) * dh]);
+            dvv.extend_from_slice(&c[(tq + tk) * dh..]);
+        }
+        Ok(vec![
+            Some(Tensor::from_parts(q.shape().to_vec(), dq)),
+            Some(Tensor::from_parts(k.shape().to_vec(), dk)),
+            Some(Tensor::from_parts(v.shape().to_vec(), dvv)),
+        ])
+    }
+}
+
+/// Scaled-dot-product attention on projected heads: `q (B, H, Tq, dh)`, `k, v (B, H, Tk, dh)` →
+/// `o (B, H, Tq, dh)` and, with `need_weights`, `P (B, H, Tq, Tk)`. Scale `dh^{-1/2}`.
+pub fn scaled_dot_product_attention<T: Element>(
+    tape: &mut Tape<T>,
+    q: Var,
+    k: Var,
+    v: Var,
+    mask: Option<&AttnMask>,
+    need_weights: bool,
+) -> Result<(Var, Option<Var>)> {
+    const OP: &str = "scaled_dot_product_attention";
+    let (qs, ks, vs) = (
+        tape.shape(q).to_vec(),
+        tape.shape(k).to_vec(),
+        tape.shape(v).to_vec(),
+    );
+    if qs.len() != 4
+        || ks != vs
+        || ks.len() != 4
+        || qs[0] != ks[0]
+        || qs[1] != ks[1]
+        || qs[3] != ks[3]
+    {
+        return Err(shape_err!(
+            OP,
+            "expected q (B, H, Tq, dh) and k = v (B, H, Tk, dh); got q {:?}, k {:?}, v {:?}",
+            qs,
+            ks,
+            vs
+        ));
+    }
+    let (b, h, tq, dh) = (qs[0], qs[1], qs[2], qs[3]);
+    let tk = ks[2];
+    if let Some(m) = mask {
+        m.check(b, tq, tk, OP)?;
+    }
+    let scale = T::c(1.0 / (dh as f64).sqrt());
+    let tt = tq * tk;
+    let mut p = vec![T::zero(); b * h * tt];
+    let mut o = vec![T::zero(); b * h * tq * dh];
+    {
+        let (qd, kd, vd) = (
+            tape.value(q).data(),
+            tape.value(k).data(),
+            tape.value(v).data(),
+        );
+        o.par_chunks_mut(tq * dh)
+            .zip(p.par_chunks_mut(tt))
+            .enumerate()
+            .for_each(|(i, (ob, pb))| {
+                let r = |buf, rows| block_rows(buf, i, rows, dh);
+                let mv = mask.map(|m| m.view(i / h, tq, tk));
+                head_forward(
+                    r(qd, tq),
+                    r(kd, tk),
+                    r(vd, tk),
+                    tq,
+                    tk,
+                    scale,
+                    mv,
+                    pb,
+                    ob,
+                    dh,
+                );
+            });
+    }
+    let mut outs = vec![Tensor::from_parts(vec![b, h, tq, dh], o)];
+    if need_weights {
+        outs.push(Tensor::from_parts(vec![b, h, tq, tk], p.clone()));
+    }
+    let vars = tape.record(
+        SdpaOp {
+            dims: (b * h, tq, tk, dh),
+            p,
+        },
+        &[q, k, v],
+        outs,
+    );
+    Ok((vars[0], vars.get(1).copied()))
+}
+
+/// Reference path: the same layer unrolled into primitive ops (linear, reshape, permute, bmm,
+/// softmax). Slow; used by tests to cross-check the fused op.
+pub fn multi_head_self_attention_reference<T: Element>(
+    tape: &mut Tape<T>,
+    x: Var,
+    w: &MhaWeights,
+    opts: &AttnOptions,
+) -> Result<(Var, Option<Var>)> {
+    let xs = tape.shape(x).to_vec();
+    if xs.len() != 3 {
+        return Err(shape_err!(
+            "attention reference",
+            "x must be (B, T, D), got {:?}",
+            xs
+        ));
+    }
+    let (b, t, d) = (xs[0], xs[1], xs[2]);
+    let h = opts.heads;
+    if h == 0 || d % h != 0 {
+        return Err(shape_err!(
+            "attention reference",
+            "{d} not divisible by {h} heads"
+        ));
+    }
+    let dh = d / h;
+    let qkv = ops::linear(tape, x, w.qkv_w, w.qkv_b)?; // (B, T, 3D)
+    let qkv = ops::reshape(tape, qkv, &[b, t, 3, h, dh])?;
+    let qkv = ops::permute(tape, qkv, &[2, 0, 3, 1, 4])?; // (3, B, H, T, dh)
+    let part = |tape: &mut Tape<T>, i: usize| -> Result<Var> {
+        let p = ops::narrow(tape, qkv, 0, i, 1)?;
+        ops::reshape(tape, p, &[b * h, t, dh])
+    };
+    let (q, k, v) = (part(tape, 0)?, part(tape, 1)?, part(tape, 2)?);
+    let s = ops::bmm(tape, q, k, false, true)?; // (B·H, T, T)
+    let s = ops::scale(tape, s, 1.0 / (dh as f64).sqrt())?;
+    let s = ops::reshape(tape, s, &[b, h, t, t])?;
+    let s = match &opts.mask {
+        None => s,
+        Some(m) => {
+            m.check(b, t, t, "attention reference")?;
+            let (shape, data): (Vec<usize>, &Vec<bool>) = match m {
+                AttnMask::KeyPadding(v) => (vec![b, 1, 1, t], v),
+                AttnMask::Dense(v) => (vec![b, 1, t, t], v),
+                AttnMask::Shared(v) => (vec![t, t], v),
+            };
+            let bias = Tensor::new(
+                &shape,
+                data.iter()
+                    .map(|&m| if m { T::neg_infinity() } else { T::zero() })
+                    .collect(),
+            )?;
+            let bias = tape.constant(bias);
+            ops::add(tape, s, bias)?
+        }
+    };
+    let p = ops::softmax(tape, s)?; // (B, H, T, T)
+    let p3 = ops::reshape(tape, p, &[b * h, t, t])?;
+    let o = ops::bmm(tape, p3, v, false, false)?; // (B·H, T, dh)
+    let o = ops::reshape(tape, o, &[b, h, t, dh])?;
+    let o = ops::permute(tape, o, &[0, 2, 1, 3])?;
+    let o = ops::reshape(tape, o, &[b, t, d])?;
+    let y = ops::linear(tape, o, w.proj_w, w.proj_b)?;
+    Ok((y, if opts.need_weights { Some(p) } else { None }))
+}
