@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod norm;
 use serde_json::json;
 
+pub mod gnn;
 pub mod plot;
 pub mod rnn;
 pub mod vit;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Elman RNN: gradients, gradient-flow analysis, character-level language model.
     #[command(subcommand)]
     Rnn(rnn::RnnCommand),
+    /// Graph neural networks: node classification and the reach of message passing.
+    #[command(subcommand)]
+    Gnn(gnn::GnnCommand),
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -92,6 +96,8 @@ pub enum BenchCommand {
     Norm(norm::BenchNormArgs),
     /// ViT training step (forward, backward, AdamW): median seconds, images/s, GFLOP/s.
     Vit(BenchVitArgs),
+    /// Seconds per full-batch GNN training epoch on a Cora-sized random graph.
+    Gnn(GnnBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -119,6 +125,15 @@ pub struct BenchVitArgs {
     /// Rayon threads (0 = all).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct GnnBenchArgs {
+    /// gcn | gat | transformer | dense
+    #[arg(long, default_value = "gcn")]
+    pub model: String,
+    #[command(flatten)]
+    pub common: BenchCommon,
 }
 
 /// Prints results per the benchmark convention.
@@ -226,6 +241,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 crate::models::vit_bench::bench_vit(&cfg, a.batch, &opts)
             })?;
             print_bench(&[r], a.common.json);
+            Ok(())
+        }
+        Command::Gnn(c) => gnn::run(&c),
+        Command::Bench(BenchCommand::Gnn(a)) => {
+            let kind = crate::models::gnn::GnnKind::parse(&a.model)?;
+            print_bench(
+                &crate::models::gnn_bench::bench_gnn(kind, &a.common.options())?,
+                a.common.json,
+            );
             Ok(())
         }
         Command::Bench(BenchCommand::Matmul(c)) => {

@@ -387,6 +387,48 @@ impl NodeDataset {
         Self::finish("csbm".into(), graph, features, labels, train, val, test)
     }
 
+    /// A random graph of a given size for benchmarks: `undirected` distinct random pairs stored
+    /// both ways, binary features at `density`, uniform random labels; split as Planetoid
+    /// (first `20·classes` nodes train, next 500 val, last 1000 test).
+    pub fn random(
+        n: usize,
+        undirected: usize,
+        width: usize,
+        density: f64,
+        classes: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if n < 20 * classes + 1500
+            || undirected > n * (n - 1) / 2
+            || classes == 0
+            || !(0.0..=1.0).contains(&density)
+        {
+            return Err(invalid!(
+                "random graph needs n >= 20·classes + 1500, at most n(n-1)/2 pairs and density in [0, 1] (n={n}, pairs={undirected}, classes={classes}, density={density})"
+            ));
+        }
+        let mut rng = Rng::new(seed);
+        let mut seen = std::collections::HashSet::new();
+        let mut edges = Vec::with_capacity(2 * undirected);
+        while seen.len() < undirected {
+            let (a, b) = (rng.below(n), rng.below(n));
+            if a != b && seen.insert((a.min(b), a.max(b))) {
+                edges.push((a, b));
+                edges.push((b, a));
+            }
+        }
+        let graph = Graph::from_edges(n, &edges)?;
+        let rows: Vec<Vec<usize>> = (0..n)
+            .map(|_| (0..width).filter(|_| rng.bernoulli(density)).collect())
+            .collect();
+        let features = SparseRows::binary(width, &rows)?;
+        let labels = (0..n).map(|_| Some(rng.below(classes))).collect();
+        let train: Vec<usize> = (0..20 * classes).collect();
+        let val: Vec<usize> = (20 * classes..20 * classes + 500).collect();
+        let test: Vec<usize> = (n - 1000..n).collect();
+        Self::finish("random".into(), graph, features, labels, train, val, test)
+    }
+
     fn finish(
         name: String,
         graph: Graph,

@@ -2,6 +2,8 @@
 
 pub mod char_rnn;
 pub mod gnn;
+pub mod gnn_bench;
+pub mod gnn_train;
 pub mod resample;
 pub mod vit;
 pub mod vit_bench;

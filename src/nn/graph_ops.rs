@@ -18,6 +18,9 @@
 //! - edge add: `s[e,h] = a[src_e,h] + b[dst_e,h]` (GAT's score before the LeakyReLU);
 //!   `∂a[j] = Σ_{e: src_e=j} ∂s[e]`, `∂b[i] = Σ_{e∈in(i)} ∂s[e]`.
 
+// Edge ids index several parallel arrays (rows, α, scores), so range loops are the clear form.
+#![allow(clippy::needless_range_loop)]
+
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::graph::{EdgeIndex, Graph};

@@ -535,7 +535,7 @@ mod tests {
                     let layer = MessagePassing::new(message, aggregation, update);
                     let rep = check_gradients(
                         &store,
-                        &[x.clone()],
+                        std::slice::from_ref(&x),
                         &GradCheckOptions::default(),
                         |t, p, v| layer.forward(t, p, &g, v[0]),
                     )

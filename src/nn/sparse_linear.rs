@@ -60,6 +60,7 @@ impl SparseRows {
         Self::new(cols, &r)
     }
 
+    #[allow(clippy::needless_range_loop)]
     fn from_csr(
         rows: usize,
         cols: usize,
