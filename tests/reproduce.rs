@@ -130,6 +130,14 @@ fn every_exercise_is_ok_with_the_exact_values() {
     let d = &v["3.3"]["values"];
     assert!((f(&d["exact_enumeration"]) - f(&d["closed_form"])).abs() < 1e-9);
     assert_eq!(d["closed_form_in_ci"], Value::Bool(true));
+    // 4: ViT-B/16 at 224 and nabla's MNIST configuration.
+    let b = &v["4"]["values"]["vit_b16_224"];
+    assert_eq!(b["patches"], 196);
+    assert_eq!(b["sequence_length"], 197);
+    assert_eq!(b["parameters"], 86_567_656);
+    let m = &v["4"]["values"]["nabla_mnist"];
+    assert_eq!(m["sequence_length"], 17);
+    assert_eq!(m["parameters"], 139_018);
     // 3.4: the limit from 0 is X⁺y.
     assert!(f(&v["3.4"]["values"]["from_zero"]["dist_to_pinv_solution"]) < 1e-8);
 }

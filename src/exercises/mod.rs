@@ -59,6 +59,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
         ("3.2", optim::padding),
         ("3.3", optim::dropout),
         ("3.4", optim::min_norm),
+        ("4", vit::vit_facts),
     ]
 }
 
@@ -103,3 +104,4 @@ mod gnn;
 mod optim;
 mod rnn;
 mod rnn_graph;
+mod vit;
