@@ -7,9 +7,10 @@
 //! - [`ops`]: primitive differentiable ops, forward and backward side by side;
 //! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
-//! - [`nn`]: layers with fused ops (the Elman RNN);
+//! - [`nn`]: layers with fused ops (normalization, the Elman RNN);
 //! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs), plots;
 //! - [`data`]: data sets (character text, synthetic corpora); [`models`]: whole models;
+//! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
 pub mod analysis;
@@ -27,6 +28,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{ParamId, ParamStore, Tape, Var};
 pub use error::{NablaError, Result};

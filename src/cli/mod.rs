@@ -6,6 +6,7 @@ use crate::error::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+pub mod plot;
 pub mod rnn;
 
 #[derive(Parser, Debug)]
@@ -32,6 +33,8 @@ pub enum Command {
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Loss and metric curves of a training run (metrics.jsonl → .svg or .png).
+    Plot(plot::PlotArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -105,6 +108,7 @@ fn info(as_json: bool) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => info(json),
+        Command::Plot(a) => plot::run(&a),
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
             Ok(())

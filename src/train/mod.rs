@@ -1,0 +1,167 @@
+//! One training loop for every model: steps/epochs, evaluation, early stopping, best-checkpoint
+//! tracking, LR schedule, gradient clipping, progress, metrics JSONL, plots, atomic checkpoints,
+//! exact resume, and failure handling (non-finite loss/gradient, Ctrl-C, unwritable folder).
+//!
+//! # For model authors
+//!
+//! A model implements [`TrainModel`]: it owns its [`ParamStore`] and its data, and
+//! [`TrainModel::train_step`] runs forward + backward for one batch, leaving the gradients in the
+//! store (the trainer has zeroed them just before). The [`Trainer`] owns everything else: the
+//! optimizer, the LR schedule, clipping, the RNG, evaluation, logging and checkpoints.
+//!
+//! Determinism and exact resume rest on one rule: **the batch of step `s` must be a function of
+//! `s`, the seed and the `rng` passed in** — never of state kept between calls. [`BatchSampler`]
+//! gives epoch-shuffled mini-batches that way (the permutation of epoch `e` is derived from
+//! `(seed, e)`), and `rng` (saved in every checkpoint) is for dropout and other per-step noise.
+//! Buffers that are not parameters but change during training (BatchNorm running statistics)
+//! go through [`TrainModel::state_tensors`] / [`TrainModel::load_state_tensors`].
+//!
+//! ```no_run
+//! use nabla::train::{BatchSampler, Metrics, StepOutput, TrainConfig, TrainModel, Trainer};
+//! use nabla::{ops, ParamId, ParamStore, Rng, Result, Tape, Tensor};
+//! use nabla::optim::Optimizer;
+//!
+//! struct Softmax { store: ParamStore<f32>, w: ParamId, x: Tensor<f32>, y: Vec<usize>, sampler: BatchSampler }
+//!
+//! impl TrainModel<f32> for Softmax {
+//!     fn params(&self) -> &ParamStore<f32> { &self.store }
+//!     fn params_mut(&mut self) -> &mut ParamStore<f32> { &mut self.store }
+//!     fn train_step(&mut self, step: u64, _rng: &mut Rng) -> Result<StepOutput> {
+//!         let idx = self.sampler.batch(step);                     // depends on `step` only
+//!         let mut tape = Tape::new();
+//!         let xb = tape.constant(nabla::train::select_rows(&self.x, &idx)?); // (B, F)
+//!         let yb: Vec<usize> = idx.iter().map(|&i| self.y[i]).collect();
+//!         let w = tape.param(&self.store, self.w);                // (C, F)
+//!         let logits = ops::matmul_t(&mut tape, xb, w)?;          // (B, C)
+//!         let loss = ops::cross_entropy(&mut tape, logits, &yb, &Default::default())?;
+//!         tape.backward(loss)?;
+//!         tape.accumulate_grads(&mut self.store)?;
+//!         Ok(StepOutput::new(tape.value(loss).item() as f64, idx.len()))
+//!     }
+//!     fn evaluate(&mut self) -> Result<Metrics> {
+//!         let mut m = Metrics::new();
+//!         m.insert("val_acc".into(), 0.5); // computed on held-out data with Tape::no_grad()
+//!         Ok(m)
+//!     }
+//!     fn config_json(&self) -> serde_json::Value { serde_json::json!({"model": "softmax"}) }
+//!     fn steps_per_epoch(&self) -> Option<u64> { Some(self.sampler.steps_per_epoch()) }
+//! }
+//!
+//! // e.g. `nabla::optim::AdamW::new(nabla::optim::AdamConfig::new(1e-3).weight_decay(0.05))?`
+//! fn train(model: &mut Softmax, opt: impl Optimizer<f32>) -> Result<()> {
+//!     let cfg = TrainConfig {
+//!         out_dir: "runs/softmax".into(),
+//!         epochs: Some(10),
+//!         monitor: Some(("val_acc".into(), nabla::train::Mode::Max)),
+//!         ..TrainConfig::default()
+//!     };
+//!     let summary = Trainer::new(cfg, opt).fit(model)?;
+//!     println!("{}", summary.describe());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Command lines flatten [`TrainArgs`] (`#[command(flatten)] train: TrainArgs`) and call
+//! [`TrainArgs::config`], and may flatten [`OptimArgs`] and call [`OptimArgs::build`] for
+//! `--optimizer sgd|adam|adamw --lr --weight-decay …`; the [`TrainArgs`] flags are `--out`, `--resume`, `--seed`, `--steps`/`--epochs`,
+//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--schedule`, `--warmup`, `--clip-grad-norm`,
+//! `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`.
+//!
+//! # Run folder
+//!
+//! ```text
+//! OUT/config.json          trainer + model configuration of the run
+//! OUT/metrics.jsonl        one JSON object per evaluation (see [`MetricsRecord`])
+//! OUT/metrics.svg|.png     loss and metric curves, written at the end (`nabla plot` redraws them)
+//! OUT/checkpoint/          latest checkpoint: model.safetensors, optimizer.safetensors, state.json
+//! OUT/best/                weights (+ state.json) at the best value of the monitored metric
+//! ```
+
+mod checkpoint;
+mod config;
+mod metrics;
+mod optim_args;
+pub mod plot;
+mod progress;
+mod sampler;
+mod trainer;
+
+pub use checkpoint::{
+    load_checkpoint_state, BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT,
+};
+pub use config::{
+    EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs, TrainConfig,
+};
+pub use metrics::{read_metrics_jsonl, MetricsRecord};
+pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
+pub use progress::format_log_line;
+pub use sampler::{select_rows, BatchSampler};
+pub use trainer::{request_interrupt_on_sigint, Outcome, TrainSummary, Trainer};
+
+use crate::autograd::ParamStore;
+use crate::error::Result;
+use crate::init::Rng;
+use crate::tensor::{Element, Tensor};
+use std::collections::BTreeMap;
+
+/// Named scalar metrics (`val_loss`, `val_acc`, …), ordered by name for stable output.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// What one training step reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutput {
+    /// Mean loss over the batch (must be finite; the run stops otherwise).
+    pub loss: f64,
+    /// Items processed (examples, tokens, nodes): drives the items/s throughput.
+    pub items: usize,
+    /// Optional per-step metrics (e.g. `train_acc`), averaged item-weighted per evaluation interval.
+    pub metrics: Metrics,
+}
+
+impl StepOutput {
+    pub fn new(loss: f64, items: usize) -> Self {
+        StepOutput {
+            loss,
+            items,
+            metrics: Metrics::new(),
+        }
+    }
+    /// Adds a per-step metric.
+    pub fn with(mut self, name: impl Into<String>, value: f64) -> Self {
+        self.metrics.insert(name.into(), value);
+        self
+    }
+}
+
+/// A model the [`Trainer`] can train.
+pub trait TrainModel<T: Element> {
+    /// The trainable parameters (the optimizer updates these; checkpoints save them).
+    fn params(&self) -> &ParamStore<T>;
+    fn params_mut(&mut self) -> &mut ParamStore<T>;
+    /// Forward + backward on the batch of training step `step` (0-based); gradients are added
+    /// into [`TrainModel::params_mut`] (zeroed by the trainer just before). The batch must be a
+    /// function of `step` and `rng` only (see the module docs), so resumed runs are exact.
+    fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput>;
+    /// Validation metrics (e.g. `val_loss`, `val_acc`), computed without recording a tape.
+    fn evaluate(&mut self) -> Result<Metrics>;
+    /// The model's hyper-parameters; saved in `config.json` and checked on `--resume`.
+    fn config_json(&self) -> serde_json::Value;
+    /// Steps in one pass over the training data; required when training by epochs or
+    /// evaluating once per epoch.
+    fn steps_per_epoch(&self) -> Option<u64> {
+        None
+    }
+    /// Non-parameter state to checkpoint (e.g. `bn.running_mean`), PyTorch state-dict names.
+    fn state_tensors(&self) -> Vec<(String, Tensor<T>)> {
+        Vec::new()
+    }
+    /// Restores what [`TrainModel::state_tensors`] returned.
+    fn load_state_tensors(&mut self, _tensors: &BTreeMap<String, Tensor<T>>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The optimizer interface the trainer drives ([`crate::optim::Optimizer`]: `step`, `lr`/`set_lr`,
+/// `state_tensors`/`load_state_tensors`, `step_count`); kept under this name for code written
+/// against the trainer before `optim` existed.
+pub use crate::optim::Optimizer as TrainOptimizer;

@@ -1,0 +1,465 @@
+//! Normalization layers: PyTorch fixtures (../shared/fixtures/norm, f64 to 1e-10 absolute and
+//! f32 to 1e-5 relative to the largest value), f64 gradient checks (< 1e-6) with and without
+//! masks, and the fused ops against the reference path unrolled into primitive ops.
+
+use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
+use nabla::nn::norm::{self, RefKind};
+use nabla::{Element, ParamStore, Rng, Tape, Tensor, Var};
+use std::collections::BTreeMap;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/norm");
+
+fn fixture(name: &str) -> Option<BTreeMap<String, Tensor<f64>>> {
+    let p = format!("{DIR}/{name}.case1.safetensors");
+    if !std::path::Path::new(&p).exists() {
+        eprintln!("skipping: ../shared not found");
+        return None;
+    }
+    Some(nabla::io::load_safetensors::<f64>(&p).unwrap())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    LayerF,
+    LayerCf,
+    Instance,
+    Group(usize),
+}
+
+impl Kind {
+    fn reference(self) -> RefKind {
+        match self {
+            Kind::LayerF => RefKind::Layer { normalized_ndim: 1 },
+            Kind::LayerCf => RefKind::Layer { normalized_ndim: 2 },
+            Kind::Instance => RefKind::Group { groups: 6 },
+            Kind::Group(g) => RefKind::Group { groups: g },
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fused<T: Element>(
+    kind: Kind,
+    tape: &mut Tape<T>,
+    x: Var,
+    w: Option<Var>,
+    b: Option<Var>,
+    eps: f64,
+    mask: Option<&Tensor<T>>,
+) -> nabla::Result<Var> {
+    match kind {
+        Kind::LayerF => norm::layer_norm(tape, x, 1, w, b, eps, mask),
+        Kind::LayerCf => norm::layer_norm(tape, x, 2, w, b, eps, mask),
+        Kind::Instance => norm::instance_norm(tape, x, w, b, eps, mask),
+        Kind::Group(g) => norm::group_norm(tape, x, g, w, b, eps, mask),
+    }
+}
+
+/// Forward + backward with seed `dy`: (y, dx, dweight, dbias).
+fn run<T: Element>(
+    kind: Kind,
+    reference: bool,
+    fx: &BTreeMap<String, Tensor<f64>>,
+    mask: Option<&Tensor<T>>,
+) -> [Tensor<T>; 4] {
+    let mut store = ParamStore::<T>::new();
+    let wid = store.add("weight", fx["weight"].cast()).unwrap();
+    let bid = store.add("bias", fx["bias"].cast()).unwrap();
+    let mut tape = Tape::<T>::new();
+    let x = tape.input(fx["x"].cast());
+    let w = tape.param(&store, wid);
+    let b = tape.param(&store, bid);
+    let y = if reference {
+        norm::norm_reference(&mut tape, x, kind.reference(), Some(w), Some(b), 1e-5, mask)
+    } else {
+        fused(kind, &mut tape, x, Some(w), Some(b), 1e-5, mask)
+    }
+    .unwrap();
+    tape.backward_with(y, fx["dy"].cast()).unwrap();
+    tape.accumulate_grads(&mut store).unwrap();
+    [
+        tape.value(y).clone(),
+        tape.grad(x).unwrap().clone(),
+        store.get(wid).grad.clone(),
+        store.get(bid).grad.clone(),
+    ]
+}
+
+fn cases() -> [(&'static str, Kind); 5] {
+    [
+        ("layer_norm_f", Kind::LayerF),
+        ("layer_norm_cf", Kind::LayerCf),
+        ("instance_norm", Kind::Instance),
+        ("group_norm_g2", Kind::Group(2)),
+        ("group_norm_g3", Kind::Group(3)),
+    ]
+}
+
+#[test]
+fn row_norms_match_pytorch_fixtures() {
+    for (name, kind) in cases() {
+        let Some(fx) = fixture(name) else { return };
+        let want = [&fx["y"], &fx["dx"], &fx["dweight"], &fx["dbias"]];
+        for reference in [false, true] {
+            let got = run::<f64>(kind, reference, &fx, None);
+            for (k, (g, w)) in got.iter().zip(want).enumerate() {
+                let e = g.max_abs_diff(w).unwrap();
+                assert!(
+                    e <= 1e-10,
+                    "{name} (reference {reference}) output {k}: {e:.3e}"
+                );
+            }
+        }
+        let got = run::<f32>(kind, false, &fx, None);
+        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            let scale = w.data().iter().fold(1.0f64, |a, v| a.max(v.abs()));
+            let e = g.cast::<f64>().max_abs_diff(w).unwrap();
+            assert!(e <= 1e-5 * scale, "{name} f32 output {k}: {e:.3e}");
+        }
+    }
+}
+
+fn padding_mask(n: usize, c: usize, f: usize, lens: &[usize]) -> Tensor<f64> {
+    let _ = c;
+    Tensor::from_fn(&[n, 1, f], |i| if i % f < lens[i / f] { 1.0 } else { 0.0 })
+}
+
+#[test]
+fn row_norms_gradcheck_with_and_without_mask() {
+    let mut rng = Rng::new(7);
+    let (n, c, f) = (3, 6, 5);
+    let x = randn(&[n, c, f], 1.5, &mut rng);
+    // Rows of >= 3 valid entries: with 2 the normalized values sit on a sharp curve and
+    // central differences, not the gradient, limit the agreement.
+    let mask = padding_mask(n, c, f, &[5, 4, 3]);
+    for (_, kind) in cases() {
+        let wshape: Vec<usize> = match kind {
+            Kind::LayerF => vec![f],
+            Kind::LayerCf => vec![c, f],
+            _ => vec![c],
+        };
+        let mut store = ParamStore::<f64>::new();
+        store
+            .add("weight", randn(&wshape, 0.5, &mut rng).map(|v| v + 1.0))
+            .unwrap();
+        store.add("bias", randn(&wshape, 0.5, &mut rng)).unwrap();
+        for m in [None, Some(&mask)] {
+            let r = check_gradients(
+                &store,
+                std::slice::from_ref(&x),
+                &GradCheckOptions::default(),
+                |tape, p, v| {
+                    let w = tape.param(p, p.find("weight").unwrap());
+                    let b = tape.param(p, p.find("bias").unwrap());
+                    fused(kind, tape, v[0], Some(w), Some(b), 1e-5, m)
+                },
+            )
+            .unwrap();
+            assert!(
+                r.max_rel_error < 1e-6,
+                "{kind:?} mask {}: {:.3e} {:?}",
+                m.is_some(),
+                r.max_rel_error,
+                r.per_tensor
+            );
+        }
+    }
+}
+
+#[test]
+fn masked_fused_equals_masked_reference_and_ignores_padding() {
+    let Some(fx) = fixture("group_norm_g2") else {
+        return;
+    };
+    let mask = padding_mask(4, 6, 5, &[5, 4, 2, 3]);
+    for (_, kind) in cases() {
+        let mut fx = fx.clone();
+        if matches!(kind, Kind::LayerF) {
+            fx.insert(
+                "weight".into(),
+                Tensor::from_fn(&[5], |i| 1.0 + 0.1 * i as f64),
+            );
+            fx.insert("bias".into(), Tensor::from_fn(&[5], |i| 0.2 * i as f64));
+        }
+        if matches!(kind, Kind::LayerCf) {
+            fx.insert(
+                "weight".into(),
+                Tensor::from_fn(&[6, 5], |i| 1.0 + 0.01 * i as f64),
+            );
+            fx.insert("bias".into(), Tensor::from_fn(&[6, 5], |i| 0.02 * i as f64));
+        }
+        let a = run::<f64>(kind, false, &fx, Some(&mask));
+        let b = run::<f64>(kind, true, &fx, Some(&mask));
+        for k in 0..4 {
+            let e = a[k].max_abs_diff(&b[k]).unwrap();
+            assert!(e < 1e-12, "{kind:?} output {k}: fused vs reference {e:.3e}");
+        }
+        // Changing the padded entries changes nothing.
+        let mut fx2 = fx.clone();
+        let xs = fx2["x"].clone();
+        let md = nabla::nn::norm::expand_mask(&mask, &[4, 6, 5], "test").unwrap();
+        let x2 = Tensor::from_fn(
+            &[4, 6, 5],
+            |i| if md[i] == 0.0 { 1e3 } else { xs.data()[i] },
+        );
+        fx2.insert("x".into(), x2);
+        let c = run::<f64>(kind, false, &fx2, Some(&mask));
+        for k in 0..4 {
+            let e = a[k].max_abs_diff(&c[k]).unwrap();
+            assert!(e < 1e-12, "{kind:?} output {k} depends on padding: {e:.3e}");
+        }
+    }
+}
+
+#[test]
+fn layer_norm_module_vit_shape_and_large_parallel_path() {
+    // (B·T, D) rows, eps 1e-6 as in the ViT, big enough to take the parallel path.
+    let mut rng = Rng::new(3);
+    let (bt, d) = (96, 384);
+    let mut store = ParamStore::<f64>::new();
+    let ln = norm::LayerNorm::new(&mut store, "norm", &[d], 1e-6, true).unwrap();
+    store.get_mut(ln.weight.unwrap()).value = randn(&[d], 0.3, &mut rng).map(|v| v + 1.0);
+    store.get_mut(ln.bias.unwrap()).value = randn(&[d], 0.3, &mut rng);
+    let x = randn(&[2, bt / 2, d], 2.0, &mut rng);
+    let dy = randn(&[2, bt / 2, d], 1.0, &mut rng);
+    let mut out = Vec::new();
+    for reference in [false, true] {
+        let mut st = store.clone();
+        let mut tape = Tape::<f64>::new();
+        let xv = tape.input(x.clone());
+        let y = if reference {
+            let w = tape.param(&st, ln.weight.unwrap());
+            let b = tape.param(&st, ln.bias.unwrap());
+            norm::norm_reference(
+                &mut tape,
+                xv,
+                RefKind::Layer { normalized_ndim: 1 },
+                Some(w),
+                Some(b),
+                1e-6,
+                None,
+            )
+            .unwrap()
+        } else {
+            ln.forward(&mut tape, &st, xv).unwrap()
+        };
+        tape.backward_with(y, dy.clone()).unwrap();
+        tape.accumulate_grads(&mut st).unwrap();
+        out.push([
+            tape.value(y).clone(),
+            tape.grad(xv).unwrap().clone(),
+            st.by_name("norm.weight").unwrap().grad.clone(),
+            st.by_name("norm.bias").unwrap().grad.clone(),
+        ]);
+    }
+    for (k, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
+        let e = a.max_abs_diff(b).unwrap();
+        assert!(e < 1e-11, "output {k}: {e:.3e}");
+    }
+}
+
+#[test]
+fn bad_norm_inputs_are_errors() {
+    let mut tape = Tape::<f32>::new();
+    let x = tape.input(Tensor::zeros(&[2, 6, 5]));
+    let bad_mask = Tensor::<f32>::ones(&[2, 5]);
+    let e = norm::layer_norm(&mut tape, x, 1, None, None, 1e-5, Some(&bad_mask)).unwrap_err();
+    assert!(e.to_string().contains("mask"), "{e}");
+    let bad_mask = Tensor::<f32>::ones(&[2, 1, 4]);
+    assert!(norm::instance_norm(&mut tape, x, None, None, 1e-5, Some(&bad_mask)).is_err());
+    let half = Tensor::<f32>::full(&[2, 1, 5], 0.5);
+    assert!(norm::group_norm(&mut tape, x, 2, None, None, 1e-5, Some(&half)).is_err());
+    let e = norm::group_norm(&mut tape, x, 4, None, None, 1e-5, None).unwrap_err();
+    assert!(e.to_string().contains("divide"), "{e}");
+    let mut store = ParamStore::<f32>::new();
+    assert!(norm::GroupNorm::new(&mut store, "gn", 4, 6, 1e-5, true).is_err());
+    assert!(norm::layer_norm(&mut tape, x, 4, None, None, 1e-5, None).is_err());
+    assert!(norm::layer_norm(&mut tape, x, 1, None, None, -1.0, None).is_err());
+    let w = tape.input(Tensor::ones(&[6]));
+    assert!(norm::layer_norm(&mut tape, x, 1, Some(w), None, 1e-5, None).is_err());
+    let ln = norm::LayerNorm::new(&mut store, "ln", &[4], 1e-5, true).unwrap();
+    assert!(ln.forward(&mut tape, &store, x).is_err());
+}
+
+/// BatchNorm in training mode through the module: (y, dx, dweight, dbias, running_mean, running_var).
+fn run_bn<T: Element>(
+    fx: &BTreeMap<String, Tensor<f64>>,
+    reference: bool,
+    mask: Option<&Tensor<T>>,
+) -> Vec<Tensor<T>> {
+    let mut store = ParamStore::<T>::new();
+    let mut bn = norm::BatchNorm::<T>::new(&mut store, "bn", 6, 1e-5, Some(0.1), true).unwrap();
+    store.get_mut(bn.weight.unwrap()).value = fx["weight"].cast();
+    store.get_mut(bn.bias.unwrap()).value = fx["bias"].cast();
+    let mut tape = Tape::<T>::new();
+    let x = tape.input(fx["x"].cast());
+    let y = if reference {
+        let w = tape.param(&store, bn.weight.unwrap());
+        let b = tape.param(&store, bn.bias.unwrap());
+        norm::norm_reference(&mut tape, x, RefKind::Batch, Some(w), Some(b), 1e-5, mask).unwrap()
+    } else {
+        bn.forward(&mut tape, &store, x, mask).unwrap()
+    };
+    tape.backward_with(y, fx["dy"].cast()).unwrap();
+    tape.accumulate_grads(&mut store).unwrap();
+    vec![
+        tape.value(y).clone(),
+        tape.grad(x).unwrap().clone(),
+        store.by_name("bn.weight").unwrap().grad.clone(),
+        store.by_name("bn.bias").unwrap().grad.clone(),
+        bn.running_mean.clone(),
+        bn.running_var.clone(),
+    ]
+}
+
+#[test]
+fn batch_norm_matches_pytorch_fixture() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let names = ["y", "dx", "dweight", "dbias", "running_mean", "running_var"];
+    let got = run_bn::<f64>(&fx, false, None);
+    for (g, name) in got.iter().zip(names) {
+        let e = g.max_abs_diff(&fx[name]).unwrap();
+        assert!(e <= 1e-10, "batch_norm {name}: {e:.3e}");
+    }
+    let refp = run_bn::<f64>(&fx, true, None);
+    for (k, (a, b)) in got.iter().zip(&refp).take(4).enumerate() {
+        let e = a.max_abs_diff(b).unwrap();
+        assert!(
+            e <= 1e-12,
+            "batch_norm fused vs reference output {k}: {e:.3e}"
+        );
+    }
+    let got = run_bn::<f32>(&fx, false, None);
+    for (g, name) in got.iter().zip(names) {
+        let w = &fx[name];
+        let scale = w.data().iter().fold(1.0f64, |a, v| a.max(v.abs()));
+        let e = g.cast::<f64>().max_abs_diff(w).unwrap();
+        assert!(e <= 1e-5 * scale, "batch_norm f32 {name}: {e:.3e}");
+    }
+}
+
+#[test]
+fn batch_norm_masked_equals_reference_and_ignores_padding() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let mask = padding_mask(4, 6, 5, &[5, 4, 2, 3]);
+    let a = run_bn::<f64>(&fx, false, Some(&mask));
+    let b = run_bn::<f64>(&fx, true, Some(&mask));
+    for k in 0..4 {
+        let e = a[k].max_abs_diff(&b[k]).unwrap();
+        assert!(e < 1e-12, "masked batch_norm output {k}: {e:.3e}");
+    }
+    let md = norm::expand_mask(&mask, &[4, 6, 5], "test").unwrap();
+    let mut fx2 = fx.clone();
+    let xs = fx["x"].clone();
+    fx2.insert(
+        "x".into(),
+        Tensor::from_fn(
+            &[4, 6, 5],
+            |i| if md[i] == 0.0 { -50.0 } else { xs.data()[i] },
+        ),
+    );
+    let c = run_bn::<f64>(&fx2, false, Some(&mask));
+    for k in 0..6 {
+        let e = a[k].max_abs_diff(&c[k]).unwrap();
+        assert!(
+            e < 1e-12,
+            "masked batch_norm output {k} depends on padding: {e:.3e}"
+        );
+    }
+    // Running statistics from the valid entries only (unbiased variance).
+    let st = norm::norm_stats(&fx["x"], RefKind::Batch, Some(&mask)).unwrap();
+    let cnt = (5 + 4 + 2 + 3) as f64;
+    for ch in 0..6 {
+        let rm = 0.1 * st.mean[ch];
+        let rv = 0.9 + 0.1 * st.var[ch] * cnt / (cnt - 1.0);
+        assert!((a[4].data()[ch] - rm).abs() < 1e-14);
+        assert!((a[5].data()[ch] - rv).abs() < 1e-14);
+    }
+}
+
+#[test]
+fn batch_norm_gradcheck_train_eval_masked() {
+    let mut rng = Rng::new(11);
+    let x = randn(&[3, 4, 5], 1.5, &mut rng);
+    let mask = padding_mask(3, 4, 5, &[5, 4, 3]);
+    let mut store = ParamStore::<f64>::new();
+    store
+        .add("weight", randn(&[4], 0.5, &mut rng).map(|v| v + 1.0))
+        .unwrap();
+    store.add("bias", randn(&[4], 0.5, &mut rng)).unwrap();
+    let rm = randn(&[4], 0.5, &mut rng);
+    let rv = randn(&[4], 0.3, &mut rng).map(|v| v * v + 0.5);
+    for train in [true, false] {
+        for m in [None, Some(&mask)] {
+            let r = check_gradients(
+                &store,
+                std::slice::from_ref(&x),
+                &GradCheckOptions::default(),
+                |tape, p, v| {
+                    let w = tape.param(p, p.find("weight").unwrap());
+                    let b = tape.param(p, p.find("bias").unwrap());
+                    let mode = if train {
+                        norm::BatchNormMode::Train {
+                            running: None,
+                            factor: 0.1,
+                        }
+                    } else {
+                        norm::BatchNormMode::Eval {
+                            mean: &rm,
+                            var: &rv,
+                        }
+                    };
+                    norm::batch_norm(tape, v[0], Some(w), Some(b), mode, 1e-5, m)
+                },
+            )
+            .unwrap();
+            assert!(
+                r.max_rel_error < 1e-6,
+                "batch_norm train {train} mask {}: {:.3e} {:?}",
+                m.is_some(),
+                r.max_rel_error,
+                r.per_tensor
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_eval_uses_running_stats_and_4d_layout() {
+    let mut rng = Rng::new(5);
+    let mut store = ParamStore::<f64>::new();
+    let mut bn = norm::BatchNorm::<f64>::new(&mut store, "bn", 3, 1e-5, None, false).unwrap();
+    let x = randn(&[4, 3, 2, 5], 1.0, &mut rng).map(|v| 2.0 * v + 1.0);
+    let mut tape = Tape::<f64>::new();
+    let xv = tape.input(x.clone());
+    bn.forward(&mut tape, &store, xv, None).unwrap();
+    // Cumulative average with one batch: the batch statistics themselves.
+    let st = norm::norm_stats(&x, RefKind::Batch, None).unwrap();
+    for ch in 0..3 {
+        assert!((bn.running_mean.data()[ch] - st.mean[ch]).abs() < 1e-14);
+        assert!((bn.running_var.data()[ch] - st.var[ch] * 40.0 / 39.0).abs() < 1e-13);
+    }
+    bn.train(false);
+    let mut tape = Tape::<f64>::no_grad();
+    let xv = tape.constant(x.clone());
+    let y = bn.forward(&mut tape, &store, xv, None).unwrap();
+    let yd = tape.value(y).data();
+    for (i, &xi) in x.data().iter().enumerate() {
+        let ch = (i / 10) % 3;
+        let want = (xi - bn.running_mean.data()[ch]) / (bn.running_var.data()[ch] + 1e-5).sqrt();
+        assert!((yd[i] - want).abs() < 1e-12);
+    }
+    assert_eq!(bn.num_batches_tracked, 1);
+    // A single value per channel cannot be normalized in training.
+    bn.train(true);
+    let mut tape = Tape::<f64>::new();
+    let one = tape.input(Tensor::zeros(&[1, 3]));
+    assert!(bn.forward(&mut tape, &store, one, None).is_err());
+    let bad = Tensor::<f64>::ones(&[4, 3, 2]);
+    let xv = tape.input(x);
+    assert!(bn.forward(&mut tape, &store, xv, Some(&bad)).is_err());
+}

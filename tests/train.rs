@@ -1,0 +1,519 @@
+//! The training loop on a real model: a 2-layer MLP classifier built from `ops` on the 8×8
+//! digits (../shared/data/digits8x8; Gaussian blobs when the shared folder is absent).
+//! Covers exact resume, determinism, the NaN stop, the plain log format, the unwritable-folder
+//! check, early stopping, best checkpoints, metrics JSONL and the plot.
+
+use nabla::ops::{self, CrossEntropyOptions};
+use nabla::optim::{AdamConfig, AdamW, Optimizer, Sgd, SgdConfig};
+use nabla::train::{
+    load_checkpoint_state, read_metrics_jsonl, select_rows, BatchSampler, EarlyStopping, Metrics,
+    Mode, Outcome, PlotFormat, ProgressMode, StepOutput, TrainConfig, TrainModel, Trainer,
+};
+use nabla::{Init, ParamId, ParamStore, Result, Rng, Tape, Tensor};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/digits8x8");
+
+fn read_idx_gz(path: &Path) -> (Vec<usize>, Vec<u8>) {
+    let f = std::fs::File::open(path).unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let nd = bytes[3] as usize;
+    let dims: Vec<usize> = (0..nd)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    (dims, bytes[4 + 4 * nd..].to_vec())
+}
+
+/// (x (N, 64) in [0, 1], labels): the digits, or 10 Gaussian blobs in 64-D without ../shared.
+fn dataset() -> (Tensor<f32>, Vec<usize>) {
+    let dir = Path::new(DIGITS);
+    if dir.is_dir() {
+        let (dims, px) = read_idx_gz(&dir.join("digits8x8-images-idx3-ubyte.gz"));
+        let (_, labels) = read_idx_gz(&dir.join("digits8x8-labels-idx1-ubyte.gz"));
+        let n = dims[0];
+        let x = Tensor::from_fn(&[n, 64], |i| px[i] as f32 / 255.0);
+        (x, labels.iter().map(|&l| l as usize).collect())
+    } else {
+        eprintln!("../shared not found: using synthetic blobs");
+        let mut rng = Rng::new(99);
+        let centers: Vec<f64> = (0..640).map(|_| rng.uniform()).collect();
+        let y: Vec<usize> = (0..1000).map(|i| i % 10).collect();
+        let x = Tensor::from_fn(&[1000, 64], |i| {
+            (centers[y[i / 64] * 64 + i % 64] + 0.3 * rng.normal()) as f32
+        });
+        (x, y)
+    }
+}
+
+fn sgd() -> Sgd<f32> {
+    Sgd::new(SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::plain(0.1)
+    })
+    .unwrap()
+}
+
+fn adamw() -> AdamW<f32> {
+    AdamW::new(AdamConfig::new(0.01).weight_decay(0.01)).unwrap()
+}
+
+struct Mlp {
+    store: ParamStore<f32>,
+    ids: [ParamId; 4],
+    hidden: usize,
+    x: Tensor<f32>,
+    y: Vec<usize>,
+    x_val: Tensor<f32>,
+    y_val: Vec<usize>,
+    sampler: BatchSampler,
+    /// Inject a NaN into the batch of this step.
+    nan_at: Option<u64>,
+    /// Raise the interrupt flag during this step (as Ctrl-C would).
+    interrupt_at: Option<(u64, Arc<AtomicBool>)>,
+    steps_run: Arc<AtomicU64>,
+}
+
+impl Mlp {
+    fn new(seed: u64, hidden: usize) -> Mlp {
+        let (x, y) = dataset();
+        let (n_train, n_val) = (1000, 300);
+        let x_val = x.slice_rows(n_train, n_train + n_val).unwrap();
+        let y_val = y[n_train..n_train + n_val].to_vec();
+        let x = x.slice_rows(0, n_train).unwrap();
+        let y = y[..n_train].to_vec();
+        let mut rng = Rng::new(seed);
+        let mut store = ParamStore::new();
+        let w1 = Init::KaimingUniform
+            .tensor(&[hidden, 64], &mut rng)
+            .unwrap();
+        let w2 = Init::XavierUniform { gain: 1.0 }
+            .tensor(&[10, hidden], &mut rng)
+            .unwrap();
+        let ids = [
+            store.add("fc1.weight", w1).unwrap(),
+            store.add("fc1.bias", Tensor::zeros(&[hidden])).unwrap(),
+            store.add("fc2.weight", w2).unwrap(),
+            store.add("fc2.bias", Tensor::zeros(&[10])).unwrap(),
+        ];
+        Mlp {
+            store,
+            ids,
+            hidden,
+            x,
+            y,
+            x_val,
+            y_val,
+            sampler: BatchSampler::new(n_train, 50, true, seed).unwrap(),
+            nan_at: None,
+            interrupt_at: None,
+            steps_run: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// (loss, logits) of a batch on `tape`.
+    fn forward(
+        &self,
+        tape: &mut Tape<f32>,
+        x: Tensor<f32>,
+        y: &[usize],
+    ) -> Result<(nabla::Var, nabla::Var)> {
+        let xv = tape.constant(x); // (B, 64)
+        let [w1, b1, w2, b2] = self.ids.map(|id| tape.param(&self.store, id));
+        let h = ops::linear(tape, xv, w1, Some(b1))?; // (B, H)
+        let h = ops::relu(tape, h)?;
+        let logits = ops::linear(tape, h, w2, Some(b2))?; // (B, 10)
+        let loss = ops::cross_entropy(tape, logits, y, &CrossEntropyOptions::default())?;
+        Ok((loss, logits))
+    }
+}
+
+fn accuracy(logits: &Tensor<f32>, y: &[usize]) -> f64 {
+    let c = logits.dim(-1);
+    let hits = logits
+        .data()
+        .chunks(c)
+        .zip(y)
+        .filter(|(row, &t)| {
+            let arg = (0..c).fold(0, |a, j| if row[j] > row[a] { j } else { a });
+            arg == t
+        })
+        .count();
+    hits as f64 / y.len() as f64
+}
+
+impl TrainModel<f32> for Mlp {
+    fn params(&self) -> &ParamStore<f32> {
+        &self.store
+    }
+    fn params_mut(&mut self) -> &mut ParamStore<f32> {
+        &mut self.store
+    }
+    fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput> {
+        self.steps_run.fetch_add(1, Ordering::SeqCst);
+        let idx = self.sampler.batch(step);
+        let mut xb = select_rows(&self.x, &idx)?;
+        // Input noise exercises the trainer RNG, which checkpoints must restore.
+        xb.data_mut()
+            .iter_mut()
+            .for_each(|v| *v += 0.05 * rng.normal() as f32);
+        if self.nan_at == Some(step) {
+            xb.data_mut()[0] = f32::NAN;
+        }
+        if let Some((s, flag)) = &self.interrupt_at {
+            if *s == step {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+        let yb: Vec<usize> = idx.iter().map(|&i| self.y[i]).collect();
+        let mut tape = Tape::new();
+        let (loss, logits) = self.forward(&mut tape, xb, &yb)?;
+        tape.backward(loss)?;
+        tape.accumulate_grads(&mut self.store)?;
+        let acc = accuracy(tape.value(logits), &yb);
+        Ok(StepOutput::new(tape.value(loss).item() as f64, idx.len()).with("train_acc", acc))
+    }
+    fn evaluate(&mut self) -> Result<Metrics> {
+        let mut tape = Tape::no_grad();
+        let (loss, logits) = self.forward(&mut tape, self.x_val.clone(), &self.y_val.clone())?;
+        let mut m = Metrics::new();
+        m.insert("val_loss".into(), tape.value(loss).item() as f64);
+        m.insert("val_acc".into(), accuracy(tape.value(logits), &self.y_val));
+        Ok(m)
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::json!({"model": "mlp", "in": 64, "hidden": self.hidden, "classes": 10})
+    }
+    fn steps_per_epoch(&self) -> Option<u64> {
+        Some(self.sampler.steps_per_epoch())
+    }
+}
+
+fn config(dir: &Path, steps: u64) -> TrainConfig {
+    TrainConfig {
+        out_dir: dir.to_path_buf(),
+        seed: 3,
+        max_steps: Some(steps),
+        eval_every: 20,
+        log_every: 10,
+        progress: ProgressMode::Quiet,
+        monitor: Some(("val_acc".into(), Mode::Max)),
+        schedule: nabla::train::LrSchedule::Cosine { min_lr: 0.01 },
+        warmup_steps: 5,
+        clip_grad_norm: Some(2.0),
+        ..TrainConfig::default()
+    }
+}
+
+/// A shared buffer to capture plain log lines.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn strip_timing(mut r: Vec<nabla::train::MetricsRecord>) -> Vec<nabla::train::MetricsRecord> {
+    for x in &mut r {
+        x.wall_time_s = 0.0;
+        x.items_per_s = 0.0;
+    }
+    r
+}
+
+#[test]
+fn resume_after_interrupt_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    // Uninterrupted: 60 steps.
+    let mut a = Mlp::new(3, 32);
+    let mut ta = Trainer::new(config(&a_dir, 60), adamw());
+    let sa = ta.fit(&mut a).unwrap();
+    assert_eq!(sa.outcome, Outcome::Completed);
+    assert_eq!(sa.step, 60);
+
+    // Interrupted during step 24 (between evaluations) → checkpoint at step 25, then resumed.
+    let mut b = Mlp::new(3, 32);
+    let mut tb = Trainer::new(config(&b_dir, 60), adamw());
+    b.interrupt_at = Some((24, tb.interrupt_handle()));
+    let sb = tb.fit(&mut b).unwrap();
+    assert_eq!(sb.outcome, Outcome::Interrupted);
+    assert_eq!(sb.step, 25);
+    assert_eq!(load_checkpoint_state(&b_dir).unwrap().step, 25);
+
+    // A fresh process would rebuild model and optimizer from scratch.
+    let mut b2 = Mlp::new(3, 32);
+    let mut cfg = config(&b_dir, 60);
+    cfg.resume = Some(b_dir.clone());
+    let mut tb2 = Trainer::new(cfg, adamw());
+    let sb2 = tb2.fit(&mut b2).unwrap();
+    assert_eq!(sb2.outcome, Outcome::Completed);
+    assert_eq!(b2.steps_run.load(Ordering::SeqCst), 35);
+
+    for (pa, pb) in a.store.iter().zip(b2.store.iter()) {
+        assert_eq!(pa.name, pb.name);
+        let (va, vb): (Vec<u32>, Vec<u32>) = (
+            pa.value.data().iter().map(|x| x.to_bits()).collect(),
+            pb.value.data().iter().map(|x| x.to_bits()).collect(),
+        );
+        assert_eq!(va, vb, "{} differs after resume", pa.name);
+    }
+    let (oa, ob) = (
+        ta.optimizer().state_tensors(),
+        tb2.optimizer().state_tensors(),
+    );
+    assert_eq!(oa.len(), 8); // exp_avg and exp_avg_sq of 4 parameters
+    assert_eq!(tb2.optimizer().step_count(), 60);
+    for ((na, ta), (nb, tb)) in oa.iter().zip(&ob) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.data(), tb.data(), "{na}");
+    }
+    // Same seed → bit-identical metrics (timings aside), across the interruption too.
+    let ma = strip_timing(read_metrics_jsonl(a_dir.join("metrics.jsonl")).unwrap());
+    let mb = strip_timing(read_metrics_jsonl(b_dir.join("metrics.jsonl")).unwrap());
+    assert_eq!(ma.len(), 3);
+    assert_eq!(ma, mb);
+    // It learned: the digits are easy for an MLP.
+    let last = ma.last().unwrap();
+    assert!(last.metrics["val_acc"] > 0.8, "{last:?}");
+    assert!(last.train_loss < ma[0].train_loss);
+
+    // The run folder holds what the README promises.
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "metrics.svg",
+        "checkpoint/model.safetensors",
+        "checkpoint/optimizer.safetensors",
+        "checkpoint/state.json",
+        "best/model.safetensors",
+    ] {
+        assert!(a_dir.join(f).is_file(), "missing {f}");
+    }
+    let st = load_checkpoint_state(&a_dir).unwrap();
+    assert_eq!((st.step, st.optimizer_step, st.metrics.len()), (60, 60, 3));
+    let best = load_checkpoint_state(a_dir.join("best")).unwrap();
+    assert_eq!(best.step, sa.best.as_ref().unwrap().step);
+    let cfg_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["model"]["hidden"], 32);
+    assert_eq!(cfg_json["total_steps"], 60);
+
+    // A different seed gives a different run.
+    let mut c = Mlp::new(4, 32);
+    let mut cc = config(&tmp.path().join("c"), 20);
+    cc.seed = 4;
+    Trainer::new(cc, adamw()).fit(&mut c).unwrap();
+    let mc = read_metrics_jsonl(tmp.path().join("c/metrics.jsonl")).unwrap();
+    assert_ne!(mc[0].train_loss, ma[0].train_loss);
+}
+
+#[test]
+fn nan_loss_stops_naming_step_and_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = Mlp::new(3, 16);
+    m.nan_at = Some(33);
+    let err = Trainer::new(config(tmp.path(), 60), sgd())
+        .fit(&mut m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains("at step 33"),
+        "{err}"
+    );
+    assert!(
+        err.contains("checkpoint") && err.contains("(step 20)"),
+        "{err}"
+    );
+    assert_eq!(m.steps_run.load(Ordering::SeqCst), 34);
+    // Nothing after the failing step was recorded.
+    assert_eq!(load_checkpoint_state(tmp.path()).unwrap().step, 20);
+
+    // Before any checkpoint: the message says so.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mut m = Mlp::new(3, 16);
+    m.nan_at = Some(2);
+    let err = Trainer::new(config(tmp2.path(), 60), sgd())
+        .fit(&mut m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("at step 2") && err.contains("no checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_log_lines_have_the_documented_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = Sink::default();
+    let mut cfg = config(tmp.path(), 40);
+    cfg.progress = ProgressMode::Plain;
+    cfg.plot = PlotFormat::None;
+    let mut m = Mlp::new(3, 16);
+    Trainer::new(cfg, sgd())
+        .with_log_sink(Box::new(sink.clone()))
+        .fit(&mut m)
+        .unwrap();
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let train: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("train "))
+        .collect();
+    let eval: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("eval "))
+        .collect();
+    assert_eq!(train.len(), 4, "{text}");
+    assert_eq!(eval.len(), 2, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("train ") || l.starts_with("eval ") || l.starts_with("note ")),
+        "{text}"
+    );
+    // `kind step=S/TOTAL key=value…`, keys in a fixed order.
+    let keys = |l: &str| -> Vec<String> {
+        l.split(' ')
+            .skip(1)
+            .map(|kv| {
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("not key=value: {kv} in {l}"));
+                assert!(!v.is_empty(), "{l}");
+                k.to_string()
+            })
+            .collect()
+    };
+    assert!(
+        train[0].starts_with("train step=10/40 epoch=0.5 loss="),
+        "{}",
+        train[0]
+    );
+    assert_eq!(
+        keys(train[0]),
+        [
+            "step",
+            "epoch",
+            "loss",
+            "lr",
+            "grad_norm",
+            "items/s",
+            "elapsed",
+            "eta"
+        ]
+    );
+    assert!(
+        eval[1].starts_with("eval step=40/40 epoch=2 train_loss="),
+        "{}",
+        eval[1]
+    );
+    assert_eq!(
+        keys(eval[1]),
+        ["step", "epoch", "train_loss", "val_acc", "val_loss", "best"]
+    );
+    let loss: f64 = train[0]
+        .split("loss=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(loss.is_finite() && loss > 0.0);
+    // Quiet writes nothing.
+    let sink = Sink::default();
+    let mut cfg = config(&tmp.path().join("q"), 10);
+    cfg.progress = ProgressMode::Quiet;
+    Trainer::new(cfg, sgd())
+        .with_log_sink(Box::new(sink.clone()))
+        .fit(&mut Mlp::new(3, 16))
+        .unwrap();
+    assert!(sink.0.lock().unwrap().is_empty());
+}
+
+#[test]
+fn unwritable_output_folder_fails_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A regular file where a folder should be: unwritable even for root.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut m = Mlp::new(3, 16);
+    let err = Trainer::new(config(&file.join("run"), 10), sgd())
+        .fit(&mut m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("run folder") && err.contains("file/run"),
+        "{err}"
+    );
+    assert_eq!(m.steps_run.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn early_stopping_best_checkpoint_and_guards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 200);
+    cfg.eval_every = 10;
+    // An impossible min_delta: only the first evaluation counts as an improvement.
+    cfg.early_stopping = Some(EarlyStopping {
+        patience: 2,
+        min_delta: 1e9,
+    });
+    let mut m = Mlp::new(3, 16);
+    let s = Trainer::new(cfg.clone(), sgd())
+        .fit(&mut m)
+        .unwrap();
+    assert_eq!(s.outcome, Outcome::EarlyStopped);
+    assert_eq!(s.step, 30);
+    assert_eq!(s.best.as_ref().unwrap().step, 10);
+    assert_eq!(
+        load_checkpoint_state(tmp.path().join("best")).unwrap().step,
+        10
+    );
+    assert!(s.describe().contains("stopped early"));
+
+    // A second fresh run into the same folder is refused (no silent overwrite)…
+    let err = Trainer::new(cfg.clone(), sgd())
+        .fit(&mut Mlp::new(3, 16))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    // …and resuming with another model configuration is an error naming both.
+    cfg.resume = Some(tmp.path().to_path_buf());
+    let err = Trainer::new(cfg, sgd())
+        .fit(&mut Mlp::new(3, 8))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"hidden\":16") && err.contains("\"hidden\":8"),
+        "{err}"
+    );
+
+    // Training by epochs with per-epoch evaluation.
+    let mut cfg = config(&tmp.path().join("ep"), 1000);
+    cfg.epochs = Some(2);
+    cfg.eval_every = 0;
+    let s = Trainer::new(cfg, sgd())
+        .fit(&mut Mlp::new(3, 16))
+        .unwrap();
+    assert_eq!(s.step, 40);
+    let recs = read_metrics_jsonl(tmp.path().join("ep/metrics.jsonl")).unwrap();
+    assert_eq!(recs.iter().map(|r| r.step).collect::<Vec<_>>(), [20, 40]);
+    assert_eq!(recs[1].epoch, Some(2.0));
+}
