@@ -11,6 +11,11 @@
 //! `rnn.b_y`), the Adam moments (`optim.<param>.exp_avg[_sq]`), the carried state `state.h`, and
 //! the whole configuration + progress as JSON in the metadata (`config.json` is a readable copy).
 //! Both are written atomically.
+//!
+//! The loop here predates the shared [`crate::train::Trainer`]; it maps onto
+//! [`crate::train::TrainModel`] directly: `train_step(s)` is the window ending at `(s+1)·k1`
+//! (a function of `s` only), the carried state `state.h` is the model's
+//! [`crate::train::TrainModel::state_tensors`], and [`CharRnn::evaluate`] gives `val_loss`.
 
 use crate::autograd::{ParamStore, Tape};
 use crate::data::text::{embedded_reber, CharCorpus, CharStreams, Vocab};
