@@ -7,7 +7,7 @@ use crate::cli::BenchCommon;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
-use crate::nn::rnn::{Activation, ElmanWeights};
+use crate::nn::rnn::{Activation, ElmanWeights, RnnWorkspace};
 use crate::tensor::Tensor;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -179,6 +179,8 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         let x = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.input], |_| rng.normal() as f32);
         let z = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.output], |_| rng.normal() as f32);
         let mut err = None;
+        // Buffers reused across steps, as a training loop holds them.
+        let mut ws = RnnWorkspace::new();
         let mut r = bench::run(
             "rnn_train_step",
             json!({"batch": a.batch, "input": a.input, "hidden": h, "output": a.output,
@@ -186,7 +188,7 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
                    "dtype": "f32", "threads": rayon::current_num_threads()}),
             &a.common.options(),
             || {
-                if let Err(e) = w.sgd_step(&x, &z, None, 1e-6, a.truncate) {
+                if let Err(e) = w.sgd_step_ws(&mut ws, &x, &z, None, 1e-6, a.truncate) {
                     err = Some(e);
                 }
             },
