@@ -476,7 +476,9 @@ fn early_stopping_best_checkpoint_and_guards() {
         min_delta: 1e9,
     });
     let mut m = Mlp::new(3, 16);
-    let s = Trainer::new(cfg.clone(), sgd()).fit(&mut m).unwrap();
+    let s = Trainer::new(cfg.clone(), sgd())
+        .fit(&mut m)
+        .unwrap();
     assert_eq!(s.outcome, Outcome::EarlyStopped);
     assert_eq!(s.step, 30);
     assert_eq!(s.best.as_ref().unwrap().step, 10);
@@ -507,7 +509,9 @@ fn early_stopping_best_checkpoint_and_guards() {
     let mut cfg = config(&tmp.path().join("ep"), 1000);
     cfg.epochs = Some(2);
     cfg.eval_every = 0;
-    let s = Trainer::new(cfg, sgd()).fit(&mut Mlp::new(3, 16)).unwrap();
+    let s = Trainer::new(cfg, sgd())
+        .fit(&mut Mlp::new(3, 16))
+        .unwrap();
     assert_eq!(s.step, 40);
     let recs = read_metrics_jsonl(tmp.path().join("ep/metrics.jsonl")).unwrap();
     assert_eq!(recs.iter().map(|r| r.step).collect::<Vec<_>>(), [20, 40]);

@@ -25,13 +25,8 @@ impl TrainModel<f32> for Lsq {
     fn train_step(&mut self, step: u64, _rng: &mut Rng) -> Result<StepOutput> {
         if step == self.kill_at {
             let pid = std::process::id().to_string();
-            let st = std::process::Command::new("kill")
-                .args(["-INT", &pid])
-                .status();
-            assert!(
-                st.map(|s| s.success()).unwrap_or(false),
-                "could not run kill"
-            );
+            let st = std::process::Command::new("kill").args(["-INT", &pid]).status();
+            assert!(st.map(|s| s.success()).unwrap_or(false), "could not run kill");
         }
         // Slow enough that the signal arrives well before the run would end.
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -46,10 +41,7 @@ impl TrainModel<f32> for Lsq {
         Ok(StepOutput::new(tape.value(loss).item() as f64, 8))
     }
     fn evaluate(&mut self) -> Result<Metrics> {
-        Ok(Metrics::from([(
-            "w_norm".to_string(),
-            self.store.get(self.w).value.norm(),
-        )]))
+        Ok(Metrics::from([("w_norm".to_string(), self.store.get(self.w).value.norm())]))
     }
     fn config_json(&self) -> serde_json::Value {
         serde_json::json!({"model": "lsq"})

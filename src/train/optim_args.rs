@@ -139,18 +139,10 @@ mod tests {
         assert!(matches!(o, AnyOptimizer::AdamW(_)));
         assert_eq!(o.lr(), 1e-3);
         let c = Cli::try_parse_from(["x", "--optimizer", "sgd", "--lr", "0.5", "--quiet"]).unwrap();
-        assert!(matches!(
-            c.optim.build::<f32>(d).unwrap(),
-            AnyOptimizer::Sgd(_)
-        ));
+        assert!(matches!(c.optim.build::<f32>(d).unwrap(), AnyOptimizer::Sgd(_)));
         let cfg = c.train.config("runs/x", None, 10);
         assert!(cfg.unwrap_err().to_string().contains("--steps"));
         let c = Cli::try_parse_from(["x", "--lr", "-1"]).unwrap();
-        assert!(c
-            .optim
-            .build::<f32>(d)
-            .unwrap_err()
-            .to_string()
-            .contains("learning rate"));
+        assert!(c.optim.build::<f32>(d).unwrap_err().to_string().contains("learning rate"));
     }
 }
