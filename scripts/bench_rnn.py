@@ -64,13 +64,15 @@ def main():
         z = torch.randn(a.batch, a.seq_len, a.output)
         for _ in range(a.warmup):
             step_fn(params, x, z, 1e-6, a.truncate)
-        times = []
+        times, cpu = [], []
         start = time.perf_counter()
         while len(times) < a.min_reps or time.perf_counter() - start < a.min_time:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             step_fn(params, x, z, 1e-6, a.truncate)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
         times.sort()
+        cpu.sort()
         med = times[len(times) // 2]
         flops = 6.0 * a.seq_len * a.batch * H * (a.input + H + a.output)
         print(json.dumps({
@@ -79,6 +81,8 @@ def main():
             "activation": "sigmoid", "dtype": "f32", "threads": torch.get_num_threads(),
             "median_s": med, "min_s": times[0], "max_s": times[-1], "reps": len(times),
             "gflops": flops / med / 1e9, "tokens_per_s": a.batch * a.seq_len / med,
+            # CPU time of the calling thread per step: with 1 thread, robust to competing processes.
+            "thread_cpu_median_s": cpu[len(cpu) // 2],
         }), flush=True)
 
 

@@ -8,7 +8,7 @@
 //! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
 //! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
-//! - [`nn`]: layers with fused ops (the Elman RNN);
+//! - [`nn`]: fused layers (Elman RNN, norms, dropout, attention, message passing, patch embedding, MLP);
 //! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs), plots;
 //! - [`data`]: data sets (character text, synthetic corpora); [`models`]: whole models;
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).

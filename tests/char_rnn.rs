@@ -1,6 +1,7 @@
 //! The character-level Elman language model: learning, TBPTT memory, resume, sampling, bad input.
 
 use nabla::models::char_rnn::{load_checkpoint, train, CharRnn, TrainArgs};
+use nabla::train::{read_metrics_jsonl, PlotFormat};
 use std::path::Path;
 
 fn args(out: &Path) -> TrainArgs {
@@ -18,8 +19,13 @@ fn args(out: &Path) -> TrainArgs {
         seed: 1,
         val_frac: 0.05,
         eval_every: 50,
+        log_every: 50,
         out: out.to_path_buf(),
         resume: false,
+        overwrite: false,
+        quiet: true,
+        plain: false,
+        plot: PlotFormat::Svg,
     }
 }
 
@@ -35,7 +41,7 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     assert!((r.val_bpc.unwrap() - v / std::f64::consts::LN_2).abs() < 1e-12);
     // Memory of streaming TBPTT: the window's states only, (k2 + 1)·batch·hidden floats.
     assert_eq!(r.peak_state_floats, 13 * 8 * 24);
-    // Atomic writes leave exactly these files (no temporaries).
+    // Atomic writes leave exactly the trainer's run folder (no temporaries).
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
@@ -43,13 +49,19 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     names.sort();
     assert_eq!(
         names,
-        ["checkpoint.safetensors", "config.json", "metrics.jsonl"]
+        ["checkpoint", "config.json", "metrics.jsonl", "metrics.svg"]
     );
-    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 3);
+    let metrics = read_metrics_jsonl(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [50, 100, 150]
+    );
+    let last = &metrics[2].metrics;
+    assert_eq!(last["val_loss"], v);
+    assert!((last["val_bpc"] - v / std::f64::consts::LN_2).abs() < 1e-12);
 
     let ck = load_checkpoint(dir.path()).unwrap();
-    assert_eq!(ck.progress.step, 150);
+    assert_eq!(ck.step, 150);
     let s = ck.model.sample("B", 400, 0.5, 3).unwrap();
     let text: String = format!("B{s}");
     // Whole lines after the first: start with B, end with E.
@@ -89,11 +101,24 @@ fn resume_continues_exactly() {
         load_checkpoint(d1.path()).unwrap(),
         load_checkpoint(d2.path()).unwrap(),
     );
-    assert_eq!(x.progress, y.progress);
+    assert_eq!((x.step, y.step), (12, 12));
     for (p, q) in x.model.store.iter().zip(y.model.store.iter()) {
         assert_eq!(p.value, q.value, "{}", p.name);
     }
     assert_eq!(x.h, y.h);
+    assert_eq!(x.optim_state, y.optim_state);
+    assert_eq!(x.state.rng, y.state.rng);
+    // The same evaluations, bit for bit, before and after the interruption.
+    let (mx, my) = (
+        read_metrics_jsonl(d1.path().join("metrics.jsonl")).unwrap(),
+        read_metrics_jsonl(d2.path().join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(mx.len(), 2);
+    assert_eq!(my.len(), 2);
+    for (p, q) in mx.iter().zip(&my) {
+        assert_eq!((p.step, p.train_loss), (q.step, q.train_loss));
+        assert_eq!(p.metrics, q.metrics);
+    }
 }
 
 #[test]
@@ -130,11 +155,14 @@ fn bad_input_is_a_clear_error() {
     let mut g = args(good.path());
     g.steps = 2;
     train(&g).unwrap();
-    let p = good.path().join("checkpoint.safetensors");
+    let p = good.path().join("checkpoint").join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_checkpoint(good.path()).err().unwrap().to_string();
-    assert!(e.contains("checkpoint.safetensors"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+    // Training again into a folder that holds a run needs --resume or --overwrite.
+    let e = train(&g).unwrap_err().to_string();
+    assert!(e.contains("--resume"), "{e}");
     // Resume without a checkpoint.
     let mut r = args(&dir.path().join("none"));
     r.resume = true;
@@ -169,7 +197,7 @@ fn cli_train_and_sample() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
         .args(["rnn", "sample", "--len", "20", "--prime", "BT"])
         .arg("--checkpoint")
-        .arg(out.join("checkpoint.safetensors"))
+        .arg(out.join("checkpoint"))
         .output()
         .unwrap();
     assert!(o.status.success());

@@ -7,7 +7,7 @@ use crate::cli::BenchCommon;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
-use crate::nn::rnn::{Activation, ElmanWeights};
+use crate::nn::rnn::{Activation, ElmanWeights, RnnWorkspace};
 use crate::tensor::Tensor;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -164,6 +164,13 @@ pub struct BenchRnnArgs {
 
 /// Median seconds per f32 training step (fused forward + BPTT + SGD update, the assignment's
 /// loss) on random data.
+/// CPU time consumed so far by the calling thread, from `/proc/thread-self/schedstat` (ns).
+fn thread_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns * 1e-9)
+}
+
 pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
     if a.batch == 0 || a.input == 0 || a.output == 0 || a.seq_len == 0 || a.hidden.contains(&0) {
         return Err(invalid!("bench rnn sizes must be positive"));
@@ -179,6 +186,9 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         let x = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.input], |_| rng.normal() as f32);
         let z = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.output], |_| rng.normal() as f32);
         let mut err = None;
+        // Buffers reused across steps, as a training loop holds them.
+        let mut ws = RnnWorkspace::new();
+        let mut cpu = Vec::new();
         let mut r = bench::run(
             "rnn_train_step",
             json!({"batch": a.batch, "input": a.input, "hidden": h, "output": a.output,
@@ -186,8 +196,12 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
                    "dtype": "f32", "threads": rayon::current_num_threads()}),
             &a.common.options(),
             || {
-                if let Err(e) = w.sgd_step(&x, &z, None, 1e-6, a.truncate) {
+                let c0 = thread_cpu_s();
+                if let Err(e) = w.sgd_step_ws(&mut ws, &x, &z, None, 1e-6, a.truncate) {
                     err = Some(e);
+                }
+                if let (Some(c0), Some(c1)) = (c0, thread_cpu_s()) {
+                    cpu.push(c1 - c0);
                 }
             },
         );
@@ -202,6 +216,13 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
             "tokens_per_s".into(),
             json!((a.batch * a.seq_len) as f64 / r.median_s),
         );
+        if !cpu.is_empty() {
+            cpu.sort_by(f64::total_cmp);
+            // CPU time of the calling thread per step (Linux): with 1 thread, a figure that other
+            // processes competing for the cores do not inflate, unlike the wall-clock median.
+            r.extra
+                .insert("thread_cpu_median_s".into(), json!(cpu[cpu.len() / 2]));
+        }
         out.push(r);
     }
     Ok(out)

@@ -7,10 +7,11 @@
 //! steps are backpropagated through the whole window. The state at the next window's start is
 //! taken from this window's states. Memory is O(k2·batch·hidden), whatever the text length.
 //!
-//! Checkpoints are one safetensors file: the weights (`rnn.W`, `rnn.U`, `rnn.V`, `rnn.b_h`,
-//! `rnn.b_y`), the Adam moments (`optim.<param>.exp_avg[_sq]`), the carried state `state.h`, and
-//! the whole configuration + progress as JSON in the metadata (`config.json` is a readable copy).
-//! Both are written atomically.
+//! Training runs on the shared [`crate::train::Trainer`] through [`CharRnnTask`]: progress bar or
+//! plain logs, `metrics.jsonl` (`val_loss` in nats and `val_bpc` in bits per character),
+//! atomic checkpoints in `OUT/checkpoint/` (weights `rnn.W`, `rnn.U`, `rnn.V`, `rnn.b_h`,
+//! `rnn.b_y`, the carried state `state.h`, the Adam moments, and the [`CharRnnConfig`] as the
+//! model config in `state.json`), exact `--resume`, NaN stop, Ctrl-C, and a plot at the end.
 
 use crate::autograd::{ParamStore, Tape};
 use crate::data::text::{embedded_reber, CharCorpus, CharStreams, Vocab};
@@ -20,14 +21,19 @@ use crate::invalid;
 use crate::kernels::log_softmax_rows;
 use crate::nn::rnn::{Activation, ElmanRnn, ElmanRnnConfig, ForwardState, TbpttSchedule};
 use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig, Optimizer};
+use crate::optim::{Adam, AdamConfig};
 use crate::tensor::Tensor;
+use crate::train::{
+    load_checkpoint_state, CheckpointState, Metrics, Outcome, PlotFormat, ProgressMode, StepOutput,
+    TrainConfig, TrainModel, Trainer,
+};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Everything needed to rebuild the model and continue training.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -46,18 +52,6 @@ pub struct CharRnnConfig {
     /// `None` = the built-in Reber corpus.
     pub text: Option<String>,
     pub text_chars: usize,
-}
-
-/// Training progress saved with a checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Progress {
-    /// Updates done.
-    pub step: u64,
-    /// Text steps consumed by each stream.
-    pub consumed: usize,
-    /// First step of the next window (its state is `state.h`).
-    pub window_start: usize,
-    pub best_val_nats: Option<f64>,
 }
 
 /// The model: an [`ElmanRnn`] whose input and output are the vocabulary.
@@ -244,12 +238,28 @@ pub struct TrainArgs {
     /// Validate (and checkpoint) every this many updates.
     #[arg(long, default_value_t = 200)]
     pub eval_every: u64,
-    /// Output folder: checkpoint.safetensors, config.json, metrics.jsonl.
+    /// Plain training log line every this many updates.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Run folder (the shared trainer's layout): checkpoint/, best/, config.json,
+    /// metrics.jsonl, metrics.svg.
     #[arg(long, default_value = "char-rnn")]
     pub out: PathBuf,
-    /// Continue from the checkpoint in --out.
+    /// Continue the run in --out from its checkpoint (model settings come from the checkpoint).
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh even if --out already holds a checkpoint.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Only errors on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Plain log lines even on a terminal (no progress bar).
+    #[arg(long)]
+    pub plain: bool,
+    /// Loss/metric plot written at the end.
+    #[arg(long, value_enum, default_value_t = PlotFormat::Svg)]
+    pub plot: PlotFormat,
 }
 
 /// `nabla rnn sample` flags.
@@ -268,78 +278,182 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
-const META_CONFIG: &str = "char_rnn_config";
-const META_PROGRESS: &str = "char_rnn_progress";
-
 fn json_err(e: serde_json::Error) -> NablaError {
     NablaError::Other(format!("JSON: {e}"))
 }
 
-/// Writes the checkpoint (weights, Adam state, carried state, config + progress) atomically.
-pub fn save_checkpoint(
-    dir: &Path,
-    m: &CharRnn,
-    opt: &Adam<f32>,
-    h: &Tensor<f32>,
-    p: &Progress,
-) -> Result<()> {
-    let cfg = serde_json::to_string(&m.config).map_err(json_err)?;
-    let prog = serde_json::to_string(p).map_err(json_err)?;
-    let opt_state = opt.state_tensors();
-    let mut list: Vec<(String, &Tensor<f32>)> =
-        m.store.iter().map(|q| (q.name.clone(), &q.value)).collect();
-    for (n, t) in &opt_state {
-        list.push((format!("optim.{n}"), t));
+/// Name of the carried stream state in checkpoints.
+const STATE_H: &str = "state.h";
+
+/// Streaming TBPTT(k1, k2) training of a [`CharRnn`] as a [`TrainModel`] for the shared
+/// [`Trainer`].
+///
+/// Step `s` is the update ending at text step `(s+1)·k1` of every stream: the window
+/// `[max(0, (s+1)·k1 − k2), (s+1)·k1)` is run forward from the carried (detached) state at its
+/// start, and only its last `k1` steps' losses are backpropagated through the whole window. The
+/// window is a function of `s` alone; the state at its start is the one thing carried between
+/// steps, and it is checkpointed as the model state tensor `state.h`, so `--resume` continues
+/// exactly. Memory is O(k2·batch·hidden), whatever the text length.
+pub struct CharRnnTask {
+    pub model: CharRnn,
+    pub corpus: CharCorpus,
+    streams: CharStreams,
+    sched: TbpttSchedule,
+    /// State at the start of the next window, `(B, H)`.
+    pub h: Tensor<f32>,
+    /// Largest window state seen, in floats: `(k2 + 1)·batch·hidden` at most.
+    pub peak_state_floats: usize,
+}
+
+impl CharRnnTask {
+    pub fn new(model: CharRnn, corpus: CharCorpus) -> Result<Self> {
+        let c = &model.config;
+        let sched = TbpttSchedule::new(c.k1, c.k2)?;
+        let streams = CharStreams::new(corpus.train.len(), c.batch)?;
+        let h = Tensor::zeros(&[c.batch, c.hidden]);
+        Ok(CharRnnTask {
+            model,
+            corpus,
+            streams,
+            sched,
+            h,
+            peak_state_floats: 0,
+        })
     }
-    list.push(("state.h".into(), h));
-    let meta = HashMap::from([
-        (META_CONFIG.to_string(), cfg.clone()),
-        (META_PROGRESS.to_string(), prog),
-        ("optim_steps".to_string(), opt.step_count().to_string()),
-    ]);
-    crate::io::save_safetensors(dir.join("checkpoint.safetensors"), &list, Some(meta))?;
-    let pretty =
-        serde_json::to_string_pretty(&serde_json::json!({"config": m.config, "progress": p}))
-            .map_err(json_err)?;
-    crate::io::atomic_write(dir.join("config.json"), pretty.as_bytes())
+    /// Validation loss in nats per character on the held-out tail (None if it is too short).
+    pub fn val_nats(&self) -> Result<Option<f64>> {
+        if self.corpus.val.len() < 2 {
+            return Ok(None);
+        }
+        self.model
+            .evaluate(&self.corpus.val, self.model.config.batch, 256)
+            .map(Some)
+    }
+}
+
+impl TrainModel<f32> for CharRnnTask {
+    fn params(&self) -> &ParamStore<f32> {
+        &self.model.store
+    }
+    fn params_mut(&mut self) -> &mut ParamStore<f32> {
+        &mut self.model.store
+    }
+    fn train_step(&mut self, step: u64, _rng: &mut Rng) -> Result<StepOutput> {
+        let cfg = &self.model.config;
+        let (batch, k1) = (cfg.batch, self.sched.k1);
+        let consumed = step as usize * k1;
+        let end = consumed + k1;
+        let win = self.sched.window_ending(end, consumed);
+        let len = win.end - win.start;
+        let (xi, yi) = self.streams.window(&self.corpus.train, win.start, win.end);
+        // Only the last k1 steps' losses are new; earlier ones were counted by earlier updates.
+        let mask: Vec<bool> = (0..batch * len)
+            .map(|r| win.start + r % len >= win.loss_from)
+            .collect();
+        let v = self.model.vocab.len();
+        let mut tape = Tape::<f32>::new();
+        let x = tape.constant(self.model.one_hot(&xi, batch));
+        let h0 = tape.constant(self.h.clone());
+        let out = self
+            .model
+            .rnn
+            .forward(&mut tape, &self.model.store, x, Some(h0), None)?;
+        self.peak_state_floats = self.peak_state_floats.max(out.states.hs.len());
+        let logits = reshape(&mut tape, out.y, &[batch * len, v])?; // (B·len, V)
+        let loss = cross_entropy(
+            &mut tape,
+            logits,
+            &yi,
+            &CrossEntropyOptions {
+                mask: Some(mask),
+                ..Default::default()
+            },
+        )?;
+        let lv = tape.value(loss).item() as f64;
+        if !lv.is_finite() {
+            // The trainer stops on it (with the step and the last good checkpoint).
+            return Ok(StepOutput::new(lv, batch * k1));
+        }
+        tape.backward(loss)?;
+        tape.accumulate_grads(&mut self.model.store)?;
+        // The next window starts k2 − k1 steps before the next update's end.
+        let next = self.sched.window_ending(end + k1, end);
+        self.h = out.states.state(next.start - win.start);
+        Ok(StepOutput::new(lv, batch * k1))
+    }
+    fn evaluate(&mut self) -> Result<Metrics> {
+        let mut m = Metrics::new();
+        if let Some(v) = self.val_nats()? {
+            m.insert("val_loss".into(), v);
+            m.insert("val_bpc".into(), v / std::f64::consts::LN_2);
+        }
+        Ok(m)
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.model.config).expect("the config serializes")
+    }
+    fn state_tensors(&self) -> Vec<(String, Tensor<f32>)> {
+        vec![(STATE_H.into(), self.h.clone())]
+    }
+    fn load_state_tensors(&mut self, tensors: &BTreeMap<String, Tensor<f32>>) -> Result<()> {
+        let h = tensors
+            .get(STATE_H)
+            .ok_or_else(|| invalid!("the checkpoint has no {STATE_H} (carried stream state)"))?;
+        check_state_h(h, &self.model.config)?;
+        self.h = h.clone();
+        Ok(())
+    }
+}
+
+fn check_state_h(h: &Tensor<f32>, c: &CharRnnConfig) -> Result<()> {
+    if h.shape() != [c.batch, c.hidden] {
+        return Err(invalid!(
+            "{STATE_H} has shape {:?}, expected (batch, hidden) = [{}, {}]",
+            h.shape(),
+            c.batch,
+            c.hidden
+        ));
+    }
+    h.check_finite(STATE_H)
 }
 
 /// A loaded checkpoint.
 pub struct Checkpoint {
     pub model: CharRnn,
-    pub progress: Progress,
-    pub optim_state: BTreeMap<String, Tensor<f32>>,
-    pub optim_steps: u64,
+    /// Updates done.
+    pub step: u64,
+    /// Carried stream state `(B, H)`.
     pub h: Tensor<f32>,
+    /// Adam moments (empty for a `best/` folder, which holds weights only).
+    pub optim_state: BTreeMap<String, Tensor<f32>>,
+    pub state: CheckpointState,
 }
 
-/// Loads `path` (a checkpoint.safetensors or its folder), checking every tensor.
-pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let file = if path.is_dir() {
-        path.join("checkpoint.safetensors")
-    } else {
+/// The checkpoint folder for `path`: a run folder (its `checkpoint/`), a checkpoint or `best/`
+/// folder, or a file inside one.
+fn checkpoint_folder(path: &Path) -> PathBuf {
+    if path.is_file() {
+        return path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    }
+    if path.join("state.json").is_file() || !path.join("checkpoint").is_dir() {
         path.to_path_buf()
-    };
-    let bytes = std::fs::read(&file).map_err(|e| NablaError::io(&file, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| NablaError::format(&file, format!("not a valid safetensors file: {e}")))?;
-    let md = meta.metadata().clone().unwrap_or_default();
-    let get = |k: &str| {
-        md.get(k).ok_or_else(|| {
-            NablaError::format(
-                &file,
-                format!("no {k:?} in the metadata: not a `nabla rnn train` checkpoint"),
-            )
-        })
-    };
-    let config: CharRnnConfig = serde_json::from_str(get(META_CONFIG)?)
-        .map_err(|e| NablaError::format(&file, format!("bad {META_CONFIG}: {e}")))?;
-    let progress: Progress = serde_json::from_str(get(META_PROGRESS)?)
-        .map_err(|e| NablaError::format(&file, format!("bad {META_PROGRESS}: {e}")))?;
-    let optim_steps: u64 = get("optim_steps")?
-        .parse()
-        .map_err(|e| NablaError::format(&file, format!("bad optim_steps: {e}")))?;
-    let tensors = crate::io::parse_safetensors::<f32>(&bytes, &file)?;
+    } else {
+        path.join("checkpoint")
+    }
+}
+
+/// Loads a checkpoint written by `nabla rnn train` (see [`checkpoint_folder`]), checking every
+/// tensor.
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let dir = checkpoint_folder(path);
+    let state = load_checkpoint_state(&dir)?;
+    let sp = dir.join("state.json");
+    let config: CharRnnConfig = serde_json::from_value(state.model_config.clone())
+        .map_err(|e| NablaError::format(&sp, format!("not a `nabla rnn train` checkpoint: {e}")))?;
+    let file = dir.join("model.safetensors");
+    let tensors = crate::io::load_safetensors::<f32>(&file)?;
     let mut model = CharRnn::new(config)?;
     for p in model.store.iter_mut() {
         let t = crate::io::take(&tensors, &p.name, &file)?;
@@ -357,86 +471,79 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         t.check_finite(&format!("{} in {}", p.name, file.display()))?;
         p.value = t.clone();
     }
-    let h = crate::io::take(&tensors, "state.h", &file)?.clone();
-    if h.shape() != [model.config.batch, model.config.hidden] {
-        return Err(NablaError::format(
-            &file,
-            format!("state.h has shape {:?}", h.shape()),
-        ));
-    }
-    let optim_state = tensors
-        .iter()
-        .filter_map(|(k, t)| k.strip_prefix("optim.").map(|n| (n.to_string(), t.clone())))
-        .collect();
+    let h = crate::io::take(&tensors, STATE_H, &file)?.clone();
+    check_state_h(&h, &model.config).map_err(|e| NablaError::format(&file, e.to_string()))?;
+    let of = dir.join("optimizer.safetensors");
+    let optim_state = if of.is_file() {
+        crate::io::load_safetensors::<f32>(&of)?
+    } else {
+        BTreeMap::new()
+    };
     Ok(Checkpoint {
         model,
-        progress,
-        optim_state,
-        optim_steps,
+        step: state.step,
         h,
+        optim_state,
+        state,
     })
 }
 
-/// Result of a training run.
+/// Result of a training run (printed as JSON by `nabla rnn train`).
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainReport {
     pub steps: u64,
+    /// `completed`, `early_stopped` or `interrupted` (Ctrl-C or --time-limit).
+    pub outcome: String,
     pub seconds: f64,
+    /// Mean training loss (nats/char) since the previous evaluation.
     pub train_loss: f64,
     pub val_nats: Option<f64>,
     pub val_bpc: Option<f64>,
     pub tokens_per_s: f64,
     /// Floats held by the window's forward state: `(k2 + 1)·batch·hidden` at most.
     pub peak_state_floats: usize,
+    pub run_dir: PathBuf,
 }
 
-fn load_text(a: &TrainArgs) -> Result<(String, Option<String>)> {
-    match &a.text {
+fn load_text(text: &Option<PathBuf>, seed: u64) -> Result<(String, Option<String>)> {
+    match text {
         Some(p) => {
             let t = std::fs::read_to_string(p).map_err(|e| NablaError::io(p, e))?;
             Ok((t, Some(p.display().to_string())))
         }
-        None => Ok((embedded_reber(4000, &mut Rng::new(a.seed ^ 0x5EB)), None)),
+        None => Ok((embedded_reber(4000, &mut Rng::new(seed ^ 0x5EB)), None)),
     }
 }
 
-/// Trains per the flags, prints progress, writes checkpoints and metrics; returns the summary.
+/// Trains per the flags on the shared [`Trainer`] (progress bar or plain logs, metrics.jsonl,
+/// atomic checkpoints with exact resume, NaN stop, Ctrl-C, plot); returns the summary.
 pub fn train(a: &TrainArgs) -> Result<TrainReport> {
-    let sched = TbpttSchedule::new(a.k1, a.k2)?;
+    TbpttSchedule::new(a.k1, a.k2)?;
     if a.batch == 0 {
         return Err(invalid!("--batch must be at least 1"));
     }
     if a.clip.is_nan() || a.clip <= 0.0 {
         return Err(invalid!("--clip must be positive, got {}", a.clip));
     }
-    if a.eval_every == 0 {
-        return Err(invalid!("--eval-every must be at least 1"));
+    if a.eval_every == 0 || a.log_every == 0 {
+        return Err(invalid!("--eval-every and --log-every must be at least 1"));
+    }
+    if a.time_limit.is_nan() || a.time_limit < 0.0 {
+        return Err(invalid!("--time-limit must be >= 0, got {}", a.time_limit));
     }
     let activation = Activation::parse(&a.activation)?;
-    let (text, text_name) = load_text(a)?;
-    let corpus = CharCorpus::new(&text, a.val_frac)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
-
-    let (mut model, mut opt, mut h, mut prog) = if a.resume {
-        let ck = load_checkpoint(&a.out)?;
-        if ck.model.config.vocab != corpus.vocab.as_string()
-            || ck.model.config.text_chars != text.chars().count()
-        {
-            return Err(invalid!(
-                "--resume: the checkpoint in {} was trained on another text ({} characters, vocabulary of {}), this one has {} characters and {}",
-                a.out.display(),
-                ck.model.config.text_chars,
-                ck.model.config.vocab.chars().count(),
-                text.chars().count(),
-                corpus.vocab.len()
-            ));
-        }
-        let mut opt = Adam::new(AdamConfig::new(ck.model.config.lr))?;
-        opt.load_state_tensors(&ck.optim_state, ck.optim_steps)?;
-        (ck.model, opt, ck.h, ck.progress)
+    let config = if a.resume {
+        // The model settings (and the text seed of the built-in corpus) come from the run.
+        let st = load_checkpoint_state(&a.out)?;
+        serde_json::from_value::<CharRnnConfig>(st.model_config).map_err(|e| {
+            invalid!(
+                "--resume: {} does not hold a `nabla rnn train` run: {e}",
+                a.out.display()
+            )
+        })?
     } else {
-        let config = CharRnnConfig {
-            vocab: corpus.vocab.as_string(),
+        CharRnnConfig {
+            vocab: String::new(),
             hidden: a.hidden,
             activation,
             k1: a.k1,
@@ -446,166 +553,98 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             clip: a.clip,
             seed: a.seed,
             val_frac: a.val_frac,
-            text: text_name,
-            text_chars: text.chars().count(),
-        };
-        let model = CharRnn::new(config)?;
-        let h = Tensor::zeros(&[a.batch, a.hidden]);
-        let opt = Adam::new(AdamConfig::new(a.lr))?;
-        let p = Progress {
-            step: 0,
-            consumed: 0,
-            window_start: 0,
-            best_val_nats: None,
-        };
-        (model, opt, h, p)
-    };
-    let cfg = model.config.clone();
-    let sched = if a.resume {
-        TbpttSchedule::new(cfg.k1, cfg.k2)?
-    } else {
-        sched
-    };
-    let streams = CharStreams::new(corpus.train.len(), cfg.batch)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(a.out.join("metrics.jsonl"))
-        .map_err(|e| NablaError::io(a.out.join("metrics.jsonl"), e))?;
-
-    let total = a.steps;
-    let bar = if std::io::stderr().is_terminal() {
-        let pb = indicatif::ProgressBar::new(total);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .expect("static template"),
-        );
-        pb.set_position(prog.step.min(total));
-        Some(pb)
-    } else {
-        None
-    };
-    let t0 = Instant::now();
-    let mut tokens = 0usize;
-    let mut peak = 0usize;
-    let (mut run_loss, mut run_n) = (0.0f64, 0usize);
-    let mut last_train = f64::NAN;
-    let mut last_val: Option<f64> = None;
-    let v = corpus.vocab.len();
-    while prog.step < total && !(a.time_limit > 0.0 && t0.elapsed().as_secs_f64() >= a.time_limit) {
-        let end = prog.consumed + sched.k1;
-        let win = sched.window_ending(end, prog.consumed);
-        debug_assert_eq!(win.start, prog.window_start);
-        let len = win.end - win.start;
-        let (xi, yi) = streams.window(&corpus.train, win.start, win.end);
-        // Only the last k1 steps' losses are new; earlier ones were counted by earlier updates.
-        let mask: Vec<bool> = (0..cfg.batch * len)
-            .map(|r| win.start + r % len >= win.loss_from)
-            .collect();
-        let mut tape = Tape::<f32>::new();
-        let x = tape.constant(model.one_hot(&xi, cfg.batch));
-        let h0 = tape.constant(h.clone());
-        let out = model
-            .rnn
-            .forward(&mut tape, &model.store, x, Some(h0), None)?;
-        peak = peak.max(out.states.hs.len());
-        let logits = reshape(&mut tape, out.y, &[cfg.batch * len, v])?;
-        let loss = cross_entropy(
-            &mut tape,
-            logits,
-            &yi,
-            &CrossEntropyOptions {
-                mask: Some(mask),
-                ..Default::default()
-            },
-        )?;
-        let lv = tape.value(loss).item() as f64;
-        if !lv.is_finite() {
-            return Err(NablaError::NonFinite(format!(
-                "training loss is {lv} at update {} (try a smaller --lr or --clip)",
-                prog.step + 1
-            )));
+            text: None,
+            text_chars: 0,
         }
-        tape.backward(loss)?;
-        model.store.zero_grad();
-        tape.accumulate_grads(&mut model.store)?;
-        let gn = clip_grad_norm(&mut model.store, cfg.clip);
-        if !gn.is_finite() {
-            return Err(NablaError::NonFinite(format!(
-                "gradient norm is {gn} at update {}",
-                prog.step + 1
-            )));
-        }
-        opt.step(&mut model.store)?;
-        // The next window starts k2 − k1 steps before the next update's end.
-        let next = sched.window_ending(end + sched.k1, end);
-        h = out.states.state(next.start - win.start);
-        prog.window_start = next.start;
-        prog.consumed = end;
-        prog.step += 1;
-        tokens += cfg.batch * sched.k1;
-        run_loss += lv;
-        run_n += 1;
-
-        let final_step = prog.step == total
-            || (a.time_limit > 0.0 && t0.elapsed().as_secs_f64() >= a.time_limit);
-        if prog.step % a.eval_every == 0 || final_step {
-            last_train = run_loss / run_n as f64;
-            (run_loss, run_n) = (0.0, 0);
-            let val = if corpus.val.len() >= 2 {
-                Some(model.evaluate(&corpus.val, cfg.batch, 256)?)
-            } else {
-                None
-            };
-            last_val = val;
-            if let Some(vn) = val {
-                prog.best_val_nats = Some(prog.best_val_nats.map_or(vn, |b| b.min(vn)));
-            }
-            let el = t0.elapsed().as_secs_f64();
-            let rec = serde_json::json!({
-                "step": prog.step, "train_nats": last_train,
-                "val_nats": val, "val_bpc": val.map(|x| x / std::f64::consts::LN_2),
-                "tokens_per_s": tokens as f64 / el, "elapsed_s": el, "grad_norm": gn,
-            });
-            writeln!(metrics, "{rec}")
-                .map_err(|e| NablaError::io(a.out.join("metrics.jsonl"), e))?;
-            save_checkpoint(&a.out, &model, &opt, &h, &prog)?;
-            let line = format!(
-                "step {}/{} train {:.4} nats, val {} , {:.0} tok/s",
-                prog.step,
-                total,
-                last_train,
-                val.map(|x| format!("{x:.4} nats = {:.4} bits/char", x / std::f64::consts::LN_2))
-                    .unwrap_or_else(|| "-".into()),
-                tokens as f64 / el
-            );
-            match &bar {
-                Some(pb) => pb.println(line),
-                None => eprintln!("{line}"),
-            }
-        }
-        if let Some(pb) = &bar {
-            pb.set_position(prog.step);
-            pb.set_message(format!(
-                "loss {lv:.3} | {:.0} tok/s",
-                tokens as f64 / t0.elapsed().as_secs_f64()
+    };
+    let (text, text_name) = load_text(&a.text, config.seed)?;
+    let corpus = CharCorpus::new(&text, config.val_frac)?;
+    let config = if a.resume {
+        if config.vocab != corpus.vocab.as_string() || config.text_chars != text.chars().count() {
+            return Err(invalid!(
+                "--resume: the run in {} was trained on another text ({} characters, vocabulary of {}), this one has {} characters and {}",
+                a.out.display(),
+                config.text_chars,
+                config.vocab.chars().count(),
+                text.chars().count(),
+                corpus.vocab.len()
             ));
         }
+        config
+    } else {
+        CharRnnConfig {
+            vocab: corpus.vocab.as_string(),
+            text: text_name,
+            text_chars: text.chars().count(),
+            ..config
+        }
+    };
+    let model = CharRnn::new(config.clone())?;
+    let mut task = CharRnnTask::new(model, corpus)?;
+    let tcfg = TrainConfig {
+        out_dir: a.out.clone(),
+        resume: a.resume.then(|| a.out.clone()),
+        overwrite: a.overwrite,
+        seed: config.seed,
+        max_steps: Some(a.steps),
+        eval_every: a.eval_every,
+        log_every: a.log_every,
+        clip_grad_norm: Some(config.clip),
+        progress: if a.quiet {
+            ProgressMode::Quiet
+        } else if a.plain {
+            ProgressMode::Plain
+        } else {
+            ProgressMode::Auto
+        },
+        plot: a.plot,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(tcfg, Adam::new(AdamConfig::new(config.lr))?);
+    // --time-limit: the trainer's interrupt (as Ctrl-C) checkpoints and stops before the next step.
+    let done = Arc::new(AtomicBool::new(false));
+    if a.time_limit > 0.0 {
+        let (stop, done) = (trainer.interrupt_handle(), done.clone());
+        let limit = Duration::from_secs_f64(a.time_limit);
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                if t0.elapsed() >= limit {
+                    stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
     }
-    if let Some(pb) = bar {
-        pb.finish_and_clear();
-    }
-    let secs = t0.elapsed().as_secs_f64();
+    let summary = trainer.fit(&mut task);
+    done.store(true, Ordering::SeqCst);
+    let summary = summary?;
+    // The last evaluation is the final state unless the run was interrupted between two; then
+    // the loss since that evaluation comes from the checkpoint's running interval.
+    let st = load_checkpoint_state(&summary.checkpoint)?;
+    let (val, train_loss) = match summary.last.as_ref() {
+        Some(l) if l.step == summary.step => (l.metrics.get("val_loss").copied(), l.train_loss),
+        _ => (
+            task.val_nats()?,
+            st.interval.loss_sum / st.interval.items.max(1) as f64,
+        ),
+    };
     Ok(TrainReport {
-        steps: prog.step,
-        seconds: secs,
-        train_loss: last_train,
-        val_nats: last_val,
-        val_bpc: last_val.map(|x| x / std::f64::consts::LN_2),
-        tokens_per_s: tokens as f64 / secs.max(1e-9),
-        peak_state_floats: peak,
+        steps: summary.step,
+        outcome: match summary.outcome {
+            Outcome::Completed => "completed",
+            Outcome::EarlyStopped => "early_stopped",
+            Outcome::Interrupted => "interrupted",
+        }
+        .into(),
+        seconds: summary.wall_time_s,
+        train_loss,
+        val_nats: val,
+        val_bpc: val.map(|x| x / std::f64::consts::LN_2),
+        tokens_per_s: st.items_total as f64 / st.wall_time_s.max(1e-9),
+        peak_state_floats: task.peak_state_floats,
+        run_dir: summary.run_dir,
     })
 }
 

@@ -31,6 +31,7 @@ use crate::kernels::{gemm, sigmoid as sigmoid_k, MatLayout};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
 use serde::{Deserialize, Serialize};
+use std::any::TypeId;
 use std::sync::Arc;
 
 /// Hidden nonlinearity. The assignment's model uses the logistic sigmoid.
@@ -94,7 +95,7 @@ impl Activation {
 }
 
 /// Sizes of one sequence batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SeqDims {
     pub batch: usize,
     pub seq_len: usize,
@@ -162,12 +163,78 @@ fn add_rows<T: Element>(buf: &mut [T], bias: &[T]) {
     }
 }
 
-fn sum_rows<T: Element>(buf: &[T], n: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); n];
+fn sum_rows_into<T: Element>(buf: &[T], n: usize, out: &mut Vec<T>) {
+    out.clear();
+    out.resize(n, T::zero());
     for row in buf.chunks(n) {
         out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
     }
-    out
+}
+
+/// Resizes a scratch buffer to `n` elements without reallocating once its capacity suffices.
+/// The contents are unspecified: every caller overwrites all of them.
+fn fit<T: Element>(v: &mut Vec<T>, n: usize) {
+    if v.len() != n {
+        v.clear();
+        v.resize(n, T::zero());
+    }
+}
+
+/// Applies the activation to a block in place. The f32 sigmoid goes through [`sigmoid_f32`],
+/// which the compiler vectorizes (the scalar libm `expf` call was a quarter of a training step
+/// at hidden 64); f64 — the gradient checks — keeps the scalar reference formula.
+fn activate_in_place<T: Element>(act: Activation, v: &mut [T]) {
+    if act == Activation::Sigmoid && TypeId::of::<T>() == TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked through TypeId), so the slice is reinterpreted as itself.
+        let v32 = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) };
+        v32.iter_mut().for_each(|x| *x = sigmoid_f32(*x));
+        return;
+    }
+    v.iter_mut().for_each(|x| *x = act.f(*x));
+}
+
+/// Branch-free `eˣ` for f32: Cephes' `expf` (round `x·log₂e` to n with the 1.5·2²³ trick,
+/// `r = x − n·ln2` in two parts, degree-6 polynomial, scale by 2ⁿ through the exponent bits);
+/// ≈ 1 ulp on the clamped range [−87.3, 88.3], which keeps 2ⁿ a normal number.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let z = r * r;
+    let p = (((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5)
+        * z
+        + r
+        + 1.0;
+    p * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
+/// `σ(x) = 1/(1 + e^{−x})` in f32 through [`exp_f32`]; NaN stays NaN (the NaN stop relies on it).
+#[inline(always)]
+pub fn sigmoid_f32(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp_f32(-x));
+    if x.is_nan() {
+        x
+    } else {
+        s
+    }
+}
+
+/// `(A, B, F)` → `(B, A, F)` row-major into a reused buffer.
+pub fn swap01_into<T: Copy>(x: &[T], a: usize, b: usize, f: usize, out: &mut Vec<T>) {
+    out.clear();
+    out.reserve(a * b * f);
+    for j in 0..b {
+        for i in 0..a {
+            out.extend_from_slice(&x[(i * b + j) * f..(i * b + j + 1) * f]);
+        }
+    }
 }
 
 /// Fused forward over a whole time-major sequence `x_tm (T, B, I)` from `h0 (B, H)`.
@@ -177,10 +244,29 @@ pub fn forward_tm<T: Element>(
     x_tm: &[T],
     h0: &[T],
 ) -> ForwardState<T> {
+    let mut st = ForwardState {
+        dims: d,
+        hs: Vec::new(),
+        y: Vec::new(),
+    };
+    forward_tm_into(wr, d, x_tm, h0, &mut st);
+    st
+}
+
+/// [`forward_tm`] into the buffers of `st` (reused across calls: no allocation in steady state).
+pub fn forward_tm_into<T: Element>(
+    wr: &WeightsRef<'_, T>,
+    d: SeqDims,
+    x_tm: &[T],
+    h0: &[T],
+    st: &mut ForwardState<T>,
+) {
     let (b, t, i, h, o) = (d.batch, d.seq_len, d.input, d.hidden, d.output);
     let bh = b * h;
     let n = t * b;
-    let mut hs = vec![T::zero(); (t + 1) * bh];
+    st.dims = d;
+    let hs = &mut st.hs;
+    fit(hs, (t + 1) * bh);
     hs[..bh].copy_from_slice(h0);
     // Hoisted input product for all steps at once: A = X Wᵀ, (T·B, I)·(I, H).
     gemm(
@@ -213,10 +299,11 @@ pub fn forward_tm<T: Element>(
             cur,
             true,
         );
-        cur.iter_mut().for_each(|v| *v = act.f(*v));
+        activate_in_place(act, cur);
     }
     // Hoisted readout: Y = H Vᵀ, (T·B, H)·(H, O).
-    let mut y = vec![T::zero(); n * o];
+    let y = &mut st.y;
+    fit(y, n * o);
     gemm(
         n,
         o,
@@ -225,13 +312,12 @@ pub fn forward_tm<T: Element>(
         MatLayout::N,
         wr.v,
         MatLayout::T,
-        &mut y,
+        y,
         false,
     );
     if let Some(bias) = wr.b_y {
-        add_rows(&mut y, bias);
+        add_rows(y, bias);
     }
-    ForwardState { dims: d, hs, y }
 }
 
 /// What [`backward_tm`] computes besides the weight gradients.
@@ -261,6 +347,22 @@ pub struct SeqGrads<T> {
     pub grad_h: Option<Vec<T>>,
 }
 
+impl<T: Element> SeqGrads<T> {
+    /// Empty buffers for [`backward_tm_into`] to fill.
+    pub fn empty() -> Self {
+        SeqGrads {
+            w: Vec::new(),
+            u: Vec::new(),
+            v: Vec::new(),
+            b_h: None,
+            b_y: None,
+            h0: Vec::new(),
+            x_tm: None,
+            grad_h: None,
+        }
+    }
+}
+
 /// BPTT through a sequence run by [`forward_tm`]. `gy (T, B, O)` is `∂L/∂y`; `g_hlast (B, H)` an
 /// optional gradient arriving at `h_T` from later use of the state.
 pub fn backward_tm<T: Element>(
@@ -271,13 +373,35 @@ pub fn backward_tm<T: Element>(
     g_hlast: Option<&[T]>,
     opts: &BackwardOptions,
 ) -> SeqGrads<T> {
+    let mut g = SeqGrads::empty();
+    backward_tm_into(wr, x_tm, st, gy, g_hlast, opts, &mut Vec::new(), &mut g);
+    g
+}
+
+/// [`backward_tm`] into reused buffers: `delta` is scratch (`(T, B, H)`), `g` receives the
+/// gradients. No allocation in steady state.
+///
+/// The recursion is fused into the buffer of δ: `Δ = Gy V` holds the readout's share of every
+/// `g_t`; going backwards, row block t is complete once step t+1 has added `δ_{t+1} U` into it
+/// (a gemm with β = 1), so it is scaled by `σ'_t` in place and becomes `δ_t`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_tm_into<T: Element>(
+    wr: &WeightsRef<'_, T>,
+    x_tm: &[T],
+    st: &ForwardState<T>,
+    gy: &[T],
+    g_hlast: Option<&[T]>,
+    opts: &BackwardOptions,
+    delta: &mut Vec<T>,
+    g: &mut SeqGrads<T>,
+) {
     let d = st.dims;
     let (b, t, i, h, o) = (d.batch, d.seq_len, d.input, d.hidden, d.output);
     let bh = b * h;
     let n = t * b;
     let hs = &st.hs;
     // ∇_V = Σ_t gy_t h_tᵀ: (O, T·B)·(T·B, H)
-    let mut dv = vec![T::zero(); o * h];
+    fit(&mut g.v, o * h);
     gemm(
         o,
         h,
@@ -286,114 +410,106 @@ pub fn backward_tm<T: Element>(
         MatLayout::T,
         &hs[bh..],
         MatLayout::N,
-        &mut dv,
+        &mut g.v,
         false,
     );
     // The readout's share of every g_t at once: Gy V, (T·B, O)·(O, H). Becomes δ in place.
-    let mut delta = vec![T::zero(); n * h];
-    gemm(
-        n,
-        h,
-        o,
-        gy,
-        MatLayout::N,
-        wr.v,
-        MatLayout::N,
-        &mut delta,
-        false,
-    );
-    let mut carry = match g_hlast {
-        Some(g) => g.to_vec(),
-        None => vec![T::zero(); bh],
-    };
-    let mut grad_h = if opts.keep_grad_h {
-        Some(vec![T::zero(); n * h])
+    fit(delta, n * h);
+    gemm(n, h, o, gy, MatLayout::N, wr.v, MatLayout::N, delta, false);
+    fit(&mut g.h0, bh);
+    if t == 0 {
+        match g_hlast {
+            Some(gl) => g.h0.copy_from_slice(gl),
+            None => g.h0.iter_mut().for_each(|v| *v = T::zero()),
+        }
+    } else if let Some(gl) = g_hlast {
+        add_into(&mut delta[(t - 1) * bh..], gl);
+    }
+    if opts.keep_grad_h {
+        fit(g.grad_h.get_or_insert_with(Vec::new), n * h);
     } else {
-        None
-    };
+        g.grad_h = None;
+    }
     let act = wr.activation;
     for s in (0..t).rev() {
-        let g = &mut delta[s * bh..(s + 1) * bh];
-        g.iter_mut().zip(&carry).for_each(|(g, &c)| *g += c);
-        if let Some(gh) = grad_h.as_mut() {
-            gh[s * bh..(s + 1) * bh].copy_from_slice(g);
+        let (before, rest) = delta.split_at_mut(s * bh);
+        let gs = &mut rest[..bh];
+        if let Some(gh) = g.grad_h.as_mut() {
+            gh[s * bh..(s + 1) * bh].copy_from_slice(gs);
         }
         let hcur = &hs[(s + 1) * bh..(s + 2) * bh];
-        g.iter_mut()
+        gs.iter_mut()
             .zip(hcur)
             .for_each(|(g, &hv)| *g *= act.grad_from_output(hv));
-        let boundary = s > 0 && opts.truncate.is_some_and(|k| s % k == 0);
-        if boundary {
-            carry.iter_mut().for_each(|c| *c = T::zero());
-        } else {
-            // ∇_{h_{t−1}} from step t: δ_t U, (B, H)·(H, H)
+        if s == 0 {
+            // ∇_{h_0} = δ_1 U, (B, H)·(H, H)
             gemm(
                 b,
                 h,
                 h,
-                g,
+                gs,
                 MatLayout::N,
                 wr.u,
                 MatLayout::N,
-                &mut carry,
+                &mut g.h0,
                 false,
+            );
+        } else if opts.truncate.is_none_or(|k| s % k != 0) {
+            // g_{t−1} += δ_t U, (B, H)·(H, H); skipped at a truncation boundary.
+            gemm(
+                b,
+                h,
+                h,
+                gs,
+                MatLayout::N,
+                wr.u,
+                MatLayout::N,
+                &mut before[(s - 1) * bh..],
+                true,
             );
         }
     }
-    let h0 = carry;
     // ∇_W = Σ_t δ_t x_tᵀ: (H, T·B)·(T·B, I)
-    let mut dw = vec![T::zero(); h * i];
+    fit(&mut g.w, h * i);
     gemm(
         h,
         i,
         n,
-        &delta,
+        delta,
         MatLayout::T,
         x_tm,
         MatLayout::N,
-        &mut dw,
+        &mut g.w,
         false,
     );
     // ∇_U = Σ_t δ_t h_{t−1}ᵀ: (H, T·B)·(T·B, H) with h_0..h_{T−1}
-    let mut du = vec![T::zero(); h * h];
+    fit(&mut g.u, h * h);
     gemm(
         h,
         h,
         n,
-        &delta,
+        delta,
         MatLayout::T,
         &hs[..n * h],
         MatLayout::N,
-        &mut du,
+        &mut g.u,
         false,
     );
-    let x_grad = if opts.need_x {
+    if opts.need_x {
         // ∇_x = δ W: (T·B, H)·(H, I)
-        let mut dx = vec![T::zero(); n * i];
-        gemm(
-            n,
-            i,
-            h,
-            &delta,
-            MatLayout::N,
-            wr.w,
-            MatLayout::N,
-            &mut dx,
-            false,
-        );
-        Some(dx)
+        let dx = g.x_tm.get_or_insert_with(Vec::new);
+        fit(dx, n * i);
+        gemm(n, i, h, delta, MatLayout::N, wr.w, MatLayout::N, dx, false);
     } else {
-        None
-    };
-    SeqGrads {
-        w: dw,
-        u: du,
-        v: dv,
-        b_h: wr.b_h.map(|_| sum_rows(&delta, h)),
-        b_y: wr.b_y.map(|_| sum_rows(gy, o)),
-        h0,
-        x_tm: x_grad,
-        grad_h,
+        g.x_tm = None;
+    }
+    match wr.b_h {
+        Some(_) => sum_rows_into(delta, h, g.b_h.get_or_insert_with(Vec::new)),
+        None => g.b_h = None,
+    }
+    match wr.b_y {
+        Some(_) => sum_rows_into(gy, o, g.b_y.get_or_insert_with(Vec::new)),
+        None => g.b_y = None,
     }
 }
 
@@ -887,23 +1003,48 @@ impl<T: Element> ElmanWeights<T> {
         h0: Option<&Tensor<T>>,
         opts: &BackwardOptions,
     ) -> Result<MseBptt<T>> {
+        let mut ws = RnnWorkspace::new();
+        let loss = self.mse_bptt_ws(&mut ws, x, z, h0, opts)?;
+        let g = std::mem::replace(&mut ws.grads, SeqGrads::empty());
+        Ok(self.pack(ws.state.dims, &ws.state, loss, g))
+    }
+    /// [`Self::mse_bptt`] into the reused buffers of `ws` (gradients in `ws.grads`, time-major
+    /// states in `ws.state`); returns the loss. Allocation-free once `ws` has seen these sizes.
+    pub fn mse_bptt_ws(
+        &self,
+        ws: &mut RnnWorkspace<T>,
+        x: &Tensor<T>,
+        z: &Tensor<T>,
+        h0: Option<&Tensor<T>>,
+        opts: &BackwardOptions,
+    ) -> Result<f64> {
         if opts.truncate == Some(0) {
             return Err(invalid!("truncation length k must be at least 1"));
         }
         let d = self.check(x, z, h0)?;
-        let x_tm = swap01(x.data(), d.batch, d.seq_len, d.input);
-        let z_tm = swap01(z.data(), d.batch, d.seq_len, d.output);
-        let h0v = h0
-            .map(|h| h.data().to_vec())
-            .unwrap_or_else(|| vec![T::zero(); d.batch * d.hidden]);
+        swap01_into(x.data(), d.batch, d.seq_len, d.input, &mut ws.x_tm);
+        fit(&mut ws.h0, d.batch * d.hidden);
+        match h0 {
+            Some(h) => ws.h0.copy_from_slice(h.data()),
+            None => ws.h0.iter_mut().for_each(|v| *v = T::zero()),
+        }
         let wr = self.as_ref();
-        let st = forward_tm(&wr, d, &x_tm, &h0v);
-        let (loss, gy) = mse_grad(&st.y, &z_tm);
-        let g = backward_tm(&wr, &x_tm, &st, &gy, None, opts);
-        Ok(self.pack(d, &st, loss, g))
+        forward_tm_into(&wr, d, &ws.x_tm, &ws.h0, &mut ws.state);
+        let loss = mse_grad_bm_into(&ws.state.y, z.data(), d, &mut ws.gy);
+        backward_tm_into(
+            &wr,
+            &ws.x_tm,
+            &ws.state,
+            &ws.gy,
+            None,
+            opts,
+            &mut ws.delta,
+            &mut ws.grads,
+        );
+        Ok(loss)
     }
     /// One plain SGD step on the assignment's loss (`W ← W − lr·∇_W L`, same for U, V and the
-    /// biases); returns the loss before the step. The `nabla bench rnn` workload.
+    /// biases); returns the loss before the step.
     pub fn sgd_step(
         &mut self,
         x: &Tensor<T>,
@@ -912,7 +1053,20 @@ impl<T: Element> ElmanWeights<T> {
         lr: f64,
         truncate: Option<usize>,
     ) -> Result<f64> {
-        let g = self.mse_bptt(
+        self.sgd_step_ws(&mut RnnWorkspace::new(), x, z, h0, lr, truncate)
+    }
+    /// [`Self::sgd_step`] with buffers reused across steps: the `nabla bench rnn` workload.
+    pub fn sgd_step_ws(
+        &mut self,
+        ws: &mut RnnWorkspace<T>,
+        x: &Tensor<T>,
+        z: &Tensor<T>,
+        h0: Option<&Tensor<T>>,
+        lr: f64,
+        truncate: Option<usize>,
+    ) -> Result<f64> {
+        let loss = self.mse_bptt_ws(
+            ws,
             x,
             z,
             h0,
@@ -922,16 +1076,17 @@ impl<T: Element> ElmanWeights<T> {
             },
         )?;
         let lr = T::c(-lr);
-        self.w.axpy(lr, &g.w)?;
-        self.u.axpy(lr, &g.u)?;
-        self.v.axpy(lr, &g.v)?;
+        let g = &ws.grads;
+        axpy_into(self.w.data_mut(), lr, &g.w);
+        axpy_into(self.u.data_mut(), lr, &g.u);
+        axpy_into(self.v.data_mut(), lr, &g.v);
         if let (Some(b), Some(gb)) = (self.b_h.as_mut(), g.b_h.as_ref()) {
-            b.axpy(lr, gb)?;
+            axpy_into(b.data_mut(), lr, gb);
         }
         if let (Some(b), Some(gb)) = (self.b_y.as_mut(), g.b_y.as_ref()) {
-            b.axpy(lr, gb)?;
+            axpy_into(b.data_mut(), lr, gb);
         }
-        Ok(g.loss)
+        Ok(loss)
     }
     fn pack(&self, d: SeqDims, st: &ForwardState<T>, loss: f64, g: SeqGrads<T>) -> MseBptt<T> {
         MseBptt {
@@ -1032,6 +1187,76 @@ impl<T: Element> ElmanWeights<T> {
 
 fn add_into<T: Element>(a: &mut [T], b: &[T]) {
     a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+}
+
+fn axpy_into<T: Element>(a: &mut [T], alpha: T, b: &[T]) {
+    a.iter_mut().zip(b).for_each(|(a, &b)| *a += alpha * b);
+}
+
+/// Buffers of one training step kept across steps, so that repeated steps on the same sizes
+/// allocate nothing (fresh multi-megabyte buffers every step cost page faults).
+#[derive(Clone, Debug)]
+pub struct RnnWorkspace<T> {
+    /// `(T, B, I)`.
+    pub x_tm: Vec<T>,
+    /// `(B, H)`.
+    pub h0: Vec<T>,
+    /// Forward states `(T+1, B, H)` and outputs `(T, B, O)`.
+    pub state: ForwardState<T>,
+    /// `∂L/∂y`, `(T, B, O)`.
+    pub gy: Vec<T>,
+    /// δ scratch, `(T, B, H)`.
+    pub delta: Vec<T>,
+    /// Gradients of the last step.
+    pub grads: SeqGrads<T>,
+}
+
+impl<T: Element> RnnWorkspace<T> {
+    pub fn new() -> Self {
+        RnnWorkspace {
+            x_tm: Vec::new(),
+            h0: Vec::new(),
+            state: ForwardState {
+                dims: SeqDims::default(),
+                hs: Vec::new(),
+                y: Vec::new(),
+            },
+            gy: Vec::new(),
+            delta: Vec::new(),
+            grads: SeqGrads::empty(),
+        }
+    }
+}
+
+impl<T: Element> Default for RnnWorkspace<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `L = Σ (y − z)²` and `∂L/∂y = 2(y − z)` with `y (T, B, O)` time-major and `z (B, T, O)`
+/// batch-major: the transpose of `z` is fused into the loss pass.
+pub fn mse_grad_bm_into<T: Element>(y_tm: &[T], z: &[T], d: SeqDims, gy: &mut Vec<T>) -> f64 {
+    let (b, t, o) = (d.batch, d.seq_len, d.output);
+    fit(gy, t * b * o);
+    let two = T::c(2.0);
+    let mut loss = 0.0f64;
+    for s in 0..t {
+        for j in 0..b {
+            let r0 = (s * b + j) * o;
+            let z0 = (j * t + s) * o;
+            for ((g, &yv), &zv) in gy[r0..r0 + o]
+                .iter_mut()
+                .zip(&y_tm[r0..r0 + o])
+                .zip(&z[z0..z0 + o])
+            {
+                let r = yv - zv;
+                loss += r.as_f64() * r.as_f64();
+                *g = two * r;
+            }
+        }
+    }
+    loss
 }
 
 /// `L = Σ (y − z)²` (accumulated in f64) and `∂L/∂y = 2(y − z)`.
