@@ -120,27 +120,37 @@ impl RowLayout {
     }
 }
 
-/// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n` with 8 independent accumulators, so the
-/// reduction vectorizes instead of waiting on one add chain.
+/// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n`: 8 independent accumulators in the
+/// element type (so the reduction vectorizes at full width instead of widening every
+/// element), flushed to f64 every 256 terms so each lane sums at most 32 terms and the
+/// rounding stays at the level of a pairwise sum.
 #[inline(always)]
-fn sum2(n: usize, mut f: impl FnMut(usize) -> (f64, f64)) -> (f64, f64) {
-    let mut a = [0.0f64; 8];
-    let mut b = [0.0f64; 8];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for k in 0..8 {
-            let (u, v) = f(i + k);
-            a[k] += u;
-            b[k] += v;
+fn sum2<T: Element>(n: usize, mut f: impl FnMut(usize) -> (T, T)) -> (f64, f64) {
+    const BLOCK: usize = 256;
+    let (mut sa, mut sb) = (0.0f64, 0.0f64);
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let mut a = [T::zero(); 8];
+        let mut b = [T::zero(); 8];
+        let full = start + (end - start) / 8 * 8;
+        let mut i = start;
+        while i < full {
+            for k in 0..8 {
+                let (u, v) = f(i + k);
+                a[k] += u;
+                b[k] += v;
+            }
+            i += 8;
         }
-        i += 8;
-    }
-    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for i in full..n {
-        let (u, v) = f(i);
-        sa += u;
-        sb += v;
+        for i in full..end {
+            let (u, v) = f(i);
+            a[0] += u;
+            b[0] += v;
+        }
+        sa += a.iter().map(|v| v.as_f64()).sum::<f64>();
+        sb += b.iter().map(|v| v.as_f64()).sum::<f64>();
+        start = end;
     }
     (sa, sb)
 }
@@ -153,13 +163,13 @@ fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
             // One pass of shifted sums: with K = x₀, σ² = mean((x − K)²) − (mean(x − K))²;
             // the shift keeps the cancellation to O(ε (μ − x₀)²/σ²).
             let n = x.len() as f64;
-            let k = x[0].as_f64();
+            let k = x[0];
             let (s, s2) = sum2(x.len(), |i| {
-                let d = x[i].as_f64() - k;
+                let d = x[i] - k;
                 (d, d * d)
             });
             let md = s / n;
-            (k + md, (s2 / n - md * md).max(0.0))
+            (k.as_f64() + md, (s2 / n - md * md).max(0.0))
         }
         Some(m) => {
             let n: f64 = m.iter().map(|v| v.as_f64()).sum();
@@ -292,14 +302,16 @@ fn row_backward<T: Element>(
                 // LayerNorm fast path: per-element affine, no mask.
                 let wr = &w[base..base + l];
                 let (dwr, dbr) = (&mut dw[base..base + l], &mut db[base..base + l]);
-                // One pass for the affine gradients and the two row sums.
+                // Σh and Σh·x̂ with h = g γ (lanes in T), then the affine gradients in a
+                // separate loop (the row is in L1) so both loops vectorize.
                 let (s1, s2) = sum2(l, |i| {
-                    let (g, xh) = (gr[i], (xr[i] - mu) * rs);
-                    dwr[i] += (g * xh).as_f64();
-                    dbr[i] += g.as_f64();
-                    let h = g * wr[i];
-                    (h.as_f64(), (h * xh).as_f64())
+                    let h = gr[i] * wr[i];
+                    (h, h * ((xr[i] - mu) * rs))
                 });
+                for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr) {
+                    *dw += (g * ((xv - mu) * rs)).as_f64();
+                    *db += g.as_f64();
+                }
                 if need_dx {
                     let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
                     let dxr = &mut dx[k * l..(k + 1) * l];
@@ -319,14 +331,12 @@ fn row_backward<T: Element>(
                 let a = base + s;
                 let wa = w[a];
                 let (gw, gb) = match mr {
-                    None => sum2(xs.len(), |i| {
-                        ((gs[i] * (xs[i] - mu) * rs).as_f64(), gs[i].as_f64())
-                    }),
+                    None => sum2(xs.len(), |i| (gs[i] * (xs[i] - mu) * rs, gs[i])),
                     Some(m) => {
                         let ms = &m[s * lay.seg_len..(s + 1) * lay.seg_len];
                         sum2(xs.len(), |i| {
                             let g = gs[i] * ms[i];
-                            ((g * (xs[i] - mu) * rs).as_f64(), g.as_f64())
+                            (g * (xs[i] - mu) * rs, g)
                         })
                     }
                 };
@@ -1026,14 +1036,12 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
                 let o = (s * c + ch) * f;
                 let (xs, gs) = (&x[o..o + f], &dy[o..o + f]);
                 let (a, b) = match mask {
-                    None => sum2(f, |i| {
-                        (gs[i].as_f64(), (gs[i] * (xs[i] - mu) * rs).as_f64())
-                    }),
+                    None => sum2(f, |i| (gs[i], gs[i] * (xs[i] - mu) * rs)),
                     Some(m) => {
                         let ms = &m[o..o + f];
                         sum2(f, |i| {
                             let g = gs[i] * ms[i];
-                            (g.as_f64(), (g * (xs[i] - mu) * rs).as_f64())
+                            (g, g * (xs[i] - mu) * rs)
                         })
                     }
                 };
@@ -1067,11 +1075,11 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
                 let a = rs * w[ch];
                 let (c1, c2) = coef[ch];
                 let o = si * f;
-                for (i, d) in ds.iter_mut().enumerate() {
-                    let k = o + i;
-                    let xh = (x[k] - mu) * rs;
-                    let v = a * (dy[k] - c1 - xh * c2);
-                    *d = mask.map_or(v, |m| v * m[k]);
+                for ((d, &xv), &g) in ds.iter_mut().zip(&x[o..o + f]).zip(&dy[o..o + f]) {
+                    *d = a * (g - c1 - (xv - mu) * rs * c2);
+                }
+                if let Some(m) = mask {
+                    ds.iter_mut().zip(&m[o..o + f]).for_each(|(d, &m)| *d *= m);
                 }
             };
             if x.len() < PAR_THRESHOLD {
