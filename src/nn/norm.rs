@@ -319,6 +319,25 @@ fn row_backward<T: Element>(
     let work = |r0: usize, nrows: usize, dx: &mut [T]| -> (Vec<f64>, Vec<f64>) {
         let mut dw = vec![0.0f64; na];
         let mut db = vec![0.0f64; na];
+        // LayerNorm's per-element affine gradients: partial sums over ≤ 32 rows in T (one
+        // add per element instead of a widening add), flushed into the f64 totals.
+        const FLUSH: usize = 32;
+        let ln_fast = lay.seg_len == 1 && mask.is_none();
+        let (mut dwt, mut dbt) = if ln_fast {
+            (vec![T::zero(); na], vec![T::zero(); na])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let flush = |dw: &mut [f64], db: &mut [f64], dwt: &mut [T], dbt: &mut [T]| {
+            for (a, t) in dw.iter_mut().zip(dwt.iter_mut()) {
+                *a += t.as_f64();
+                *t = T::zero();
+            }
+            for (a, t) in db.iter_mut().zip(dbt.iter_mut()) {
+                *a += t.as_f64();
+                *t = T::zero();
+            }
+        };
         for k in 0..nrows {
             let r = r0 + k;
             let xr = &x[r * l..(r + 1) * l];
@@ -330,7 +349,7 @@ fn row_backward<T: Element>(
             if lay.seg_len == 1 && mr.is_none() {
                 // LayerNorm fast path: per-element affine, no mask.
                 let wr = &w[base..base + l];
-                let (dwr, dbr) = (&mut dw[base..base + l], &mut db[base..base + l]);
+                let (dwr, dbr) = (&mut dwt[base..base + l], &mut dbt[base..base + l]);
                 // Σh and Σh·x̂ with h = g γ (lanes in T), then the affine gradients in a
                 // separate loop (the row is in L1) so both loops vectorize.
                 let (s1, s2) = sum2(l, |i| {
@@ -338,8 +357,11 @@ fn row_backward<T: Element>(
                     (h, h * ((xr[i] - mu) * rs))
                 });
                 for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr) {
-                    *dw += (g * ((xv - mu) * rs)).as_f64();
-                    *db += g.as_f64();
+                    *dw += g * ((xv - mu) * rs);
+                    *db += g;
+                }
+                if (k + 1) % FLUSH == 0 || k + 1 == nrows {
+                    flush(&mut dw, &mut db, &mut dwt, &mut dbt);
                 }
                 if need_dx {
                     let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
