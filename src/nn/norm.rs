@@ -356,19 +356,32 @@ fn row_backward<T: Element>(
                     let h = gr[i] * wr[i];
                     (h, h * ((xr[i] - mu) * rs))
                 });
-                for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr) {
-                    *dw += g * ((xv - mu) * rs);
-                    *db += g;
+                if need_dx {
+                    // dx and the affine gradients in one more pass over the (cached) row.
+                    let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
+                    let dxr = &mut dx[k * l..(k + 1) * l];
+                    for (((((d, dw), db), &xv), &g), &wv) in dxr
+                        .iter_mut()
+                        .zip(dwr.iter_mut())
+                        .zip(dbr.iter_mut())
+                        .zip(xr)
+                        .zip(gr)
+                        .zip(wr)
+                    {
+                        let xh = (xv - mu) * rs;
+                        *dw += g * xh;
+                        *db += g;
+                        *d = rs * (g * wv - c1 - xh * c2);
+                    }
+                } else {
+                    for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr)
+                    {
+                        *dw += g * ((xv - mu) * rs);
+                        *db += g;
+                    }
                 }
                 if (k + 1) % FLUSH == 0 || k + 1 == nrows {
                     flush(&mut dw, &mut db, &mut dwt, &mut dbt);
-                }
-                if need_dx {
-                    let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
-                    let dxr = &mut dx[k * l..(k + 1) * l];
-                    for (((d, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(gr).zip(wr) {
-                        *d = rs * (g * wv - c1 - (xv - mu) * rs * c2);
-                    }
                 }
                 continue;
             }
