@@ -31,6 +31,33 @@ use crate::{invalid, ops, shape_err};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// A zeroed output buffer of `n` elements. Large ones (≥ 4 MiB) come straight from `mmap`
+/// and every first write to a 4 KiB page faults: for a (256, 64, 1024) f32 output that is
+/// 16K faults, each clearing a page, which cost more than the normalization itself. Asking
+/// for transparent huge pages (`MADV_HUGEPAGE`, the kernel default here is `madvise`) makes
+/// it one fault per 2 MiB. Advice only: the memory stays the global allocator's.
+fn output_buffer<T: Element>(n: usize) -> Vec<T> {
+    let v = vec![T::zero(); n];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = std::mem::size_of_val(v.as_slice());
+        if bytes >= 2 * HUGE {
+            let start = v.as_ptr() as usize;
+            let (lo, hi) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+            if hi > lo {
+                // SAFETY: `[lo, hi)` lies inside `v`'s live allocation; madvise only changes
+                // how the kernel backs those pages (contents stay zero), and a failure
+                // (e.g. THP disabled) just leaves 4 KiB pages.
+                unsafe {
+                    libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
+                }
+            }
+        }
+    }
+    v
+}
+
 // ---------------------------------------------------------------------------------------------
 // Masks
 // ---------------------------------------------------------------------------------------------
@@ -120,46 +147,58 @@ impl RowLayout {
     }
 }
 
-/// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n` with 8 independent accumulators, so the
-/// reduction vectorizes instead of waiting on one add chain.
+/// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n`: 8 independent accumulators in the
+/// element type (so the reduction vectorizes at full width instead of widening every
+/// element), flushed to f64 every 256 terms so each lane sums at most 32 terms and the
+/// rounding stays at the level of a pairwise sum.
 #[inline(always)]
-fn sum2(n: usize, mut f: impl FnMut(usize) -> (f64, f64)) -> (f64, f64) {
-    let mut a = [0.0f64; 8];
-    let mut b = [0.0f64; 8];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for k in 0..8 {
-            let (u, v) = f(i + k);
-            a[k] += u;
-            b[k] += v;
+fn sum2<T: Element>(n: usize, mut f: impl FnMut(usize) -> (T, T)) -> (f64, f64) {
+    const BLOCK: usize = 256;
+    let (mut sa, mut sb) = (0.0f64, 0.0f64);
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let mut a = [T::zero(); 8];
+        let mut b = [T::zero(); 8];
+        let full = start + (end - start) / 8 * 8;
+        let mut i = start;
+        while i < full {
+            for k in 0..8 {
+                let (u, v) = f(i + k);
+                a[k] += u;
+                b[k] += v;
+            }
+            i += 8;
         }
-        i += 8;
-    }
-    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for i in full..n {
-        let (u, v) = f(i);
-        sa += u;
-        sb += v;
+        for i in full..end {
+            let (u, v) = f(i);
+            a[0] += u;
+            b[0] += v;
+        }
+        // Tree-reduce the lanes in T (≤ 256 terms in all), then one widening add.
+        let lanes = |v: [T; 8]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+        sa += lanes(a).as_f64();
+        sb += lanes(b).as_f64();
+        start = end;
     }
     (sa, sb)
 }
 
 /// Mean and population variance of a row, over the entries with `m = 1` when masked.
-#[inline]
+#[inline(always)]
 fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
     match m {
         None => {
             // One pass of shifted sums: with K = x₀, σ² = mean((x − K)²) − (mean(x − K))²;
             // the shift keeps the cancellation to O(ε (μ − x₀)²/σ²).
             let n = x.len() as f64;
-            let k = x[0].as_f64();
+            let k = x[0];
             let (s, s2) = sum2(x.len(), |i| {
-                let d = x[i].as_f64() - k;
+                let d = x[i] - k;
                 (d, d * d)
             });
             let md = s / n;
-            (k + md, (s2 / n - md * md).max(0.0))
+            (k.as_f64() + md, (s2 / n - md * md).max(0.0))
         }
         Some(m) => {
             let n: f64 = m.iter().map(|v| v.as_f64()).sum();
@@ -223,7 +262,7 @@ fn row_forward<T: Element>(
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let l = lay.len();
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = output_buffer::<T>(x.len());
     let mut mean = vec![T::zero(); lay.rows];
     let mut rstd = vec![T::zero(); lay.rows];
     let work = |r0: usize, y: &mut [T], mean: &mut [T], rstd: &mut [T]| {
@@ -272,7 +311,7 @@ fn row_backward<T: Element>(
     let l = lay.len();
     let na = lay.affine_len();
     let mut dx = if need_dx {
-        vec![T::zero(); x.len()]
+        output_buffer::<T>(x.len())
     } else {
         Vec::new()
     };
@@ -280,6 +319,25 @@ fn row_backward<T: Element>(
     let work = |r0: usize, nrows: usize, dx: &mut [T]| -> (Vec<f64>, Vec<f64>) {
         let mut dw = vec![0.0f64; na];
         let mut db = vec![0.0f64; na];
+        // LayerNorm's per-element affine gradients: partial sums over ≤ 32 rows in T (one
+        // add per element instead of a widening add), flushed into the f64 totals.
+        const FLUSH: usize = 32;
+        let ln_fast = lay.seg_len == 1 && mask.is_none();
+        let (mut dwt, mut dbt) = if ln_fast {
+            (vec![T::zero(); na], vec![T::zero(); na])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let flush = |dw: &mut [f64], db: &mut [f64], dwt: &mut [T], dbt: &mut [T]| {
+            for (a, t) in dw.iter_mut().zip(dwt.iter_mut()) {
+                *a += t.as_f64();
+                *t = T::zero();
+            }
+            for (a, t) in db.iter_mut().zip(dbt.iter_mut()) {
+                *a += t.as_f64();
+                *t = T::zero();
+            }
+        };
         for k in 0..nrows {
             let r = r0 + k;
             let xr = &x[r * l..(r + 1) * l];
@@ -291,21 +349,39 @@ fn row_backward<T: Element>(
             if lay.seg_len == 1 && mr.is_none() {
                 // LayerNorm fast path: per-element affine, no mask.
                 let wr = &w[base..base + l];
-                let (dwr, dbr) = (&mut dw[base..base + l], &mut db[base..base + l]);
-                // One pass for the affine gradients and the two row sums.
+                let (dwr, dbr) = (&mut dwt[base..base + l], &mut dbt[base..base + l]);
+                // Σh and Σh·x̂ with h = g γ (lanes in T), then the affine gradients in a
+                // separate loop (the row is in L1) so both loops vectorize.
                 let (s1, s2) = sum2(l, |i| {
-                    let (g, xh) = (gr[i], (xr[i] - mu) * rs);
-                    dwr[i] += (g * xh).as_f64();
-                    dbr[i] += g.as_f64();
-                    let h = g * wr[i];
-                    (h.as_f64(), (h * xh).as_f64())
+                    let h = gr[i] * wr[i];
+                    (h, h * ((xr[i] - mu) * rs))
                 });
                 if need_dx {
+                    // dx and the affine gradients in one more pass over the (cached) row.
                     let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
                     let dxr = &mut dx[k * l..(k + 1) * l];
-                    for (((d, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(gr).zip(wr) {
-                        *d = rs * (g * wv - c1 - (xv - mu) * rs * c2);
+                    for (((((d, dw), db), &xv), &g), &wv) in dxr
+                        .iter_mut()
+                        .zip(dwr.iter_mut())
+                        .zip(dbr.iter_mut())
+                        .zip(xr)
+                        .zip(gr)
+                        .zip(wr)
+                    {
+                        let xh = (xv - mu) * rs;
+                        *dw += g * xh;
+                        *db += g;
+                        *d = rs * (g * wv - c1 - xh * c2);
                     }
+                } else {
+                    for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr)
+                    {
+                        *dw += g * ((xv - mu) * rs);
+                        *db += g;
+                    }
+                }
+                if (k + 1) % FLUSH == 0 || k + 1 == nrows {
+                    flush(&mut dw, &mut db, &mut dwt, &mut dbt);
                 }
                 continue;
             }
@@ -319,14 +395,12 @@ fn row_backward<T: Element>(
                 let a = base + s;
                 let wa = w[a];
                 let (gw, gb) = match mr {
-                    None => sum2(xs.len(), |i| {
-                        ((gs[i] * (xs[i] - mu) * rs).as_f64(), gs[i].as_f64())
-                    }),
+                    None => sum2(xs.len(), |i| (gs[i] * (xs[i] - mu) * rs, gs[i])),
                     Some(m) => {
                         let ms = &m[s * lay.seg_len..(s + 1) * lay.seg_len];
                         sum2(xs.len(), |i| {
                             let g = gs[i] * ms[i];
-                            ((g * (xs[i] - mu) * rs).as_f64(), g.as_f64())
+                            (g * (xs[i] - mu) * rs, g)
                         })
                     }
                 };
@@ -934,6 +1008,25 @@ fn channel_stats<T: Element>(
     (n, c, f): (usize, usize, usize),
 ) -> Vec<(f64, f64, f64)> {
     let one = |ch: usize| {
+        if mask.is_none() {
+            // Shifted sums over all N segments (K = the channel's first value): no division
+            // per segment; the cancellation is O(ε (μ − K)²/σ²) as in `row_stats`.
+            let k = x[ch * f];
+            let (mut s, mut s2) = (0.0f64, 0.0f64);
+            for smp in 0..n {
+                let o = (smp * c + ch) * f;
+                let xs = &x[o..o + f];
+                let (a, b) = sum2(f, |i| {
+                    let d = xs[i] - k;
+                    (d, d * d)
+                });
+                s += a;
+                s2 += b;
+            }
+            let cnt = (n * f) as f64;
+            let md = s / cnt;
+            return (cnt, k.as_f64() + md, (s2 / cnt - md * md).max(0.0));
+        }
         let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
         for s in 0..n {
             let o = (s * c + ch) * f;
@@ -971,7 +1064,7 @@ fn channel_normalize<T: Element>(
     c: usize,
     f: usize,
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = output_buffer::<T>(x.len());
     let seg = |s: usize, ys: &mut [T]| {
         let ch = s % c;
         let a = rstd[ch] * w[ch];
@@ -1026,14 +1119,12 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
                 let o = (s * c + ch) * f;
                 let (xs, gs) = (&x[o..o + f], &dy[o..o + f]);
                 let (a, b) = match mask {
-                    None => sum2(f, |i| {
-                        (gs[i].as_f64(), (gs[i] * (xs[i] - mu) * rs).as_f64())
-                    }),
+                    None => sum2(f, |i| (gs[i], gs[i] * (xs[i] - mu) * rs)),
                     Some(m) => {
                         let ms = &m[o..o + f];
                         sum2(f, |i| {
                             let g = gs[i] * ms[i];
-                            (g.as_f64(), (g * (xs[i] - mu) * rs).as_f64())
+                            (g, g * (xs[i] - mu) * rs)
                         })
                     }
                 };
@@ -1060,18 +1151,18 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
                     }
                 })
                 .collect();
-            let mut dx = vec![T::zero(); x.len()];
+            let mut dx = output_buffer::<T>(x.len());
             let seg = |si: usize, ds: &mut [T]| {
                 let ch = si % c;
                 let (mu, rs) = (self.mean[ch], self.rstd[ch]);
                 let a = rs * w[ch];
                 let (c1, c2) = coef[ch];
                 let o = si * f;
-                for (i, d) in ds.iter_mut().enumerate() {
-                    let k = o + i;
-                    let xh = (x[k] - mu) * rs;
-                    let v = a * (dy[k] - c1 - xh * c2);
-                    *d = mask.map_or(v, |m| v * m[k]);
+                for ((d, &xv), &g) in ds.iter_mut().zip(&x[o..o + f]).zip(&dy[o..o + f]) {
+                    *d = a * (g - c1 - (xv - mu) * rs * c2);
+                }
+                if let Some(m) = mask {
+                    ds.iter_mut().zip(&m[o..o + f]).for_each(|(d, &m)| *d *= m);
                 }
             };
             if x.len() < PAR_THRESHOLD {
