@@ -8,6 +8,9 @@
 //! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
 //! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
+//! - [`nn`]: layers with fused ops (the Elman RNN);
+//! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs), plots;
+//! - [`data`]: data sets (character text, synthetic corpora); [`models`]: whole models;
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
 pub mod analysis;
@@ -16,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod exercises;
 pub mod gradcheck;
 pub mod graph;
 pub mod init;

@@ -70,7 +70,7 @@ fn run<T: Element>(
     let w = tape.param(&store, wid);
     let b = tape.param(&store, bid);
     let y = if reference {
-        norm::layer_norm_reference(&mut tape, x, kind.reference(), Some(w), Some(b), 1e-5, mask)
+        norm::norm_reference(&mut tape, x, kind.reference(), Some(w), Some(b), 1e-5, mask)
     } else {
         fused(kind, &mut tape, x, Some(w), Some(b), 1e-5, mask)
     }
@@ -230,7 +230,7 @@ fn layer_norm_module_vit_shape_and_large_parallel_path() {
         let y = if reference {
             let w = tape.param(&st, ln.weight.unwrap());
             let b = tape.param(&st, ln.bias.unwrap());
-            norm::layer_norm_reference(
+            norm::norm_reference(
                 &mut tape,
                 xv,
                 RefKind::Layer { normalized_ndim: 1 },
@@ -279,4 +279,187 @@ fn bad_norm_inputs_are_errors() {
     assert!(norm::layer_norm(&mut tape, x, 1, Some(w), None, 1e-5, None).is_err());
     let ln = norm::LayerNorm::new(&mut store, "ln", &[4], 1e-5, true).unwrap();
     assert!(ln.forward(&mut tape, &store, x).is_err());
+}
+
+/// BatchNorm in training mode through the module: (y, dx, dweight, dbias, running_mean, running_var).
+fn run_bn<T: Element>(
+    fx: &BTreeMap<String, Tensor<f64>>,
+    reference: bool,
+    mask: Option<&Tensor<T>>,
+) -> Vec<Tensor<T>> {
+    let mut store = ParamStore::<T>::new();
+    let mut bn = norm::BatchNorm::<T>::new(&mut store, "bn", 6, 1e-5, Some(0.1), true).unwrap();
+    store.get_mut(bn.weight.unwrap()).value = fx["weight"].cast();
+    store.get_mut(bn.bias.unwrap()).value = fx["bias"].cast();
+    let mut tape = Tape::<T>::new();
+    let x = tape.input(fx["x"].cast());
+    let y = if reference {
+        let w = tape.param(&store, bn.weight.unwrap());
+        let b = tape.param(&store, bn.bias.unwrap());
+        norm::norm_reference(&mut tape, x, RefKind::Batch, Some(w), Some(b), 1e-5, mask).unwrap()
+    } else {
+        bn.forward(&mut tape, &store, x, mask).unwrap()
+    };
+    tape.backward_with(y, fx["dy"].cast()).unwrap();
+    tape.accumulate_grads(&mut store).unwrap();
+    vec![
+        tape.value(y).clone(),
+        tape.grad(x).unwrap().clone(),
+        store.by_name("bn.weight").unwrap().grad.clone(),
+        store.by_name("bn.bias").unwrap().grad.clone(),
+        bn.running_mean.clone(),
+        bn.running_var.clone(),
+    ]
+}
+
+#[test]
+fn batch_norm_matches_pytorch_fixture() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let names = ["y", "dx", "dweight", "dbias", "running_mean", "running_var"];
+    let got = run_bn::<f64>(&fx, false, None);
+    for (g, name) in got.iter().zip(names) {
+        let e = g.max_abs_diff(&fx[name]).unwrap();
+        assert!(e <= 1e-10, "batch_norm {name}: {e:.3e}");
+    }
+    let refp = run_bn::<f64>(&fx, true, None);
+    for (k, (a, b)) in got.iter().zip(&refp).take(4).enumerate() {
+        let e = a.max_abs_diff(b).unwrap();
+        assert!(
+            e <= 1e-12,
+            "batch_norm fused vs reference output {k}: {e:.3e}"
+        );
+    }
+    let got = run_bn::<f32>(&fx, false, None);
+    for (g, name) in got.iter().zip(names) {
+        let w = &fx[name];
+        let scale = w.data().iter().fold(1.0f64, |a, v| a.max(v.abs()));
+        let e = g.cast::<f64>().max_abs_diff(w).unwrap();
+        assert!(e <= 1e-5 * scale, "batch_norm f32 {name}: {e:.3e}");
+    }
+}
+
+#[test]
+fn batch_norm_masked_equals_reference_and_ignores_padding() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let mask = padding_mask(4, 6, 5, &[5, 4, 2, 3]);
+    let a = run_bn::<f64>(&fx, false, Some(&mask));
+    let b = run_bn::<f64>(&fx, true, Some(&mask));
+    for k in 0..4 {
+        let e = a[k].max_abs_diff(&b[k]).unwrap();
+        assert!(e < 1e-12, "masked batch_norm output {k}: {e:.3e}");
+    }
+    let md = norm::expand_mask(&mask, &[4, 6, 5], "test").unwrap();
+    let mut fx2 = fx.clone();
+    let xs = fx["x"].clone();
+    fx2.insert(
+        "x".into(),
+        Tensor::from_fn(
+            &[4, 6, 5],
+            |i| if md[i] == 0.0 { -50.0 } else { xs.data()[i] },
+        ),
+    );
+    let c = run_bn::<f64>(&fx2, false, Some(&mask));
+    for k in 0..6 {
+        let e = a[k].max_abs_diff(&c[k]).unwrap();
+        assert!(
+            e < 1e-12,
+            "masked batch_norm output {k} depends on padding: {e:.3e}"
+        );
+    }
+    // Running statistics from the valid entries only (unbiased variance).
+    let st = norm::norm_stats(&fx["x"], RefKind::Batch, Some(&mask)).unwrap();
+    let cnt = (5 + 4 + 2 + 3) as f64;
+    for ch in 0..6 {
+        let rm = 0.1 * st.mean[ch];
+        let rv = 0.9 + 0.1 * st.var[ch] * cnt / (cnt - 1.0);
+        assert!((a[4].data()[ch] - rm).abs() < 1e-14);
+        assert!((a[5].data()[ch] - rv).abs() < 1e-14);
+    }
+}
+
+#[test]
+fn batch_norm_gradcheck_train_eval_masked() {
+    let mut rng = Rng::new(11);
+    let x = randn(&[3, 4, 5], 1.5, &mut rng);
+    let mask = padding_mask(3, 4, 5, &[5, 4, 3]);
+    let mut store = ParamStore::<f64>::new();
+    store
+        .add("weight", randn(&[4], 0.5, &mut rng).map(|v| v + 1.0))
+        .unwrap();
+    store.add("bias", randn(&[4], 0.5, &mut rng)).unwrap();
+    let rm = randn(&[4], 0.5, &mut rng);
+    let rv = randn(&[4], 0.3, &mut rng).map(|v| v * v + 0.5);
+    for train in [true, false] {
+        for m in [None, Some(&mask)] {
+            let r = check_gradients(
+                &store,
+                std::slice::from_ref(&x),
+                &GradCheckOptions::default(),
+                |tape, p, v| {
+                    let w = tape.param(p, p.find("weight").unwrap());
+                    let b = tape.param(p, p.find("bias").unwrap());
+                    let mode = if train {
+                        norm::BatchNormMode::Train {
+                            running: None,
+                            factor: 0.1,
+                        }
+                    } else {
+                        norm::BatchNormMode::Eval {
+                            mean: &rm,
+                            var: &rv,
+                        }
+                    };
+                    norm::batch_norm(tape, v[0], Some(w), Some(b), mode, 1e-5, m)
+                },
+            )
+            .unwrap();
+            assert!(
+                r.max_rel_error < 1e-6,
+                "batch_norm train {train} mask {}: {:.3e} {:?}",
+                m.is_some(),
+                r.max_rel_error,
+                r.per_tensor
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_eval_uses_running_stats_and_4d_layout() {
+    let mut rng = Rng::new(5);
+    let mut store = ParamStore::<f64>::new();
+    let mut bn = norm::BatchNorm::<f64>::new(&mut store, "bn", 3, 1e-5, None, false).unwrap();
+    let x = randn(&[4, 3, 2, 5], 1.0, &mut rng).map(|v| 2.0 * v + 1.0);
+    let mut tape = Tape::<f64>::new();
+    let xv = tape.input(x.clone());
+    bn.forward(&mut tape, &store, xv, None).unwrap();
+    // Cumulative average with one batch: the batch statistics themselves.
+    let st = norm::norm_stats(&x, RefKind::Batch, None).unwrap();
+    for ch in 0..3 {
+        assert!((bn.running_mean.data()[ch] - st.mean[ch]).abs() < 1e-14);
+        assert!((bn.running_var.data()[ch] - st.var[ch] * 40.0 / 39.0).abs() < 1e-13);
+    }
+    bn.train(false);
+    let mut tape = Tape::<f64>::no_grad();
+    let xv = tape.constant(x.clone());
+    let y = bn.forward(&mut tape, &store, xv, None).unwrap();
+    let yd = tape.value(y).data();
+    for (i, &xi) in x.data().iter().enumerate() {
+        let ch = (i / 10) % 3;
+        let want = (xi - bn.running_mean.data()[ch]) / (bn.running_var.data()[ch] + 1e-5).sqrt();
+        assert!((yd[i] - want).abs() < 1e-12);
+    }
+    assert_eq!(bn.num_batches_tracked, 1);
+    // A single value per channel cannot be normalized in training.
+    bn.train(true);
+    let mut tape = Tape::<f64>::new();
+    let one = tape.input(Tensor::zeros(&[1, 3]));
+    assert!(bn.forward(&mut tape, &store, one, None).is_err());
+    let bad = Tensor::<f64>::ones(&[4, 3, 2]);
+    let xv = tape.input(x);
+    assert!(bn.forward(&mut tape, &store, xv, Some(&bad)).is_err());
 }

@@ -55,35 +55,38 @@ fn grad_activations() {
     let x = randn(&[4, 6], 1.5, &mut r).map(|v| if v.abs() < 0.05 { v + 0.2 } else { v });
     let pos = x.map(|v| v.abs() + 0.3);
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::sigmoid(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::sigmoid(t, v[0])).unwrap(),
         "sigmoid",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::tanh(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::tanh(t, v[0])).unwrap(),
         "tanh",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::relu(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::relu(t, v[0])).unwrap(),
         "relu",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::leaky_relu(t, v[0], 0.1)).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| {
+            ops::leaky_relu(t, v[0], 0.1)
+        })
+        .unwrap(),
         "leaky_relu",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::elu(t, v[0], 1.0)).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::elu(t, v[0], 1.0)).unwrap(),
         "elu",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::gelu(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::gelu(t, v[0])).unwrap(),
         "gelu",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::exp(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::exp(t, v[0])).unwrap(),
         "exp",
     );
     assert_ok(
-        check_inputs(&[pos.clone()], |t, v| ops::log(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&pos), |t, v| ops::log(t, v[0])).unwrap(),
         "log",
     );
     assert_ok(
@@ -158,25 +161,31 @@ fn grad_reductions_softmax() {
     for axis in [0isize, 1, -1] {
         for keep in [false, true] {
             assert_ok(
-                check_inputs(&[x.clone()], |t, v| ops::sum(t, v[0], axis, keep)).unwrap(),
+                check_inputs(std::slice::from_ref(&x), |t, v| {
+                    ops::sum(t, v[0], axis, keep)
+                })
+                .unwrap(),
                 "sum",
             );
             assert_ok(
-                check_inputs(&[x.clone()], |t, v| ops::mean(t, v[0], axis, keep)).unwrap(),
+                check_inputs(std::slice::from_ref(&x), |t, v| {
+                    ops::mean(t, v[0], axis, keep)
+                })
+                .unwrap(),
                 "mean",
             );
         }
     }
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::sum_all(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::sum_all(t, v[0])).unwrap(),
         "sum_all",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::mean_all(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::mean_all(t, v[0])).unwrap(),
         "mean_all",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::softmax(t, v[0])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| ops::softmax(t, v[0])).unwrap(),
         "softmax",
     );
     assert_ok(
@@ -191,19 +200,31 @@ fn grad_shape_ops() {
     let x = randn(&[2, 3, 4], 1.0, &mut r);
     let y = randn(&[2, 5, 4], 1.0, &mut r);
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::reshape(t, v[0], &[6, 4])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| {
+            ops::reshape(t, v[0], &[6, 4])
+        })
+        .unwrap(),
         "reshape",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::permute(t, v[0], &[2, 0, 1])).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| {
+            ops::permute(t, v[0], &[2, 0, 1])
+        })
+        .unwrap(),
         "permute",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::transpose(t, v[0], 0, 2)).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| {
+            ops::transpose(t, v[0], 0, 2)
+        })
+        .unwrap(),
         "transpose",
     );
     assert_ok(
-        check_inputs(&[x.clone()], |t, v| ops::narrow(t, v[0], 1, 1, 2)).unwrap(),
+        check_inputs(std::slice::from_ref(&x), |t, v| {
+            ops::narrow(t, v[0], 1, 1, 2)
+        })
+        .unwrap(),
         "narrow",
     );
     assert_ok(
@@ -320,7 +341,13 @@ fn params_flow_into_store() {
         let y = ops::tanh(t, y)?;
         ops::sum_all(t, y)
     };
-    let rep = check_gradients(&store, &[x.clone()], &GradCheckOptions::default(), f).unwrap();
+    let rep = check_gradients(
+        &store,
+        std::slice::from_ref(&x),
+        &GradCheckOptions::default(),
+        f,
+    )
+    .unwrap();
     assert_ok(rep, "linear params");
     // Gradients accumulate until zeroed.
     let mut t = nabla::Tape::new();

@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 pub mod gnn;
+pub mod plot;
+pub mod rnn;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,9 +31,28 @@ pub enum Command {
     /// Graph neural networks: node classification and the reach of message passing.
     #[command(subcommand)]
     Gnn(gnn::GnnCommand),
+    /// Every numeric exercise of the assignment, computed through the library and checked.
+    Reproduce {
+        /// One JSON object keyed by exercise id.
+        #[arg(long)]
+        json: bool,
+        /// Only this exercise id (e.g. 2.2).
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::exercises::Format::Text)]
+        format: crate::exercises::Format,
+        /// Also write artefacts (e.g. the DOT graph of 1.1) into this folder.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Elman RNN: gradients, gradient-flow analysis, character-level language model.
+    #[command(subcommand)]
+    Rnn(rnn::RnnCommand),
     /// Benchmarks (median seconds per call; --json prints one object per configuration).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Loss and metric curves of a training run (metrics.jsonl → .svg or .png).
+    Plot(plot::PlotArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -63,6 +84,8 @@ pub enum BenchCommand {
     Matmul(BenchCommon),
     /// Seconds per full-batch GNN training epoch on a Cora-sized random graph.
     Gnn(GnnBenchArgs),
+    /// Seconds per Elman RNN training step (forward + BPTT + SGD), f32.
+    Rnn(rnn::BenchRnnArgs),
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +133,44 @@ fn info(as_json: bool) -> Result<()> {
     Ok(())
 }
 
+fn reproduce(
+    as_json: bool,
+    only: Option<&str>,
+    format: crate::exercises::Format,
+    out: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let entries = crate::exercises::run(only)?;
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir).map_err(|e| crate::NablaError::io(&dir, e))?;
+        for e in &entries {
+            if let Some((name, text)) = &e.artefact {
+                crate::io::atomic_write(dir.join(name), text.as_bytes())?;
+            }
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::exercises::to_json(&entries)).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::exercises::render(&entries, format)?);
+    }
+    let failed: Vec<&str> = entries
+        .iter()
+        .filter(|e| !e.ok)
+        .map(|e| e.id.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::NablaError::Other(format!(
+            "exercises failed their checks: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -123,8 +184,20 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Plot(a) => plot::run(&a),
+        Command::Reproduce {
+            json,
+            only,
+            format,
+            out,
+        } => reproduce(json, only.as_deref(), format, out),
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json);
+            Ok(())
+        }
+        Command::Rnn(c) => rnn::run(c),
+        Command::Bench(BenchCommand::Rnn(a)) => {
+            print_bench(&rnn::bench_rnn(&a)?, a.common.json);
             Ok(())
         }
     }

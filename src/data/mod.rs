@@ -1,3 +1,4 @@
-//! Data loaders.
+//! Data sets and loaders.
 
 pub mod planetoid;
+pub mod text;

@@ -1,5 +1,6 @@
-//! Models built from the layers in [`crate::nn`].
+//! Whole models built from [`crate::nn`] layers, with their training and inference entry points.
 
+pub mod char_rnn;
 pub mod gnn;
 pub mod gnn_bench;
 pub mod gnn_train;

@@ -1,14 +1,18 @@
-//! Layers: fused ops with hand-derived backward passes (the fast path), and the modules that own
-//! their parameters; each file also keeps the same computation unrolled into primitive
-//! [`crate::ops`] as a reference path for tests.
+//! Layers: each file holds a fused forward/backward op (the fast path), the module that owns its
+//! parameters, and, for checking, the same computation unrolled into primitive [`crate::ops`].
 
 pub mod attention;
+pub mod dropout;
 pub mod graph_ops;
 pub mod masked_attention;
 pub mod message_passing;
 pub mod norm;
+pub mod rnn;
 pub mod sparse_linear;
 
+pub use dropout::{dropout, Dropout, KeepProb};
+
 pub use norm::{
-    group_norm, instance_norm, layer_norm, layer_norm_reference, GroupNorm, InstanceNorm, LayerNorm,
+    batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,
+    BatchNormMode, GroupNorm, InstanceNorm, LayerNorm, NormStats, RefKind,
 };

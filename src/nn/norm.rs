@@ -589,7 +589,7 @@ fn reference_rows<T: Element>(
 /// LayerNorm / GroupNorm / InstanceNorm unrolled into primitive ops (`ops::mean`, `sub`,
 /// `square`, `sqrt`, `div`, …): the reference the fused ops are tested against.
 /// `kind`: [`RefKind`]; weights as for the fused functions.
-pub fn layer_norm_reference<T: Element>(
+pub fn norm_reference<T: Element>(
     tape: &mut Tape<T>,
     x: Var,
     kind: RefKind,
@@ -614,9 +614,8 @@ pub fn layer_norm_reference<T: Element>(
             (None, vec![n * groups, numel / (n * groups)])
         }
         RefKind::Batch => {
-            let (n, c, f) = ncf(&xs, "reference")?;
-            let _ = n;
-            (Some(vec![1, 0, 2]), vec![c, numel / c, f])
+            let (_, c, _) = ncf(&xs, "reference")?;
+            (Some(vec![1, 0, 2]), vec![c, numel / c])
         }
     };
     let (n, c, f) = if xs.len() >= 2 {
@@ -685,7 +684,7 @@ pub fn layer_norm_reference<T: Element>(
     Ok(y)
 }
 
-/// Which statistics [`layer_norm_reference`] takes (InstanceNorm = `Group { groups: C }`;
+/// Which statistics [`norm_reference`] takes (InstanceNorm = `Group { groups: C }`;
 /// `Batch` = BatchNorm's training-mode batch statistics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefKind {
@@ -886,4 +885,458 @@ fn check_channels(xs: &[usize], c: usize, op: &str) -> Result<()> {
         return Err(shape_err!(op, "expects input (N, {c}, ...), got {:?}", xs));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm: statistics per channel over the batch and the features
+// ---------------------------------------------------------------------------------------------
+
+/// Per channel of an `(N, C, F)` input: (count of valid entries, mean, population variance),
+/// each segment `(n, c, ·)` reduced in cache and the segments combined with Chan et al.'s
+/// pairwise formula (`M₂ = M₂ᵃ + M₂ᵇ + δ² nᵃ nᵇ / n`), so `x` is read once.
+fn channel_stats<T: Element>(
+    x: &[T],
+    mask: Option<&[T]>,
+    (n, c, f): (usize, usize, usize),
+) -> Vec<(f64, f64, f64)> {
+    let one = |ch: usize| {
+        let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+        for s in 0..n {
+            let o = (s * c + ch) * f;
+            let xs = &x[o..o + f];
+            let ms = mask.map(|m| &m[o..o + f]);
+            let nb = ms.map_or(f as f64, |m| m.iter().map(|v| v.as_f64()).sum());
+            if nb == 0.0 {
+                continue;
+            }
+            let (mb, vb) = row_stats(xs, ms);
+            let tot = cnt + nb;
+            let d = mb - mean;
+            mean += d * nb / tot;
+            m2 += vb * nb + d * d * cnt * nb / tot;
+            cnt = tot;
+        }
+        (cnt, mean, if cnt > 0.0 { m2 / cnt } else { 0.0 })
+    };
+    if x.len() < PAR_THRESHOLD {
+        (0..c).map(one).collect()
+    } else {
+        (0..c).into_par_iter().map(one).collect()
+    }
+}
+
+/// `y = m ⊙ (x̂ γ + β)` with per-channel statistics.
+#[allow(clippy::too_many_arguments)]
+fn channel_normalize<T: Element>(
+    x: &[T],
+    mask: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+    w: &[T],
+    b: &[T],
+    c: usize,
+    f: usize,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    let seg = |s: usize, ys: &mut [T]| {
+        let ch = s % c;
+        let a = rstd[ch] * w[ch];
+        let k = b[ch] - mean[ch] * a;
+        let o = s * f;
+        for (y, &x) in ys.iter_mut().zip(&x[o..o + f]) {
+            *y = x * a + k;
+        }
+        if let Some(m) = mask {
+            ys.iter_mut().zip(&m[o..o + f]).for_each(|(y, &m)| *y *= m);
+        }
+    };
+    if x.len() < PAR_THRESHOLD {
+        y.chunks_mut(f).enumerate().for_each(|(s, ys)| seg(s, ys));
+    } else {
+        y.par_chunks_mut(f)
+            .enumerate()
+            .for_each(|(s, ys)| seg(s, ys));
+    }
+    y
+}
+
+/// The fused BatchNorm op; inputs `[x, γ?, β?]`. `batch_stats`: gradients flow through the
+/// batch statistics (training); otherwise the statistics are constants (evaluation).
+struct BatchNormOp<T: Element> {
+    ncf: (usize, usize, usize),
+    mask: Option<Arc<Vec<T>>>,
+    mean: Vec<T>,
+    rstd: Vec<T>,
+    count: Vec<f64>,
+    batch_stats: bool,
+    has_w: bool,
+    has_b: bool,
+}
+
+impl<T: Element> Op<T> for BatchNormOp<T> {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
+        let (n, c, f) = self.ncf;
+        let x = ctx.inputs[0].data();
+        let g = ctx.grad();
+        let dy = g.data();
+        let mask = self.mask.as_deref().map(|m| m.as_slice());
+        let w = affine_or(self.has_w.then(|| ctx.inputs[1]), c, T::one());
+        // Per channel: S₁ = Σ m g (= ∂L/∂β), S₂ = Σ m g x̂ (= ∂L/∂γ).
+        let sums = |ch: usize| {
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            let (mu, rs) = (self.mean[ch], self.rstd[ch]);
+            for s in 0..n {
+                let o = (s * c + ch) * f;
+                for i in o..o + f {
+                    let gi = mask.map_or(dy[i], |m| dy[i] * m[i]);
+                    s1 += gi.as_f64();
+                    s2 += (gi * (x[i] - mu) * rs).as_f64();
+                }
+            }
+            (s1, s2)
+        };
+        let s: Vec<(f64, f64)> = if x.len() < PAR_THRESHOLD {
+            (0..c).map(sums).collect()
+        } else {
+            (0..c).into_par_iter().map(sums).collect()
+        };
+        let mut out = Vec::with_capacity(3);
+        if ctx.needs_grad[0] {
+            // dx = m σ̃⁻¹ γ (g − S₁/n − x̂ S₂/n) in training, m σ̃⁻¹ γ g in evaluation.
+            let coef: Vec<(T, T)> = (0..c)
+                .map(|ch| {
+                    let cnt = self.count[ch];
+                    if self.batch_stats && cnt > 0.0 {
+                        (T::c(s[ch].0 / cnt), T::c(s[ch].1 / cnt))
+                    } else {
+                        (T::zero(), T::zero())
+                    }
+                })
+                .collect();
+            let mut dx = vec![T::zero(); x.len()];
+            let seg = |si: usize, ds: &mut [T]| {
+                let ch = si % c;
+                let (mu, rs) = (self.mean[ch], self.rstd[ch]);
+                let a = rs * w[ch];
+                let (c1, c2) = coef[ch];
+                let o = si * f;
+                for (i, d) in ds.iter_mut().enumerate() {
+                    let k = o + i;
+                    let xh = (x[k] - mu) * rs;
+                    let v = a * (dy[k] - c1 - xh * c2);
+                    *d = mask.map_or(v, |m| v * m[k]);
+                }
+            };
+            if x.len() < PAR_THRESHOLD {
+                dx.chunks_mut(f).enumerate().for_each(|(i, d)| seg(i, d));
+            } else {
+                dx.par_chunks_mut(f)
+                    .enumerate()
+                    .for_each(|(i, d)| seg(i, d));
+            }
+            out.push(Some(Tensor::from_parts(ctx.inputs[0].shape().to_vec(), dx)));
+        } else {
+            out.push(None);
+        }
+        if self.has_w {
+            out.push(Some(Tensor::from_parts(
+                vec![c],
+                s.iter().map(|v| T::c(v.1)).collect(),
+            )));
+        }
+        if self.has_b {
+            out.push(Some(Tensor::from_parts(
+                vec![c],
+                s.iter().map(|v| T::c(v.0)).collect(),
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// How [`batch_norm`] gets its statistics.
+pub enum BatchNormMode<'a, T: Element> {
+    /// Batch statistics (population variance); when `running` is given, updates
+    /// `r ← (1 − factor) r + factor · stat` with the *unbiased* variance for `running_var`.
+    Train {
+        running: Option<(&'a mut Tensor<T>, &'a mut Tensor<T>)>,
+        factor: f64,
+    },
+    /// Fixed statistics (running mean and variance).
+    Eval {
+        mean: &'a Tensor<T>,
+        var: &'a Tensor<T>,
+    },
+}
+
+/// Fused BatchNorm over `(N, C, …)`: per channel, over the batch and the features.
+/// `weight`, `bias`: `(C)`. `mask`: see the module doc (padded entries never enter the
+/// statistics, nor the running statistics).
+pub fn batch_norm<T: Element>(
+    tape: &mut Tape<T>,
+    x: Var,
+    weight: Option<Var>,
+    bias: Option<Var>,
+    mode: BatchNormMode<'_, T>,
+    eps: f64,
+    mask: Option<&Tensor<T>>,
+) -> Result<Var> {
+    check_eps(eps, "batch_norm")?;
+    let xs = tape.shape(x).to_vec();
+    let (n, c, f) = ncf(&xs, "batch_norm")?;
+    if n * c * f == 0 {
+        return Err(shape_err!("batch_norm", "empty input of shape {:?}", xs));
+    }
+    for (what, v) in [("weight", weight), ("bias", bias)] {
+        if let Some(v) = v {
+            if tape.shape(v) != [c] {
+                return Err(shape_err!(
+                    "batch_norm",
+                    "{what} has shape {:?}, expected [{c}] for input {:?}",
+                    tape.shape(v),
+                    xs
+                ));
+            }
+        }
+    }
+    let mask = mask
+        .map(|m| expand_mask(m, &xs, "batch_norm"))
+        .transpose()?;
+    let xd = tape.value(x).data();
+    let (mean, var, count, batch_stats) = match mode {
+        BatchNormMode::Train { running, factor } => {
+            let st = channel_stats(xd, mask.as_deref(), (n, c, f));
+            if let Some(ch) = st.iter().position(|s| s.0 < 2.0) {
+                return Err(invalid!(
+                    "batch_norm: training needs more than one valid value per channel, channel {ch} has {} (input {:?})",
+                    st[ch].0,
+                    xs
+                ));
+            }
+            if let Some((rm, rv)) = running {
+                if rm.shape() != [c] || rv.shape() != [c] {
+                    return Err(shape_err!(
+                        "batch_norm",
+                        "running stats {:?}/{:?} for {c} channels",
+                        rm.shape(),
+                        rv.shape()
+                    ));
+                }
+                if !(0.0..=1.0).contains(&factor) {
+                    return Err(invalid!("batch_norm: momentum {factor} outside [0, 1]"));
+                }
+                for (ch, &(cnt, mu, v)) in st.iter().enumerate() {
+                    let unbiased = v * cnt / (cnt - 1.0);
+                    let (m0, v0) = (rm.data()[ch].as_f64(), rv.data()[ch].as_f64());
+                    rm.data_mut()[ch] = T::c((1.0 - factor) * m0 + factor * mu);
+                    rv.data_mut()[ch] = T::c((1.0 - factor) * v0 + factor * unbiased);
+                }
+            }
+            (
+                st.iter().map(|s| s.1).collect::<Vec<_>>(),
+                st.iter().map(|s| s.2).collect::<Vec<_>>(),
+                st.iter().map(|s| s.0).collect::<Vec<_>>(),
+                true,
+            )
+        }
+        BatchNormMode::Eval { mean, var } => {
+            if mean.shape() != [c] || var.shape() != [c] {
+                return Err(shape_err!(
+                    "batch_norm",
+                    "running stats {:?}/{:?} for {c} channels",
+                    mean.shape(),
+                    var.shape()
+                ));
+            }
+            (mean.to_f64_vec(), var.to_f64_vec(), vec![0.0; c], false)
+        }
+    };
+    let mean_t: Vec<T> = mean.iter().map(|&m| T::c(m)).collect();
+    let rstd: Vec<T> = var.iter().map(|&v| T::c(1.0 / (v + eps).sqrt())).collect();
+    let w = affine_or(weight.map(|v| tape.value(v)), c, T::one());
+    let b = affine_or(bias.map(|v| tape.value(v)), c, T::zero());
+    let y = channel_normalize(xd, mask.as_deref(), &mean_t, &rstd, &w, &b, c, f);
+    let y = Tensor::from_parts(xs, y);
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    let op = BatchNormOp {
+        ncf: (n, c, f),
+        mask: mask.map(Arc::new),
+        mean: mean_t,
+        rstd,
+        count,
+        batch_stats,
+        has_w: weight.is_some(),
+        has_b: bias.is_some(),
+    };
+    Ok(tape.record1(op, &inputs, y))
+}
+
+/// `torch.nn.BatchNorm1d/2d(num_features, eps, momentum, affine, track_running_stats=True)`:
+/// parameters `<prefix>.weight`, `<prefix>.bias`; buffers `running_mean` (zeros),
+/// `running_var` (ones), `num_batches_tracked`. `momentum = None` is the cumulative average.
+#[derive(Clone, Debug)]
+pub struct BatchNorm<T: Element> {
+    pub prefix: String,
+    pub num_features: usize,
+    pub eps: f64,
+    pub momentum: Option<f64>,
+    pub weight: Option<ParamId>,
+    pub bias: Option<ParamId>,
+    pub running_mean: Tensor<T>,
+    pub running_var: Tensor<T>,
+    pub num_batches_tracked: u64,
+    pub training: bool,
+}
+
+impl<T: Element> BatchNorm<T> {
+    pub fn new(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        num_features: usize,
+        eps: f64,
+        momentum: Option<f64>,
+        affine: bool,
+    ) -> Result<Self> {
+        check_eps(eps, "BatchNorm")?;
+        if let Some(m) = momentum {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(invalid!("BatchNorm: momentum must be in [0, 1], got {m}"));
+            }
+        }
+        if num_features == 0 {
+            return Err(invalid!("BatchNorm: num_features must be positive"));
+        }
+        let (weight, bias) = add_affine(store, prefix, &[num_features], affine)?;
+        Ok(BatchNorm {
+            prefix: prefix.to_string(),
+            num_features,
+            eps,
+            momentum,
+            weight,
+            bias,
+            running_mean: Tensor::zeros(&[num_features]),
+            running_var: Tensor::ones(&[num_features]),
+            num_batches_tracked: 0,
+            training: true,
+        })
+    }
+    pub fn train(&mut self, on: bool) {
+        self.training = on;
+    }
+    /// Training mode: batch statistics, running statistics updated; evaluation: running ones.
+    pub fn forward(
+        &mut self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        mask: Option<&Tensor<T>>,
+    ) -> Result<Var> {
+        check_channels(tape.shape(x), self.num_features, "BatchNorm")?;
+        let (w, b) = affine_vars(tape, store, self.weight, self.bias);
+        if self.training {
+            let factor = self
+                .momentum
+                .unwrap_or(1.0 / (self.num_batches_tracked + 1) as f64);
+            let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
+            let mode = BatchNormMode::Train {
+                running: Some((rm, rv)),
+                factor,
+            };
+            let y = batch_norm(tape, x, w, b, mode, self.eps, mask)?;
+            self.num_batches_tracked += 1;
+            Ok(y)
+        } else {
+            let mode = BatchNormMode::Eval {
+                mean: &self.running_mean,
+                var: &self.running_var,
+            };
+            batch_norm(tape, x, w, b, mode, self.eps, mask)
+        }
+    }
+    /// Buffers with PyTorch names (`<prefix>.running_mean`, …) for checkpoints.
+    pub fn buffers(&self) -> Vec<(String, Tensor<T>)> {
+        vec![
+            (
+                pname(&self.prefix, "running_mean"),
+                self.running_mean.clone(),
+            ),
+            (pname(&self.prefix, "running_var"), self.running_var.clone()),
+            (
+                pname(&self.prefix, "num_batches_tracked"),
+                Tensor::scalar(T::c(self.num_batches_tracked as f64)),
+            ),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics, as the layers compute them
+// ---------------------------------------------------------------------------------------------
+
+/// Means and population variances a normalization uses, from the same kernels as its forward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormStats {
+    /// Shape of the statistics: `(C)` for BatchNorm, `(N)` for LayerNorm over `(C, F)`,
+    /// `(N, C)` for InstanceNorm, `(N, G)` for GroupNorm, leading axes for LayerNorm.
+    pub shape: Vec<usize>,
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+/// The statistics of `kind` on `x` (optionally masked), exactly as the fused forward takes them.
+pub fn norm_stats<T: Element>(
+    x: &Tensor<T>,
+    kind: RefKind,
+    mask: Option<&Tensor<T>>,
+) -> Result<NormStats> {
+    let xs = x.shape().to_vec();
+    let mask = mask
+        .map(|m| expand_mask(m, &xs, "norm_stats"))
+        .transpose()?;
+    let (shape, l) = match kind {
+        RefKind::Batch => {
+            let (n, c, f) = ncf(&xs, "norm_stats")?;
+            let st = channel_stats(x.data(), mask.as_deref(), (n, c, f));
+            return Ok(NormStats {
+                shape: vec![c],
+                mean: st.iter().map(|s| s.1).collect(),
+                var: st.iter().map(|s| s.2).collect(),
+            });
+        }
+        RefKind::Layer { normalized_ndim } => {
+            if normalized_ndim == 0 || normalized_ndim > xs.len() {
+                return Err(shape_err!(
+                    "norm_stats",
+                    "normalized_ndim {normalized_ndim} for {:?}",
+                    xs
+                ));
+            }
+            let k = xs.len() - normalized_ndim;
+            (xs[..k].to_vec(), xs[k..].iter().product::<usize>())
+        }
+        RefKind::Group { groups } => {
+            let (n, c, f) = ncf(&xs, "norm_stats")?;
+            if groups == 0 || c % groups != 0 {
+                return Err(invalid!(
+                    "norm_stats: {groups} groups do not divide {c} channels"
+                ));
+            }
+            (vec![n, groups], c / groups * f)
+        }
+    };
+    if l == 0 {
+        return Err(shape_err!("norm_stats", "empty input {:?}", xs));
+    }
+    let (mut mean, mut var) = (Vec::new(), Vec::new());
+    for (r, xr) in x.data().chunks(l).enumerate() {
+        let (m, v) = row_stats(xr, mask.as_deref().map(|m| &m[r * l..(r + 1) * l]));
+        mean.push(m);
+        var.push(v);
+    }
+    Ok(NormStats { shape, mean, var })
 }

@@ -51,21 +51,39 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
+    /// The rate of 0-based step `step` of `total`, computed by [`crate::optim::LrSchedule`]
+    /// (the formulas live there, checked against PyTorch) except the linear decay.
     pub fn lr(&self, base: f64, step: u64, total: u64, warmup: u64) -> f64 {
-        if step < warmup {
-            return base * (step + 1) as f64 / warmup as f64;
-        }
-        let s = (step - warmup) as f64;
-        let n = total.saturating_sub(warmup).max(1) as f64;
+        use crate::optim::LrSchedule as S;
+        let (s, t, w) = (step as usize, total as usize, warmup as usize);
         match *self {
-            LrSchedule::Constant => base,
-            LrSchedule::Step { step_size, gamma } => {
-                base * gamma.powi(((step - warmup) / step_size.max(1)) as i32)
+            // Warm-up then cosine from `base` to `base` = warm-up then constant.
+            LrSchedule::Constant if warmup == 0 => S::Constant { lr: base }.lr_at(s),
+            LrSchedule::Constant => S::WarmupCosine {
+                lr: base,
+                warmup_steps: w,
+                total_steps: t.max(w),
+                min_lr: base,
             }
-            LrSchedule::Cosine { min_lr } => {
-                min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * s / n).cos())
+            .lr_at(s),
+            LrSchedule::Cosine { min_lr } => S::WarmupCosine {
+                lr: base,
+                warmup_steps: w,
+                total_steps: t.max(w),
+                min_lr,
             }
-            LrSchedule::Linear { min_lr } => base + (min_lr - base) * (s / n).min(1.0),
+            .lr_at(s),
+            _ if step < warmup => base * (step + 1) as f64 / warmup as f64,
+            LrSchedule::Step { step_size, gamma } => S::Step {
+                lr: base,
+                step_size: step_size as usize,
+                gamma,
+            }
+            .lr_at(s - w),
+            LrSchedule::Linear { min_lr } => {
+                let n = total.saturating_sub(warmup).max(1) as f64;
+                base + (min_lr - base) * ((step - warmup) as f64 / n).min(1.0)
+            }
         }
     }
 }

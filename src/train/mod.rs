@@ -19,7 +19,7 @@
 //! ```no_run
 //! use nabla::train::{BatchSampler, Metrics, StepOutput, TrainConfig, TrainModel, Trainer};
 //! use nabla::{ops, ParamId, ParamStore, Rng, Result, Tape, Tensor};
-//! # use nabla::train::TrainOptimizer;
+//! use nabla::optim::Optimizer;
 //!
 //! struct Softmax { store: ParamStore<f32>, w: ParamId, x: Tensor<f32>, y: Vec<usize>, sampler: BatchSampler }
 //!
@@ -47,7 +47,8 @@
 //!     fn steps_per_epoch(&self) -> Option<u64> { Some(self.sampler.steps_per_epoch()) }
 //! }
 //!
-//! fn train(model: &mut Softmax, opt: impl TrainOptimizer<f32>) -> Result<()> {
+//! // e.g. `nabla::optim::AdamW::new(nabla::optim::AdamConfig::new(1e-3).weight_decay(0.05))?`
+//! fn train(model: &mut Softmax, opt: impl Optimizer<f32>) -> Result<()> {
 //!     let cfg = TrainConfig {
 //!         out_dir: "runs/softmax".into(),
 //!         epochs: Some(10),
@@ -61,9 +62,12 @@
 //! ```
 //!
 //! Command lines flatten [`TrainArgs`] (`#[command(flatten)] train: TrainArgs`) and call
-//! [`TrainArgs::config`]; they get `--out`, `--resume`, `--seed`, `--steps`/`--epochs`,
-//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--schedule`, `--warmup`, `--clip-grad-norm`,
-//! `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`.
+//! [`TrainArgs::config`]: `--out`, `--resume`, `--overwrite`, `--seed`, `--steps`/`--epochs`,
+//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--schedule`, `--warmup`, `--min-lr`,
+//! `--clip-grad-norm`, `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`. They may also
+//! flatten [`OptimArgs`] and call [`OptimArgs::build`] for `--optimizer sgd|adam|adamw --lr
+//! --weight-decay …` ([`AnyOptimizer`]). Any [`crate::optim::Optimizer`] works directly
+//! ([`TrainOptimizer`] is the same trait under its earlier name; no adapter is needed).
 //!
 //! # Run folder
 //!
@@ -78,6 +82,7 @@
 mod checkpoint;
 mod config;
 mod metrics;
+mod optim_args;
 pub mod plot;
 mod progress;
 mod sampler;
@@ -90,6 +95,7 @@ pub use config::{
     EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs, TrainConfig,
 };
 pub use metrics::{read_metrics_jsonl, MetricsRecord};
+pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
 pub use progress::format_log_line;
 pub use sampler::{select_rows, BatchSampler};
 pub use trainer::{request_interrupt_on_sigint, Outcome, TrainSummary, Trainer};
@@ -157,46 +163,7 @@ pub trait TrainModel<T: Element> {
     }
 }
 
-/// The trainer's view of an optimizer: an update rule over a [`ParamStore`] with a learning rate
-/// the schedule can set and a state that checkpoints save and restore exactly.
-pub trait TrainOptimizer<T: Element> {
-    /// Applies one update from the gradients currently in `params`.
-    fn step(&mut self, params: &mut ParamStore<T>) -> Result<()>;
-    fn lr(&self) -> f64;
-    fn set_lr(&mut self, lr: f64);
-    /// Every state tensor (momentum, Adam moments) under a stable name.
-    fn state_tensors(&self) -> Vec<(String, Tensor<T>)>;
-    /// Restores the state written by [`TrainOptimizer::state_tensors`] and the step counter.
-    fn load_state_tensors(
-        &mut self,
-        tensors: &BTreeMap<String, Tensor<T>>,
-        step: u64,
-    ) -> Result<()>;
-    /// Number of updates applied so far (Adam's bias correction depends on it).
-    fn step_count(&self) -> u64;
-}
-
-impl<T: Element, O: TrainOptimizer<T> + ?Sized> TrainOptimizer<T> for Box<O> {
-    fn step(&mut self, params: &mut ParamStore<T>) -> Result<()> {
-        (**self).step(params)
-    }
-    fn lr(&self) -> f64 {
-        (**self).lr()
-    }
-    fn set_lr(&mut self, lr: f64) {
-        (**self).set_lr(lr)
-    }
-    fn state_tensors(&self) -> Vec<(String, Tensor<T>)> {
-        (**self).state_tensors()
-    }
-    fn load_state_tensors(
-        &mut self,
-        tensors: &BTreeMap<String, Tensor<T>>,
-        step: u64,
-    ) -> Result<()> {
-        (**self).load_state_tensors(tensors, step)
-    }
-    fn step_count(&self) -> u64 {
-        (**self).step_count()
-    }
-}
+/// The optimizer interface the trainer drives ([`crate::optim::Optimizer`]: `step`, `lr`/`set_lr`,
+/// `state_tensors`/`load_state_tensors`, `step_count`); kept under this name for code written
+/// against the trainer before `optim` existed.
+pub use crate::optim::Optimizer as TrainOptimizer;

@@ -214,7 +214,9 @@ where
         let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(e)?;
         let mut mesh = chart.configure_mesh();
         if text {
-            mesh.x_desc("step").label_style(("sans-serif", 14));
+            mesh.x_desc("step")
+                .label_style(("sans-serif", 14))
+                .x_label_formatter(&|x| format!("{x:.0}"));
         } else {
             mesh.x_labels(0).y_labels(0);
         }
@@ -241,7 +243,12 @@ where
         if text {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
+                // Losses fall and metrics (accuracy) mostly rise: keep the legend off the curves.
+                .position(if title == "loss" {
+                    SeriesLabelPosition::UpperRight
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 14))

@@ -12,6 +12,7 @@ use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
 use crate::io::atomic_write;
+use crate::optim::clip_grad_norm;
 use crate::tensor::{Element, Tensor};
 use std::io::Write;
 use std::marker::PhantomData;
@@ -385,7 +386,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         let mut rng = Rng::from_state(run.st.rng);
         let session = Instant::now();
         let wall_base = run.st.wall_time_s;
-        let (mut log_t, mut log_items, mut log_step) = (Instant::now(), 0u64, run.st.step);
+        let (mut log_t, mut log_items) = (Instant::now(), 0u64);
         let session_start_step = run.st.step;
         let epoch_of = |s: u64| spe.map(|e| s as f64 / e as f64);
 
@@ -417,7 +418,11 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     cfg,
                 ));
             }
-            let gn = model.params().grad_norm();
+            // Norm before clipping; clipping leaves non-finite gradients untouched.
+            let gn = match cfg.clip_grad_norm {
+                Some(max) => clip_grad_norm(model.params_mut(), max),
+                None => model.params().grad_norm(),
+            };
             if !gn.is_finite() {
                 let bad = model
                     .params()
@@ -432,16 +437,6 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     run,
                     cfg,
                 ));
-            }
-            if let Some(max) = cfg.clip_grad_norm {
-                // PyTorch's clip_grad_norm_: coefficient max/(norm + 1e-6), never above 1.
-                let coef = max / (gn + 1e-6);
-                if coef < 1.0 {
-                    let c = T::c(coef);
-                    for p in model.params_mut().iter_mut() {
-                        p.grad.data_mut().iter_mut().for_each(|g| *g *= c);
-                    }
-                }
             }
             let lr = cfg.schedule.lr(run.st.base_lr, s, total, cfg.warmup_steps);
             self.opt.set_lr(lr);
@@ -477,8 +472,8 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     }
                 }
                 m.push_str(&format!(
-                    " {} items/s",
-                    fmt_num((iv.items as f64 / iv.wall_s).round())
+                    " {:.0} items/s",
+                    iv.items as f64 / iv.wall_s.max(1e-9)
                 ));
                 m
             });
@@ -493,14 +488,13 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 fields.push(("grad_norm".into(), fmt_num(gn)));
                 fields.push((
                     "items/s".into(),
-                    fmt_num((log_items as f64 / dt.max(1e-9)).round()),
+                    format!("{:.0}", log_items as f64 / dt.max(1e-9)),
                 ));
                 let el = session.elapsed().as_secs_f64();
                 fields.push(("elapsed".into(), fmt_duration(wall_base + el)));
                 fields.push(("eta".into(), fmt_duration(eta(el))));
                 progress.train_line(&format_log_line("train", step, total, &fields));
-                let _ = log_step;
-                (log_t, log_items, log_step) = (Instant::now(), 0, step);
+                (log_t, log_items) = (Instant::now(), 0);
             }
 
             let epoch_end = spe.is_some_and(|e| step % e == 0);

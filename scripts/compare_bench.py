@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Joins two JSONL benchmark outputs (nabla's and a PyTorch script's) on their configuration keys
+and prints the speed ratio torch_median / nabla_median (> 1 means nabla is faster).
+
+    python3 scripts/compare_bench.py nabla.jsonl torch.jsonl
+"""
+import json
+import sys
+
+SKIP = {"median_s", "min_s", "max_s", "reps", "impl", "gflops", "items_per_s", "images_per_s", "tokens_per_s",
+        "gb_per_s", "bandwidth_fraction", "flops", "gflops_achieved", "matmul_fraction"}
+
+
+def load(path):
+    out = {}
+    for line in open(path):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        key = tuple(sorted((k, str(v)) for k, v in r.items() if k not in SKIP))
+        out[key] = r
+    return out
+
+
+def main():
+    a, b = load(sys.argv[1]), load(sys.argv[2])
+    print(f"{'configuration':<70} {'nabla ms':>10} {'torch ms':>10} {'ratio':>7}")
+    for key, ra in a.items():
+        rb = b.get(key)
+        if rb is None:
+            continue
+        cfg = " ".join(f"{k}={v}" for k, v in key)
+        print(f"{cfg:<70} {ra['median_s']*1e3:>10.3f} {rb['median_s']*1e3:>10.3f} {rb['median_s']/ra['median_s']:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

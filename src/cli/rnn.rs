@@ -1,0 +1,217 @@
+//! `nabla rnn …` and `nabla bench rnn`: the Elman RNN's external gradient interface, its
+//! gradient-flow analysis, the character-level language model, and the training-step benchmark.
+
+use crate::analysis::rnn::{self as an, RnnProblem};
+use crate::bench::{self, BenchResult};
+use crate::cli::BenchCommon;
+use crate::error::{NablaError, Result};
+use crate::init::Rng;
+use crate::invalid;
+use crate::nn::rnn::{Activation, ElmanWeights};
+use crate::tensor::Tensor;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum RnnCommand {
+    /// Loss and exact (or chunked-truncated) BPTT gradients of the assignment's model
+    /// h_t = σ(W x_t + U h_{t−1}), y_t = V h_t, L = Σ‖z_t − y_t‖², for weights and a batch in
+    /// safetensors files.
+    Grad(GradArgs),
+    /// Gradient flow through time: ‖∇_{h_t}L‖ per t, ‖U‖₂ and the ¼‖U‖ Jacobian bound, and the
+    /// bias of truncated BPTT for a list of k; JSON + plot.
+    Analyze(AnalyzeArgs),
+    /// Trains the character-level language model with TBPTT(k1, k2), Adam and gradient clipping.
+    Train(crate::models::char_rnn::TrainArgs),
+    /// Samples text from a trained character-level model.
+    Sample(crate::models::char_rnn::SampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    /// safetensors with W (hidden, input), U (hidden, hidden), V (output, hidden), optional h0 (batch, hidden).
+    #[arg(long)]
+    pub params: PathBuf,
+    /// safetensors with x (batch, time, input) and z (batch, time, output).
+    #[arg(long)]
+    pub batch: PathBuf,
+    /// Chunked truncated BPTT with chunks of K steps (no gradient crosses t = K, 2K, …).
+    #[arg(long)]
+    pub truncate: Option<usize>,
+    /// Print one JSON object {"loss": …, "grad": {"W": …, "U": …, "V": …[, "h0": …]}}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// Weights as for `rnn grad` (with --batch); without them, the built-in delay-line example.
+    #[arg(long, requires = "batch")]
+    pub params: Option<PathBuf>,
+    #[arg(long, requires = "params")]
+    pub batch: Option<PathBuf>,
+    /// Truncation lengths to compare with the exact gradient.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    pub ks: Vec<usize>,
+    /// Built-in example: sequence length, delay, hidden size, recurrent gain, batch and seed.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 12)]
+    pub lag: usize,
+    #[arg(long, default_value_t = 16)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub gain: f64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: analysis.json and analysis.svg (and analysis.png with --png).
+    #[arg(long, default_value = "rnn-analysis")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub png: bool,
+}
+
+fn grad(a: &GradArgs) -> Result<()> {
+    if a.truncate == Some(0) {
+        return Err(invalid!("--truncate must be at least 1"));
+    }
+    let p = an::load_problem(&a.params, &a.batch)?;
+    let v = an::grad_json(&p, a.truncate)?;
+    if a.json {
+        println!("{v}");
+    } else {
+        let d = p.dims()?;
+        println!(
+            "batch {} time {} input {} hidden {} output {}{}",
+            d.batch,
+            d.seq_len,
+            d.input,
+            d.hidden,
+            d.output,
+            a.truncate
+                .map(|k| format!(", truncated BPTT k = {k}"))
+                .unwrap_or_default()
+        );
+        println!("loss {}", v["loss"]);
+        for (k, g) in v["grad"].as_object().into_iter().flatten() {
+            println!("grad {k}: {g}");
+        }
+    }
+    Ok(())
+}
+
+fn analyze(a: &AnalyzeArgs) -> Result<()> {
+    let p: RnnProblem = match (&a.params, &a.batch) {
+        (Some(pp), Some(bp)) => an::load_problem(pp, bp)?,
+        _ => an::delay_problem(a.batch_size, a.seq_len, a.lag, a.hidden, a.gain, a.seed)?,
+    };
+    let res = an::analyze(&p, &a.ks)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
+    let jpath = a.out.join("analysis.json");
+    let text = serde_json::to_string_pretty(&res).map_err(|e| NablaError::Other(e.to_string()))?;
+    crate::io::atomic_write(&jpath, text.as_bytes())?;
+    let spath = a.out.join("analysis.svg");
+    an::plot(&res, &spath)?;
+    if a.png {
+        an::plot(&res, &a.out.join("analysis.png"))?;
+    }
+    let gh = &res.grad_h_norm;
+    println!(
+        "loss {:.6}  ‖U‖₂ {:.4}  bound sup|σ'|·‖U‖ {:.4}  max ‖∂h_t+1/∂h_t‖ {:.4}",
+        res.loss,
+        res.spectral_norm_u,
+        res.jacobian_bound,
+        res.jacobian_norm.iter().copied().fold(0.0, f64::max)
+    );
+    if let (Some(first), Some(last)) = (gh.first(), gh.last()) {
+        println!("‖∇h_t L‖: t=1 {first:.4e}, t=T {last:.4e}");
+    }
+    for t in &res.truncation {
+        println!(
+            "k {:>4}: cosine {:.6}  rel. error {:.4e} (U {:.4e}, W {:.4e})",
+            t.k, t.cosine, t.rel_error, t.rel_error_u, t.rel_error_w
+        );
+    }
+    println!("wrote {} and {}", jpath.display(), spath.display());
+    Ok(())
+}
+
+/// `nabla bench rnn` flags.
+#[derive(Args, Debug)]
+pub struct BenchRnnArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub input: usize,
+    /// Hidden sizes to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    pub hidden: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub output: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Chunked truncated BPTT with chunks of K steps.
+    #[arg(long)]
+    pub truncate: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Median seconds per f32 training step (fused forward + BPTT + SGD update, the assignment's
+/// loss) on random data.
+pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
+    if a.batch == 0 || a.input == 0 || a.output == 0 || a.seq_len == 0 || a.hidden.contains(&0) {
+        return Err(invalid!("bench rnn sizes must be positive"));
+    }
+    if a.truncate == Some(0) {
+        return Err(invalid!("--truncate must be at least 1"));
+    }
+    let mut out = Vec::new();
+    for &h in &a.hidden {
+        let mut rng = Rng::new(a.seed);
+        let mut w =
+            ElmanWeights::<f32>::random(a.input, h, a.output, Activation::Sigmoid, 1.0, &mut rng);
+        let x = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.input], |_| rng.normal() as f32);
+        let z = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.output], |_| rng.normal() as f32);
+        let mut err = None;
+        let mut r = bench::run(
+            "rnn_train_step",
+            json!({"batch": a.batch, "input": a.input, "hidden": h, "output": a.output,
+                   "seq_len": a.seq_len, "truncate": a.truncate, "activation": "sigmoid",
+                   "dtype": "f32", "threads": rayon::current_num_threads()}),
+            &a.common.options(),
+            || {
+                if let Err(e) = w.sgd_step(&x, &z, None, 1e-6, a.truncate) {
+                    err = Some(e);
+                }
+            },
+        );
+        if let Some(e) = err {
+            return Err(e);
+        }
+        // Multiply-adds per step: forward 2·T·B·H·(I + H + O), backward twice that.
+        let flops = 6.0 * (a.seq_len * a.batch * h * (a.input + h + a.output)) as f64;
+        r.extra
+            .insert("gflops".into(), json!(flops / r.median_s / 1e9));
+        r.extra.insert(
+            "tokens_per_s".into(),
+            json!((a.batch * a.seq_len) as f64 / r.median_s),
+        );
+        out.push(r);
+    }
+    Ok(out)
+}
+
+pub fn run(cmd: RnnCommand) -> Result<()> {
+    match cmd {
+        RnnCommand::Grad(a) => grad(&a),
+        RnnCommand::Analyze(a) => analyze(&a),
+        RnnCommand::Train(a) => crate::models::char_rnn::train_cli(&a),
+        RnnCommand::Sample(a) => crate::models::char_rnn::sample_cli(&a),
+    }
+}

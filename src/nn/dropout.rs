@@ -1,0 +1,130 @@
+//! Dropout, with the *keep* probability named so it cannot be confused with PyTorch's.
+//!
+//! The assignment writes `R_ij ~ Bernoulli(p)` with `p` the probability of **keeping** a unit;
+//! PyTorch's `nn.Dropout(p)` takes `p` the probability of **dropping** it. Here the probability
+//! is a [`KeepProb`], built either from a keep probability ([`KeepProb::new`], the assignment's
+//! `p`) or from PyTorch's drop probability ([`KeepProb::from_torch_drop_prob`]`(p) = 1 − p`).
+//!
+//! Training: `y = x ⊙ R / p` (inverted: the expectation is kept during training, evaluation is
+//! the identity) or `y = x ⊙ R` (non-inverted, the original paper's: evaluation scales by `p`).
+//! Backward: `∂L/∂x = ∂L/∂y ⊙ R / p` (inverted) or `⊙ R`.
+
+use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::error::Result;
+use crate::init::Rng;
+use crate::invalid;
+use crate::tensor::{Element, Tensor};
+
+/// Probability of keeping a unit, in `(0, 1]` (the assignment's `p`).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct KeepProb(f64);
+
+impl KeepProb {
+    /// From a keep probability in `(0, 1]`.
+    pub fn new(keep: f64) -> Result<Self> {
+        if !(keep > 0.0 && keep <= 1.0) {
+            return Err(invalid!(
+                "keep probability must be in (0, 1], got {keep} (PyTorch's dropout p is the drop probability: use KeepProb::from_torch_drop_prob)"
+            ));
+        }
+        Ok(KeepProb(keep))
+    }
+    /// From PyTorch's `nn.Dropout(p)` drop probability in `[0, 1)`: keep = `1 − p`.
+    pub fn from_torch_drop_prob(drop: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&drop) {
+            return Err(invalid!("drop probability must be in [0, 1), got {drop}"));
+        }
+        Ok(KeepProb(1.0 - drop))
+    }
+    /// The keep probability `p`.
+    pub fn keep(self) -> f64 {
+        self.0
+    }
+    /// PyTorch's drop probability `1 − p`.
+    pub fn drop_prob(self) -> f64 {
+        1.0 - self.0
+    }
+}
+
+/// Scales by a fixed mask saved in the forward.
+struct MaskScale<T: Element> {
+    mask: Vec<T>,
+}
+
+impl<T: Element> Op<T> for MaskScale<T> {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
+        let g = ctx.grad();
+        let dx: Vec<T> = g
+            .data()
+            .iter()
+            .zip(&self.mask)
+            .map(|(&g, &m)| g * m)
+            .collect();
+        Ok(vec![Some(Tensor::new(g.shape(), dx)?)])
+    }
+}
+
+/// A dropout layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub keep_prob: KeepProb,
+    /// Inverted (scale by `1/p` in training) or the original (scale by `p` in evaluation).
+    pub inverted: bool,
+    pub training: bool,
+}
+
+impl Dropout {
+    /// Inverted dropout in training mode.
+    pub fn new(keep_prob: KeepProb) -> Self {
+        Dropout {
+            keep_prob,
+            inverted: true,
+            training: true,
+        }
+    }
+    pub fn non_inverted(keep_prob: KeepProb) -> Self {
+        Dropout {
+            inverted: false,
+            ..Self::new(keep_prob)
+        }
+    }
+    pub fn train(&mut self, on: bool) {
+        self.training = on;
+    }
+    /// Applies dropout; the mask `R ~ Bernoulli(p)` is drawn from `rng`.
+    pub fn forward<T: Element>(&self, tape: &mut Tape<T>, x: Var, rng: &mut Rng) -> Result<Var> {
+        dropout(tape, x, self.keep_prob, self.inverted, self.training, rng)
+    }
+}
+
+/// Functional dropout: see the module doc.
+pub fn dropout<T: Element>(
+    tape: &mut Tape<T>,
+    x: Var,
+    keep_prob: KeepProb,
+    inverted: bool,
+    training: bool,
+    rng: &mut Rng,
+) -> Result<Var> {
+    let p = keep_prob.keep();
+    let mask: Vec<T> = if training {
+        if p == 1.0 {
+            return Ok(x);
+        }
+        let kept = if inverted { T::c(1.0 / p) } else { T::one() };
+        (0..tape.value(x).numel())
+            .map(|_| if rng.bernoulli(p) { kept } else { T::zero() })
+            .collect()
+    } else if inverted || p == 1.0 {
+        return Ok(x);
+    } else {
+        vec![T::c(p); tape.value(x).numel()]
+    };
+    let xv = tape.value(x);
+    let y: Vec<T> = xv.data().iter().zip(&mask).map(|(&a, &m)| a * m).collect();
+    let y = Tensor::new(xv.shape(), y)?;
+    Ok(tape.record1(MaskScale { mask }, &[x], y))
+}

@@ -1,0 +1,72 @@
+//! The binary end to end: JSON outputs parse, errors exit non-zero with a message.
+
+use std::process::Command;
+
+fn nabla(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .output()
+        .expect("running nabla")
+}
+
+#[test]
+fn info_json_reports_version_threads_and_rate() {
+    let out = nabla(&["info", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["threads"].as_u64().unwrap() >= 1);
+    assert!(v["matmul_f32_512_gflops"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_matmul_json_follows_the_convention() {
+    let out = nabla(&[
+        "bench",
+        "matmul",
+        "--json",
+        "--min-time",
+        "0",
+        "--warmup",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 6);
+    for r in &lines {
+        assert_eq!(r["name"], "matmul");
+        for k in [
+            "m", "n", "k", "threads", "median_s", "min_s", "max_s", "reps", "gflops",
+        ] {
+            assert!(r.get(k).is_some(), "missing {k} in {r}");
+        }
+        assert!(r["min_s"].as_f64().unwrap() <= r["median_s"].as_f64().unwrap());
+        assert!(r["median_s"].as_f64().unwrap() <= r["max_s"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn unknown_exercise_is_a_clear_error() {
+    let out = nabla(&["reproduce", "--only", "9.9"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("9.9") && err.contains("1.1"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_nonzero() {
+    let out = nabla(&["bench", "matmul", "--min-time", "abc"]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+}
