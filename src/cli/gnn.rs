@@ -12,6 +12,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
+// Parsed once per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum GnnCommand {
     /// Full-batch node classification on the shared trainer (one step = one epoch): early
