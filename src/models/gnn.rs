@@ -17,8 +17,9 @@ use crate::error::Result;
 use crate::graph::Graph;
 use crate::init::{Init, Rng};
 use crate::invalid;
+use crate::nn::attention::{multi_head_self_attention, AttnOptions, MhaWeights};
 use crate::nn::graph_ops::{edge_add, edge_dot, edge_softmax, weighted_aggregate};
-use crate::nn::masked_attention::{dense_self_attention, AttentionParams};
+use crate::nn::masked_attention::AttentionParams;
 use crate::nn::message_passing::LinearParams;
 use crate::nn::sparse_linear::{sparse_linear, SparseRows};
 use crate::ops;
@@ -261,6 +262,44 @@ fn dropout<T: Element>(tape: &mut Tape<T>, x: Var, p: f64, rng: Option<&mut Rng>
     }
 }
 
+/// Dense self-attention over all nodes with the fused op of `nn::attention` (the Transformer's
+/// fast path); the separate q/k/v weights are packed by a differentiable concat.
+fn fused_dense_attention<T: Element>(
+    tape: &mut Tape<T>,
+    store: &ParamStore<T>,
+    p: &AttentionParams,
+    h: Var,
+) -> Result<Var> {
+    let (n, d) = (tape.shape(h)[0], tape.shape(h)[1]);
+    let ws: Vec<Var> = [p.query, p.key, p.value]
+        .iter()
+        .map(|l| tape.param(store, l.weight))
+        .collect();
+    let qkv_w = ops::concat(tape, &ws, 0)?;
+    let bs: Option<Vec<Var>> = [p.query, p.key, p.value]
+        .iter()
+        .map(|l| l.bias.map(|b| tape.param(store, b)))
+        .collect();
+    let qkv_b = match bs {
+        Some(bs) => Some(ops::concat(tape, &bs, 0)?),
+        None => None,
+    };
+    let w = MhaWeights {
+        qkv_w,
+        qkv_b,
+        proj_w: tape.param(store, p.out.weight),
+        proj_b: p.out.bias.map(|b| tape.param(store, b)),
+    };
+    let opts = AttnOptions {
+        heads: p.heads,
+        mask: None,
+        need_weights: false,
+    };
+    let x3 = ops::reshape(tape, h, &[1, n, d])?;
+    let (y, _) = multi_head_self_attention(tape, x3, &w, &opts)?;
+    ops::reshape(tape, y, &[n, d])
+}
+
 /// Linear map of either the sparse features (first layer) or a dense state.
 enum In<'a> {
     Sparse(&'a SparseRows),
@@ -390,7 +429,7 @@ impl GnnModel {
                 let h = lin(tape, store, &In::Sparse(&x), inp.weight, inp.bias)?;
                 let h = ops::elu(tape, h, 1.0)?;
                 let h = dropout(tape, h, c.dropout, rng.as_deref_mut())?;
-                let a = dense_self_attention(tape, store, attn, h, None)?;
+                let a = fused_dense_attention(tape, store, attn, h)?;
                 let h = ops::add(tape, h, a)?;
                 let h = ops::elu(tape, h, 1.0)?;
                 let h = dropout(tape, h, c.dropout, rng)?;
