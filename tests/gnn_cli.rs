@@ -134,3 +134,108 @@ fn influence_writes_json_and_plot_on_a_tiny_graph() {
         .unwrap()
         .contains("<svg"));
 }
+
+fn lines_without_timing(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("wall_time_s");
+            o.remove("items_per_s");
+            v
+        })
+        .collect()
+}
+
+/// `nabla gnn train` runs on the shared trainer: metrics.jsonl (one line per epoch with the
+/// validation and test metrics), checkpoint/, best/, config.json and the plot; `--resume`
+/// continues the run, and 3 + 3 resumed epochs give the same metrics and weights as 6 epochs.
+#[test]
+fn train_writes_a_run_folder_and_resume_continues_it() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tsv(&data);
+    let data = data.to_str().unwrap();
+    let run = d.path().join("run");
+    let full = d.path().join("full");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "gnn",
+            "train",
+            "--data",
+            data,
+            "--model",
+            "gat",
+            "--seed",
+            "3",
+            "--patience",
+            "100",
+            "--plain",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+        (report, err)
+    };
+    let (r3, err) = train(&["--epochs", "3", "--out", run.to_str().unwrap()]);
+    assert!(err.contains("eval step=3/3"), "{err}");
+    assert_eq!(r3["epochs_run"], 3);
+    let m3 = lines_without_timing(&run.join("metrics.jsonl"));
+    assert_eq!(m3.len(), 3);
+    for (i, m) in m3.iter().enumerate() {
+        assert_eq!(m["step"], i as u64 + 1);
+        for k in ["val_acc", "val_loss", "test_acc", "train_acc", "train_loss"] {
+            assert!(m[k].is_number(), "{k} missing in {m}");
+        }
+    }
+    for f in [
+        "config.json",
+        "metrics.svg",
+        "checkpoint/model.safetensors",
+        "checkpoint/optimizer.safetensors",
+        "checkpoint/state.json",
+        "best/model.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // Without --resume an existing run folder is not overwritten.
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["gnn", "train", "--data", data, "--epochs", "1", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+
+    let (r6, err) = train(&["--epochs", "6", "--resume", run.to_str().unwrap()]);
+    assert!(err.contains("resumed from"), "{err}");
+    assert!(!err.contains("eval step=3/6"), "{err}");
+    assert_eq!(r6["epochs_run"], 6);
+    let m6 = lines_without_timing(&run.join("metrics.jsonl"));
+    assert_eq!(m6.len(), 6);
+    assert_eq!(m6[..3], m3[..]);
+
+    let (rf, _) = train(&["--epochs", "6", "--out", full.to_str().unwrap()]);
+    assert_eq!(lines_without_timing(&full.join("metrics.jsonl")), m6);
+    assert_eq!(rf["test_acc"], r6["test_acc"]);
+    // Bit-identical weights (the files' metadata order may differ, so compare the tensors).
+    let load = |d: &Path| {
+        nabla::io::load_safetensors::<f32>(d.join("checkpoint/model.safetensors")).unwrap()
+    };
+    let (a, b) = (load(&full), load(&run));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        assert!(t.data() == b[k].data(), "{k} differs after resume");
+    }
+}

@@ -7,22 +7,28 @@ use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::models::gnn::{GnnConfig, GnnKind};
 use crate::models::gnn_train::train_node_classifier;
+use crate::train::{Mode, OptimDefaults, OptimizerKind};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
+// Parsed once per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum GnnCommand {
-    /// Full-batch node classification with early stopping on validation; reports the test
-    /// accuracy of the best-validation epoch (mean over --seeds runs).
-    Train(TrainArgs),
+    /// Full-batch node classification on the shared trainer (one step = one epoch): early
+    /// stopping on validation, progress, metrics.jsonl, checkpoints, --resume, plot; reports
+    /// the test accuracy of the best-validation model (mean over --seeds runs). Defaults: the
+    /// paper's epochs, patience, Adam rate and weight decay; --monitor val_acc; --out
+    /// runs/gnn-<model>, replaced by the next run unless --out or --resume is given.
+    Train(GnnTrainArgs),
     /// Which nodes can influence node i after L rounds, and the Jacobian influence by hop
     /// distance, on the data set's graph and on a chain (JSON + SVG plot).
     Influence(InfluenceArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct TrainArgs {
+pub struct GnnTrainArgs {
     /// Data folder: the TSV format (features/labels/edges/split.tsv) or LINQS (*.content +
     /// *.cites). Without it, a built-in contextual stochastic block model.
     #[arg(long)]
@@ -30,20 +36,20 @@ pub struct TrainArgs {
     /// gcn | gat | transformer | dense
     #[arg(long, default_value = "gcn")]
     pub model: String,
-    /// Maximum epochs (default: the model's paper setting).
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Early-stopping patience in epochs (default: the model's setting).
-    #[arg(long)]
-    pub patience: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Number of runs, seeds seed, seed+1, …
+    /// Number of runs, seeds seed, seed+1, … (each in OUT/seed-<seed> when more than one).
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
-    /// One JSON object per run and one summary object.
+    /// One JSON object per run and one summary object on stdout.
     #[arg(long)]
     pub json: bool,
+    // The shared trainer flags. Defaults here: --epochs and --patience from the model's paper
+    // setting, --monitor val_acc, evaluation every epoch, --out runs/gnn-<model> (replaced by
+    // the next run unless --out or --resume is given).
+    #[command(flatten)]
+    pub train: crate::train::TrainArgs,
+    // Optimizer flags; default Adam with the paper's rate and weight decay.
+    #[command(flatten)]
+    pub optim: crate::train::OptimArgs,
 }
 
 #[derive(Args, Debug)]
@@ -106,22 +112,25 @@ pub fn load_dataset(dir: Option<&Path>, seed: u64) -> Result<NodeDataset> {
     }
 }
 
-fn train(a: &TrainArgs) -> Result<()> {
+fn train(a: &GnnTrainArgs) -> Result<()> {
     let kind = GnnKind::parse(&a.model)?;
     if a.seeds == 0 {
         return Err(invalid!("--seeds must be at least 1"));
     }
-    let ds = load_dataset(a.data.as_deref(), a.seed)?;
-    let mut cfg = GnnConfig::paper(kind);
-    if let Some(e) = a.epochs {
-        if e == 0 {
-            return Err(invalid!("--epochs must be at least 1"));
-        }
-        cfg.epochs = e;
-    }
-    if let Some(p) = a.patience {
-        cfg.patience = p;
-    }
+    let ds = load_dataset(a.data.as_deref(), a.train.seed)?;
+    let cfg = GnnConfig::paper(kind);
+    let mut targs = a.train.clone();
+    targs.epochs.get_or_insert(cfg.epochs as u64);
+    targs.patience.get_or_insert(cfg.patience as u64);
+    let default_out = format!("runs/gnn-{}", kind.name());
+    // The default folder is scratch space: a plain `nabla gnn train` always runs.
+    let scratch = a.train.out.is_none() && a.train.resume.is_none();
+    let optim_defaults = OptimDefaults {
+        kind: OptimizerKind::Adam,
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+    };
+    a.optim.build::<f32>(optim_defaults)?;
     if !a.json {
         println!(
             "{}: {} nodes, {} edges, {} features, {} classes, split {}/{}/{}; model {}",
@@ -138,8 +147,21 @@ fn train(a: &TrainArgs) -> Result<()> {
     }
     let mut accs = Vec::new();
     for k in 0..a.seeds {
-        let seed = a.seed + k as u64;
-        let r = train_node_classifier(&ds, &cfg, seed, true)?;
+        let seed = a.train.seed + k as u64;
+        let mut t = targs.clone();
+        t.seed = seed;
+        if a.seeds > 1 {
+            let sub = format!("seed-{seed}");
+            let base = t.out.clone().or_else(|| t.resume.clone());
+            t.out = Some(
+                base.unwrap_or_else(|| PathBuf::from(&default_out))
+                    .join(&sub),
+            );
+            t.resume = t.resume.map(|r| r.join(&sub));
+        }
+        let mut tc = t.config(&default_out, Some(("val_acc", Mode::Max)), 0)?;
+        tc.overwrite |= scratch;
+        let r = train_node_classifier(&ds, &cfg, &tc, a.optim.build::<f32>(optim_defaults)?)?;
         if a.json {
             println!(
                 "{}",
@@ -147,8 +169,18 @@ fn train(a: &TrainArgs) -> Result<()> {
             );
         } else {
             println!(
-                "seed {seed}: test acc {:.4} (best val acc {:.4} at epoch {}, {} epochs, {:.2} s)",
-                r.test_acc, r.best_val_acc, r.best_epoch, r.epochs_run, r.seconds
+                "seed {seed}: test acc {:.4} of the best-validation model ({} {:.4} after epoch {}; {} epochs, {}, {:.2} s); run folder {}",
+                r.test_acc,
+                r.monitor,
+                match r.monitor.as_str() {
+                    "val_loss" => r.best_val_loss,
+                    _ => r.best_val_acc,
+                },
+                r.best_epoch,
+                r.epochs_run,
+                r.outcome,
+                r.seconds,
+                r.run_dir.display()
             );
         }
         accs.push(r.test_acc);
@@ -212,5 +244,15 @@ pub fn run(cmd: &GnnCommand) -> Result<()> {
     match cmd {
         GnnCommand::Train(a) => train(a),
         GnnCommand::Influence(a) => influence_cmd(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flattened trainer/optimizer flags do not collide with the command's own.
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
     }
 }
