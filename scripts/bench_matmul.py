@@ -9,25 +9,14 @@ Run side by side with nabla on the same machine:
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
+
+from benchutil import measure
 
 SHAPES = [(64, 64, 64), (128, 128, 128), (256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (32, 256, 256)]
 
 
-def measure(fn, warmup=2, min_reps=5, min_time=0.5, max_reps=1000):
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2], times[0], times[-1], len(times)
 
 
 def main():

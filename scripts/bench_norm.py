@@ -12,20 +12,11 @@ import json
 import time
 
 import torch
+
+from benchutil import measure
 import torch.nn.functional as F
 
 
-def measure(fn, warmup, min_time, min_reps=5, max_reps=1000):
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2], times[0], times[-1], len(times)
 
 
 def main():
