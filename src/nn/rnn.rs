@@ -953,9 +953,9 @@ impl<T: Element> ElmanWeights<T> {
     pub fn hidden(&self) -> usize {
         self.w.dim(0)
     }
-    /// Checks every shape against `x (B, T, I)`, `z (B, T, O)` and `h0 (B, H)`.
-    pub fn check(&self, x: &Tensor<T>, z: &Tensor<T>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
-        let d = check_shapes(
+    /// Sizes from `x (B, T, I)` and `h0 (B, H)`, checked against every weight.
+    fn dims(&self, x: &Tensor<T>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
+        check_shapes(
             x.shape(),
             h0.map(|h| h.shape()),
             self.w.shape(),
@@ -963,7 +963,11 @@ impl<T: Element> ElmanWeights<T> {
             self.v.shape(),
             self.b_h.as_ref().map(|b| b.shape()),
             self.b_y.as_ref().map(|b| b.shape()),
-        )?;
+        )
+    }
+    /// Checks every shape against `x (B, T, I)`, `z (B, T, O)` and `h0 (B, H)`.
+    pub fn check(&self, x: &Tensor<T>, z: &Tensor<T>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
+        let d = self.dims(x, h0)?;
         if z.shape() != [d.batch, d.seq_len, d.output] {
             return Err(shape_err!(
                 "elman_rnn",
@@ -980,15 +984,7 @@ impl<T: Element> ElmanWeights<T> {
     }
     /// Forward only: `y (B, T, O)` and the states.
     pub fn forward(&self, x: &Tensor<T>, h0: Option<&Tensor<T>>) -> Result<ForwardState<T>> {
-        let d = check_shapes(
-            x.shape(),
-            h0.map(|h| h.shape()),
-            self.w.shape(),
-            self.u.shape(),
-            self.v.shape(),
-            self.b_h.as_ref().map(|b| b.shape()),
-            self.b_y.as_ref().map(|b| b.shape()),
-        )?;
+        let d = self.dims(x, h0)?;
         let x_tm = swap01(x.data(), d.batch, d.seq_len, d.input);
         let h0v = h0
             .map(|h| h.data().to_vec())
