@@ -267,6 +267,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit status 1.
 pub fn main() -> i32 {
+    crate::kernels::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => 0,

@@ -107,27 +107,6 @@ impl<'a> MaskView<'a> {
     }
 }
 
-/// Dot product with 8 independent accumulators so the loop vectorizes.
-#[inline]
-fn dot<T: Element>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::zero(); 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
-    }
-    s
-}
-
 /// `y += alpha · x`.
 #[inline]
 fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
@@ -160,6 +139,141 @@ fn block_rows<T>(buf: &[T], i: usize, rows: usize, dh: usize) -> Rows<'_, T> {
     }
 }
 
+/// Rows `i0..i0+R`, columns `c0..c0+W` of `C M` (`C` rows at stride `cs`, `M` rows at stride
+/// `rs`, inner dimension `kdim`): R·W accumulators stay in registers while the loop runs down
+/// the rows of `M`; each loaded row of `M` feeds R broadcast multiply-adds, and the R·W/8
+/// independent chains hide the FMA latency.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn combo_block<T: Element, const R: usize, const W: usize>(
+    c: &[T],
+    cs: usize,
+    i0: usize,
+    kdim: usize,
+    m: &[T],
+    rs: usize,
+    c0: usize,
+) -> [[T; W]; R] {
+    let mut acc = [[T::zero(); W]; R];
+    for r in 0..kdim {
+        let row: &[T; W] = m[r * rs + c0..r * rs + c0 + W].try_into().unwrap();
+        for (ii, acc) in acc.iter_mut().enumerate() {
+            let a = c[(i0 + ii) * cs + r];
+            for l in 0..W {
+                acc[l] += a * row[l];
+            }
+        }
+    }
+    acc
+}
+
+/// Rows `i0..i0+R` of `out = C M` over all `w` columns: blocks of 16 and 8 columns, then scalar.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn combo_rows<T: Element, const R: usize>(
+    c: &[T],
+    cs: usize,
+    i0: usize,
+    kdim: usize,
+    m: &[T],
+    rs: usize,
+    out: &mut [T],
+    os: usize,
+    w: usize,
+) {
+    let mut c0 = 0;
+    while c0 + 16 <= w {
+        let acc = combo_block::<T, R, 16>(c, cs, i0, kdim, m, rs, c0);
+        for (ii, a) in acc.iter().enumerate() {
+            out[(i0 + ii) * os + c0..(i0 + ii) * os + c0 + 16].copy_from_slice(a);
+        }
+        c0 += 16;
+    }
+    if c0 + 8 <= w {
+        let acc = combo_block::<T, R, 8>(c, cs, i0, kdim, m, rs, c0);
+        for (ii, a) in acc.iter().enumerate() {
+            out[(i0 + ii) * os + c0..(i0 + ii) * os + c0 + 8].copy_from_slice(a);
+        }
+        c0 += 8;
+    }
+    for cc in c0..w {
+        for ii in 0..R {
+            let mut acc = T::zero();
+            for r in 0..kdim {
+                acc += c[(i0 + ii) * cs + r] * m[r * rs + cc];
+            }
+            out[(i0 + ii) * os + cc] = acc;
+        }
+    }
+}
+
+/// `out (n, w) = C (n, kdim) · M (kdim, w)` with row strides `cs`, `rs`, `os`.
+///
+/// Every product of the attention core is one of these (`S = q Kᵀ` with `Kᵀ` packed, `o = P V`,
+/// `dP = do Vᵀ`, `dq = dS K`, `dk = dSᵀ q`, `dv = Pᵀ do`). For narrow heads (`dh` = 16, `T` = 17
+/// in a small ViT) register-blocked rows beat both a dot-product loop (a horizontal sum per
+/// entry) and a `gemm` call (packing and dispatch per 17×17 product).
+#[allow(clippy::too_many_arguments)]
+fn small_matmul<T: Element>(
+    c: &[T],
+    cs: usize,
+    n: usize,
+    kdim: usize,
+    m: &[T],
+    rs: usize,
+    out: &mut [T],
+    os: usize,
+    w: usize,
+) {
+    let mut i0 = 0;
+    while i0 + 4 <= n {
+        combo_rows::<T, 4>(c, cs, i0, kdim, m, rs, out, os, w);
+        i0 += 4;
+    }
+    while i0 < n {
+        combo_rows::<T, 1>(c, cs, i0, kdim, m, rs, out, os, w);
+        i0 += 1;
+    }
+}
+
+/// `dst (cols, rows) = srcᵀ` for `src` rows `src.row(r)`, `dst` row stride `ds`.
+#[inline]
+fn transpose_into<T: Element>(src: Rows<'_, T>, rows: usize, dst: &mut [T], ds: usize) {
+    for r in 0..rows {
+        for (c, &x) in src.row(r).iter().enumerate() {
+            dst[c * ds + r] = x;
+        }
+    }
+}
+
+/// Per-thread scratch of the attention core, reused across (item, head) pairs.
+struct HeadScratch<T> {
+    /// `Kᵀ` or `Vᵀ` (dh, tkp) with `tkp` = `tk` rounded up to 8; padding columns stay 0.
+    mt: Vec<T>,
+    /// Scores `S` or `dP` (tq, tkp).
+    s: Vec<T>,
+    tkp: usize,
+    /// `dS` (tq, tk).
+    ds: Vec<T>,
+    /// `Pᵀ` and `dSᵀ` (tk, tq).
+    pt: Vec<T>,
+    dst: Vec<T>,
+}
+
+impl<T: Element> HeadScratch<T> {
+    fn new(tq: usize, tk: usize, dh: usize) -> Self {
+        let tkp = tk.div_ceil(8) * 8;
+        HeadScratch {
+            mt: vec![T::zero(); dh * tkp],
+            s: vec![T::zero(); tq * tkp],
+            tkp,
+            ds: vec![T::zero(); tq * tk],
+            pt: vec![T::zero(); tk * tq],
+            dst: vec![T::zero(); tk * tq],
+        }
+    }
+}
+
 /// One (item, head) forward: fills `p` (tq, tk) and `o` rows (stride `o_rs`, offset 0).
 #[allow(clippy::too_many_arguments)]
 fn head_forward<T: Element>(
@@ -173,26 +287,28 @@ fn head_forward<T: Element>(
     p: &mut [T],
     o: &mut [T],
     o_rs: usize,
+    sc: &mut HeadScratch<T>,
 ) {
     let dh = q.dh;
+    let tkp = sc.tkp;
+    transpose_into(k, tk, &mut sc.mt, tkp);
+    // S = q Kᵀ over the padded width; the padding columns are never read.
+    small_matmul(q.buf, q.rs, tq, dh, &sc.mt, tkp, &mut sc.s, tkp, tkp);
     for i in 0..tq {
-        let qi = q.row(i);
         let prow = &mut p[i * tk..(i + 1) * tk];
         let mrow = mask.map(|m| m.row(i, tk));
         let mut mx = T::neg_infinity();
-        for j in 0..tk {
+        for (j, (pj, &sj)) in prow.iter_mut().zip(&sc.s[i * tkp..]).enumerate() {
             let s = if mrow.is_some_and(|m| m[j]) {
                 T::neg_infinity()
             } else {
-                scale * dot(qi, k.row(j))
+                scale * sj
             };
-            prow[j] = s;
+            *pj = s;
             mx = mx.max(s);
         }
-        let orow = &mut o[i * o_rs..i * o_rs + dh];
-        orow.iter_mut().for_each(|x| *x = T::zero());
         if mx == T::neg_infinity() {
-            // Every key blocked: probabilities and output stay 0.
+            // Every key blocked: probabilities 0 (and so output 0).
             prow.iter_mut().for_each(|x| *x = T::zero());
             continue;
         }
@@ -202,17 +318,14 @@ fn head_forward<T: Element>(
             sum += *x;
         }
         let inv = T::one() / sum;
-        for (j, x) in prow.iter_mut().enumerate() {
-            *x *= inv;
-            if *x != T::zero() {
-                axpy(*x, v.row(j), orow);
-            }
-        }
+        prow.iter_mut().for_each(|x| *x *= inv);
     }
+    // o = P V
+    small_matmul(p, tk, tq, tk, v.buf, v.rs, o, o_rs, dh);
 }
 
 /// One (item, head) backward. `d` receives dq, dk, dv at offsets `off` = (q, k, v) with row
-/// stride `d_rs`; it must be zero on entry in those places. `scratch` holds tq·tk values.
+/// stride `d_rs`; every one of those rows is overwritten (no need to zero them first).
 #[allow(clippy::too_many_arguments)]
 fn head_backward<T: Element>(
     q: Rows<'_, T>,
@@ -227,49 +340,55 @@ fn head_backward<T: Element>(
     d: &mut [T],
     off: (usize, usize, usize),
     d_rs: usize,
-    scratch: &mut [T],
+    sc: &mut HeadScratch<T>,
 ) {
     let dh = q.dh;
-    let ds = &mut scratch[..tq * tk];
+    let tkp = sc.tkp;
+    transpose_into(v, tk, &mut sc.mt, tkp);
+    // dP = do Vᵀ (+ the gradient reaching P); dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled.
+    small_matmul(dout.buf, dout.rs, tq, dh, &sc.mt, tkp, &mut sc.s, tkp, tkp);
     for i in 0..tq {
-        let doi = dout.row(i);
         let prow = &p[i * tk..(i + 1) * tk];
-        let dsrow = &mut ds[i * tk..(i + 1) * tk];
-        // dP_ij = do_i · v_j (+ gradient on P); dv_j += P_ij do_i
+        let dprow = &mut sc.s[i * tkp..i * tkp + tk];
+        if let Some(g) = gp {
+            axpy(T::one(), &g[i * tk..(i + 1) * tk], dprow);
+        }
         let mut rowdot = T::zero();
-        for j in 0..tk {
-            let pij = prow[j];
-            if pij == T::zero() {
-                dsrow[j] = T::zero();
-                continue;
-            }
-            let mut dp = dot(doi, v.row(j));
-            if let Some(g) = gp {
-                dp += g[i * tk + j];
-            }
-            dsrow[j] = dp;
-            rowdot += pij * dp;
-            let b = off.2 + j * d_rs;
-            axpy(pij, doi, &mut d[b..b + dh]);
+        for (&pj, &dpj) in prow.iter().zip(dprow.iter()) {
+            rowdot += pj * dpj;
         }
-        for j in 0..tk {
-            dsrow[j] = prow[j] * (dsrow[j] - rowdot) * scale;
+        let dsrow = &mut sc.ds[i * tk..(i + 1) * tk];
+        for ((ds, &pj), &dpj) in dsrow.iter_mut().zip(prow).zip(dprow.iter()) {
+            *ds = pj * (dpj - rowdot) * scale;
         }
     }
-    // dq_i = Σ_j dS_ij k_j ; dk_j = Σ_i dS_ij q_i  (scale already folded into dS)
-    for i in 0..tq {
-        let dsrow = &ds[i * tk..(i + 1) * tk];
-        let qi = q.row(i);
-        for (j, &g) in dsrow.iter().enumerate() {
-            if g == T::zero() {
-                continue;
-            }
-            let bq = off.0 + i * d_rs;
-            axpy(g, k.row(j), &mut d[bq..bq + dh]);
-            let bk = off.1 + j * d_rs;
-            axpy(g, qi, &mut d[bk..bk + dh]);
-        }
-    }
+    // dq = dS K  (scale already folded into dS)
+    small_matmul(&sc.ds, tk, tq, tk, k.buf, k.rs, &mut d[off.0..], d_rs, dh);
+    let pr = Rows {
+        buf: p,
+        rs: tk,
+        dh: tk,
+    };
+    let dsr = Rows {
+        buf: &sc.ds,
+        rs: tk,
+        dh: tk,
+    };
+    transpose_into(pr, tq, &mut sc.pt, tq);
+    transpose_into(dsr, tq, &mut sc.dst, tq);
+    // dv = Pᵀ do ; dk = dSᵀ q
+    small_matmul(
+        &sc.pt,
+        tq,
+        tk,
+        tq,
+        dout.buf,
+        dout.rs,
+        &mut d[off.2..],
+        d_rs,
+        dh,
+    );
+    small_matmul(&sc.dst, tq, tk, tq, q.buf, q.rs, &mut d[off.1..], d_rs, dh);
 }
 
 /// Column sums of a (rows, cols) buffer: the gradient of a broadcast bias.
@@ -408,10 +527,9 @@ impl<T: Element> Op<T> for MhaOp<T> {
         let mut dqkv = vec![T::zero(); n * 3 * d];
         let tt = t * t;
         let gp_data = gp.map(|g| g.data());
-        dqkv.par_chunks_mut(t * 3 * d)
-            .enumerate()
-            .for_each(|(bi, dblk)| {
-                let mut scratch = vec![T::zero(); tt];
+        dqkv.par_chunks_mut(t * 3 * d).enumerate().for_each_init(
+            || HeadScratch::new(t, t, dh),
+            |sc, (bi, dblk)| {
                 let qkv_b = &self.qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
                 let do_b = &dout[bi * t * d..(bi + 1) * t * d];
                 for hi in 0..h {
@@ -440,10 +558,11 @@ impl<T: Element> Op<T> for MhaOp<T> {
                         dblk,
                         (c, d + c, 2 * d + c),
                         3 * d,
-                        &mut scratch,
+                        sc,
                     );
                 }
-            });
+            },
+        );
 
         // Input projection.
         if ctx.needs_grad[1] {
@@ -544,30 +663,34 @@ pub fn multi_head_self_attention<T: Element>(
     o.par_chunks_mut(t * d)
         .zip(p.par_chunks_mut(h * tt))
         .enumerate()
-        .for_each(|(bi, (ob, pb))| {
-            let qkv_b = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-            let mv = opts.mask.as_ref().map(|m| m.view(bi, t, t));
-            for hi in 0..h {
-                let c = hi * dh;
-                let rows = |off: usize| Rows {
-                    buf: &qkv_b[off + c..],
-                    rs: 3 * d,
-                    dh,
-                };
-                head_forward(
-                    rows(0),
-                    rows(d),
-                    rows(2 * d),
-                    t,
-                    t,
-                    scale,
-                    mv,
-                    &mut pb[hi * tt..(hi + 1) * tt],
-                    &mut ob[c..],
-                    d,
-                );
-            }
-        });
+        .for_each_init(
+            || HeadScratch::new(t, t, dh),
+            |sc, (bi, (ob, pb))| {
+                let qkv_b = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+                let mv = opts.mask.as_ref().map(|m| m.view(bi, t, t));
+                for hi in 0..h {
+                    let c = hi * dh;
+                    let rows = |off: usize| Rows {
+                        buf: &qkv_b[off + c..],
+                        rs: 3 * d,
+                        dh,
+                    };
+                    head_forward(
+                        rows(0),
+                        rows(d),
+                        rows(2 * d),
+                        t,
+                        t,
+                        scale,
+                        mv,
+                        &mut pb[hi * tt..(hi + 1) * tt],
+                        &mut ob[c..],
+                        d,
+                        sc,
+                    );
+                }
+            },
+        );
     let y = linear_fwd(
         &o,
         tape.value(w.proj_w).data(),
@@ -624,25 +747,27 @@ impl<T: Element> Op<T> for SdpaOp<T> {
         let blk = (tq + 2 * tk) * dh;
         let mut d = vec![T::zero(); bh * blk];
         let tt = tq * tk;
-        d.par_chunks_mut(blk).enumerate().for_each(|(i, dblk)| {
-            let mut scratch = vec![T::zero(); tt];
-            let r = |buf, rows| block_rows(buf, i, rows, dh);
-            head_backward(
-                r(q.data(), tq),
-                r(k.data(), tk),
-                r(v.data(), tk),
-                tq,
-                tk,
-                scale,
-                &self.p[i * tt..(i + 1) * tt],
-                r(dout.data(), tq),
-                gp.map(|g| &g[i * tt..(i + 1) * tt]),
-                dblk,
-                (0, tq * dh, (tq + tk) * dh),
-                dh,
-                &mut scratch,
-            );
-        });
+        d.par_chunks_mut(blk).enumerate().for_each_init(
+            || HeadScratch::new(tq, tk, dh),
+            |sc, (i, dblk)| {
+                let r = |buf, rows| block_rows(buf, i, rows, dh);
+                head_backward(
+                    r(q.data(), tq),
+                    r(k.data(), tk),
+                    r(v.data(), tk),
+                    tq,
+                    tk,
+                    scale,
+                    &self.p[i * tt..(i + 1) * tt],
+                    r(dout.data(), tq),
+                    gp.map(|g| &g[i * tt..(i + 1) * tt]),
+                    dblk,
+                    (0, tq * dh, (tq + tk) * dh),
+                    dh,
+                    sc,
+                );
+            },
+        );
         let (mut dq, mut dk, mut dvv) = (
             Vec::with_capacity(q.numel()),
             Vec::with_capacity(k.numel()),
@@ -710,22 +835,26 @@ pub fn scaled_dot_product_attention<T: Element>(
         o.par_chunks_mut(tq * dh)
             .zip(p.par_chunks_mut(tt))
             .enumerate()
-            .for_each(|(i, (ob, pb))| {
-                let r = |buf, rows| block_rows(buf, i, rows, dh);
-                let mv = mask.map(|m| m.view(i / h, tq, tk));
-                head_forward(
-                    r(qd, tq),
-                    r(kd, tk),
-                    r(vd, tk),
-                    tq,
-                    tk,
-                    scale,
-                    mv,
-                    pb,
-                    ob,
-                    dh,
-                );
-            });
+            .for_each_init(
+                || HeadScratch::new(tq, tk, dh),
+                |sc, (i, (ob, pb))| {
+                    let r = |buf, rows| block_rows(buf, i, rows, dh);
+                    let mv = mask.map(|m| m.view(i / h, tq, tk));
+                    head_forward(
+                        r(qd, tq),
+                        r(kd, tk),
+                        r(vd, tk),
+                        tq,
+                        tk,
+                        scale,
+                        mv,
+                        pb,
+                        ob,
+                        dh,
+                        sc,
+                    );
+                },
+            );
     }
     let mut outs = vec![Tensor::from_parts(vec![b, h, tq, dh], o)];
     if need_weights {

@@ -145,6 +145,15 @@ impl RowLayout {
     fn affine_len(&self) -> usize {
         self.period * self.seg
     }
+    /// First affine index of row `r` (skips the integer division for LayerNorm's period 1).
+    #[inline(always)]
+    fn affine_base(&self, r: usize) -> usize {
+        if self.period == 1 {
+            0
+        } else {
+            (r % self.period) * self.seg
+        }
+    }
 }
 
 /// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n`: 8 independent accumulators in the
@@ -184,6 +193,52 @@ fn sum2<T: Element>(n: usize, mut f: impl FnMut(usize) -> (T, T)) -> (f64, f64) 
     (sa, sb)
 }
 
+/// [`sum2`] over slices zipped elementwise: `f(a_i, b_i)`. Iterating `chunks_exact` gives
+/// bounds-check-free lanes, so short rows (16 entries) load whole vectors.
+#[inline(always)]
+fn sum2_zip<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
+    sum2_zip3(a, b, b, |x, y, _| f(x, y))
+}
+
+/// [`sum2`] over three slices zipped elementwise: `f(a_i, b_i, c_i)`.
+#[inline(always)]
+fn sum2_zip3<T: Element>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T)) -> (f64, f64) {
+    const BLOCK: usize = 256;
+    let n = a.len().min(b.len()).min(c.len());
+    let (mut sa, mut sb) = (0.0f64, 0.0f64);
+    let lanes = |v: [T; 8]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+    for ((ab, bb), cb) in a[..n]
+        .chunks(BLOCK)
+        .zip(b[..n].chunks(BLOCK))
+        .zip(c[..n].chunks(BLOCK))
+    {
+        let mut u = [T::zero(); 8];
+        let mut v = [T::zero(); 8];
+        let (ca, cb2, cc) = (ab.chunks_exact(8), bb.chunks_exact(8), cb.chunks_exact(8));
+        let (ra, rb, rc) = (ca.remainder(), cb2.remainder(), cc.remainder());
+        for ((x, y), z) in ca.zip(cb2).zip(cc) {
+            let (x, y, z): (&[T; 8], &[T; 8], &[T; 8]) = (
+                x.try_into().unwrap(),
+                y.try_into().unwrap(),
+                z.try_into().unwrap(),
+            );
+            for k in 0..8 {
+                let (p, q) = f(x[k], y[k], z[k]);
+                u[k] += p;
+                v[k] += q;
+            }
+        }
+        for ((&x, &y), &z) in ra.iter().zip(rb).zip(rc) {
+            let (p, q) = f(x, y, z);
+            u[0] += p;
+            v[0] += q;
+        }
+        sa += lanes(u).as_f64();
+        sb += lanes(v).as_f64();
+    }
+    (sa, sb)
+}
+
 /// Mean and population variance of a row, over the entries with `m = 1` when masked.
 #[inline(always)]
 fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
@@ -191,14 +246,14 @@ fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
         None => {
             // One pass of shifted sums: with K = x₀, σ² = mean((x − K)²) − (mean(x − K))²;
             // the shift keeps the cancellation to O(ε (μ − x₀)²/σ²).
-            let n = x.len() as f64;
+            let inv_n = 1.0 / x.len() as f64;
             let k = x[0];
-            let (s, s2) = sum2(x.len(), |i| {
-                let d = x[i] - k;
+            let (s, s2) = sum2_zip(x, x, |a, _| {
+                let d = a - k;
                 (d, d * d)
             });
-            let md = s / n;
-            (k.as_f64() + md, (s2 / n - md * md).max(0.0))
+            let md = s * inv_n;
+            (k.as_f64() + md, (s2 * inv_n - md * md).max(0.0))
         }
         Some(m) => {
             let n: f64 = m.iter().map(|v| v.as_f64()).sum();
@@ -219,7 +274,7 @@ fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
 
 /// `y = m ⊙ (γ x̂ + β)` for one row.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn row_normalize<T: Element>(
     x: &[T],
     m: Option<&[T]>,
@@ -266,6 +321,40 @@ fn row_forward<T: Element>(
     let mut mean = vec![T::zero(); lay.rows];
     let mut rstd = vec![T::zero(); lay.rows];
     let work = |r0: usize, y: &mut [T], mean: &mut [T], rstd: &mut [T]| {
+        if mask.is_none() {
+            // Three sweeps over the task's rows: statistics, then every 1/√(σ² + ε) in one
+            // loop (the square roots and divisions pipeline across rows instead of sitting
+            // in each row's dependency chain — it matters for short rows), then normalize.
+            let var: Vec<f64> = mean
+                .iter_mut()
+                .enumerate()
+                .map(|(k, mu)| {
+                    let r = r0 + k;
+                    let (mu64, var) = row_stats(&x[r * l..(r + 1) * l], None);
+                    *mu = T::c(mu64);
+                    var
+                })
+                .collect();
+            for (rs, v) in rstd.iter_mut().zip(&var) {
+                *rs = T::c(1.0 / (v + eps).sqrt());
+            }
+            for (k, yr) in y.chunks_mut(l).enumerate() {
+                let r = r0 + k;
+                let base = lay.affine_base(r);
+                let (wr, br) = (&w[base..base + lay.seg], &b[base..base + lay.seg]);
+                row_normalize(
+                    &x[r * l..(r + 1) * l],
+                    None,
+                    yr,
+                    mean[k],
+                    rstd[k],
+                    wr,
+                    br,
+                    &lay,
+                );
+            }
+            return;
+        }
         for (k, ((yr, mu), rs)) in y
             .chunks_mut(l)
             .zip(mean.iter_mut())
@@ -278,7 +367,7 @@ fn row_forward<T: Element>(
             let (mu64, var) = row_stats(xr, mr);
             *mu = T::c(mu64);
             *rs = T::c(1.0 / (var + eps).sqrt());
-            let base = (r % lay.period) * lay.seg;
+            let base = lay.affine_base(r);
             let (wr, br) = (&w[base..base + lay.seg], &b[base..base + lay.seg]);
             row_normalize(xr, mr, yr, *mu, *rs, wr, br, &lay);
         }
@@ -322,6 +411,7 @@ fn row_backward<T: Element>(
         // LayerNorm's per-element affine gradients: partial sums over ≤ 32 rows in T (one
         // add per element instead of a widening add), flushed into the f64 totals.
         const FLUSH: usize = 32;
+        let inv_l = 1.0 / l as f64;
         let ln_fast = lay.seg_len == 1 && mask.is_none();
         let (mut dwt, mut dbt) = if ln_fast {
             (vec![T::zero(); na], vec![T::zero(); na])
@@ -344,7 +434,7 @@ fn row_backward<T: Element>(
             let gr = &dy[r * l..(r + 1) * l];
             let mr = mask.map(|m| &m[r * l..(r + 1) * l]);
             let (mu, rs) = (mean[r], rstd[r]);
-            let base = (r % lay.period) * lay.seg;
+            let base = lay.affine_base(r);
             let n = mr.map_or(l as f64, |m| m.iter().map(|v| v.as_f64()).sum());
             if lay.seg_len == 1 && mr.is_none() {
                 // LayerNorm fast path: per-element affine, no mask.
@@ -352,13 +442,13 @@ fn row_backward<T: Element>(
                 let (dwr, dbr) = (&mut dwt[base..base + l], &mut dbt[base..base + l]);
                 // Σh and Σh·x̂ with h = g γ (lanes in T), then the affine gradients in a
                 // separate loop (the row is in L1) so both loops vectorize.
-                let (s1, s2) = sum2(l, |i| {
-                    let h = gr[i] * wr[i];
-                    (h, h * ((xr[i] - mu) * rs))
+                let (s1, s2) = sum2_zip3(gr, wr, xr, |g, w, x| {
+                    let h = g * w;
+                    (h, h * ((x - mu) * rs))
                 });
                 if need_dx {
                     // dx and the affine gradients in one more pass over the (cached) row.
-                    let (c1, c2) = (T::c(s1 / n), T::c(s2 / n));
+                    let (c1, c2) = (T::c(s1 * inv_l), T::c(s2 * inv_l));
                     let dxr = &mut dx[k * l..(k + 1) * l];
                     for (((((d, dw), db), &xv), &g), &wv) in dxr
                         .iter_mut()
