@@ -8,16 +8,21 @@ import json
 import sys
 
 SKIP = {"median_s", "min_s", "max_s", "reps", "impl", "gflops", "items_per_s", "images_per_s", "tokens_per_s",
-        "gb_per_s", "bandwidth_fraction", "flops", "gflops_achieved", "matmul_fraction"}
+        "gb_per_s", "bandwidth_fraction", "flops", "gflops_achieved", "matmul_fraction",
+        "thread_cpu_median_s", "torch", "bytes", "gbs", "copy_gbs", "bw_fraction", "fraction_of_matmul",
+        "gflop_per_step", "matmul512_gflops"}
 
 
 def load(path):
+    """Rows keyed by configuration; a configuration measured several times keeps the last."""
     out = {}
     for line in open(path):
         line = line.strip()
         if not line.startswith("{"):
             continue
         r = json.loads(line)
+        # The PyTorch scripts name their rows "torch_<name>" (or "<name>_torch").
+        r["name"] = r["name"].removeprefix("torch_").removesuffix("_torch")
         key = tuple(sorted((k, str(v)) for k, v in r.items() if k not in SKIP))
         out[key] = r
     return out

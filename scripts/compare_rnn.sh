@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # nabla vs PyTorch, side by side on the same cores: the Elman RNN training-step benchmark
 # (alternating per hidden size, so both run within the same minute) and the character-level
-# language model with the same wall-clock budget (both at once, on disjoint core sets).
+# language model with the same wall-clock budget: both at once on disjoint core sets when the
+# machine has 2×THREADS cores, otherwise one after the other on the same THREADS cores.
 #
 #   BIN=target/release/nabla TEXT=path/to/input.txt LM_SECONDS=600 scripts/compare_rnn.sh OUTDIR
 set -u
@@ -22,8 +23,9 @@ for H in 64 256 1024; do
   taskset -c "$A" python3 scripts/bench_rnn.py --hidden "$H" --threads "$THREADS" --min-time "$BENCH_TIME" >> "$OUT/bench_torch.jsonl" 2>> "$OUT/bench.err"
 done
 [ "$LM_SECONDS" = 0 ] && exit 0
-taskset -c "$A" "$BIN" rnn train --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
-  --out "$OUT/lm_nabla" > "$OUT/lm_nabla.json" 2> "$OUT/lm_nabla.log" &
-taskset -c "$B" python3 scripts/char_rnn.py --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
-  --threads "$THREADS" > "$OUT/lm_torch.jsonl" 2>&1 &
+if [ "$(nproc)" -ge $((2 * THREADS)) ]; then BG="&"; else B="$A"; BG=""; fi
+eval taskset -c "$A" "$BIN" rnn train --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
+  --out "$OUT/lm_nabla" --overwrite '>' "$OUT/lm_nabla.json" '2>' "$OUT/lm_nabla.log" $BG
+eval taskset -c "$B" python3 scripts/char_rnn.py --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
+  --threads "$THREADS" '>' "$OUT/lm_torch.jsonl" '2>&1' $BG
 wait

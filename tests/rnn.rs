@@ -730,3 +730,31 @@ fn sigmoid_f32_matches_f64() {
     assert_eq!(sigmoid_f32(1e30), 1.0);
     assert!(sigmoid_f32(-1e30) >= 0.0 && sigmoid_f32(-1e30) < 1e-37);
 }
+
+/// The vectorizable f32 tanh of the fused RNN against f64 `tanh` over [−20, 20] (dense near 0,
+/// where the polynomial branch works, and across the 0.5493 switch): relative error ≤ 5e-7.
+#[test]
+fn tanh_f32_matches_f64() {
+    use nabla::nn::rnn::tanh_f32;
+    let mut worst = 0.0f64;
+    for i in -200_000..=200_000 {
+        let x = (i as f64 * 1e-4) as f32; // step 1e-4 over [−20, 20]
+        let want = (x as f64).tanh();
+        let got = tanh_f32(x) as f64;
+        let err = if want == 0.0 {
+            got.abs()
+        } else {
+            (got - want).abs() / want.abs()
+        };
+        worst = worst.max(err);
+    }
+    for &x in &[1e-30f32, -3e-8, 0.549_306_1, 0.549_306_2, -0.549_306_2] {
+        let want = (x as f64).tanh();
+        worst = worst.max((tanh_f32(x) as f64 - want).abs() / want.abs());
+    }
+    assert!(worst < 5e-7, "tanh_f32 max rel error {worst}");
+    assert!(tanh_f32(f32::NAN).is_nan());
+    assert_eq!(tanh_f32(1e30), 1.0);
+    assert_eq!(tanh_f32(-1e30), -1.0);
+    assert_eq!(tanh_f32(0.0), 0.0);
+}

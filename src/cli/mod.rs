@@ -269,7 +269,15 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn main() -> i32 {
     crate::kernels::tune_allocator();
     let cli = Cli::parse();
-    match run(cli) {
+    // Run the command on a worker of the rayon pool rather than on the main thread: otherwise
+    // the serial parts (an RNN's time loop, the tape) run beside the pool's threads, which spin
+    // for a while after each parallel section — three busy threads on two cores.
+    let pool = rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build();
+    let result = match pool {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(_) => run(cli),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");

@@ -46,7 +46,7 @@ pub struct TrainArgs {
     pub mlp_dim: usize,
     #[arg(long, default_value = "cls")]
     pub pool: Pool,
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 20)]
     pub epochs: u64,
     /// Stop after this many optimizer steps (overrides --epochs when smaller).
     #[arg(long)]

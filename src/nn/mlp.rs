@@ -18,6 +18,7 @@
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::kernels::{gelu, gelu_grad, gemm, MatLayout};
+use crate::nn::rnn::exp_f32;
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -44,25 +45,6 @@ struct MlpOp<T> {
     /// GELU'(a) (N, M).
     dgelu: Vec<T>,
     g: Vec<T>,
-}
-
-/// `exp` for f32 without branches, so loops over it vectorize (Cephes `expf`:
-/// `x = n ln2 + r`, `|r| ≤ ln2/2`, degree-6 polynomial; relative error ≈ 2e-7 on [−87, 88]).
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let z = r * r;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.0e-1)
-        * z
-        + r
-        + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 /// GELU and its derivative for f32, vectorizable: `Φ(x) = ½(1 + erf(x/√2))` with Abramowitz &
