@@ -207,34 +207,33 @@ fn sum2_zip3<T: Element>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T
     let n = a.len().min(b.len()).min(c.len());
     let (mut sa, mut sb) = (0.0f64, 0.0f64);
     let lanes = |v: [T; 8]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-    for ((ab, bb), cb) in a[..n]
-        .chunks(BLOCK)
-        .zip(b[..n].chunks(BLOCK))
-        .zip(c[..n].chunks(BLOCK))
-    {
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
         let mut u = [T::zero(); 8];
         let mut v = [T::zero(); 8];
-        let (ca, cb2, cc) = (ab.chunks_exact(8), bb.chunks_exact(8), cb.chunks_exact(8));
-        let (ra, rb, rc) = (ca.remainder(), cb2.remainder(), cc.remainder());
-        for ((x, y), z) in ca.zip(cb2).zip(cc) {
-            let (x, y, z): (&[T; 8], &[T; 8], &[T; 8]) = (
-                x.try_into().unwrap(),
-                y.try_into().unwrap(),
-                z.try_into().unwrap(),
-            );
+        let mut i = start;
+        // Whole 8-lane groups copied into arrays: one bounds check per group, and the lane
+        // loop is a plain vector operation.
+        while i + 8 <= end {
+            let x: [T; 8] = a[i..i + 8].try_into().unwrap();
+            let y: [T; 8] = b[i..i + 8].try_into().unwrap();
+            let z: [T; 8] = c[i..i + 8].try_into().unwrap();
             for k in 0..8 {
                 let (p, q) = f(x[k], y[k], z[k]);
                 u[k] += p;
                 v[k] += q;
             }
+            i += 8;
         }
-        for ((&x, &y), &z) in ra.iter().zip(rb).zip(rc) {
-            let (p, q) = f(x, y, z);
+        for j in i..end {
+            let (p, q) = f(a[j], b[j], c[j]);
             u[0] += p;
             v[0] += q;
         }
         sa += lanes(u).as_f64();
         sb += lanes(v).as_f64();
+        start = end;
     }
     (sa, sb)
 }
@@ -286,8 +285,10 @@ fn row_normalize<T: Element>(
     lay: &RowLayout,
 ) {
     if lay.seg_len == 1 {
-        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-            *y = (x - mu) * rs * w + b;
+        let n = y.len();
+        let (x, w, b) = (&x[..n], &w[..n], &b[..n]);
+        for i in 0..n {
+            y[i] = (x[i] - mu) * rs * w[i] + b[i];
         }
     } else {
         for (s, (ys, xs)) in y
@@ -449,19 +450,17 @@ fn row_backward<T: Element>(
                 if need_dx {
                     // dx and the affine gradients in one more pass over the (cached) row.
                     let (c1, c2) = (T::c(s1 * inv_l), T::c(s2 * inv_l));
+                    // Equal-length slices and an index loop: no bounds checks, full vectors
+                    // (a six-way zip chain did not vectorize).
                     let dxr = &mut dx[k * l..(k + 1) * l];
-                    for (((((d, dw), db), &xv), &g), &wv) in dxr
-                        .iter_mut()
-                        .zip(dwr.iter_mut())
-                        .zip(dbr.iter_mut())
-                        .zip(xr)
-                        .zip(gr)
-                        .zip(wr)
-                    {
+                    let (dwr, dbr, xr, gr, wr) =
+                        (&mut dwr[..l], &mut dbr[..l], &xr[..l], &gr[..l], &wr[..l]);
+                    for i in 0..l {
+                        let (xv, g) = (xr[i], gr[i]);
                         let xh = (xv - mu) * rs;
-                        *dw += g * xh;
-                        *db += g;
-                        *d = rs * (g * wv - c1 - xh * c2);
+                        dwr[i] += g * xh;
+                        dbr[i] += g;
+                        dxr[i] = rs * (g * wr[i] - c1 - xh * c2);
                     }
                 } else {
                     for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr)
