@@ -139,70 +139,71 @@ fn block_rows<T>(buf: &[T], i: usize, rows: usize, dh: usize) -> Rows<'_, T> {
     }
 }
 
-/// Rows `i0..i0+R`, columns `c0..c0+W` of `C M` (`C` rows at stride `cs`, `M` rows at stride
-/// `rs`, inner dimension `kdim`): R·W accumulators stay in registers while the loop runs down
-/// the rows of `M`; each loaded row of `M` feeds R broadcast multiply-adds, and the R·W/8
-/// independent chains hide the FMA latency.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn combo_block<T: Element, const R: usize, const W: usize>(
-    c: &[T],
+/// The operands of `C M`: `C` (·, kdim) with row stride `cs`, `M` (kdim, ·) with row stride `rs`.
+#[derive(Clone, Copy)]
+struct SmallMm<'a, T> {
+    c: &'a [T],
     cs: usize,
-    i0: usize,
     kdim: usize,
-    m: &[T],
+    m: &'a [T],
     rs: usize,
-    c0: usize,
-) -> [[T; W]; R] {
-    let mut acc = [[T::zero(); W]; R];
-    for r in 0..kdim {
-        let row: &[T; W] = m[r * rs + c0..r * rs + c0 + W].try_into().unwrap();
-        for (ii, acc) in acc.iter_mut().enumerate() {
-            let a = c[(i0 + ii) * cs + r];
-            for l in 0..W {
-                acc[l] += a * row[l];
-            }
-        }
-    }
-    acc
 }
 
-/// Rows `i0..i0+R` of `out = C M` over all `w` columns: blocks of 16 and 8 columns, then scalar.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn combo_rows<T: Element, const R: usize>(
-    c: &[T],
-    cs: usize,
-    i0: usize,
-    kdim: usize,
-    m: &[T],
-    rs: usize,
-    out: &mut [T],
-    os: usize,
-    w: usize,
-) {
-    let mut c0 = 0;
-    while c0 + 16 <= w {
-        let acc = combo_block::<T, R, 16>(c, cs, i0, kdim, m, rs, c0);
-        for (ii, a) in acc.iter().enumerate() {
-            out[(i0 + ii) * os + c0..(i0 + ii) * os + c0 + 16].copy_from_slice(a);
-        }
-        c0 += 16;
-    }
-    if c0 + 8 <= w {
-        let acc = combo_block::<T, R, 8>(c, cs, i0, kdim, m, rs, c0);
-        for (ii, a) in acc.iter().enumerate() {
-            out[(i0 + ii) * os + c0..(i0 + ii) * os + c0 + 8].copy_from_slice(a);
-        }
-        c0 += 8;
-    }
-    for cc in c0..w {
-        for ii in 0..R {
-            let mut acc = T::zero();
-            for r in 0..kdim {
-                acc += c[(i0 + ii) * cs + r] * m[r * rs + cc];
+impl<T: Element> SmallMm<'_, T> {
+    /// Rows `i0..i0+R`, columns `c0..c0+W` of `C M`: R·W accumulators stay in registers while
+    /// the loop runs down the rows of `M`; each loaded row of `M` feeds R broadcast
+    /// multiply-adds, and the R·W/8 independent chains hide the FMA latency.
+    #[inline(always)]
+    fn block<const R: usize, const W: usize>(&self, i0: usize, c0: usize) -> [[T; W]; R] {
+        let mut acc = [[T::zero(); W]; R];
+        for r in 0..self.kdim {
+            let row: &[T; W] = self.m[r * self.rs + c0..r * self.rs + c0 + W]
+                .try_into()
+                .unwrap();
+            for (ii, acc) in acc.iter_mut().enumerate() {
+                let a = self.c[(i0 + ii) * self.cs + r];
+                for l in 0..W {
+                    acc[l] += a * row[l];
+                }
             }
-            out[(i0 + ii) * os + cc] = acc;
+        }
+        acc
+    }
+
+    /// Writes [`Self::block`] into rows `i0..i0+R` of `out` (row stride `os`) at column `c0`.
+    #[inline(always)]
+    fn store<const R: usize, const W: usize>(
+        &self,
+        i0: usize,
+        c0: usize,
+        out: &mut [T],
+        os: usize,
+    ) {
+        for (ii, a) in self.block::<R, W>(i0, c0).iter().enumerate() {
+            out[(i0 + ii) * os + c0..(i0 + ii) * os + c0 + W].copy_from_slice(a);
+        }
+    }
+
+    /// Rows `i0..i0+R` of `out = C M` over all `w` columns: blocks of 16 and 8, then scalar.
+    #[inline(always)]
+    fn rows<const R: usize>(&self, i0: usize, out: &mut [T], os: usize, w: usize) {
+        let mut c0 = 0;
+        while c0 + 16 <= w {
+            self.store::<R, 16>(i0, c0, out, os);
+            c0 += 16;
+        }
+        if c0 + 8 <= w {
+            self.store::<R, 8>(i0, c0, out, os);
+            c0 += 8;
+        }
+        for cc in c0..w {
+            for ii in 0..R {
+                let mut acc = T::zero();
+                for r in 0..self.kdim {
+                    acc += self.c[(i0 + ii) * self.cs + r] * self.m[r * self.rs + cc];
+                }
+                out[(i0 + ii) * os + cc] = acc;
+            }
         }
     }
 }
@@ -225,13 +226,14 @@ fn small_matmul<T: Element>(
     os: usize,
     w: usize,
 ) {
+    let mm = SmallMm { c, cs, kdim, m, rs };
     let mut i0 = 0;
     while i0 + 4 <= n {
-        combo_rows::<T, 4>(c, cs, i0, kdim, m, rs, out, os, w);
+        mm.rows::<4>(i0, out, os, w);
         i0 += 4;
     }
     while i0 < n {
-        combo_rows::<T, 1>(c, cs, i0, kdim, m, rs, out, os, w);
+        mm.rows::<1>(i0, out, os, w);
         i0 += 1;
     }
 }
