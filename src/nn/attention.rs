@@ -130,6 +130,15 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
+/// `dh` columns from column `col` of one item's packed `[q | k | v]` rows (row stride 3D).
+fn packed_rows<T>(qkv_item: &[T], col: usize, d: usize, dh: usize) -> Rows<'_, T> {
+    Rows {
+        buf: &qkv_item[col..],
+        rs: 3 * d,
+        dh,
+    }
+}
+
 /// Rows of block `i` of a stack of contiguous `(rows, dh)` blocks.
 fn block_rows<T>(buf: &[T], i: usize, rows: usize, dh: usize) -> Rows<'_, T> {
     Rows {
@@ -536,11 +545,7 @@ impl<T: Element> Op<T> for MhaOp<T> {
                 let do_b = &dout[bi * t * d..(bi + 1) * t * d];
                 for hi in 0..h {
                     let c = hi * dh;
-                    let rows = |off: usize| Rows {
-                        buf: &qkv_b[off + c..],
-                        rs: 3 * d,
-                        dh,
-                    };
+                    let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
                     let pb = &self.p[(bi * h + hi) * tt..(bi * h + hi + 1) * tt];
                     let gpb = gp_data.map(|g| &g[(bi * h + hi) * tt..(bi * h + hi + 1) * tt]);
                     head_backward(
@@ -672,11 +677,7 @@ pub fn multi_head_self_attention<T: Element>(
                 let mv = opts.mask.as_ref().map(|m| m.view(bi, t, t));
                 for hi in 0..h {
                     let c = hi * dh;
-                    let rows = |off: usize| Rows {
-                        buf: &qkv_b[off + c..],
-                        rs: 3 * d,
-                        dh,
-                    };
+                    let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
                     head_forward(
                         rows(0),
                         rows(d),
