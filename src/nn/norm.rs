@@ -193,51 +193,6 @@ fn sum2<T: Element>(n: usize, mut f: impl FnMut(usize) -> (T, T)) -> (f64, f64) 
     (sa, sb)
 }
 
-/// [`sum2`] over slices zipped elementwise: `f(a_i, b_i)`. Iterating `chunks_exact` gives
-/// bounds-check-free lanes, so short rows (16 entries) load whole vectors.
-#[inline(always)]
-fn sum2_zip<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
-    sum2_zip3(a, b, b, |x, y, _| f(x, y))
-}
-
-/// [`sum2`] over three slices zipped elementwise: `f(a_i, b_i, c_i)`.
-#[inline(always)]
-fn sum2_zip3<T: Element>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T)) -> (f64, f64) {
-    const BLOCK: usize = 256;
-    let n = a.len().min(b.len()).min(c.len());
-    let (mut sa, mut sb) = (0.0f64, 0.0f64);
-    let lanes = |v: [T; 8]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
-        let mut u = [T::zero(); 8];
-        let mut v = [T::zero(); 8];
-        let mut i = start;
-        // Whole 8-lane groups copied into arrays: one bounds check per group, and the lane
-        // loop is a plain vector operation.
-        while i + 8 <= end {
-            let x: [T; 8] = a[i..i + 8].try_into().unwrap();
-            let y: [T; 8] = b[i..i + 8].try_into().unwrap();
-            let z: [T; 8] = c[i..i + 8].try_into().unwrap();
-            for k in 0..8 {
-                let (p, q) = f(x[k], y[k], z[k]);
-                u[k] += p;
-                v[k] += q;
-            }
-            i += 8;
-        }
-        for j in i..end {
-            let (p, q) = f(a[j], b[j], c[j]);
-            u[0] += p;
-            v[0] += q;
-        }
-        sa += lanes(u).as_f64();
-        sb += lanes(v).as_f64();
-        start = end;
-    }
-    (sa, sb)
-}
-
 /// `(Σ (x − k), Σ (x − k)²)` over a row: the shifted sums of [`row_stats`].
 #[inline(always)]
 fn shifted_sums<T: Element>(x: &[T], k: T) -> (f64, f64) {
@@ -249,8 +204,8 @@ fn shifted_sums<T: Element>(x: &[T], k: T) -> (f64, f64) {
             (d, simd::mul(d, d))
         });
     }
-    sum2_zip(x, x, |a, _| {
-        let d = a - k;
+    sum2(x.len(), |i| {
+        let d = x[i] - k;
         (d, d * d)
     })
 }
@@ -267,9 +222,9 @@ fn ln_grad_sums<T: Element>(g: &[T], w: &[T], x: &[T], mu: T, rs: T) -> (f64, f6
             (h, simd::mul(h, xh))
         });
     }
-    sum2_zip3(g, w, x, |g, w, x| {
-        let h = g * w;
-        (h, h * ((x - mu) * rs))
+    sum2(g.len().min(w.len()).min(x.len()), |i| {
+        let h = g[i] * w[i];
+        (h, h * ((x[i] - mu) * rs))
     })
 }
 
@@ -284,7 +239,7 @@ fn affine_grad_sums<T: Element>(g: &[T], x: &[T], mu: T, rs: T) -> (f64, f64) {
             (g, q)
         });
     }
-    sum2_zip(g, x, |g, x| (g, g * (x - mu) * rs))
+    sum2(g.len().min(x.len()), |i| (g[i], g[i] * (x[i] - mu) * rs))
 }
 
 /// The slice as `&[f32]` when `T` is f32.
@@ -296,7 +251,7 @@ fn as_f32<T: Element>(x: &[T]) -> Option<&[f32]> {
         .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
 }
 
-/// AVX versions of [`sum2_zip3`] for f32 rows (built when the target has AVX, as it does with
+/// AVX versions of [`sum2`] for f32 rows (built when the target has AVX, as it does with
 /// `target-cpu=native` on any x86-64 of the last decade). The compiler turned the generic 8-lane
 /// loop into scalar multiplies plus lane inserts; these are the same operations in the same
 /// order (8 lanes, multiply then add — no FMA —, the tail into lane 0, the same lane tree, a
@@ -462,55 +417,29 @@ fn row_forward<T: Element>(
     let mut mean = vec![T::zero(); lay.rows];
     let mut rstd = vec![T::zero(); lay.rows];
     let work = |r0: usize, y: &mut [T], mean: &mut [T], rstd: &mut [T]| {
-        if mask.is_none() {
-            // Three sweeps over the task's rows: statistics, then every 1/√(σ² + ε) in one
-            // loop (the square roots and divisions pipeline across rows instead of sitting
-            // in each row's dependency chain — it matters for short rows), then normalize.
-            let var: Vec<f64> = mean
-                .iter_mut()
-                .enumerate()
-                .map(|(k, mu)| {
-                    let r = r0 + k;
-                    let (mu64, var) = row_stats(&x[r * l..(r + 1) * l], None);
-                    *mu = T::c(mu64);
-                    var
-                })
-                .collect();
-            for (rs, v) in rstd.iter_mut().zip(&var) {
-                *rs = T::c(1.0 / (v + eps).sqrt());
-            }
-            for (k, yr) in y.chunks_mut(l).enumerate() {
-                let r = r0 + k;
-                let base = lay.affine_base(r);
-                let (wr, br) = (&w[base..base + lay.seg], &b[base..base + lay.seg]);
-                row_normalize(
-                    &x[r * l..(r + 1) * l],
-                    None,
-                    yr,
-                    mean[k],
-                    rstd[k],
-                    wr,
-                    br,
-                    &lay,
-                );
-            }
-            return;
-        }
-        for (k, ((yr, mu), rs)) in y
-            .chunks_mut(l)
-            .zip(mean.iter_mut())
-            .zip(rstd.iter_mut())
+        // Three sweeps over the task's rows: statistics, then every 1/√(σ² + ε) in one loop
+        // (the square roots and divisions pipeline across rows instead of sitting in each
+        // row's dependency chain — it matters for short rows), then normalize.
+        let row = |r: usize| (&x[r * l..(r + 1) * l], mask.map(|m| &m[r * l..(r + 1) * l]));
+        let var: Vec<f64> = mean
+            .iter_mut()
             .enumerate()
-        {
+            .map(|(k, mu)| {
+                let (xr, mr) = row(r0 + k);
+                let (mu64, var) = row_stats(xr, mr);
+                *mu = T::c(mu64);
+                var
+            })
+            .collect();
+        for (rs, v) in rstd.iter_mut().zip(&var) {
+            *rs = T::c(1.0 / (v + eps).sqrt());
+        }
+        for (k, yr) in y.chunks_mut(l).enumerate() {
             let r = r0 + k;
-            let xr = &x[r * l..(r + 1) * l];
-            let mr = mask.map(|m| &m[r * l..(r + 1) * l]);
-            let (mu64, var) = row_stats(xr, mr);
-            *mu = T::c(mu64);
-            *rs = T::c(1.0 / (var + eps).sqrt());
+            let (xr, mr) = row(r);
             let base = lay.affine_base(r);
             let (wr, br) = (&w[base..base + lay.seg], &b[base..base + lay.seg]);
-            row_normalize(xr, mr, yr, *mu, *rs, wr, br, &lay);
+            row_normalize(xr, mr, yr, mean[k], rstd[k], wr, br, &lay);
         }
     };
     if x.len() < PAR_THRESHOLD {
@@ -1857,15 +1786,15 @@ mod tests {
             };
             let (g, w, x) = (v(&mut rng), v(&mut rng), v(&mut rng));
             let k = x[0];
-            let want = sum2_zip(&x, &x, |a, _| {
-                let d = a - k;
+            let want = sum2(n, |i| {
+                let d = x[i] - k;
                 (d, d * d)
             });
             assert_eq!(shifted_sums(&x, k), want, "shifted sums, n = {n}");
             let (mu, rs) = (2.9f32, 0.7f32);
-            let want = sum2_zip3(&g, &w, &x, |g, w, x| {
-                let h = g * w;
-                (h, h * ((x - mu) * rs))
+            let want = sum2(n, |i| {
+                let h = g[i] * w[i];
+                (h, h * ((x[i] - mu) * rs))
             });
             assert_eq!(
                 ln_grad_sums(&g, &w, &x, mu, rs),
