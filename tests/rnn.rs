@@ -712,7 +712,7 @@ fn fused_bptt_matches_five_point_differences_to_1e9() {
 /// ulp over the whole range, and keeps NaN.
 #[test]
 fn sigmoid_f32_matches_f64() {
-    use nabla::nn::rnn::{exp_f32, sigmoid_f32};
+    use nabla::kernels::{exp_f32, sigmoid_f32};
     let mut worst_sig = 0.0f64;
     let mut worst_exp = 0.0f64;
     for i in 0..=200_000 {
@@ -735,7 +735,7 @@ fn sigmoid_f32_matches_f64() {
 /// where the polynomial branch works, and across the 0.5493 switch): relative error ≤ 5e-7.
 #[test]
 fn tanh_f32_matches_f64() {
-    use nabla::nn::rnn::tanh_f32;
+    use nabla::kernels::tanh_f32;
     let mut worst = 0.0f64;
     for i in -200_000..=200_000 {
         let x = (i as f64 * 1e-4) as f32; // step 1e-4 over [−20, 20]

@@ -17,8 +17,8 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{gelu, gelu_grad, gemm, MatLayout};
-use crate::nn::rnn::exp_f32;
+use crate::kernels::{exp_f32, gelu, gelu_grad, gemm, MatLayout};
+
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};

@@ -27,7 +27,7 @@
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
-use crate::kernels::{gemm, sigmoid as sigmoid_k, MatLayout};
+use crate::kernels::{gemm, sigmoid as sigmoid_k, sigmoid_f32, tanh_f32, MatLayout};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
 use serde::{Deserialize, Serialize};
@@ -196,65 +196,6 @@ fn activate_in_place<T: Element>(act: Activation, v: &mut [T]) {
         return;
     }
     v.iter_mut().for_each(|x| *x = act.f(*x));
-}
-
-/// Branch-free `eˣ` for f32: Cephes' `expf` (round `x·log₂e` to n with the 1.5·2²³ trick,
-/// `r = x − n·ln2` in two parts, degree-6 polynomial, scale by 2ⁿ through the exponent bits);
-/// ≈ 1 ulp on the clamped range [−87.3, 88.3], which keeps 2ⁿ a normal number.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
-    let x = x.clamp(-87.3, 88.3);
-    let t = x * std::f32::consts::LOG2_E + MAGIC;
-    let n = t - MAGIC;
-    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let z = r * r;
-    let p = (((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5)
-        * z
-        + r
-        + 1.0;
-    p * f32::from_bits(((ni + 127) << 23) as u32)
-}
-
-/// `σ(x) = 1/(1 + e^{−x})` in f32 through [`exp_f32`]; NaN stays NaN (the NaN stop relies on it).
-#[inline(always)]
-pub fn sigmoid_f32(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + exp_f32(-x));
-    if x.is_nan() {
-        x
-    } else {
-        s
-    }
-}
-
-/// `tanh x` in f32 without branches (both halves computed, one selected, so loops vectorize):
-/// Cephes' `tanhf` — for |x| ≥ 0.5493 (where cancellation is harmless) `1 − 2/(e^{2|x|} + 1)`
-/// through [`exp_f32`], below it the odd minimax polynomial `x + x³ P(x²)`; ≈ 2 ulp. NaN stays NaN.
-#[inline(always)]
-pub fn tanh_f32(x: f32) -> f32 {
-    let a = x.abs();
-    let big = 1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0);
-    let z = x * x;
-    let small =
-        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328e-1)
-            * z
-            * x
-            + x;
-    let t = if a >= 0.549_306_15 {
-        big.copysign(x)
-    } else {
-        small
-    };
-    if x.is_nan() {
-        x
-    } else {
-        t
-    }
 }
 
 /// `(A, B, F)` → `(B, A, F)` row-major into a reused buffer.
