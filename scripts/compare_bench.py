@@ -13,19 +13,21 @@ SKIP = {"median_s", "min_s", "max_s", "reps", "impl", "gflops", "items_per_s", "
         "gflop_per_step", "matmul512_gflops"}
 
 
-def load(path):
+def key(r):
+    """A row's configuration: its parameters without the measurements. The PyTorch scripts
+    name their rows "torch_<name>" (or "<name>_torch"); the name is normalized in place."""
+    r["name"] = r["name"].removeprefix("torch_").removesuffix("_torch")
+    return tuple(sorted((k, str(v)) for k, v in r.items() if k not in SKIP))
+
+
+def rows(lines):
     """Rows keyed by configuration; a configuration measured several times keeps the last."""
-    out = {}
-    for line in open(path):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        r = json.loads(line)
-        # The PyTorch scripts name their rows "torch_<name>" (or "<name>_torch").
-        r["name"] = r["name"].removeprefix("torch_").removesuffix("_torch")
-        key = tuple(sorted((k, str(v)) for k, v in r.items() if k not in SKIP))
-        out[key] = r
-    return out
+    return {key(r): r for r in (json.loads(l) for l in map(str.strip, lines) if l.startswith("{"))}
+
+
+def load(path):
+    with open(path) as f:
+        return rows(f)
 
 
 def main():

@@ -23,9 +23,16 @@ for H in 64 256 1024; do
   taskset -c "$A" python3 scripts/bench_rnn.py --hidden "$H" --threads "$THREADS" --min-time "$BENCH_TIME" >> "$OUT/bench_torch.jsonl" 2>> "$OUT/bench.err"
 done
 [ "$LM_SECONDS" = 0 ] && exit 0
-if [ "$(nproc)" -ge $((2 * THREADS)) ]; then BG="&"; else B="$A"; BG=""; fi
-eval taskset -c "$A" "$BIN" rnn train --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
-  --out "$OUT/lm_nabla" --overwrite '>' "$OUT/lm_nabla.json" '2>' "$OUT/lm_nabla.log" $BG
-eval taskset -c "$B" python3 scripts/char_rnn.py --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
-  --threads "$THREADS" '>' "$OUT/lm_torch.jsonl" '2>&1' $BG
-wait
+nabla_lm() {
+  taskset -c "$1" "$BIN" rnn train --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
+    --out "$OUT/lm_nabla" --overwrite > "$OUT/lm_nabla.json" 2> "$OUT/lm_nabla.log"
+}
+torch_lm() {
+  taskset -c "$1" python3 scripts/char_rnn.py --text "$TEXT" --time-limit "$LM_SECONDS" --steps 100000000 \
+    --threads "$THREADS" > "$OUT/lm_torch.jsonl" 2>&1
+}
+if [ "$(nproc)" -ge $((2 * THREADS)) ]; then
+  nabla_lm "$A" & torch_lm "$B" & wait
+else
+  nabla_lm "$A"; torch_lm "$A"
+fi

@@ -15,18 +15,12 @@ import shlex
 import statistics
 import subprocess
 
-from compare_bench import SKIP
+import compare_bench
 
 
 def rows(cmd):
     out = subprocess.run(shlex.split(cmd), check=True, capture_output=True, text=True).stdout
-    res = {}
-    for line in out.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
-            r["name"] = r["name"].removeprefix("torch_").removesuffix("_torch")
-            res[tuple(sorted((k, str(v)) for k, v in r.items() if k not in SKIP))] = r
-    return res
+    return compare_bench.rows(out.splitlines())
 
 
 def main():
