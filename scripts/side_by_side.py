@@ -40,6 +40,10 @@ def main():
             if key in t:
                 ratios.setdefault(key, []).append(t[key]["median_s"] / rn["median_s"])
                 times.setdefault(key, []).append((rn["median_s"], t[key]["median_s"]))
+    if not ratios:
+        # Usually a new measurement column on one side that compare_bench.SKIP doesn't know.
+        raise SystemExit(f"side_by_side: no configuration appears in both outputs\n"
+                         f"  nabla keys: {sorted(n)}\n  torch keys: {sorted(t)}")
     for key, rs in ratios.items():
         cfg = " ".join(f"{k}={v}" for k, v in key)
         nm = statistics.median(x[0] for x in times[key]) * 1e3

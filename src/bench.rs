@@ -158,6 +158,89 @@ pub fn matmul_gflops<T: Element>(
     (r, gf)
 }
 
+/// Independent FMA chains per thread in [`fma_peak_gflops`]: enough to hide the FMA latency
+/// (4–5 cycles) on two pipes, few enough to stay in registers.
+const FMA_CHAINS: usize = 12;
+const FMA_ITERS: usize = 1 << 18;
+
+/// The f32 FMA ceiling of one thread: `FMA_CHAINS` register-resident chains of `v = v·m + a`,
+/// no loads or stores. Returns the flops done (2 per lane per FMA).
+fn fma_chains() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected at run time.
+            return unsafe { fma_chains_avx512() };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected at run time.
+            return unsafe { fma_chains_avx2() };
+        }
+    }
+    let mut v = [[1.0f32; 8]; FMA_CHAINS];
+    for _ in 0..FMA_ITERS {
+        for lane in v.iter_mut() {
+            for x in lane.iter_mut() {
+                *x = x.mul_add(0.999_999, 1e-7);
+            }
+        }
+    }
+    std::hint::black_box(&v);
+    (2 * 8 * FMA_CHAINS * FMA_ITERS) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_avx512() -> f64 {
+    use std::arch::x86_64::*;
+    let m = _mm512_set1_ps(0.999_999);
+    let a = _mm512_set1_ps(1e-7);
+    let mut v = [_mm512_set1_ps(1.0); FMA_CHAINS];
+    for _ in 0..FMA_ITERS {
+        for x in v.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, m, a);
+        }
+    }
+    std::hint::black_box(&v);
+    (2 * 16 * FMA_CHAINS * FMA_ITERS) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2() -> f64 {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(0.999_999);
+    let a = _mm256_set1_ps(1e-7);
+    let mut v = [_mm256_set1_ps(1.0); FMA_CHAINS];
+    for _ in 0..FMA_ITERS {
+        for x in v.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, m, a);
+        }
+    }
+    std::hint::black_box(&v);
+    (2 * 8 * FMA_CHAINS * FMA_ITERS) as f64
+}
+
+/// Peak f32 FMA rate of the current rayon pool in GFLOP/s: every thread runs
+/// register-only FMA chains at the same time (widest vectors the CPU has). No product can
+/// beat it; `bench vit` and `bench matmul` report their rates against it.
+pub fn fma_peak_gflops(opts: &BenchOptions) -> (BenchResult, f64) {
+    let threads = rayon::current_num_threads();
+    let mut flops = 0.0;
+    let r = run(
+        "fma_peak",
+        json!({"dtype": "f32", "threads": threads}),
+        opts,
+        || {
+            // broadcast, not a parallel iterator: a short job may finish on one thread before
+            // the other wakes up to steal.
+            flops = rayon::broadcast(|_| fma_chains()).iter().sum::<f64>()
+        },
+    );
+    let gf = flops / r.median_s / 1e9;
+    (r, gf)
+}
+
 /// `nabla bench matmul`: square sizes 64…1024 and the RNN-step shape 32×256·256×256, on one
 /// thread and on all threads.
 pub fn bench_matmul(opts: &BenchOptions) -> Vec<BenchResult> {
@@ -176,9 +259,13 @@ pub fn bench_matmul(opts: &BenchOptions) -> Vec<BenchResult> {
     }
     let mut out = Vec::new();
     for &t in &thread_counts {
+        let (mut r, peak) = with_threads(t, || fma_peak_gflops(opts));
+        r.extra.insert("gflops".into(), json!(peak));
+        out.push(r);
         for &(m, n, k) in &shapes {
             let (mut r, gf) = with_threads(t, || matmul_gflops::<f32>(m, n, k, opts));
             r.extra.insert("gflops".into(), json!(gf));
+            r.extra.insert("fraction_of_peak".into(), json!(gf / peak));
             out.push(r);
         }
     }

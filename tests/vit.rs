@@ -443,3 +443,116 @@ fn checkpoint_round_trip_and_bad_inputs() {
     let e = vit.predict(&store, &x).unwrap_err().to_string();
     assert!(e.contains("12x12"), "{e}");
 }
+
+/// Whole-batch gradients of the mean cross-entropy on one tape (the reference for the
+/// micro-batched step).
+fn whole_batch_grads(
+    vit: &Vit,
+    store: &ParamStore<f64>,
+    x: &Tensor<f64>,
+    y: &[usize],
+) -> (f64, Vec<Tensor<f64>>) {
+    let mut s = store.clone();
+    s.zero_grad();
+    let mut t = Tape::<f64>::new();
+    let xv = t.constant(x.clone());
+    let out = vit
+        .forward(&mut t, &s, xv, ForwardOptions::default())
+        .unwrap();
+    let ce = ops::CrossEntropyOptions {
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
+    let loss = ops::cross_entropy(&mut t, out.logits, y, &ce).unwrap();
+    t.backward(loss).unwrap();
+    t.accumulate_grads(&mut s).unwrap();
+    let l = t.value(loss).item();
+    (l, s.iter().map(|p| p.grad.clone()).collect())
+}
+
+#[test]
+fn micro_batched_step_equals_the_whole_batch_and_ignores_thread_count() {
+    // 70 images = micro-batches of 32, 32 and 6: unequal shares must weigh in by size.
+    let cfg = tiny_cfg(Pool::Cls);
+    let (vit, store) = perturbed(cfg.clone(), 21);
+    let n = 70;
+    assert!(n > 2 * nabla::models::vit::MICRO_BATCH);
+    let x = randn(&[n, 2, 8, 8], 1.0, &mut Rng::new(6));
+    let y: Vec<usize> = (0..n).map(|i| (i * 7 + 1) % 3).collect();
+    let (want_loss, want) = whole_batch_grads(&vit, &store, &x, &y);
+    let mut s = store.clone();
+    s.zero_grad();
+    let st = vit.loss_and_grads(&mut s, &x, &y, 0.1, None).unwrap();
+    assert!(
+        (st.loss - want_loss).abs() < 1e-12 * want_loss.abs(),
+        "loss {} vs {want_loss}",
+        st.loss
+    );
+    for (p, w) in s.iter().zip(&want) {
+        let scale = w.data().iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        for (a, b) in p.grad.data().iter().zip(w.data()) {
+            assert!((a - b).abs() < 1e-12 * scale, "{}: {a} vs {b}", p.name);
+        }
+    }
+    // The correct count is the arg-max count of the whole batch's logits.
+    let logits = vit.predict(&store, &x).unwrap();
+    let correct = logits
+        .data()
+        .chunks(3)
+        .zip(&y)
+        .filter(|(r, &t)| (0..3).max_by(|&i, &j| r[i].total_cmp(&r[j])) == Some(t))
+        .count();
+    assert_eq!(st.correct, correct);
+    // Gradients accumulate like Tape::accumulate_grads.
+    vit.loss_and_grads(&mut s, &x, &y, 0.1, None).unwrap();
+    for (p, w) in s.iter().zip(&want) {
+        for (a, b) in p.grad.data().iter().zip(w.data()) {
+            assert!((a - 2.0 * b).abs() < 1e-12 * (1.0 + b.abs()), "{}", p.name);
+        }
+    }
+    // f32, with dropout: the same bits on 1 and 3 threads, and from the same rng seed.
+    let cfg = VitConfig {
+        dropout: 0.2,
+        ..cfg
+    };
+    let mut s32 = ParamStore::<f32>::new();
+    let vit = Vit::init(cfg, &mut s32, 8).unwrap();
+    let x32 = x.cast::<f32>();
+    let grads = |threads: usize, seed: u64| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut s = s32.clone();
+        let st = pool.install(|| {
+            vit.loss_and_grads(&mut s, &x32, &y, 0.0, Some(&mut Rng::new(seed)))
+                .unwrap()
+        });
+        let g: Vec<Vec<f32>> = s.iter().map(|p| p.grad.data().to_vec()).collect();
+        (st.loss.to_bits(), g)
+    };
+    let one = grads(1, 5);
+    assert_eq!(one, grads(3, 5));
+    assert_ne!(one, grads(1, 6), "dropout draws must follow the seed");
+}
+
+#[test]
+fn micro_batched_step_rejects_bad_shapes() {
+    let cfg = tiny_cfg(Pool::Cls);
+    let mut s = ParamStore::<f32>::new();
+    let vit = Vit::init(cfg, &mut s, 1).unwrap();
+    let x = Tensor::<f32>::zeros(&[4, 2, 8, 8]);
+    let e = vit
+        .loss_and_grads(&mut s, &x, &[0, 1, 2], 0.0, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("3 targets for a batch of 4"), "{e}");
+    let flat = Tensor::<f32>::zeros(&[4, 128]);
+    let e = vit
+        .loss_and_grads(&mut s, &flat, &[0; 4], 0.0, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("(B, C, H, W)"), "{e}");
+    let wrong = Tensor::<f32>::zeros(&[4, 3, 8, 8]);
+    assert!(vit
+        .loss_and_grads(&mut s, &wrong, &[0; 4], 0.0, None)
+        .is_err());
+}

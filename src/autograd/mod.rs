@@ -232,6 +232,18 @@ impl<T: Element> Tape<T> {
         }
         Ok(())
     }
+    /// Moves the gradients of the parameters on this tape out, in the order they were brought
+    /// in (what [`Tape::accumulate_grads`] would add), e.g. to sum several tapes' gradients in a
+    /// fixed order.
+    pub fn take_param_grads(&mut self) -> Vec<(ParamId, Tensor<T>)> {
+        let mut out = Vec::with_capacity(self.params.len());
+        for &(v, id) in &self.params {
+            if let Some(g) = self.grads[v.0].take() {
+                out.push((id, g));
+            }
+        }
+        out
+    }
     /// Drops all recorded ops and gradients but keeps nothing else alive; reuse for the next step.
     pub fn clear(&mut self) {
         let enabled = self.grad_enabled;

@@ -8,14 +8,14 @@ use crate::error::Result;
 use crate::init::Rng;
 use crate::invalid;
 use crate::models::resample::{resample_pos_embed, Interp};
-use crate::models::vit::{param_shapes, ForwardOptions, Pool, Vit, VitConfig};
+use crate::models::vit::{param_shapes, Pool, Vit, VitConfig};
 use crate::optim::{AdamConfig, AdamW, Optimizer};
 use crate::tensor::{Element, Tensor};
 use crate::train::{
     BatchSampler, LrSchedule, Metrics, Mode, StepOutput, TrainConfig, TrainModel, TrainOptimizer,
     Trainer,
 };
-use crate::{ops, ParamStore, Tape};
+use crate::ParamStore;
 use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -150,39 +150,11 @@ impl TrainModel<f32> for VitTask {
     fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput> {
         let idx = self.sampler.batch(step);
         let (x, y) = data::make_batch(&self.train, &idx, &self.batch_opts, Some(rng))?;
-        let mut tape = Tape::<f32>::new();
-        let xv = tape.constant(x);
-        let out = self.vit.forward(
-            &mut tape,
-            &self.store,
-            xv,
-            ForwardOptions {
-                train: true,
-                rng: Some(rng),
-                need_attn: false,
-            },
-        )?;
-        let loss = ops::cross_entropy(
-            &mut tape,
-            out.logits,
-            &y,
-            &ops::CrossEntropyOptions {
-                label_smoothing: self.label_smoothing,
-                ..Default::default()
-            },
-        )?;
-        let c = self.vit.cfg.num_classes;
-        let correct = tape
-            .value(out.logits)
-            .data()
-            .chunks(c)
-            .zip(&y)
-            .filter(|(r, &t)| (0..c).max_by(|&i, &j| r[i].total_cmp(&r[j])) == Some(t))
-            .count();
-        let l = tape.value(loss).item() as f64;
-        tape.backward(loss)?;
-        tape.accumulate_grads(&mut self.store)?;
-        Ok(StepOutput::new(l, idx.len()).with("train_acc", correct as f64 / idx.len() as f64))
+        let st =
+            self.vit
+                .loss_and_grads(&mut self.store, &x, &y, self.label_smoothing, Some(rng))?;
+        Ok(StepOutput::new(st.loss, idx.len())
+            .with("train_acc", st.correct as f64 / idx.len() as f64))
     }
     fn evaluate(&mut self) -> Result<Metrics> {
         let eval_opts = BatchOptions {

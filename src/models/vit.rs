@@ -161,6 +161,18 @@ fn norm_name(pool: Pool) -> &'static str {
     }
 }
 
+/// Images per micro-batch of [`Vit::loss_and_grads`].
+pub const MICRO_BATCH: usize = 32;
+
+/// What one forward/backward of a batch yields besides the gradients.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the batch.
+    pub loss: f64,
+    /// Images whose arg-max logit is the target.
+    pub correct: usize,
+}
+
 /// The timm parameter names and shapes of a configuration, in timm's state-dict order.
 pub fn param_shapes(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
     let (d, m) = (cfg.dim, cfg.mlp_dim);
@@ -527,6 +539,104 @@ impl Vit {
         );
         let logits = ops::linear(tape, f, w, Some(b))?;
         Ok(VitOutput { logits, attn })
+    }
+
+    /// The mean cross-entropy of a batch `x (B, C, H, W)`, `y` (B), and its parameter gradients,
+    /// added into `store`'s `grad`s (they accumulate, as with [`Tape::accumulate_grads`]).
+    ///
+    /// The batch is cut into micro-batches of [`MICRO_BATCH`] images, each forwarded and
+    /// back-propagated on its own tape, the micro-batches in parallel: one parallel section per
+    /// step instead of one per op. On 2 cores the per-op sections of these small products
+    /// scale ~1.4× (every op waits for its slower half; worse when a neighbour takes a core for
+    /// a moment), whole micro-batches with work stealing ~1.9×. Micro-batch `i` of `n_i`
+    /// images seeds its backward with `n_i / B`, so its gradient is its share of the batch
+    /// mean's; the shares are summed in micro-batch order, so the bits depend on `B` but not on
+    /// the thread count. With dropout, micro-batch `i` draws from a stream forked from `rng`.
+    pub fn loss_and_grads<T: Element>(
+        &self,
+        store: &mut ParamStore<T>,
+        x: &Tensor<T>,
+        y: &[usize],
+        label_smoothing: f64,
+        rng: Option<&mut Rng>,
+    ) -> Result<StepStats> {
+        use rayon::prelude::*;
+        if x.ndim() != 4 {
+            return Err(shape_err!(
+                "vit",
+                "images must be (B, C, H, W), got {:?}",
+                x.shape()
+            ));
+        }
+        let b = x.dim(0);
+        if y.len() != b || b == 0 {
+            return Err(shape_err!(
+                "vit",
+                "{} targets for a batch of {b} images",
+                y.len()
+            ));
+        }
+        let per = x.numel() / b;
+        let chunks: Vec<(usize, usize)> = (0..b)
+            .step_by(MICRO_BATCH)
+            .map(|s| (s, (s + MICRO_BATCH).min(b)))
+            .collect();
+        let train = rng.is_some();
+        let mut seeds = vec![None; chunks.len()];
+        if let Some(rng) = rng {
+            seeds.iter_mut().for_each(|s| *s = Some(rng.fork()));
+        }
+        let c = self.cfg.num_classes;
+        let shared: &ParamStore<T> = store;
+        let parts = chunks
+            .into_par_iter()
+            .zip(seeds)
+            .map(|((s, e), mut rng)| -> Result<_> {
+                let mut shape = x.shape().to_vec();
+                shape[0] = e - s;
+                let xs = Tensor::new(&shape, x.data()[s * per..e * per].to_vec())?;
+                let mut tape = Tape::<T>::new();
+                let xv = tape.constant(xs);
+                let opts = ForwardOptions {
+                    train,
+                    rng: rng.as_mut(),
+                    need_attn: false,
+                };
+                let out = self.forward(&mut tape, shared, xv, opts)?;
+                let ce = ops::CrossEntropyOptions {
+                    label_smoothing,
+                    ..Default::default()
+                };
+                let loss = ops::cross_entropy(&mut tape, out.logits, &y[s..e], &ce)?;
+                let correct = tape
+                    .value(out.logits)
+                    .data()
+                    .chunks(c)
+                    .zip(&y[s..e])
+                    .filter(|(r, &t)| {
+                        (0..c).max_by(|&i, &j| r[i].as_f64().total_cmp(&r[j].as_f64())) == Some(t)
+                    })
+                    .count();
+                let share = (e - s) as f64 / b as f64;
+                let l = tape.value(loss).item().as_f64() * share;
+                let seed = Tensor::full(tape.shape(loss), T::c(share));
+                tape.backward_with(loss, seed)?;
+                Ok((l, correct, tape.take_param_grads()))
+            })
+            .collect::<Vec<_>>();
+        let mut stats = StepStats {
+            loss: 0.0,
+            correct: 0,
+        };
+        for part in parts {
+            let (l, correct, grads) = part?;
+            stats.loss += l;
+            stats.correct += correct;
+            for (id, g) in grads {
+                store.get_mut(id).grad.axpy(T::one(), &g)?;
+            }
+        }
+        Ok(stats)
     }
 
     /// Inference convenience: logits of a batch of images, no tape kept.

@@ -2,19 +2,21 @@
 //!
 //! FLOPs per step are counted as `3 × 2 × forward multiply-adds × batch` (the backward pass of
 //! a product costs two products), the usual estimate; the achieved rate is reported next to the
-//! f32 matmul rate measured in the same process (512³, all threads), as a fraction.
+//! f32 matmul rate measured in the same process (512³, all threads) and next to the FMA peak
+//! (register-only chains on every thread), as fractions. `peak_step_ms` = FLOPs / peak is the
+//! time under which no f32 implementation of this step can go on this machine.
 
 use crate::bench::{self, BenchOptions, BenchResult};
 use crate::error::Result;
 use crate::init::Rng;
-use crate::models::vit::{ForwardOptions, Vit, VitConfig};
+use crate::models::vit::{Vit, VitConfig};
 use crate::optim::{AdamConfig, AdamW, Optimizer};
 use crate::tensor::Tensor;
-use crate::{ops, ParamStore, Tape};
+use crate::ParamStore;
 use serde_json::json;
 
 /// Times `batch`-image training steps of `cfg` and returns the result with images/s, GFLOP/s
-/// and the fraction of the measured matmul rate in `extra`.
+/// and the fractions of the measured matmul rate and FMA peak in `extra`.
 pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<BenchResult> {
     cfg.validate()?;
     let mut store = ParamStore::<f32>::new();
@@ -33,12 +35,7 @@ pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<B
     let mut r = bench::run("vit_train_step", params, opts, || {
         let res = (|| -> Result<()> {
             store.zero_grad();
-            let mut tape = Tape::<f32>::new();
-            let xv = tape.constant(x.clone());
-            let out = vit.forward(&mut tape, &store, xv, ForwardOptions::default())?;
-            let loss = ops::cross_entropy(&mut tape, out.logits, &y, &Default::default())?;
-            tape.backward(loss)?;
-            tape.accumulate_grads(&mut store)?;
+            vit.loss_and_grads(&mut store, &x, &y, 0.0, None)?;
             opt.step(&mut store)
         })();
         if let Err(e) = res {
@@ -64,5 +61,11 @@ pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<B
     r.extra.insert("matmul512_gflops".into(), json!(mm));
     r.extra
         .insert("fraction_of_matmul".into(), json!(gflops / mm));
+    let (_, peak) = bench::fma_peak_gflops(&mm_opts);
+    r.extra.insert("fma_peak_gflops".into(), json!(peak));
+    r.extra
+        .insert("fraction_of_peak".into(), json!(gflops / peak));
+    r.extra
+        .insert("peak_step_ms".into(), json!(flops / (peak * 1e6)));
     Ok(r)
 }
