@@ -40,7 +40,7 @@ pub fn parse_batch(
     labels: &mut Vec<usize>,
 ) -> Result<()> {
     let rec = variant.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(NablaError::format(
             path,
             format!(

@@ -70,14 +70,14 @@ impl VitConfig {
         if self.patch == 0 || self.image_size == 0 {
             return Err(invalid!("image size and patch size must be positive"));
         }
-        if self.image_size % self.patch != 0 {
+        if !self.image_size.is_multiple_of(self.patch) {
             return Err(invalid!(
                 "image size {} is not divisible by the patch size {}",
                 self.image_size,
                 self.patch
             ));
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return Err(invalid!(
                 "embedding dim {} is not divisible by {} heads",
                 self.dim,

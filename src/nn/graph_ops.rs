@@ -73,7 +73,7 @@ fn check_edge_heads(op: &str, graph: &Graph, s: &[usize], heads: usize) -> Resul
 }
 
 fn check_width(op: &str, width: usize, heads: usize) -> Result<()> {
-    if heads == 0 || width % heads != 0 {
+    if heads == 0 || !width.is_multiple_of(heads) {
         return Err(shape_err!(
             op,
             "width {width} is not divisible by {heads} heads"

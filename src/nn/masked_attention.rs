@@ -33,7 +33,7 @@ pub fn dense_self_attention<T: Element>(
     mask: Option<&[bool]>,
 ) -> Result<Var> {
     let s = tape.shape(x).to_vec();
-    if s.len() != 2 || p.heads == 0 || s[1] % p.heads != 0 {
+    if s.len() != 2 || p.heads == 0 || !s[1].is_multiple_of(p.heads) {
         return Err(shape_err!(
             "dense_self_attention",
             "input {:?} must be (tokens, D) with D divisible by {} heads",

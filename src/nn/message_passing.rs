@@ -210,7 +210,7 @@ impl Aggregation {
                 let q = query.forward(tape, store, h)?;
                 let k = key.forward(tape, store, h)?;
                 let w = tape.shape(q)[1];
-                if w % heads != 0 {
+                if !w.is_multiple_of(*heads) {
                     return Err(shape_err!(
                         "attention",
                         "width {w} not divisible by {heads} heads"
@@ -428,7 +428,7 @@ impl MessagePassing {
         heads: usize,
         rng: &mut Rng,
     ) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(invalid!(
                 "embedding width {dim} is not divisible by {heads} heads"
             ));

@@ -1080,7 +1080,7 @@ impl GroupNorm {
         affine: bool,
     ) -> Result<Self> {
         check_eps(eps, "GroupNorm")?;
-        if num_groups == 0 || num_channels % num_groups != 0 {
+        if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
             return Err(invalid!(
                 "GroupNorm: the number of groups {num_groups} must divide the number of channels {num_channels}"
             ));

@@ -214,7 +214,7 @@ pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> 
             ws
         ));
     }
-    if xs[2] % p != 0 || xs[3] % p != 0 || xs[2] == 0 || xs[3] == 0 {
+    if !xs[2].is_multiple_of(p) || !xs[3].is_multiple_of(p) || xs[2] == 0 || xs[3] == 0 {
         return Err(shape_err!(
             OP,
             "image size {}x{} is not divisible by the patch size {p}",

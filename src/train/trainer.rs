@@ -477,7 +477,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 ));
                 m
             });
-            if step % cfg.log_every == 0 || step == total {
+            if step.is_multiple_of(cfg.log_every) || step == total {
                 let dt = log_t.elapsed().as_secs_f64();
                 let mut fields = Vec::new();
                 if let Some(e) = st.epoch {
@@ -497,9 +497,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 (log_t, log_items) = (Instant::now(), 0);
             }
 
-            let epoch_end = spe.is_some_and(|e| step % e == 0);
+            let epoch_end = spe.is_some_and(|e| step.is_multiple_of(e));
             let do_eval = step == total
-                || (cfg.eval_every > 0 && step % eval_every == 0)
+                || (cfg.eval_every > 0 && step.is_multiple_of(eval_every))
                 || (cfg.eval_every == 0 && epoch_end);
             if do_eval {
                 let metrics = model.evaluate()?;
@@ -598,7 +598,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                         return Ok(Outcome::EarlyStopped);
                     }
                 }
-            } else if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 {
+            } else if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) {
                 run.st.wall_time_s = wall_base + session.elapsed().as_secs_f64();
                 self.checkpoint(model, run, &rng, "checkpoint")?;
             }
