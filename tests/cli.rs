@@ -43,14 +43,32 @@ fn bench_matmul_json_follows_the_convention() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(lines.len() >= 6);
+    // Per thread count: the FMA peak, then the products with their fraction of it.
+    assert!(lines.len() >= 7);
+    let peaks = lines.iter().filter(|r| r["name"] == "fma_peak").count();
+    assert!(peaks >= 1 && lines[0]["name"] == "fma_peak");
     for r in &lines {
-        assert_eq!(r["name"], "matmul");
-        for k in [
-            "m", "n", "k", "threads", "median_s", "min_s", "max_s", "reps", "gflops",
-        ] {
+        let keys: &[&str] = if r["name"] == "fma_peak" {
+            &["threads", "median_s", "min_s", "max_s", "reps", "gflops"]
+        } else {
+            assert_eq!(r["name"], "matmul");
+            &[
+                "m",
+                "n",
+                "k",
+                "threads",
+                "median_s",
+                "min_s",
+                "max_s",
+                "reps",
+                "gflops",
+                "fraction_of_peak",
+            ]
+        };
+        for k in keys {
             assert!(r.get(k).is_some(), "missing {k} in {r}");
         }
+        assert!(r["gflops"].as_f64().unwrap() > 0.0);
         assert!(r["min_s"].as_f64().unwrap() <= r["median_s"].as_f64().unwrap());
         assert!(r["median_s"].as_f64().unwrap() <= r["max_s"].as_f64().unwrap());
     }

@@ -2,7 +2,7 @@
 //! ops build on. Parallel with `rayon` above a size where it pays.
 
 pub mod matmul;
-pub use matmul::{gemm, matmul_into, MatLayout};
+pub use matmul::{gemm, gemm_to, linear_into, matmul_into, MatLayout};
 
 use crate::tensor::Element;
 use rayon::prelude::*;

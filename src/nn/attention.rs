@@ -38,7 +38,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{gemm, MatLayout};
+use crate::kernels::{linear_into, matmul_into, MatLayout};
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -411,35 +411,6 @@ fn col_sums<T: Element>(g: &[T], cols: usize) -> Vec<T> {
     out
 }
 
-/// `out (n, o) = x (n, i) Wᵀ + b` with `W` (o, i).
-fn linear_fwd<T: Element>(
-    x: &[T],
-    w: &[T],
-    b: Option<&[T]>,
-    n: usize,
-    i: usize,
-    o: usize,
-) -> Vec<T> {
-    let mut out = vec![T::zero(); n * o];
-    if let Some(b) = b {
-        for row in out.chunks_exact_mut(o) {
-            row.copy_from_slice(b);
-        }
-    }
-    gemm(
-        n,
-        o,
-        i,
-        x,
-        MatLayout::N,
-        w,
-        MatLayout::T,
-        &mut out,
-        b.is_some(),
-    );
-    out
-}
-
 /// The parameters of one attention layer, as tape variables (timm names in comments).
 #[derive(Clone, Copy, Debug)]
 pub struct MhaWeights {
@@ -499,18 +470,7 @@ impl<T: Element> Op<T> for MhaOp<T> {
 
         // Output projection.
         if ctx.needs_grad[pi] {
-            let mut dw = vec![T::zero(); d * d];
-            gemm(
-                d,
-                d,
-                n,
-                dy.data(),
-                MatLayout::T,
-                &self.o,
-                MatLayout::N,
-                &mut dw,
-                false,
-            );
+            let dw = matmul_into(d, d, n, dy.data(), MatLayout::T, &self.o, MatLayout::N);
             grads[pi] = Some(Tensor::from_parts(vec![d, d], dw));
         }
         if self.has_proj_b && ctx.needs_grad[pi + 1] {
@@ -521,8 +481,7 @@ impl<T: Element> Op<T> for MhaOp<T> {
         if !need_inner {
             return Ok(grads);
         }
-        let mut dout = vec![T::zero(); n * d];
-        gemm(
+        let dout = matmul_into(
             n,
             d,
             d,
@@ -530,8 +489,6 @@ impl<T: Element> Op<T> for MhaOp<T> {
             MatLayout::N,
             proj_w.data(),
             MatLayout::N,
-            &mut dout,
-            false,
         );
 
         // Attention core, parallel over items; each item owns its rows of dqkv.
@@ -573,36 +530,14 @@ impl<T: Element> Op<T> for MhaOp<T> {
 
         // Input projection.
         if ctx.needs_grad[1] {
-            let mut dw = vec![T::zero(); 3 * d * d];
-            gemm(
-                3 * d,
-                d,
-                n,
-                &dqkv,
-                MatLayout::T,
-                x.data(),
-                MatLayout::N,
-                &mut dw,
-                false,
-            );
+            let dw = matmul_into(3 * d, d, n, &dqkv, MatLayout::T, x.data(), MatLayout::N);
             grads[1] = Some(Tensor::from_parts(vec![3 * d, d], dw));
         }
         if self.has_qkv_b && ctx.needs_grad[2] {
             grads[2] = Some(Tensor::from_parts(vec![3 * d], col_sums(&dqkv, 3 * d)));
         }
         if ctx.needs_grad[0] {
-            let mut dx = vec![T::zero(); n * d];
-            gemm(
-                n,
-                d,
-                3 * d,
-                &dqkv,
-                MatLayout::N,
-                qkv_w.data(),
-                MatLayout::N,
-                &mut dx,
-                false,
-            );
+            let dx = matmul_into(n, d, 3 * d, &dqkv, MatLayout::N, qkv_w.data(), MatLayout::N);
             grads[0] = Some(Tensor::from_parts(x.shape().to_vec(), dx));
         }
         Ok(grads)
@@ -656,7 +591,7 @@ pub fn multi_head_self_attention<T: Element>(
     let n = b * t;
     let dh = d / h;
     let scale = T::c(1.0 / (dh as f64).sqrt());
-    let qkv = linear_fwd(
+    let qkv = linear_into(
         tape.value(x).data(),
         tape.value(w.qkv_w).data(),
         w.qkv_b.map(|v| tape.value(v).data()),
@@ -694,7 +629,7 @@ pub fn multi_head_self_attention<T: Element>(
                 }
             },
         );
-    let y = linear_fwd(
+    let y = linear_into(
         &o,
         tape.value(w.proj_w).data(),
         w.proj_b.map(|v| tape.value(v).data()),

@@ -17,7 +17,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{exp_f32, gelu, gelu_grad, gemm, MatLayout};
+use crate::kernels::{exp_f32, gelu, gelu_grad, linear_into, matmul_into, MatLayout};
 
 use crate::ops;
 use crate::shape_err;
@@ -119,18 +119,7 @@ impl<T: Element> Op<T> for MlpOp<T> {
         let dy = ctx.grad();
         let mut grads: Vec<Option<Tensor<T>>> = vec![None; 5];
         if ctx.needs_grad[3] {
-            let mut dw2 = vec![T::zero(); d * m];
-            gemm(
-                d,
-                m,
-                n,
-                dy.data(),
-                MatLayout::T,
-                &self.g,
-                MatLayout::N,
-                &mut dw2,
-                false,
-            );
+            let dw2 = matmul_into(d, m, n, dy.data(), MatLayout::T, &self.g, MatLayout::N);
             grads[3] = Some(Tensor::from_parts(vec![d, m], dw2));
         }
         if ctx.needs_grad[4] {
@@ -139,18 +128,7 @@ impl<T: Element> Op<T> for MlpOp<T> {
         if !(ctx.needs_grad[0] || ctx.needs_grad[1] || ctx.needs_grad[2]) {
             return Ok(grads);
         }
-        let mut da = vec![T::zero(); n * m];
-        gemm(
-            n,
-            m,
-            d,
-            dy.data(),
-            MatLayout::N,
-            w2.data(),
-            MatLayout::N,
-            &mut da,
-            false,
-        );
+        let mut da = matmul_into(n, m, d, dy.data(), MatLayout::N, w2.data(), MatLayout::N);
         da.par_chunks_mut(CHUNK)
             .zip(self.dgelu.par_chunks(CHUNK))
             .for_each(|(g, d)| {
@@ -159,36 +137,14 @@ impl<T: Element> Op<T> for MlpOp<T> {
                 }
             });
         if ctx.needs_grad[1] {
-            let mut dw1 = vec![T::zero(); m * d];
-            gemm(
-                m,
-                d,
-                n,
-                &da,
-                MatLayout::T,
-                x.data(),
-                MatLayout::N,
-                &mut dw1,
-                false,
-            );
+            let dw1 = matmul_into(m, d, n, &da, MatLayout::T, x.data(), MatLayout::N);
             grads[1] = Some(Tensor::from_parts(vec![m, d], dw1));
         }
         if ctx.needs_grad[2] {
             grads[2] = Some(Tensor::from_parts(vec![m], col_sums(&da, m)));
         }
         if ctx.needs_grad[0] {
-            let mut dx = vec![T::zero(); n * d];
-            gemm(
-                n,
-                d,
-                m,
-                &da,
-                MatLayout::N,
-                w1.data(),
-                MatLayout::N,
-                &mut dx,
-                false,
-            );
+            let dx = matmul_into(n, d, m, &da, MatLayout::N, w1.data(), MatLayout::N);
             grads[0] = Some(Tensor::from_parts(x.shape().to_vec(), dx));
         }
         Ok(grads)
@@ -218,39 +174,25 @@ pub fn mlp<T: Element>(tape: &mut Tape<T>, x: Var, w: &MlpWeights) -> Result<Var
         ));
     }
     let n = xs[..xs.len() - 1].iter().product::<usize>();
-    let mut a = vec![T::zero(); n * m];
-    for row in a.chunks_exact_mut(m) {
-        row.copy_from_slice(tape.value(w.fc1_b).data());
-    }
-    gemm(
-        n,
-        m,
-        d,
+    let a = linear_into(
         tape.value(x).data(),
-        MatLayout::N,
         tape.value(w.fc1_w).data(),
-        MatLayout::T,
-        &mut a,
-        true,
+        Some(tape.value(w.fc1_b).data()),
+        n,
+        d,
+        m,
     );
     let mut g = vec![T::zero(); n * m];
     let mut dgelu = vec![T::zero(); n * m];
     gelu_and_grad(&a, &mut g, &mut dgelu);
     drop(a);
-    let mut y = vec![T::zero(); n * d];
-    for row in y.chunks_exact_mut(d) {
-        row.copy_from_slice(tape.value(w.fc2_b).data());
-    }
-    gemm(
-        n,
-        d,
-        m,
+    let y = linear_into(
         &g,
-        MatLayout::N,
         tape.value(w.fc2_w).data(),
-        MatLayout::T,
-        &mut y,
-        true,
+        Some(tape.value(w.fc2_b).data()),
+        n,
+        m,
+        d,
     );
     let out = Tensor::from_parts(xs, y);
     Ok(tape.record1(

@@ -16,7 +16,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{gemm, MatLayout};
+use crate::kernels::{gemm, matmul_into, MatLayout};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -153,23 +153,11 @@ impl<T: Element> Op<T> for EmbedOp<T> {
             grads[2] = Some(Tensor::from_parts(vec![d], db));
         }
         if ctx.needs_grad[1] {
-            let mut dw = vec![T::zero(); d * k];
-            gemm(
-                d,
-                k,
-                g.b * n,
-                &de,
-                MatLayout::T,
-                &self.cols,
-                MatLayout::N,
-                &mut dw,
-                false,
-            );
+            let dw = matmul_into(d, k, g.b * n, &de, MatLayout::T, &self.cols, MatLayout::N);
             grads[1] = Some(Tensor::from_parts(ctx.inputs[1].shape().to_vec(), dw));
         }
         if ctx.needs_grad[0] {
-            let mut dcols = vec![T::zero(); g.b * n * k];
-            gemm(
+            let dcols = matmul_into(
                 g.b * n,
                 k,
                 d,
@@ -177,8 +165,6 @@ impl<T: Element> Op<T> for EmbedOp<T> {
                 MatLayout::N,
                 ctx.inputs[1].data(),
                 MatLayout::N,
-                &mut dcols,
-                false,
             );
             grads[0] = Some(Tensor::from_parts(
                 ctx.inputs[0].shape().to_vec(),

@@ -3,7 +3,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{gemm, MatLayout};
+use crate::kernels::{gemm, matmul_into, MatLayout};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 use rayon::prelude::*;
@@ -107,18 +107,7 @@ fn mm<T: Element>(tape: &mut Tape<T>, a: Var, b: Var, trans_b: bool) -> Result<V
         ));
     }
     let lb = if trans_b { MatLayout::T } else { MatLayout::N };
-    let mut out = vec![T::zero(); m * n];
-    gemm(
-        m,
-        n,
-        k,
-        ta.data(),
-        MatLayout::N,
-        tb.data(),
-        lb,
-        &mut out,
-        false,
-    );
+    let out = matmul_into(m, n, k, ta.data(), MatLayout::N, tb.data(), lb);
     Ok(tape.record1(
         MatMul { trans_b },
         &[a, b],
