@@ -38,7 +38,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{linear_into, matmul_into, MatLayout};
+use crate::kernels::{exp_shifted, linear_into, matmul_into, MatLayout};
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -323,12 +323,7 @@ fn head_forward<T: Element>(
             prow.iter_mut().for_each(|x| *x = T::zero());
             continue;
         }
-        let mut sum = T::zero();
-        for x in prow.iter_mut() {
-            *x = (*x - mx).exp();
-            sum += *x;
-        }
-        let inv = T::one() / sum;
+        let inv = T::one() / exp_shifted(prow, mx);
         prow.iter_mut().for_each(|x| *x *= inv);
     }
     // o = P V
