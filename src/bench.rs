@@ -189,37 +189,42 @@ fn fma_chains() -> f64 {
     (2 * 8 * FMA_CHAINS * FMA_ITERS) as f64
 }
 
+/// `unsafe fn $name() -> f64`: [`fma_chains`] on `$lanes`-wide vectors of one instruction set.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_chains_avx512() -> f64 {
-    use std::arch::x86_64::*;
-    let m = _mm512_set1_ps(0.999_999);
-    let a = _mm512_set1_ps(1e-7);
-    let mut v = [_mm512_set1_ps(1.0); FMA_CHAINS];
-    for _ in 0..FMA_ITERS {
-        for x in v.iter_mut() {
-            *x = _mm512_fmadd_ps(*x, m, a);
+macro_rules! fma_chains_simd {
+    ($name:ident, $feature:literal, $set1:ident, $fmadd:ident, $lanes:literal) => {
+        #[target_feature(enable = $feature)]
+        unsafe fn $name() -> f64 {
+            use std::arch::x86_64::*;
+            let m = $set1(0.999_999);
+            let a = $set1(1e-7);
+            let mut v = [$set1(1.0); FMA_CHAINS];
+            for _ in 0..FMA_ITERS {
+                for x in v.iter_mut() {
+                    *x = $fmadd(*x, m, a);
+                }
+            }
+            std::hint::black_box(&v);
+            (2 * $lanes * FMA_CHAINS * FMA_ITERS) as f64
         }
-    }
-    std::hint::black_box(&v);
-    (2 * 16 * FMA_CHAINS * FMA_ITERS) as f64
+    };
 }
-
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_chains_avx2() -> f64 {
-    use std::arch::x86_64::*;
-    let m = _mm256_set1_ps(0.999_999);
-    let a = _mm256_set1_ps(1e-7);
-    let mut v = [_mm256_set1_ps(1.0); FMA_CHAINS];
-    for _ in 0..FMA_ITERS {
-        for x in v.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, m, a);
-        }
-    }
-    std::hint::black_box(&v);
-    (2 * 8 * FMA_CHAINS * FMA_ITERS) as f64
-}
+fma_chains_simd!(
+    fma_chains_avx512,
+    "avx512f",
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    16
+);
+#[cfg(target_arch = "x86_64")]
+fma_chains_simd!(
+    fma_chains_avx2,
+    "avx2,fma",
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    8
+);
 
 /// Peak f32 FMA rate of the current rayon pool in GFLOP/s: every thread runs
 /// register-only FMA chains at the same time (widest vectors the CPU has). No product can

@@ -39,8 +39,8 @@ pub fn gemm<T: Element>(
 }
 
 /// [`gemm`] into possibly uninitialized storage: on return the first `m·n` entries of `c` are
-/// initialized. Fresh outputs skip the zero fill that `vec![0; m·n]` would cost (6 % of a
-/// small ViT's training step): with `accumulate == false` gemm never reads C.
+/// initialized. Fresh outputs skip the zero fill of `vec![0; m·n]` (memset was 6.5 % of the
+/// profile of a small ViT's training step): with `accumulate == false` gemm never reads C.
 ///
 /// # Safety
 /// With `accumulate`, the first `m·n` entries of `c` must be initialized.
