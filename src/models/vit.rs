@@ -551,7 +551,8 @@ impl Vit {
     /// a moment), whole micro-batches with work stealing ~1.9×. Micro-batch `i` of `n_i`
     /// images seeds its backward with `n_i / B`, so its gradient is its share of the batch
     /// mean's; the shares are summed in micro-batch order, so the bits depend on `B` but not on
-    /// the thread count. With dropout, micro-batch `i` draws from a stream forked from `rng`.
+    /// the thread count. `rng` given = training mode: dropout is active and micro-batch `i`
+    /// draws from the `i`-th stream forked from `rng`; `None` = evaluation mode.
     pub fn loss_and_grads<T: Element>(
         &self,
         store: &mut ParamStore<T>,
