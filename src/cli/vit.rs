@@ -6,7 +6,7 @@ use crate::analysis::vit_attention::{
 use crate::data::{self, BatchOptions};
 use crate::error::{NablaError, Result};
 use crate::invalid;
-use crate::models::vit::{ForwardOptions, Pool, Vit, VitConfig};
+use crate::models::vit::{argmax, ForwardOptions, Pool, Vit, VitConfig};
 use crate::tensor::Tensor;
 use crate::{ParamStore, Tape};
 use clap::{Args, Subcommand};
@@ -166,10 +166,7 @@ fn predict(a: &PredictArgs) -> Result<()> {
         .chunks(c)
         .map(|r| r.iter().map(|&v| v as f64).collect())
         .collect();
-    let argmax: Vec<usize> = rows
-        .iter()
-        .map(|r| (0..c).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap_or(0))
-        .collect();
+    let argmax: Vec<usize> = rows.iter().map(|r| argmax(r)).collect();
     if a.json {
         println!(
             "{}",
@@ -231,8 +228,7 @@ pub fn evaluate(
         loss += tape.value(l).item() as f64 * chunk.len() as f64;
         let c = vit.cfg.num_classes;
         for (r, &t) in tape.value(out.logits).data().chunks(c).zip(&y) {
-            let am = (0..c).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap_or(0);
-            correct += (am == t) as usize;
+            correct += (argmax(r) == t) as usize;
         }
     }
     let n = ds.len().max(1) as f64;

@@ -161,6 +161,14 @@ fn norm_name(pool: Pool) -> &'static str {
     }
 }
 
+/// Index of the largest entry of a row of logits (the first on ties, NaN ordered by
+/// `total_cmp`); 0 for an empty row.
+pub fn argmax<T: Element>(row: &[T]) -> usize {
+    (0..row.len())
+        .max_by(|&i, &j| row[i].as_f64().total_cmp(&row[j].as_f64()))
+        .unwrap_or(0)
+}
+
 /// Images per micro-batch of [`Vit::loss_and_grads`].
 pub const MICRO_BATCH: usize = 32;
 
@@ -614,9 +622,7 @@ impl Vit {
                     .data()
                     .chunks(c)
                     .zip(&y[s..e])
-                    .filter(|(r, &t)| {
-                        (0..c).max_by(|&i, &j| r[i].as_f64().total_cmp(&r[j].as_f64())) == Some(t)
-                    })
+                    .filter(|(r, &t)| argmax(r) == t)
                     .count();
                 let share = (e - s) as f64 / b as f64;
                 let l = tape.value(loss).item().as_f64() * share;
