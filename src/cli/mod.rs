@@ -269,6 +269,11 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn main() -> i32 {
     crate::kernels::tune_allocator();
     let cli = Cli::parse();
+    // A bad NABLA_ISA is an error before any kernel runs (never an illegal instruction).
+    if let Err(e) = crate::kernels::isa::init() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     // Run the command on a worker of the rayon pool rather than on the main thread: otherwise
     // the serial parts (an RNN's time loop, the tape) run beside the pool's threads, which spin
     // for a while after each parallel section — three busy threads on two cores.

@@ -1,6 +1,7 @@
 //! Raw kernels over slices: matrix products through `gemm`, and the elementwise loops that the
 //! ops build on. Parallel with `rayon` above a size where it pays.
 
+pub mod isa;
 pub mod matmul;
 pub use matmul::{gemm, gemm_to, linear_into, matmul_into, MatLayout};
 
