@@ -158,74 +158,6 @@ pub fn matmul_gflops<T: Element>(
     (r, gf)
 }
 
-/// Independent FMA chains per thread in [`fma_peak_gflops`]: enough to hide the FMA latency
-/// (4–5 cycles) on two pipes, few enough to stay in registers.
-const FMA_CHAINS: usize = 12;
-const FMA_ITERS: usize = 1 << 18;
-
-/// The f32 FMA ceiling of one thread: `FMA_CHAINS` register-resident chains of `v = v·m + a`,
-/// no loads or stores. Returns the flops done (2 per lane per FMA).
-fn fma_chains() -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected at run time.
-            return unsafe { fma_chains_avx512() };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { fma_chains_avx2() };
-        }
-    }
-    let mut v = [[1.0f32; 8]; FMA_CHAINS];
-    for _ in 0..FMA_ITERS {
-        for lane in v.iter_mut() {
-            for x in lane.iter_mut() {
-                *x = x.mul_add(0.999_999, 1e-7);
-            }
-        }
-    }
-    std::hint::black_box(&v);
-    (2 * 8 * FMA_CHAINS * FMA_ITERS) as f64
-}
-
-/// `unsafe fn $name() -> f64`: [`fma_chains`] on `$lanes`-wide vectors of one instruction set.
-#[cfg(target_arch = "x86_64")]
-macro_rules! fma_chains_simd {
-    ($name:ident, $feature:literal, $set1:ident, $fmadd:ident, $lanes:literal) => {
-        #[target_feature(enable = $feature)]
-        unsafe fn $name() -> f64 {
-            use std::arch::x86_64::*;
-            let m = $set1(0.999_999);
-            let a = $set1(1e-7);
-            let mut v = [$set1(1.0); FMA_CHAINS];
-            for _ in 0..FMA_ITERS {
-                for x in v.iter_mut() {
-                    *x = $fmadd(*x, m, a);
-                }
-            }
-            std::hint::black_box(&v);
-            (2 * $lanes * FMA_CHAINS * FMA_ITERS) as f64
-        }
-    };
-}
-#[cfg(target_arch = "x86_64")]
-fma_chains_simd!(
-    fma_chains_avx512,
-    "avx512f",
-    _mm512_set1_ps,
-    _mm512_fmadd_ps,
-    16
-);
-#[cfg(target_arch = "x86_64")]
-fma_chains_simd!(
-    fma_chains_avx2,
-    "avx2,fma",
-    _mm256_set1_ps,
-    _mm256_fmadd_ps,
-    8
-);
-
 /// Peak f32 FMA rate of the current rayon pool in GFLOP/s: every thread runs
 /// register-only FMA chains at the same time (widest vectors the CPU has). No product can
 /// beat it; `bench vit` and `bench matmul` report their rates against it.
@@ -239,7 +171,9 @@ pub fn fma_peak_gflops(opts: &BenchOptions) -> (BenchResult, f64) {
         || {
             // broadcast, not a parallel iterator: a short job may finish on one thread before
             // the other wakes up to steal.
-            flops = rayon::broadcast(|_| fma_chains()).iter().sum::<f64>()
+            flops = rayon::broadcast(|_| crate::kernels::peak::fma_chains())
+                .iter()
+                .sum::<f64>()
         },
     );
     let gf = flops / r.median_s / 1e9;

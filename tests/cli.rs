@@ -21,6 +21,50 @@ fn info_json_reports_version_threads_and_rate() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["threads"].as_u64().unwrap() >= 1);
     assert!(v["matmul_f32_512_gflops"].as_f64().unwrap() > 0.0);
+    assert!(!v["cpu"].as_str().unwrap().is_empty());
+    let detected: Vec<&str> = v["isa_detected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(detected.last(), Some(&"scalar"));
+    assert_eq!(v["isa_selected"], detected[0]);
+    let (p1, pall) = (
+        v["fma_peak_gflops_1_thread"].as_f64().unwrap(),
+        v["fma_peak_gflops"].as_f64().unwrap(),
+    );
+    assert!(p1 > 0.0 && pall > 0.0);
+}
+
+/// `NABLA_ISA` forces a path (shown by `info`); an unknown path or one the CPU lacks is a
+/// clear error at start, exit 2, never an illegal instruction.
+#[test]
+fn nabla_isa_forces_a_path_and_bad_values_are_errors() {
+    let run = |isa: &str| {
+        Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .args(["info", "--json"])
+            .env("NABLA_ISA", isa)
+            .output()
+            .unwrap()
+    };
+    let out = run("scalar");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["isa_selected"], "scalar");
+    assert_eq!(v["isa_forced"], true);
+    let out = run("sse9");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NABLA_ISA") && err.contains("sse9"), "{err}");
+    let other = if cfg!(target_arch = "x86_64") {
+        "neon"
+    } else {
+        "avx512"
+    };
+    let out = run(other);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lacks"));
 }
 
 #[test]

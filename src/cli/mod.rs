@@ -27,7 +27,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Version, thread count and the measured f32 matmul rate of this machine.
+    /// Version, CPU, kernel paths (NABLA_ISA), FMA peak and the measured f32 matmul rate.
     Info {
         #[arg(long)]
         json: bool,
@@ -148,26 +148,51 @@ pub fn print_bench(results: &[BenchResult], json: bool) {
 }
 
 fn info(as_json: bool) -> Result<()> {
+    use crate::kernels::{isa, peak};
     let opts = BenchOptions {
         warmup: 2,
         min_reps: 5,
         min_time_s: 0.5,
         max_reps: 200,
     };
-    let (_, gf) = bench::matmul_gflops::<f32>(512, 512, 512, &opts);
     let threads = rayon::current_num_threads();
+    let (_, peak_1) = bench::with_threads(1, || bench::fma_peak_gflops(&opts));
+    let (_, peak_all) = bench::fma_peak_gflops(&opts);
+    let (_, gf) = bench::matmul_gflops::<f32>(512, 512, 512, &opts);
+    let cpu = peak::cpu_model();
+    let detected: Vec<&str> = isa::detected().iter().map(|i| i.name()).collect();
+    let selected = isa::selected();
+    let forced = std::env::var("NABLA_ISA").is_ok_and(|v| !v.trim().is_empty());
     let v = json!({
         "name": "nabla",
         "version": env!("CARGO_PKG_VERSION"),
+        "cpu": cpu,
+        "isa_detected": detected,
+        "isa_selected": selected.name(),
+        "isa_forced": forced,
         "threads": threads,
+        "fma_peak_gflops_1_thread": peak_1,
+        "fma_peak_gflops": peak_all,
         "matmul_f32_512_gflops": gf,
+        "matmul_fraction_of_peak": gf / peak_all,
     });
     if as_json {
         println!("{v}");
     } else {
         println!("nabla {}", env!("CARGO_PKG_VERSION"));
+        println!("cpu: {cpu}");
+        println!(
+            "kernel paths: {} detected; {} selected{}",
+            detected.join(", "),
+            selected,
+            if forced { " (NABLA_ISA)" } else { "" }
+        );
         println!("threads: {threads}");
-        println!("f32 matmul 512×512×512: {gf:.1} GFLOP/s");
+        println!("f32 FMA peak: {peak_1:.1} GFLOP/s on 1 thread, {peak_all:.1} on {threads}");
+        println!(
+            "f32 matmul 512×512×512: {gf:.1} GFLOP/s ({:.2} of the FMA peak)",
+            gf / peak_all
+        );
     }
     Ok(())
 }

@@ -179,6 +179,13 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         return Err(invalid!("--truncate must be at least 1"));
     }
     let mut out = Vec::new();
+    // The step is compute-bound (products): its rate against the pool's FMA peak.
+    let (_, peak) = bench::fma_peak_gflops(&bench::BenchOptions {
+        warmup: 1,
+        min_reps: 5,
+        min_time_s: 0.2,
+        max_reps: 100,
+    });
     for &h in &a.hidden {
         let mut rng = Rng::new(a.seed);
         let mut w =
@@ -212,6 +219,11 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         let flops = 6.0 * (a.seq_len * a.batch * h * (a.input + h + a.output)) as f64;
         r.extra
             .insert("gflops".into(), json!(flops / r.median_s / 1e9));
+        r.extra.insert("fma_peak_gflops".into(), json!(peak));
+        r.extra.insert(
+            "fraction_of_peak".into(),
+            json!(flops / r.median_s / 1e9 / peak),
+        );
         r.extra.insert(
             "tokens_per_s".into(),
             json!((a.batch * a.seq_len) as f64 / r.median_s),

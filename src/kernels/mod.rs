@@ -3,7 +3,9 @@
 
 pub mod isa;
 pub mod matmul;
-pub use matmul::{gemm, gemm_to, linear_into, matmul_into, MatLayout};
+pub mod peak;
+pub mod small_mm;
+pub use matmul::{gemm, gemm_to, linear_into, matmul_into, transpose, MatLayout};
 
 use crate::tensor::Element;
 use rayon::prelude::*;

@@ -148,81 +148,12 @@ fn block_rows<T>(buf: &[T], i: usize, rows: usize, dh: usize) -> Rows<'_, T> {
     }
 }
 
-/// The operands of `C M`: `C` (·, kdim) with row stride `cs`, `M` (kdim, ·) with row stride `rs`.
-#[derive(Clone, Copy)]
-struct SmallMm<'a, T> {
-    c: &'a [T],
-    cs: usize,
-    kdim: usize,
-    m: &'a [T],
-    rs: usize,
-}
-
-impl<T: Element> SmallMm<'_, T> {
-    /// Rows `i0..i0+R`, columns `c0..c0+W` of `C M`: R·W accumulators stay in registers while
-    /// the loop runs down the rows of `M`; each loaded row of `M` feeds R broadcast
-    /// multiply-adds, and the R·W/8 independent chains hide the FMA latency.
-    #[inline(always)]
-    fn block<const R: usize, const W: usize>(&self, i0: usize, c0: usize) -> [[T; W]; R] {
-        let mut acc = [[T::zero(); W]; R];
-        for r in 0..self.kdim {
-            let row: &[T; W] = self.m[r * self.rs + c0..r * self.rs + c0 + W]
-                .try_into()
-                .unwrap();
-            for (ii, acc) in acc.iter_mut().enumerate() {
-                let a = self.c[(i0 + ii) * self.cs + r];
-                for l in 0..W {
-                    acc[l] += a * row[l];
-                }
-            }
-        }
-        acc
-    }
-
-    /// Writes [`Self::block`] into rows `i0..i0+R` of `out` (row stride `os`) at column `c0`.
-    #[inline(always)]
-    fn store<const R: usize, const W: usize>(
-        &self,
-        i0: usize,
-        c0: usize,
-        out: &mut [T],
-        os: usize,
-    ) {
-        for (ii, a) in self.block::<R, W>(i0, c0).iter().enumerate() {
-            out[(i0 + ii) * os + c0..(i0 + ii) * os + c0 + W].copy_from_slice(a);
-        }
-    }
-
-    /// Rows `i0..i0+R` of `out = C M` over all `w` columns: blocks of 16 and 8, then scalar.
-    #[inline(always)]
-    fn rows<const R: usize>(&self, i0: usize, out: &mut [T], os: usize, w: usize) {
-        let mut c0 = 0;
-        while c0 + 16 <= w {
-            self.store::<R, 16>(i0, c0, out, os);
-            c0 += 16;
-        }
-        if c0 + 8 <= w {
-            self.store::<R, 8>(i0, c0, out, os);
-            c0 += 8;
-        }
-        for cc in c0..w {
-            for ii in 0..R {
-                let mut acc = T::zero();
-                for r in 0..self.kdim {
-                    acc += self.c[(i0 + ii) * self.cs + r] * self.m[r * self.rs + cc];
-                }
-                out[(i0 + ii) * os + cc] = acc;
-            }
-        }
-    }
-}
-
 /// `out (n, w) = C (n, kdim) · M (kdim, w)` with row strides `cs`, `rs`, `os`.
 ///
 /// Every product of the attention core is one of these (`S = q Kᵀ` with `Kᵀ` packed, `o = P V`,
 /// `dP = do Vᵀ`, `dq = dS K`, `dk = dSᵀ q`, `dv = Pᵀ do`). For narrow heads (`dh` = 16, `T` = 17
-/// in a small ViT) register-blocked rows beat both a dot-product loop (a horizontal sum per
-/// entry) and a `gemm` call (packing and dispatch per 17×17 product).
+/// in a small ViT) the register-blocked kernel beats both a dot-product loop (a horizontal sum
+/// per entry) and a `gemm` call (packing and dispatch per 17×17 product): 3–4× gemm, measured.
 #[allow(clippy::too_many_arguments)]
 fn small_matmul<T: Element>(
     c: &[T],
@@ -235,16 +166,7 @@ fn small_matmul<T: Element>(
     os: usize,
     w: usize,
 ) {
-    let mm = SmallMm { c, cs, kdim, m, rs };
-    let mut i0 = 0;
-    while i0 + 4 <= n {
-        mm.rows::<4>(i0, out, os, w);
-        i0 += 4;
-    }
-    while i0 < n {
-        mm.rows::<1>(i0, out, os, w);
-        i0 += 1;
-    }
+    crate::kernels::small_mm::small_mm((n, w, kdim), (c, cs), (m, rs), (out, os), false);
 }
 
 /// `dst (cols, rows) = srcᵀ` for `src` rows `src.row(r)`, `dst` row stride `ds`.

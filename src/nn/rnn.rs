@@ -27,7 +27,7 @@
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
-use crate::kernels::{gemm, sigmoid as sigmoid_k, sigmoid_f32, tanh_f32, MatLayout};
+use crate::kernels::{gemm, sigmoid as sigmoid_k, sigmoid_f32, tanh_f32, transpose, MatLayout};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
 use serde::{Deserialize, Serialize};
@@ -256,6 +256,14 @@ pub fn forward_tm_into<T: Element>(
         add_rows(&mut hs[bh..], bias);
     }
     let act = wr.activation;
+    // Uᵀ stored once per sequence, so every step's product reads both operands as stored (the
+    // small-product kernel's fast case; with U as a transposed operand the same product ran at
+    // half the rate).
+    let ut = if t > 0 {
+        transpose(h, h, wr.u)
+    } else {
+        Vec::new()
+    };
     for s in 0..t {
         let (prev, rest) = hs.split_at_mut((s + 1) * bh);
         let cur = &mut rest[..bh];
@@ -266,8 +274,8 @@ pub fn forward_tm_into<T: Element>(
             h,
             &prev[s * bh..],
             MatLayout::N,
-            wr.u,
-            MatLayout::T,
+            &ut,
+            MatLayout::N,
             cur,
             true,
         );
