@@ -17,6 +17,7 @@
 use crate::autograd::ParamStore;
 use crate::error::Result;
 use crate::invalid;
+use crate::kernels::optim as kernels;
 use crate::kernels::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 use rayon::prelude::*;
@@ -228,9 +229,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
             if !use_momentum {
                 let g = p.grad.data();
                 par_zip3(p.value.data_mut(), &mut [], &mut [], g, |w, _, _, g| {
-                    for (w, &g) in w.iter_mut().zip(g) {
-                        *w -= lr * (g + wd * *w);
-                    }
+                    kernels::sgd(w, g, lr, wd)
                 });
                 continue;
             }
@@ -241,19 +240,20 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
                 .or_insert_with(|| Tensor::zeros(p.value.shape()));
             check_state_shape(buf, &p.value, &p.name, "SGD")?;
             let g = p.grad.data();
+            let h = kernels::Momentum {
+                lr,
+                wd,
+                mu,
+                damp,
+                nesterov,
+                first,
+            };
             par_zip3(
                 p.value.data_mut(),
                 buf.data_mut(),
                 &mut [],
                 g,
-                |w, b, _, g| {
-                    for ((w, b), &g) in w.iter_mut().zip(b.iter_mut()).zip(g) {
-                        let g = g + wd * *w;
-                        *b = if first { g } else { mu * *b + damp * g };
-                        let d = if nesterov { g + mu * *b } else { *b };
-                        *w -= lr * d;
-                    }
-                },
+                |w, b, _, g| kernels::sgd_momentum(w, b, g, h),
             );
         }
         self.steps += 1;
@@ -362,6 +362,16 @@ impl<T: Element> AdamCore<T> {
         } else {
             (T::c(self.cfg.weight_decay), T::one())
         };
+        let h = kernels::AdamStep {
+            decay,
+            l2,
+            one_m_b1,
+            b2: b2t,
+            one_m_b2,
+            bc2_sqrt,
+            eps,
+            step_size,
+        };
         for p in params.iter_mut().filter(|p| p.requires_grad) {
             let (m, v) = self.moments.entry(p.name.clone()).or_insert_with(|| {
                 (
@@ -376,16 +386,7 @@ impl<T: Element> AdamCore<T> {
                 m.data_mut(),
                 v.data_mut(),
                 g,
-                |w, m, v, g| {
-                    for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
-                        *w *= decay;
-                        let g = g + l2 * *w;
-                        *m += (g - *m) * one_m_b1;
-                        *v = b2t * *v + one_m_b2 * g * g;
-                        let denom = v.sqrt() / bc2_sqrt + eps;
-                        *w -= step_size * *m / denom;
-                    }
-                },
+                |w, m, v, g| kernels::adam(w, m, v, g, h),
             );
         }
         self.steps = t;
@@ -489,13 +490,7 @@ pub fn clip_grad_norm<T: Element>(params: &mut ParamStore<T>, max_norm: f64) -> 
     let total = params
         .iter()
         .filter(|p| p.requires_grad)
-        .map(|p| {
-            p.grad
-                .data()
-                .iter()
-                .map(|&g| g.as_f64() * g.as_f64())
-                .sum::<f64>()
-        })
+        .map(|p| kernels::sum_squares_f64(p.grad.data()))
         .sum::<f64>()
         .sqrt();
     if !total.is_finite() || max_norm.is_nan() {
@@ -505,7 +500,7 @@ pub fn clip_grad_norm<T: Element>(params: &mut ParamStore<T>, max_norm: f64) -> 
     if coef < 1.0 {
         let c = T::c(coef);
         for p in params.iter_mut().filter(|p| p.requires_grad) {
-            p.grad.data_mut().iter_mut().for_each(|g| *g *= c);
+            kernels::scale(p.grad.data_mut(), c);
         }
     }
     total

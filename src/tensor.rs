@@ -18,6 +18,7 @@ pub trait Element:
     + Send
     + Sync
     + 'static
+    + crate::kernels::F32Path
 {
     const DTYPE: &'static str;
     /// Conversion from an f64 constant.

@@ -17,7 +17,6 @@ use super::isa::{self, Isa};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
-use std::any::TypeId;
 
 thread_local! {
     /// A thread's packed panel of B (see `Cols::block`), kept between calls.
@@ -331,16 +330,9 @@ pub fn small_mm_on<T: Element>(
     (c, ldc): (&mut [T], usize),
     accumulate: bool,
 ) {
-    if TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: T is f32 (checked through TypeId): the slices are reinterpreted as themselves.
-        let (a, b, c) = unsafe {
-            (
-                std::slice::from_raw_parts(a.as_ptr() as *const f32, a.len()),
-                std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len()),
-                std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len()),
-            )
-        };
-        return small_mm_f32(isa, (m, n, k), (a, lda), (b, ldb), (c, ldc), accumulate);
+    if let (Some(a32), Some(b32)) = (T::as_f32(a), T::as_f32(b)) {
+        let c32 = T::as_f32_mut(c).expect("C has the element type of A and B");
+        return small_mm_f32(isa, (m, n, k), (a32, lda), (b32, ldb), (c32, ldc), accumulate);
     }
     check(m, n, k, a.len(), lda, b.len(), ldb);
     for i in 0..m {

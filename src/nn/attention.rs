@@ -38,7 +38,9 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{exp_shifted, linear_into, matmul_into, MatLayout};
+use crate::kernels::reduce::axpy;
+use crate::kernels::softmax::{scaled_masked_softmax_row, softmax_backward_row};
+use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -104,14 +106,6 @@ struct MaskView<'a> {
 impl<'a> MaskView<'a> {
     fn row(&self, i: usize, tk: usize) -> &'a [bool] {
         &self.data[i * self.row_stride..i * self.row_stride + tk]
-    }
-}
-
-/// `y += alpha · x`.
-#[inline]
-fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
     }
 }
 
@@ -228,25 +222,14 @@ fn head_forward<T: Element>(
     // S = q Kᵀ over the padded width; the padding columns are never read.
     small_matmul(q.buf, q.rs, tq, dh, &sc.mt, tkp, &mut sc.s, tkp, tkp);
     for i in 0..tq {
-        let prow = &mut p[i * tk..(i + 1) * tk];
-        let mrow = mask.map(|m| m.row(i, tk));
-        let mut mx = T::neg_infinity();
-        for (j, (pj, &sj)) in prow.iter_mut().zip(&sc.s[i * tkp..]).enumerate() {
-            let s = if mrow.is_some_and(|m| m[j]) {
-                T::neg_infinity()
-            } else {
-                scale * sj
-            };
-            *pj = s;
-            mx = mx.max(s);
-        }
-        if mx == T::neg_infinity() {
-            // Every key blocked: probabilities 0 (and so output 0).
-            prow.iter_mut().for_each(|x| *x = T::zero());
-            continue;
-        }
-        let inv = T::one() / exp_shifted(prow, mx);
-        prow.iter_mut().for_each(|x| *x *= inv);
+        // P_i = softmax(scale · S_i) with blocked keys at probability 0 (all blocked: zeros).
+        let blocked = mask.map(|m| m.row(i, tk));
+        scaled_masked_softmax_row(
+            &sc.s[i * tkp..],
+            scale,
+            blocked,
+            &mut p[i * tk..(i + 1) * tk],
+        );
     }
     // o = P V
     small_matmul(p, tk, tq, tk, v.buf, v.rs, o, o_rs, dh);
@@ -281,14 +264,7 @@ fn head_backward<T: Element>(
         if let Some(g) = gp {
             axpy(T::one(), &g[i * tk..(i + 1) * tk], dprow);
         }
-        let mut rowdot = T::zero();
-        for (&pj, &dpj) in prow.iter().zip(dprow.iter()) {
-            rowdot += pj * dpj;
-        }
-        let dsrow = &mut sc.ds[i * tk..(i + 1) * tk];
-        for ((ds, &pj), &dpj) in dsrow.iter_mut().zip(prow).zip(dprow.iter()) {
-            *ds = pj * (dpj - rowdot) * scale;
-        }
+        softmax_backward_row(prow, dprow, scale, &mut sc.ds[i * tk..(i + 1) * tk]);
     }
     // dq = dS K  (scale already folded into dS)
     small_matmul(&sc.ds, tk, tq, tk, k.buf, k.rs, &mut d[off.0..], d_rs, dh);
@@ -317,15 +293,6 @@ fn head_backward<T: Element>(
         dh,
     );
     small_matmul(&sc.dst, tq, tk, tq, q.buf, q.rs, &mut d[off.1..], d_rs, dh);
-}
-
-/// Column sums of a (rows, cols) buffer: the gradient of a broadcast bias.
-fn col_sums<T: Element>(g: &[T], cols: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); cols];
-    for row in g.chunks_exact(cols) {
-        axpy(T::one(), row, &mut out);
-    }
-    out
 }
 
 /// The parameters of one attention layer, as tape variables (timm names in comments).

@@ -13,6 +13,7 @@ use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
 use crate::invalid;
+use crate::kernels::dropout::{apply_mask, bernoulli_mask};
 use crate::tensor::{Element, Tensor};
 
 /// Probability of keeping a unit, in `(0, 1]` (the assignment's `p`).
@@ -57,12 +58,7 @@ impl<T: Element> Op<T> for MaskScale<T> {
     }
     fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
         let g = ctx.grad();
-        let dx: Vec<T> = g
-            .data()
-            .iter()
-            .zip(&self.mask)
-            .map(|(&g, &m)| g * m)
-            .collect();
+        let dx = apply_mask(g.data(), &self.mask);
         Ok(vec![Some(Tensor::new(g.shape(), dx)?)])
     }
 }
@@ -115,16 +111,14 @@ pub fn dropout<T: Element>(
             return Ok(x);
         }
         let kept = if inverted { T::c(1.0 / p) } else { T::one() };
-        (0..tape.value(x).numel())
-            .map(|_| if rng.bernoulli(p) { kept } else { T::zero() })
-            .collect()
+        bernoulli_mask(rng, tape.value(x).numel(), p, kept)
     } else if inverted || p == 1.0 {
         return Ok(x);
     } else {
         vec![T::c(p); tape.value(x).numel()]
     };
     let xv = tape.value(x);
-    let y: Vec<T> = xv.data().iter().zip(&mask).map(|(&a, &m)| a * m).collect();
+    let y = apply_mask(xv.data(), &mask);
     let y = Tensor::new(xv.shape(), y)?;
     Ok(tape.record1(MaskScale { mask }, &[x], y))
 }

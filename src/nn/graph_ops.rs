@@ -24,6 +24,7 @@
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::graph::{EdgeIndex, Graph};
+use crate::kernels::sparse::{segment_softmax, segment_softmax_backward, weighted_gather};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 use rayon::prelude::*;
@@ -159,24 +160,14 @@ pub fn weighted_aggregate<T: Element>(
     check_edge_heads(op, graph, tape.shape(alpha), heads)?;
     let w = tape.shape(table)[1];
     check_width(op, w, heads)?;
-    let d = w / heads;
     let (s, a) = (tape.value(table), tape.value(alpha));
     let rows = index.rows();
     let n = graph.num_nodes();
     let mut out = vec![T::zero(); n * w];
     let ip = graph.indptr();
-    out.par_chunks_mut(w.max(1)).enumerate().for_each(|(i, o)| {
-        for e in ip[i]..ip[i + 1] {
-            let sr = &s.data()[rows[e] * w..(rows[e] + 1) * w];
-            for hh in 0..heads {
-                let al = a.data()[e * heads + hh];
-                o[hh * d..(hh + 1) * d]
-                    .iter_mut()
-                    .zip(&sr[hh * d..(hh + 1) * d])
-                    .for_each(|(o, &v)| *o += al * v);
-            }
-        }
-    });
+    out.par_chunks_mut(w.max(1))
+        .enumerate()
+        .for_each(|(i, o)| weighted_gather(o, s.data(), ip[i]..ip[i + 1], rows, a.data(), heads));
     let out = Tensor::new(&[n, w], out)?;
     Ok(tape.record1(
         WeightedAggregate {
@@ -289,16 +280,8 @@ impl<T: Element> Op<T> for EdgeSoftmax {
             .into_par_iter()
             .enumerate()
             .for_each(|(i, seg)| {
-                let (lo, hi) = (ip[i], ip[i + 1]);
-                for hh in 0..h {
-                    let dot: T = (lo..hi)
-                        .map(|e| a.data()[e * h + hh] * g.data()[e * h + hh])
-                        .sum();
-                    for e in lo..hi {
-                        seg[(e - lo) * h + hh] =
-                            a.data()[e * h + hh] * (g.data()[e * h + hh] - dot);
-                    }
-                }
+                let (lo, hi) = (ip[i] * h, ip[i + 1] * h);
+                segment_softmax_backward(&a.data()[lo..hi], &g.data()[lo..hi], h, seg);
             });
         Ok(vec![Some(Tensor::new(a.shape(), ds)?)])
     }
@@ -314,32 +297,7 @@ pub fn edge_softmax<T: Element>(tape: &mut Tape<T>, graph: &Graph, scores: Var) 
     let mut a = s.data().to_vec();
     segments_mut(&mut a, ip, heads)
         .into_par_iter()
-        .for_each(|seg| {
-            let len = seg.len() / heads.max(1);
-            for hh in 0..heads {
-                let mut m = T::neg_infinity();
-                for e in 0..len {
-                    m = m.max(seg[e * heads + hh]);
-                }
-                if m == T::neg_infinity() {
-                    m = T::zero();
-                }
-                let mut z = T::zero();
-                for e in 0..len {
-                    let v = (seg[e * heads + hh] - m).exp();
-                    seg[e * heads + hh] = v;
-                    z += v;
-                }
-                let inv = if z > T::zero() {
-                    T::one() / z
-                } else {
-                    T::zero()
-                };
-                for e in 0..len {
-                    seg[e * heads + hh] *= inv;
-                }
-            }
-        });
+        .for_each(|seg| segment_softmax(seg, heads));
     let out = Tensor::new(s.shape(), a)?;
     Ok(tape.record1(
         EdgeSoftmax {

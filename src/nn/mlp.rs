@@ -11,22 +11,18 @@
 //!
 //! Saved: `g` and `GELU'(a) = Φ(a) + a φ(a)` (N, M), both computed in the forward from one
 //! `erf` and one `exp` per element, so the backward needs no transcendental functions.
-//! In f32 the erf/exp are branch-free approximations that vectorize ([`gelu_and_grad_f32`]:
+//! In f32 the erf/exp are branch-free approximations that vectorize ([`crate::kernels::gelu_and_grad_f32`]:
 //! |ΔΦ| ≤ 1.5e-7 absolute, below f32 resolution of Φ near 1); in f64 (gradient checks) they are
 //! libm's. The reference path is `linear → gelu → linear` in primitive ops.
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{exp_f32, gelu, gelu_grad, linear_into, matmul_into, MatLayout};
+use crate::kernels::elementwise::{gelu_and_grad, mul_in_place};
+use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
 
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
-use rayon::prelude::*;
-use std::any::TypeId;
-
-/// Rows per parallel chunk of the elementwise GELU loops.
-const CHUNK: usize = 4096;
 
 /// The MLP's parameters on the tape (timm names: `mlp.fc1.weight` (M, D), `mlp.fc1.bias` (M),
 /// `mlp.fc2.weight` (D, M), `mlp.fc2.bias` (D)).
@@ -45,67 +41,6 @@ struct MlpOp<T> {
     /// GELU'(a) (N, M).
     dgelu: Vec<T>,
     g: Vec<T>,
-}
-
-/// GELU and its derivative for f32, vectorizable: `Φ(x) = ½(1 + erf(x/√2))` with Abramowitz &
-/// Stegun 7.1.26 for erf (|error| ≤ 1.5e-7), sharing `exp(−x²/2)` with `φ(x)`.
-#[inline(always)]
-pub fn gelu_and_grad_f32(x: f32) -> (f32, f32) {
-    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let e = exp_f32(-0.5 * x * x);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
-    let erf_abs = 1.0 - poly * e;
-    let erf = if x < 0.0 { -erf_abs } else { erf_abs };
-    let cdf = 0.5 * (1.0 + erf);
-    let pdf = 0.398_942_3 * e;
-    (x * cdf, cdf + x * pdf)
-}
-
-/// `g = GELU(a)`, `d = GELU'(a)`, elementwise, parallel in chunks.
-fn gelu_and_grad<T: Element>(a: &[T], g: &mut [T], d: &mut [T]) {
-    if TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: T is f32 (checked through TypeId), so the slices have f32's layout.
-        let (a, g, d) = unsafe {
-            (
-                std::slice::from_raw_parts(a.as_ptr() as *const f32, a.len()),
-                std::slice::from_raw_parts_mut(g.as_mut_ptr() as *mut f32, g.len()),
-                std::slice::from_raw_parts_mut(d.as_mut_ptr() as *mut f32, d.len()),
-            )
-        };
-        g.par_chunks_mut(CHUNK)
-            .zip(d.par_chunks_mut(CHUNK))
-            .zip(a.par_chunks(CHUNK))
-            .for_each(|((g, d), a)| {
-                for ((g, d), &a) in g.iter_mut().zip(d.iter_mut()).zip(a) {
-                    let (v, dv) = gelu_and_grad_f32(a);
-                    *g = v;
-                    *d = dv;
-                }
-            });
-    } else {
-        g.par_chunks_mut(CHUNK)
-            .zip(d.par_chunks_mut(CHUNK))
-            .zip(a.par_chunks(CHUNK))
-            .for_each(|((g, d), a)| {
-                for ((g, d), &a) in g.iter_mut().zip(d.iter_mut()).zip(a) {
-                    *g = gelu(a);
-                    *d = gelu_grad(a);
-                }
-            });
-    }
-}
-
-fn col_sums<T: Element>(g: &[T], cols: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); cols];
-    for row in g.chunks_exact(cols) {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o += v;
-        }
-    }
-    out
 }
 
 impl<T: Element> Op<T> for MlpOp<T> {
@@ -129,13 +64,7 @@ impl<T: Element> Op<T> for MlpOp<T> {
             return Ok(grads);
         }
         let mut da = matmul_into(n, m, d, dy.data(), MatLayout::N, w2.data(), MatLayout::N);
-        da.par_chunks_mut(CHUNK)
-            .zip(self.dgelu.par_chunks(CHUNK))
-            .for_each(|(g, d)| {
-                for (g, &d) in g.iter_mut().zip(d) {
-                    *g *= d;
-                }
-            });
+        mul_in_place(&mut da, &self.dgelu);
         if ctx.needs_grad[1] {
             let dw1 = matmul_into(m, d, n, &da, MatLayout::T, x.data(), MatLayout::N);
             grads[1] = Some(Tensor::from_parts(vec![m, d], dw1));
@@ -207,25 +136,4 @@ pub fn mlp_reference<T: Element>(tape: &mut Tape<T>, x: Var, w: &MlpWeights) -> 
     let h = ops::linear(tape, x, w.fc1_w, Some(w.fc1_b))?;
     let h = ops::gelu(tape, h)?;
     ops::linear(tape, h, w.fc2_w, Some(w.fc2_b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_f32_gelu_matches_exact() {
-        let mut worst = (0.0f64, 0.0f64);
-        for i in -20000..=20000 {
-            let x = i as f64 * 5e-4;
-            let (g, d) = gelu_and_grad_f32(x as f32);
-            let (gw, dw) = (gelu(x), gelu_grad(x));
-            worst.0 = worst.0.max((g as f64 - gw).abs() / gw.abs().max(1.0));
-            worst.1 = worst.1.max((d as f64 - dw).abs() / dw.abs().max(1.0));
-        }
-        // |x|·|ΔΦ| with |ΔΦ| ≤ 7.5e-8 (+ f32 rounding).
-        assert!(worst.0 < 1e-6 && worst.1 < 1e-6, "{worst:?}");
-        assert_eq!(gelu_and_grad_f32(-100.0).0, -0.0);
-        assert_eq!(gelu_and_grad_f32(100.0), (100.0, 1.0));
-    }
 }

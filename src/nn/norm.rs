@@ -25,6 +25,11 @@
 
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
+use crate::kernels::elementwise::mul_in_place;
+use crate::kernels::norm::{
+    affine_grad_sums, ln_backward_row, ln_grad_sums, normalize_row, scale_shift,
+    segment_input_grad, shifted_sums,
+};
 use crate::kernels::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
@@ -156,186 +161,6 @@ impl RowLayout {
     }
 }
 
-/// `(Σ a_i, Σ b_i)` of `f(i) = (a_i, b_i)` over `0..n`: 8 independent accumulators in the
-/// element type (so the reduction vectorizes at full width instead of widening every
-/// element), flushed to f64 every 256 terms so each lane sums at most 32 terms and the
-/// rounding stays at the level of a pairwise sum.
-#[inline(always)]
-fn sum2<T: Element>(n: usize, mut f: impl FnMut(usize) -> (T, T)) -> (f64, f64) {
-    const BLOCK: usize = 256;
-    let (mut sa, mut sb) = (0.0f64, 0.0f64);
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
-        let mut a = [T::zero(); 8];
-        let mut b = [T::zero(); 8];
-        let full = start + (end - start) / 8 * 8;
-        let mut i = start;
-        while i < full {
-            for k in 0..8 {
-                let (u, v) = f(i + k);
-                a[k] += u;
-                b[k] += v;
-            }
-            i += 8;
-        }
-        for i in full..end {
-            let (u, v) = f(i);
-            a[0] += u;
-            b[0] += v;
-        }
-        // Tree-reduce the lanes in T (≤ 256 terms in all), then one widening add.
-        let lanes = |v: [T; 8]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-        sa += lanes(a).as_f64();
-        sb += lanes(b).as_f64();
-        start = end;
-    }
-    (sa, sb)
-}
-
-/// `(Σ (x − k), Σ (x − k)²)` over a row: the shifted sums of [`row_stats`].
-#[inline(always)]
-fn shifted_sums<T: Element>(x: &[T], k: T) -> (f64, f64) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if let Some(x32) = as_f32(x) {
-        let k = k.as_f64() as f32;
-        return simd::sums(x32, x32, x32, |x, _, _| {
-            let d = simd::sub(x, simd::splat(k));
-            (d, simd::mul(d, d))
-        });
-    }
-    sum2(x.len(), |i| {
-        let d = x[i] - k;
-        (d, d * d)
-    })
-}
-
-/// `(Σ h, Σ h x̂)` with `h = g γ`, `x̂ = (x − μ) σ̃⁻¹` over a row: LayerNorm's backward sums.
-#[inline(always)]
-fn ln_grad_sums<T: Element>(g: &[T], w: &[T], x: &[T], mu: T, rs: T) -> (f64, f64) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if let (Some(g32), Some(w32), Some(x32)) = (as_f32(g), as_f32(w), as_f32(x)) {
-        let (mu, rs) = (mu.as_f64() as f32, rs.as_f64() as f32);
-        return simd::sums(g32, w32, x32, |g, w, x| {
-            let h = simd::mul(g, w);
-            let xh = simd::mul(simd::sub(x, simd::splat(mu)), simd::splat(rs));
-            (h, simd::mul(h, xh))
-        });
-    }
-    sum2(g.len().min(w.len()).min(x.len()), |i| {
-        let h = g[i] * w[i];
-        (h, h * ((x[i] - mu) * rs))
-    })
-}
-
-/// `(Σ g, Σ g (x − μ) σ̃⁻¹)` over a segment: the affine gradients `(dβ, dγ)` of one channel.
-#[inline(always)]
-fn affine_grad_sums<T: Element>(g: &[T], x: &[T], mu: T, rs: T) -> (f64, f64) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if let (Some(g32), Some(x32)) = (as_f32(g), as_f32(x)) {
-        let (mu, rs) = (mu.as_f64() as f32, rs.as_f64() as f32);
-        return simd::sums(g32, x32, x32, |g, x, _| {
-            let q = simd::mul(simd::mul(g, simd::sub(x, simd::splat(mu))), simd::splat(rs));
-            (g, q)
-        });
-    }
-    sum2(g.len().min(x.len()), |i| (g[i], g[i] * (x[i] - mu) * rs))
-}
-
-/// The slice as `&[f32]` when `T` is f32.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-#[inline(always)]
-fn as_f32<T: Element>(x: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32 (checked through TypeId), so the slice is reinterpreted as itself.
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-}
-
-/// AVX versions of [`sum2`] for f32 rows (built when the target has AVX, as it does with
-/// `target-cpu=native` on any x86-64 of the last decade). The compiler turned the generic 8-lane
-/// loop into scalar multiplies plus lane inserts; these are the same operations in the same
-/// order (8 lanes, multiply then add — no FMA —, the tail into lane 0, the same lane tree, a
-/// widening add every 256 entries), so the results are bit-identical to the generic path.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-mod simd {
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    pub fn splat(v: f32) -> __m256 {
-        // SAFETY: AVX is enabled for this build (module cfg).
-        unsafe { _mm256_set1_ps(v) }
-    }
-    #[inline(always)]
-    pub fn sub(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: as above.
-        unsafe { _mm256_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    pub fn mul(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: as above.
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-
-    /// `(Σ p_i, Σ q_i)` with `(p, q) = f(a_i, b_i, c_i)` evaluated 8 lanes at a time.
-    #[inline(always)]
-    pub fn sums(
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        f: impl Fn(__m256, __m256, __m256) -> (__m256, __m256),
-    ) -> (f64, f64) {
-        const BLOCK: usize = 256;
-        let n = a.len().min(b.len()).min(c.len());
-        let lanes = |v: [f32; 8]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-        let (mut sa, mut sb) = (0.0f64, 0.0f64);
-        let mut start = 0;
-        while start < n {
-            let end = (start + BLOCK).min(n);
-            let mut i = start;
-            let (mut u, mut v) = (splat(0.0), splat(0.0));
-            while i + 8 <= end {
-                // SAFETY: i + 8 ≤ end ≤ the length of every slice; unaligned loads.
-                let (x, y, z) = unsafe {
-                    (
-                        _mm256_loadu_ps(a.as_ptr().add(i)),
-                        _mm256_loadu_ps(b.as_ptr().add(i)),
-                        _mm256_loadu_ps(c.as_ptr().add(i)),
-                    )
-                };
-                let (p, q) = f(x, y, z);
-                // SAFETY: AVX is enabled for this build.
-                unsafe {
-                    u = _mm256_add_ps(u, p);
-                    v = _mm256_add_ps(v, q);
-                }
-                i += 8;
-            }
-            let (mut ua, mut va) = ([0.0f32; 8], [0.0f32; 8]);
-            // SAFETY: the arrays hold 8 f32 each; unaligned stores.
-            unsafe {
-                _mm256_storeu_ps(ua.as_mut_ptr(), u);
-                _mm256_storeu_ps(va.as_mut_ptr(), v);
-            }
-            for j in i..end {
-                // The scalar tail, in lane 0 as in the generic path.
-                let (p, q) = f(splat(a[j]), splat(b[j]), splat(c[j]));
-                let (mut pa, mut qa) = ([0.0f32; 8], [0.0f32; 8]);
-                // SAFETY: as above.
-                unsafe {
-                    _mm256_storeu_ps(pa.as_mut_ptr(), p);
-                    _mm256_storeu_ps(qa.as_mut_ptr(), q);
-                }
-                ua[0] += pa[0];
-                va[0] += qa[0];
-            }
-            sa += lanes(ua) as f64;
-            sb += lanes(va) as f64;
-            start = end;
-        }
-        (sa, sb)
-    }
-}
-
 /// Mean and population variance of a row, over the entries with `m = 1` when masked.
 #[inline(always)]
 fn row_stats<T: Element>(x: &[T], m: Option<&[T]>) -> (f64, f64) {
@@ -380,11 +205,7 @@ fn row_normalize<T: Element>(
     lay: &RowLayout,
 ) {
     if lay.seg_len == 1 {
-        let n = y.len();
-        let (x, w, b) = (&x[..n], &w[..n], &b[..n]);
-        for i in 0..n {
-            y[i] = (x[i] - mu) * rs * w[i] + b[i];
-        }
+        normalize_row(x, y, mu, rs, w, b);
     } else {
         for (s, (ys, xs)) in y
             .chunks_mut(lay.seg_len)
@@ -392,14 +213,11 @@ fn row_normalize<T: Element>(
             .enumerate()
         {
             let a = rs * w[s];
-            let c = b[s] - mu * a;
-            for (y, &x) in ys.iter_mut().zip(xs) {
-                *y = x * a + c;
-            }
+            scale_shift(xs, ys, a, b[s] - mu * a);
         }
     }
     if let Some(m) = m {
-        y.iter_mut().zip(m).for_each(|(y, &m)| *y *= m);
+        mul_in_place(y, m);
     }
 }
 
@@ -513,28 +331,14 @@ fn row_backward<T: Element>(
                 // Σh and Σh·x̂ with h = g γ (lanes in T), then the affine gradients in a
                 // separate loop (the row is in L1) so both loops vectorize.
                 let (s1, s2) = ln_grad_sums(gr, wr, xr, mu, rs);
-                if need_dx {
-                    // dx and the affine gradients in one more pass over the (cached) row.
-                    let (c1, c2) = (T::c(s1 * inv_l), T::c(s2 * inv_l));
-                    // Equal-length slices and an index loop: no bounds checks, full vectors
-                    // (a six-way zip chain did not vectorize).
-                    let dxr = &mut dx[k * l..(k + 1) * l];
-                    let (dwr, dbr, xr, gr, wr) =
-                        (&mut dwr[..l], &mut dbr[..l], &xr[..l], &gr[..l], &wr[..l]);
-                    for i in 0..l {
-                        let (xv, g) = (xr[i], gr[i]);
-                        let xh = (xv - mu) * rs;
-                        dwr[i] += g * xh;
-                        dbr[i] += g;
-                        dxr[i] = rs * (g * wr[i] - c1 - xh * c2);
-                    }
+                // dx and the affine gradients in one more pass over the (cached) row.
+                let c = (T::c(s1 * inv_l), T::c(s2 * inv_l));
+                let dxr = if need_dx {
+                    Some(&mut dx[k * l..(k + 1) * l])
                 } else {
-                    for (((dw, db), &xv), &g) in dwr.iter_mut().zip(dbr.iter_mut()).zip(xr).zip(gr)
-                    {
-                        *dw += g * ((xv - mu) * rs);
-                        *db += g;
-                    }
-                }
+                    None
+                };
+                ln_backward_row(xr, gr, wr, mu, rs, c, dxr, dwr, dbr);
                 if (k + 1) % FLUSH == 0 || k + 1 == nrows {
                     flush(&mut dw, &mut db, &mut dwt, &mut dbt);
                 }
@@ -549,19 +353,8 @@ fn row_backward<T: Element>(
             {
                 let a = base + s;
                 let wa = w[a];
-                let (gw, gb) = match mr {
-                    None => {
-                        let (gb, gw) = affine_grad_sums(gs, xs, mu, rs);
-                        (gw, gb)
-                    }
-                    Some(m) => {
-                        let ms = &m[s * lay.seg_len..(s + 1) * lay.seg_len];
-                        sum2(xs.len(), |i| {
-                            let g = gs[i] * ms[i];
-                            (g * (xs[i] - mu) * rs, g)
-                        })
-                    }
-                };
+                let ms = mr.map(|m| &m[s * lay.seg_len..(s + 1) * lay.seg_len]);
+                let (gb, gw) = affine_grad_sums(gs, ms, xs, mu, rs);
                 dw[a] += gw;
                 db[a] += gb;
                 s1 += wa.as_f64() * gb;
@@ -577,12 +370,8 @@ fn row_backward<T: Element>(
                     .zip(gr.chunks(lay.seg_len))
                     .enumerate()
                 {
-                    let wa = w[base + s];
-                    for (i, ((d, &xv), &g)) in ds.iter_mut().zip(xs).zip(gs).enumerate() {
-                        let xh = (xv - mu) * rs;
-                        let v = rs * (g * wa - c1 - xh * c2);
-                        *d = mr.map_or(v, |m| v * m[s * lay.seg_len + i]);
-                    }
+                    let ms = mr.map(|m| &m[s * lay.seg_len..(s + 1) * lay.seg_len]);
+                    segment_input_grad(xs, gs, ms, w[base + s], mu, rs, (c1, c2), ds);
                 }
             }
         }
@@ -1223,13 +1012,10 @@ fn channel_normalize<T: Element>(
     let seg = |s: usize, ys: &mut [T]| {
         let ch = s % c;
         let a = rstd[ch] * w[ch];
-        let k = b[ch] - mean[ch] * a;
         let o = s * f;
-        for (y, &x) in ys.iter_mut().zip(&x[o..o + f]) {
-            *y = x * a + k;
-        }
+        scale_shift(&x[o..o + f], ys, a, b[ch] - mean[ch] * a);
         if let Some(m) = mask {
-            ys.iter_mut().zip(&m[o..o + f]).for_each(|(y, &m)| *y *= m);
+            mul_in_place(ys, &m[o..o + f]);
         }
     };
     if x.len() < PAR_THRESHOLD {
@@ -1273,16 +1059,7 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
             for s in 0..n {
                 let o = (s * c + ch) * f;
                 let (xs, gs) = (&x[o..o + f], &dy[o..o + f]);
-                let (a, b) = match mask {
-                    None => affine_grad_sums(gs, xs, mu, rs),
-                    Some(m) => {
-                        let ms = &m[o..o + f];
-                        sum2(f, |i| {
-                            let g = gs[i] * ms[i];
-                            (g, g * (xs[i] - mu) * rs)
-                        })
-                    }
-                };
+                let (a, b) = affine_grad_sums(gs, mask.map(|m| &m[o..o + f]), xs, mu, rs);
                 s1 += a;
                 s2 += b;
             }
@@ -1766,47 +1543,4 @@ pub fn fused_forward_backward<T: Element>(
     };
     let (dx, dw, db) = (next()?, next()?, next()?);
     Ok([y, dx, dw, db])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::init::Rng;
-
-    /// The f32 row sums (AVX where the build has it) equal the generic 8-lane loop bit for bit,
-    /// for every row length around the 8-lane and 256-entry block boundaries.
-    #[test]
-    fn row_sums_match_the_generic_loop_bitwise() {
-        let mut rng = Rng::new(7);
-        for n in (1..40).chain([255, 256, 257, 263, 511, 512, 520, 1000]) {
-            let v = |rng: &mut Rng| {
-                (0..n)
-                    .map(|_| 3.0 + rng.normal() as f32)
-                    .collect::<Vec<f32>>()
-            };
-            let (g, w, x) = (v(&mut rng), v(&mut rng), v(&mut rng));
-            let k = x[0];
-            let want = sum2(n, |i| {
-                let d = x[i] - k;
-                (d, d * d)
-            });
-            assert_eq!(shifted_sums(&x, k), want, "shifted sums, n = {n}");
-            let (mu, rs) = (2.9f32, 0.7f32);
-            let want = sum2(n, |i| {
-                let h = g[i] * w[i];
-                (h, h * ((x[i] - mu) * rs))
-            });
-            assert_eq!(
-                ln_grad_sums(&g, &w, &x, mu, rs),
-                want,
-                "LayerNorm sums, n = {n}"
-            );
-            let want = sum2(n, |i| (g[i], g[i] * (x[i] - mu) * rs));
-            assert_eq!(
-                affine_grad_sums(&g, &x, mu, rs),
-                want,
-                "affine sums, n = {n}"
-            );
-        }
-    }
 }

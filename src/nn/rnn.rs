@@ -27,11 +27,15 @@
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
-use crate::kernels::{gemm, sigmoid as sigmoid_k, sigmoid_f32, tanh_f32, transpose, MatLayout};
+use crate::kernels::elementwise::{
+    relu_backward_in_place, relu_in_place, sigmoid_backward_in_place, sigmoid_in_place,
+    tanh_backward_in_place, tanh_in_place,
+};
+use crate::kernels::reduce::{add_row_bias, axpy, col_sums_into};
+use crate::kernels::{gemm, sigmoid as sigmoid_k, transpose, MatLayout};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
 use serde::{Deserialize, Serialize};
-use std::any::TypeId;
 use std::sync::Arc;
 
 /// Hidden nonlinearity. The assignment's model uses the logistic sigmoid.
@@ -156,21 +160,6 @@ pub fn swap01<T: Copy>(x: &[T], a: usize, b: usize, f: usize) -> Vec<T> {
     out
 }
 
-fn add_rows<T: Element>(buf: &mut [T], bias: &[T]) {
-    let n = bias.len();
-    for row in buf.chunks_mut(n) {
-        row.iter_mut().zip(bias).for_each(|(r, &b)| *r += b);
-    }
-}
-
-fn sum_rows_into<T: Element>(buf: &[T], n: usize, out: &mut Vec<T>) {
-    out.clear();
-    out.resize(n, T::zero());
-    for row in buf.chunks(n) {
-        out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
-    }
-}
-
 /// Resizes a scratch buffer to `n` elements without reallocating once its capacity suffices.
 /// The contents are unspecified: every caller overwrites all of them.
 fn fit<T: Element>(v: &mut Vec<T>, n: usize) {
@@ -180,22 +169,24 @@ fn fit<T: Element>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Applies the activation to a block in place. The f32 sigmoid and tanh go through
-/// [`sigmoid_f32`] and [`tanh_f32`], which the compiler vectorizes (the scalar libm `expf` call
-/// was a quarter of a training step at hidden 64, libm's `tanhf` a quarter of a character-LM
-/// step); f64 — the gradient checks — keeps the scalar reference formula.
+/// Applies the activation to a block in place (the kernels' vectorized f32 sigmoid and tanh —
+/// libm's scalar `expf`/`tanhf` were a quarter of a training step —, the exact forms in f64).
 fn activate_in_place<T: Element>(act: Activation, v: &mut [T]) {
-    if act != Activation::Relu && TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: T is f32 (checked through TypeId), so the slice is reinterpreted as itself.
-        let v32 = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) };
-        if act == Activation::Sigmoid {
-            v32.iter_mut().for_each(|x| *x = sigmoid_f32(*x));
-        } else {
-            v32.iter_mut().for_each(|x| *x = tanh_f32(*x));
-        }
-        return;
+    match act {
+        Activation::Sigmoid => sigmoid_in_place(v),
+        Activation::Tanh => tanh_in_place(v),
+        Activation::Relu => relu_in_place(v),
     }
-    v.iter_mut().for_each(|x| *x = act.f(*x));
+}
+
+/// `g ← g ⊙ σ'(a)` with the derivative written through the output `h = σ(a)`
+/// ([`Activation::grad_from_output`], one kernel per activation).
+fn backprop_activation<T: Element>(act: Activation, g: &mut [T], h: &[T]) {
+    match act {
+        Activation::Sigmoid => sigmoid_backward_in_place(g, h),
+        Activation::Tanh => tanh_backward_in_place(g, h),
+        Activation::Relu => relu_backward_in_place(g, h),
+    }
 }
 
 /// `(A, B, F)` → `(B, A, F)` row-major into a reused buffer.
@@ -253,7 +244,7 @@ pub fn forward_tm_into<T: Element>(
         false,
     );
     if let Some(bias) = wr.b_h {
-        add_rows(&mut hs[bh..], bias);
+        add_row_bias(&mut hs[bh..], bias);
     }
     let act = wr.activation;
     // Uᵀ stored once per sequence, so every step's product reads both operands as stored (the
@@ -296,7 +287,7 @@ pub fn forward_tm_into<T: Element>(
         false,
     );
     if let Some(bias) = wr.b_y {
-        add_rows(y, bias);
+        add_row_bias(y, bias);
     }
 }
 
@@ -418,9 +409,7 @@ pub fn backward_tm_into<T: Element>(
             gh[s * bh..(s + 1) * bh].copy_from_slice(gs);
         }
         let hcur = &hs[(s + 1) * bh..(s + 2) * bh];
-        gs.iter_mut()
-            .zip(hcur)
-            .for_each(|(g, &hv)| *g *= act.grad_from_output(hv));
+        backprop_activation(act, gs, hcur);
         if s == 0 {
             // ∇_{h_0} = δ_1 U, (B, H)·(H, H)
             gemm(
@@ -484,11 +473,11 @@ pub fn backward_tm_into<T: Element>(
         g.x_tm = None;
     }
     match wr.b_h {
-        Some(_) => sum_rows_into(delta, h, g.b_h.get_or_insert_with(Vec::new)),
+        Some(_) => col_sums_into(delta, h, g.b_h.get_or_insert_with(Vec::new)),
         None => g.b_h = None,
     }
     match wr.b_y {
-        Some(_) => sum_rows_into(gy, o, g.b_y.get_or_insert_with(Vec::new)),
+        Some(_) => col_sums_into(gy, o, g.b_y.get_or_insert_with(Vec::new)),
         None => g.b_y = None,
     }
 }
@@ -1162,11 +1151,11 @@ impl<T: Element> ElmanWeights<T> {
 }
 
 fn add_into<T: Element>(a: &mut [T], b: &[T]) {
-    a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+    axpy(T::one(), b, a);
 }
 
 fn axpy_into<T: Element>(a: &mut [T], alpha: T, b: &[T]) {
-    a.iter_mut().zip(b).for_each(|(a, &b)| *a += alpha * b);
+    axpy(alpha, b, a);
 }
 
 /// Buffers of one training step kept across steps, so that repeated steps on the same sizes

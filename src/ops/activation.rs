@@ -7,6 +7,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
+use crate::kernels::elementwise::{sigmoid_into, tanh_into};
 use crate::kernels::{gelu as gelu_k, gelu_grad, map_into, sigmoid as sigmoid_k, zip_into};
 use crate::tensor::{Element, Tensor};
 
@@ -117,7 +118,13 @@ impl<T: Element> Op<T> for Unary {
 fn unary<T: Element>(tape: &mut Tape<T>, x: Var, act: Act) -> Result<Var> {
     let xv = tape.value(x);
     let mut out = vec![T::zero(); xv.numel()];
-    map_into(xv.data(), &mut out, |v| act.f(v));
+    match act {
+        // f32: the vectorized sigmoid/tanh kernels (a few ulp from the exact forms, which f64
+        // keeps). GELU stays exact here: it is the reference the fused MLP is checked against.
+        Act::Sigmoid => sigmoid_into(xv.data(), &mut out),
+        Act::Tanh => tanh_into(xv.data(), &mut out),
+        _ => map_into(xv.data(), &mut out, |v| act.f(v)),
+    }
     let out = Tensor::new(xv.shape(), out)?;
     Ok(tape.record1(Unary(act), &[x], out))
 }

@@ -4,6 +4,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
+use crate::kernels::softmax::log_softmax_rows_backward;
 use crate::kernels::{log_softmax_rows, softmax_rows, softmax_rows_backward};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -50,16 +51,7 @@ impl<T: Element> Op<T> for LogSoftmax {
         let n = y.dim(-1);
         let g = ctx.grad();
         let mut dx = vec![T::zero(); y.numel()];
-        for ((dx, y), g) in dx
-            .chunks_mut(n)
-            .zip(y.data().chunks(n))
-            .zip(g.data().chunks(n))
-        {
-            let s: T = g.iter().copied().sum();
-            for j in 0..n {
-                dx[j] = g[j] - y[j].exp() * s;
-            }
-        }
+        log_softmax_rows_backward(y.data(), g.data(), &mut dx, n);
         Ok(vec![Some(Tensor::new(y.shape(), dx)?)])
     }
 }
