@@ -134,8 +134,11 @@ struct Run<T: Element> {
     /// Weights, buffers and state of the best evaluation not yet written to `best/`: kept in
     /// memory and written with the next checkpoint (or when the run ends, however it ends), so
     /// an improving metric costs no disk I/O at each evaluation.
-    pending_best: Option<(Vec<(String, Tensor<T>)>, CheckpointState)>,
+    pending_best: Option<(NamedTensors<T>, CheckpointState)>,
 }
+
+/// Tensors by their checkpoint names.
+type NamedTensors<T> = Vec<(String, Tensor<T>)>;
 
 /// When the automatic checkpoint is due ([`TrainConfig::checkpoint_every`] = 0).
 struct CheckpointClock {
@@ -725,8 +728,8 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
 }
 
 /// Parameters and model buffers by name, as checkpoints store them.
-fn model_tensors<T: Element, M: TrainModel<T>>(model: &M) -> Result<Vec<(String, Tensor<T>)>> {
-    let mut list: Vec<(String, Tensor<T>)> = model
+fn model_tensors<T: Element, M: TrainModel<T>>(model: &M) -> Result<NamedTensors<T>> {
+    let mut list: NamedTensors<T> = model
         .params()
         .iter()
         .map(|p| (p.name.clone(), p.value.clone()))
