@@ -13,7 +13,10 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` through a temporary file + fsync + rename.
 pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    let path = path.as_ref();
+    write_via_temp(path.as_ref(), bytes, true)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -29,7 +32,9 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = res {
@@ -37,6 +42,14 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         return Err(NablaError::io(path, e));
     }
     Ok(())
+}
+
+/// Replaces `path` by `bytes` through a temporary file and a rename, like [`atomic_write`], but
+/// without waiting for the disk (no fsync): readers never see a half-written file, but after a
+/// power loss it may be older or empty. For files rewritten often whose durable copy lives
+/// elsewhere (a run's `metrics.jsonl`, also kept in every checkpoint's `state.json`).
+pub fn replace_file(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path.as_ref(), bytes, false)
 }
 
 fn to_le_bytes<T: Element>(t: &Tensor<T>) -> (Dtype, Vec<u8>) {

@@ -19,8 +19,9 @@ fn args(out: &Path) -> TrainArgs {
         seed: 1,
         val_frac: 0.05,
         eval_every: 50,
+        checkpoint_every: 0,
         log_every: 50,
-        out: out.to_path_buf(),
+        out: Some(out.to_path_buf()),
         resume: false,
         overwrite: false,
         quiet: true,
@@ -49,7 +50,13 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     names.sort();
     assert_eq!(
         names,
-        ["checkpoint", "config.json", "metrics.jsonl", "metrics.svg"]
+        [
+            "best",
+            "checkpoint",
+            "config.json",
+            "metrics.jsonl",
+            "metrics.svg"
+        ]
     );
     let metrics = read_metrics_jsonl(dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(

@@ -239,3 +239,53 @@ fn train_writes_a_run_folder_and_resume_continues_it() {
         assert!(t.data() == b[k].data(), "{k} differs after resume");
     }
 }
+
+/// Without `--out`, a second run does not replace the first: it goes to the next numbered
+/// folder and says so on stderr; `--overwrite` replaces the default folder on purpose.
+#[test]
+fn default_run_folder_is_never_replaced_silently() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tsv(&data);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .current_dir(d.path())
+            .args([
+                "gnn", "train", "--epochs", "2", "--plain", "--json", "--data",
+            ])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let r: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+        (r["run_dir"].as_str().unwrap().to_string(), err)
+    };
+    let (first, err) = run(&[]);
+    assert_eq!(first, "runs/gnn-gcn");
+    assert!(!err.contains("holds an earlier run"), "{err}");
+    let first_config = std::fs::read(d.path().join("runs/gnn-gcn/config.json")).unwrap();
+    let (second, err) = run(&["--seed", "5"]);
+    assert_eq!(second, "runs/gnn-gcn-2");
+    assert!(
+        err.contains("note runs/gnn-gcn holds an earlier run; this run goes to runs/gnn-gcn-2"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(d.path().join("runs/gnn-gcn/config.json")).unwrap(),
+        first_config,
+        "the first run was touched"
+    );
+    assert_eq!(run(&[]).0, "runs/gnn-gcn-3");
+    // --overwrite reuses the default folder.
+    let (again, err) = run(&["--overwrite", "--seed", "5"]);
+    assert_eq!(again, "runs/gnn-gcn");
+    assert!(!err.contains("holds an earlier run"), "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("runs/gnn-gcn/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["train"]["seed"], 5);
+}

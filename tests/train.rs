@@ -334,7 +334,10 @@ fn nan_loss_stops_naming_step_and_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = Mlp::new(3, 16);
     m.nan_at = Some(33);
-    let err = Trainer::new(config(tmp.path(), 60), sgd())
+    // A checkpoint every 20 steps (the automatic default would write one only at the end).
+    let mut cfg = config(tmp.path(), 60);
+    cfg.checkpoint_every = 20;
+    let err = Trainer::new(cfg, sgd())
         .fit(&mut m)
         .unwrap_err()
         .to_string();

@@ -72,7 +72,7 @@ fn sigint_saves_a_checkpoint_and_returns() {
         eval_every: 1000,
         progress: ProgressMode::Quiet,
         plot: PlotFormat::None,
-        handle_sigint: true,
+        handle_signals: true,
         ..TrainConfig::default()
     };
     let s = Trainer::new(cfg, Sgd::plain(0.01).unwrap())

@@ -20,7 +20,7 @@ pub enum GnnCommand {
     /// stopping on validation, progress, metrics.jsonl, checkpoints, --resume, plot; reports
     /// the test accuracy of the best-validation model (mean over --seeds runs). Defaults: the
     /// paper's epochs, patience, Adam rate and weight decay; --monitor val_acc; --out
-    /// runs/gnn-<model>, replaced by the next run unless --out or --resume is given.
+    /// runs/gnn-<model> (runs/gnn-<model>-2, -3, … when taken; --overwrite replaces it).
     Train(GnnTrainArgs),
     /// Which nodes can influence node i after L rounds, and the Jacobian influence by hop
     /// distance, on the data set's graph and on a chain (JSON + SVG plot).
@@ -43,8 +43,8 @@ pub struct GnnTrainArgs {
     #[arg(long)]
     pub json: bool,
     // The shared trainer flags. Defaults here: --epochs and --patience from the model's paper
-    // setting, --monitor val_acc, evaluation every epoch, --out runs/gnn-<model> (replaced by
-    // the next run unless --out or --resume is given).
+    // setting, --monitor val_acc, evaluation every epoch, --out runs/gnn-<model> (or the first
+    // free runs/gnn-<model>-N; --overwrite replaces it).
     #[command(flatten)]
     pub train: crate::train::TrainArgs,
     // Optimizer flags; default Adam with the paper's rate and weight decay.
@@ -123,8 +123,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
     targs.epochs.get_or_insert(cfg.epochs as u64);
     targs.patience.get_or_insert(cfg.patience as u64);
     let default_out = format!("runs/gnn-{}", kind.name());
-    // The default folder is scratch space: a plain `nabla gnn train` always runs.
-    let scratch = a.train.out.is_none() && a.train.resume.is_none();
+    targs.resolve_default_out(&default_out);
     let optim_defaults = OptimDefaults {
         kind: OptimizerKind::Adam,
         lr: cfg.lr,
@@ -147,6 +146,9 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
     }
     let mut accs = Vec::new();
     for k in 0..a.seeds {
+        if crate::train::stop_signal().is_some() {
+            break; // the interrupted run said how to resume; start no further seeds
+        }
         let seed = a.train.seed + k as u64;
         let mut t = targs.clone();
         t.seed = seed;
@@ -159,8 +161,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
             );
             t.resume = t.resume.map(|r| r.join(&sub));
         }
-        let mut tc = t.config(&default_out, Some(("val_acc", Mode::Max)), 0)?;
-        tc.overwrite |= scratch;
+        let tc = t.config(&default_out, Some(("val_acc", Mode::Max)), 0)?;
         let r = train_node_classifier(&ds, &cfg, &tc, a.optim.build::<f32>(optim_defaults)?)?;
         if a.json {
             println!(

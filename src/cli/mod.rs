@@ -290,7 +290,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Entry point of the binary: parses arguments, runs, maps errors to exit status 1.
+/// Entry point of the binary: parses arguments, runs, maps errors to exit status 1 and a run
+/// stopped by a signal to `128 + signal` ([`crate::train::StopSignal::exit_code`]).
 pub fn main() -> i32 {
     crate::kernels::tune_allocator();
     let cli = Cli::parse();
@@ -307,11 +308,16 @@ pub fn main() -> i32 {
         Ok(pool) => pool.install(|| run(cli)),
         Err(_) => run(cli),
     };
+    if let Err(e) = &result {
+        eprintln!("error: {e}");
+    }
+    // A training run stopped by SIGINT/SIGTERM/SIGHUP has saved its checkpoint and said so; the
+    // status tells the caller (a shell, `timeout`, a scheduler) that it did not finish.
+    if let Some(sig) = crate::train::stop_signal() {
+        return sig.exit_code();
+    }
     match result {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
+        Err(_) => 1,
     }
 }

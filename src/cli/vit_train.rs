@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// Evaluate every N steps instead of once per epoch.
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
+    /// Checkpoint every N steps (0 = automatically, every 30 s of training or less often if
+    /// writing takes over 2% of the time); always at the end and on SIGINT/SIGTERM/SIGHUP.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub checkpoint_every: u64,
     /// Allow reusing a run folder that already has a checkpoint.
     #[arg(long)]
     pub overwrite: bool,
@@ -364,7 +368,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         epochs: Some(a.epochs),
         eval_every: a.eval_every,
         log_every: 50,
-        checkpoint_every: 0,
+        checkpoint_every: a.checkpoint_every,
         schedule: LrSchedule::Cosine {
             min_lr: a.lr * 0.01,
         },
@@ -377,6 +381,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         } else {
             crate::train::ProgressMode::Auto
         },
+        handle_signals: true,
         ..TrainConfig::default()
     };
     eprintln!(

@@ -11,7 +11,8 @@
 //! plain logs, `metrics.jsonl` (`val_loss` in nats and `val_bpc` in bits per character),
 //! atomic checkpoints in `OUT/checkpoint/` (weights `rnn.W`, `rnn.U`, `rnn.V`, `rnn.b_h`,
 //! `rnn.b_y`, the carried state `state.h`, the Adam moments, and the [`CharRnnConfig`] as the
-//! model config in `state.json`), exact `--resume`, NaN stop, Ctrl-C, and a plot at the end.
+//! model config in `state.json`), exact `--resume`, NaN stop, SIGINT/SIGTERM/SIGHUP and
+//! `--time-limit` stops with a checkpoint, `best/` on the validation loss, and a plot at the end.
 
 use crate::autograd::{ParamStore, Tape};
 use crate::data::text::{embedded_reber, CharCorpus, CharStreams, Vocab};
@@ -24,16 +25,13 @@ use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig};
 use crate::tensor::Tensor;
 use crate::train::{
-    load_checkpoint_state, CheckpointState, Metrics, Outcome, PlotFormat, ProgressMode, StepOutput,
-    TrainConfig, TrainModel, Trainer,
+    fresh_run_dir, load_checkpoint_state, CheckpointState, Metrics, Mode, PlotFormat, ProgressMode,
+    StepOutput, TrainConfig, TrainModel, Trainer,
 };
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Everything needed to rebuild the model and continue training.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -200,6 +198,9 @@ impl CharRnn {
     }
 }
 
+/// Run folder of `nabla rnn train` without `--out`.
+pub const DEFAULT_OUT: &str = "runs/char-rnn";
+
 /// `nabla rnn train` flags.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -222,8 +223,8 @@ pub struct TrainArgs {
     /// Number of updates (with --time-limit, whichever comes first).
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
-    /// Stop after this many seconds of training (0 = no limit).
-    #[arg(long, default_value_t = 0.0)]
+    /// Stop after this many seconds of training, with a checkpoint (0 = no limit).
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     pub time_limit: f64,
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
@@ -235,16 +236,20 @@ pub struct TrainArgs {
     /// Fraction of the text held out (its tail) for validation.
     #[arg(long, default_value_t = 0.05)]
     pub val_frac: f64,
-    /// Validate (and checkpoint) every this many updates.
+    /// Validate every this many updates (`best/` keeps the lowest validation loss).
     #[arg(long, default_value_t = 200)]
     pub eval_every: u64,
+    /// Checkpoint every N updates (0 = automatically, every 30 s of training or less often if
+    /// writing takes over 2% of the time); always at the end and on SIGINT/SIGTERM/SIGHUP.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub checkpoint_every: u64,
     /// Plain training log line every this many updates.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
     /// Run folder (the shared trainer's layout): checkpoint/, best/, config.json,
-    /// metrics.jsonl, metrics.svg.
-    #[arg(long, default_value = "char-rnn")]
-    pub out: PathBuf,
+    /// metrics.jsonl, metrics.svg. Default: runs/char-rnn, or the first free runs/char-rnn-N.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint (model settings come from the checkpoint).
     #[arg(long)]
     pub resume: bool,
@@ -492,7 +497,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainReport {
     pub steps: u64,
-    /// `completed`, `early_stopped` or `interrupted` (Ctrl-C or --time-limit).
+    /// `completed`, `early_stopped`, `interrupted` (SIGINT, SIGTERM, SIGHUP) or `time_limit`.
     pub outcome: String,
     pub seconds: f64,
     /// Mean training loss (nats/char) since the previous evaluation.
@@ -516,7 +521,7 @@ fn load_text(text: &Option<PathBuf>, seed: u64) -> Result<(String, Option<String
 }
 
 /// Trains per the flags on the shared [`Trainer`] (progress bar or plain logs, metrics.jsonl,
-/// atomic checkpoints with exact resume, NaN stop, Ctrl-C, plot); returns the summary.
+/// atomic checkpoints with exact resume, NaN stop, stop signals, plot); returns the summary.
 pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     TbpttSchedule::new(a.k1, a.k2)?;
     if a.batch == 0 {
@@ -528,17 +533,25 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     if a.eval_every == 0 || a.log_every == 0 {
         return Err(invalid!("--eval-every and --log-every must be at least 1"));
     }
-    if a.time_limit.is_nan() || a.time_limit < 0.0 {
-        return Err(invalid!("--time-limit must be >= 0, got {}", a.time_limit));
+    if !(a.time_limit >= 0.0 && a.time_limit.is_finite()) {
+        return Err(invalid!(
+            "--time-limit must be a finite number of seconds >= 0 (0 = no limit), got {}",
+            a.time_limit
+        ));
     }
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None if a.resume || a.overwrite => PathBuf::from(DEFAULT_OUT),
+        None => fresh_run_dir(Path::new(DEFAULT_OUT)),
+    };
     let activation = Activation::parse(&a.activation)?;
     let config = if a.resume {
         // The model settings (and the text seed of the built-in corpus) come from the run.
-        let st = load_checkpoint_state(&a.out)?;
+        let st = load_checkpoint_state(&out)?;
         serde_json::from_value::<CharRnnConfig>(st.model_config).map_err(|e| {
             invalid!(
                 "--resume: {} does not hold a `nabla rnn train` run: {e}",
-                a.out.display()
+                out.display()
             )
         })?
     } else {
@@ -563,7 +576,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
         if config.vocab != corpus.vocab.as_string() || config.text_chars != text.chars().count() {
             return Err(invalid!(
                 "--resume: the run in {} was trained on another text ({} characters, vocabulary of {}), this one has {} characters and {}",
-                a.out.display(),
+                out.display(),
                 config.text_chars,
                 config.vocab.chars().count(),
                 text.chars().count(),
@@ -582,14 +595,17 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     let model = CharRnn::new(config.clone())?;
     let mut task = CharRnnTask::new(model, corpus)?;
     let tcfg = TrainConfig {
-        out_dir: a.out.clone(),
-        resume: a.resume.then(|| a.out.clone()),
+        out_dir: out.clone(),
+        resume: a.resume.then(|| out.clone()),
         overwrite: a.overwrite,
         seed: config.seed,
         max_steps: Some(a.steps),
         eval_every: a.eval_every,
         log_every: a.log_every,
+        checkpoint_every: a.checkpoint_every,
+        time_limit_s: (a.time_limit > 0.0).then_some(a.time_limit),
         clip_grad_norm: Some(config.clip),
+        monitor: Some(("val_loss".into(), Mode::Min)),
         progress: if a.quiet {
             ProgressMode::Quiet
         } else if a.plain {
@@ -598,28 +614,10 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             ProgressMode::Auto
         },
         plot: a.plot,
+        handle_signals: true,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(tcfg, Adam::new(AdamConfig::new(config.lr))?);
-    // --time-limit: the trainer's interrupt (as Ctrl-C) checkpoints and stops before the next step.
-    let done = Arc::new(AtomicBool::new(false));
-    if a.time_limit > 0.0 {
-        let (stop, done) = (trainer.interrupt_handle(), done.clone());
-        let limit = Duration::from_secs_f64(a.time_limit);
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                if t0.elapsed() >= limit {
-                    stop.store(true, Ordering::SeqCst);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-    }
-    let summary = trainer.fit(&mut task);
-    done.store(true, Ordering::SeqCst);
-    let summary = summary?;
+    let summary = Trainer::new(tcfg, Adam::new(AdamConfig::new(config.lr))?).fit(&mut task)?;
     // The last evaluation is the final state unless the run was interrupted between two; then
     // the loss since that evaluation comes from the checkpoint's running interval.
     let st = load_checkpoint_state(&summary.checkpoint)?;
@@ -632,12 +630,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     };
     Ok(TrainReport {
         steps: summary.step,
-        outcome: match summary.outcome {
-            Outcome::Completed => "completed",
-            Outcome::EarlyStopped => "early_stopped",
-            Outcome::Interrupted => "interrupted",
-        }
-        .into(),
+        outcome: summary.outcome.as_str().into(),
         seconds: summary.wall_time_s,
         train_loss,
         val_nats: val,

@@ -19,7 +19,7 @@ use crate::ops::{self, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig, Optimizer};
 use crate::tensor::Tensor;
 use crate::train::{
-    read_metrics_jsonl, EarlyStopping, Metrics, Mode, Outcome, PlotFormat, StepOutput, TrainConfig,
+    read_metrics_jsonl, EarlyStopping, Metrics, Mode, PlotFormat, StepOutput, TrainConfig,
     TrainModel, Trainer,
 };
 use serde::Serialize;
@@ -295,12 +295,7 @@ pub fn train_node_classifier<O: Optimizer<f32>>(
         best_val_loss: get("val_loss"),
         test_acc: get("test_acc"),
         final_train_loss: summary.last.as_ref().map_or(f64::NAN, |l| l.train_loss),
-        outcome: match summary.outcome {
-            Outcome::Completed => "completed",
-            Outcome::EarlyStopped => "early_stopped",
-            Outcome::Interrupted => "interrupted",
-        }
-        .into(),
+        outcome: summary.outcome.as_str().into(),
         seconds: summary.wall_time_s,
         params,
         run_dir: summary.run_dir,
@@ -343,7 +338,7 @@ mod tests {
         TrainConfig {
             progress: ProgressMode::Quiet,
             plot: PlotFormat::None,
-            handle_sigint: false,
+            handle_signals: false,
             ..gnn_train_config(cfg, dir, 0)
         }
     }

@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::invalid;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Whether a smaller or a larger value of a metric is better.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -132,8 +132,14 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// A progress line (or bar update) every this many steps.
     pub log_every: u64,
-    /// Extra checkpoints every this many steps (0 = only at evaluations, the end and Ctrl-C).
+    /// A checkpoint every this many steps; 0 = automatic: the first step after
+    /// [`AUTO_CHECKPOINT_INTERVAL_S`] since the previous one, later still if writing one took
+    /// more than [`AUTO_CHECKPOINT_IO_SHARE`] of that time. Always at the end and on a stop
+    /// signal, whatever the value.
     pub checkpoint_every: u64,
+    /// Stop (with a checkpoint, [`super::Outcome::TimeLimit`]) before the first step that would
+    /// start after this many seconds of this session.
+    pub time_limit_s: Option<f64>,
     pub schedule: LrSchedule,
     pub warmup_steps: u64,
     /// Rescale gradients so their global L2 norm is at most this.
@@ -143,9 +149,20 @@ pub struct TrainConfig {
     pub early_stopping: Option<EarlyStopping>,
     pub progress: ProgressMode,
     pub plot: PlotFormat,
-    /// Install a SIGINT handler: Ctrl-C saves a checkpoint and returns [`super::Outcome::Interrupted`].
-    pub handle_sigint: bool,
+    /// Install the SIGINT/SIGTERM/SIGHUP handlers ([`super::signals`]): a stop signal saves a
+    /// checkpoint and returns [`super::Outcome::Interrupted`]. Off by default, so a library
+    /// caller's process keeps its own signal handling; every `train` command turns it on.
+    #[serde(alias = "handle_sigint")]
+    pub handle_signals: bool,
 }
+
+/// Automatic checkpoints ([`TrainConfig::checkpoint_every`] = 0) are at least this many seconds
+/// apart: a kill without warning (`kill -9`, power loss) loses at most about this much training,
+/// and a run shorter than this writes its checkpoint once, at the end.
+pub const AUTO_CHECKPOINT_INTERVAL_S: f64 = 30.0;
+/// …and writing them takes at most this share of the wall time (the interval grows with the
+/// time the previous checkpoint took to write, for models whose checkpoints are slow to write).
+pub const AUTO_CHECKPOINT_IO_SHARE: f64 = 0.02;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -159,6 +176,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             log_every: 50,
             checkpoint_every: 0,
+            time_limit_s: None,
             schedule: LrSchedule::Constant,
             warmup_steps: 0,
             clip_grad_norm: None,
@@ -166,7 +184,7 @@ impl Default for TrainConfig {
             early_stopping: None,
             progress: ProgressMode::Auto,
             plot: PlotFormat::Svg,
-            handle_sigint: true,
+            handle_signals: false,
         }
     }
 }
@@ -189,6 +207,13 @@ impl TrainConfig {
         }
         if self.max_steps == Some(0) || self.epochs == Some(0) {
             return Err(invalid!("--steps/--epochs must be positive"));
+        }
+        if let Some(t) = self.time_limit_s {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(invalid!(
+                    "--time-limit must be a positive, finite number of seconds, got {t}"
+                ));
+            }
         }
         if self.log_every == 0 {
             return Err(invalid!("--log-every must be positive"));
@@ -214,6 +239,35 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// A command's default run folder, or, when that already holds something, the first free
+/// `DEFAULT-2`, `DEFAULT-3`, … (said on stderr): a repeated command without `--out` never
+/// replaces an earlier run (`--overwrite` does, on purpose).
+pub fn fresh_run_dir(default: &Path) -> PathBuf {
+    let taken = |p: &Path| {
+        p.exists()
+            && std::fs::read_dir(p)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+    };
+    if !taken(default) {
+        return default.to_path_buf();
+    }
+    let name = default
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    let dir = (2u64..)
+        .map(|k| default.with_file_name(format!("{name}-{k}")))
+        .find(|p| !taken(p))
+        .expect("an unbounded range has a free name");
+    eprintln!(
+        "note {} holds an earlier run; this run goes to {} (--out DIR chooses the folder, --overwrite replaces {})",
+        default.display(),
+        dir.display(),
+        default.display()
+    );
+    dir
 }
 
 /// Schedule names of `--schedule`.
@@ -252,9 +306,13 @@ pub struct TrainArgs {
     /// A progress line every N steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
-    /// Also checkpoint every N steps (0 = at evaluations and at the end only).
-    #[arg(long, default_value_t = 0)]
+    /// Checkpoint every N steps (0 = automatically, every 30 s of training or less often if
+    /// writing takes over 2% of the time); always at the end and on SIGINT/SIGTERM/SIGHUP.
+    #[arg(long, default_value_t = 0, value_name = "N")]
     pub checkpoint_every: u64,
+    /// Stop after this many seconds of training, with a checkpoint (exit status 0).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
     /// Learning-rate schedule after the warm-up.
     #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
     pub schedule: ScheduleKind,
@@ -295,6 +353,13 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Without `--out`, `--resume` or `--overwrite`: sets `--out` to [`fresh_run_dir`] of the
+    /// command's default folder (once, before a command derives per-seed folders from it).
+    pub fn resolve_default_out(&mut self, default_out: &str) {
+        if self.out.is_none() && self.resume.is_none() && !self.overwrite {
+            self.out = Some(fresh_run_dir(Path::new(default_out)));
+        }
+    }
     /// The configuration, with the command's defaults for what the user did not give:
     /// `default_out` (e.g. `runs/vit`), `default_monitor` (e.g. `("val_acc", Mode::Max)`) and
     /// `default_eval_every`.
@@ -307,7 +372,8 @@ impl TrainArgs {
         let out_dir = match (&self.out, &self.resume) {
             (Some(o), _) => o.clone(),
             (None, Some(r)) => r.clone(),
-            (None, None) => PathBuf::from(default_out),
+            (None, None) if self.overwrite => PathBuf::from(default_out),
+            (None, None) => fresh_run_dir(Path::new(default_out)),
         };
         let monitor = match (&self.monitor, default_monitor) {
             (Some(name), _) => {
@@ -342,6 +408,7 @@ impl TrainArgs {
             eval_every: self.eval_every.unwrap_or(default_eval_every),
             log_every: self.log_every,
             checkpoint_every: self.checkpoint_every,
+            time_limit_s: self.time_limit,
             schedule,
             warmup_steps: self.warmup,
             clip_grad_norm: self.clip_grad_norm,
@@ -358,7 +425,7 @@ impl TrainArgs {
                 ProgressMode::Auto
             },
             plot: self.plot,
-            handle_sigint: true,
+            handle_signals: true,
         };
         cfg.validate()?;
         Ok(cfg)

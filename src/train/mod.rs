@@ -1,6 +1,7 @@
 //! One training loop for every model: steps/epochs, evaluation, early stopping, best-checkpoint
 //! tracking, LR schedule, gradient clipping, progress, metrics JSONL, plots, atomic checkpoints,
-//! exact resume, and failure handling (non-finite loss/gradient, Ctrl-C, unwritable folder).
+//! exact resume, and failure handling (non-finite loss/gradient, stop signals, time limit,
+//! unwritable folder).
 //!
 //! # For model authors
 //!
@@ -63,7 +64,7 @@
 //!
 //! Command lines flatten [`TrainArgs`] (`#[command(flatten)] train: TrainArgs`) and call
 //! [`TrainArgs::config`]: `--out`, `--resume`, `--overwrite`, `--seed`, `--steps`/`--epochs`,
-//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--schedule`, `--warmup`, `--min-lr`,
+//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--time-limit`, `--schedule`, `--warmup`, `--min-lr`,
 //! `--clip-grad-norm`, `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`. They may also
 //! flatten [`OptimArgs`] and call [`OptimArgs::build`] for `--optimizer sgd|adam|adamw --lr
 //! --weight-decay …` ([`AnyOptimizer`]). Any [`crate::optim::Optimizer`] works directly
@@ -86,19 +87,22 @@ mod optim_args;
 pub mod plot;
 mod progress;
 mod sampler;
+pub mod signals;
 mod trainer;
 
 pub use checkpoint::{
     load_checkpoint_state, BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT,
 };
 pub use config::{
-    EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs, TrainConfig,
+    fresh_run_dir, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs,
+    TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
 };
 pub use metrics::{read_metrics_jsonl, MetricsRecord};
 pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
 pub use progress::format_log_line;
 pub use sampler::{select_rows, BatchSampler};
-pub use trainer::{request_interrupt_on_sigint, Outcome, TrainSummary, Trainer};
+pub use signals::{install_stop_handlers, stop_signal, StopSignal};
+pub use trainer::{Outcome, TrainSummary, Trainer};
 
 use crate::autograd::ParamStore;
 use crate::error::Result;

@@ -8,6 +8,10 @@
 //! (`epoch` only when the model has an epoch length; after `eval` the model's metrics in name
 //! order, then the best value of the monitored metric so far.) Free-form notes (checkpoints,
 //! early stopping, interruption) start with `note `.
+//!
+//! The bar shows the step's loss, the latest evaluation of the monitored metric (and its step),
+//! items/s and the time left; lines kept in the output are printed above it, and it is cleared
+//! when training ends, so whatever the command prints next starts on a line of its own.
 
 use super::config::ProgressMode;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -86,7 +90,9 @@ impl Progress {
             ProgressMode::Bar => {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 let style = ProgressStyle::with_template(
-                    "[{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} eta {eta} {msg}",
+                    // A fixed-width bar, not `wide_bar`: the line then stays shorter than the
+                    // terminal, and the echo of Ctrl-C (`^C`) does not wrap it.
+                    "[{elapsed_precise}] {bar:24.cyan/blue} {pos}/{len} {msg}",
                 )
                 .expect("constant template is valid")
                 .progress_chars("=> ");
@@ -123,9 +129,18 @@ impl Progress {
             Progress::Quiet => {}
         }
     }
+    /// A line that is shown even with `--quiet` (on stderr then): why a run stopped early.
+    pub(crate) fn notice(&mut self, line: &str) {
+        match self {
+            Progress::Quiet => eprintln!("{line}"),
+            _ => self.line(line),
+        }
+    }
+    /// Clears the bar (later lines go to stderr as plain lines).
     pub(crate) fn finish(&mut self) {
         if let Progress::Bar(b) = self {
-            b.finish();
+            b.finish_and_clear();
+            *self = Progress::Plain(Box::new(std::io::stderr()));
         }
     }
 }

@@ -4,21 +4,24 @@ use super::checkpoint::{
     checkpoint_dir, load_checkpoint_state, load_tensors, write_checkpoint, BestRecord,
     CheckpointState, IntervalState, CHECKPOINT_FORMAT, MODEL_FILE, OPTIM_FILE,
 };
-use super::config::{PlotFormat, TrainConfig};
+use super::config::{
+    PlotFormat, TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
+};
 use super::metrics::{to_jsonl, MetricsRecord, RESERVED};
 use super::progress::{fmt_duration, fmt_num, format_log_line, Progress};
+use super::signals::{install_stop_handlers, stop_signal, StopSignal};
 use super::{Metrics, StepOutput, TrainModel, TrainOptimizer};
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
-use crate::io::atomic_write;
+use crate::io::{atomic_write, replace_file};
 use crate::optim::clip_grad_norm;
 use crate::tensor::{Element, Tensor};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How a run ended (errors — non-finite values, I/O — are `Err` instead).
@@ -28,8 +31,23 @@ pub enum Outcome {
     Completed,
     /// The monitored metric stopped improving for `patience` evaluations.
     EarlyStopped,
-    /// Ctrl-C or [`Trainer::interrupt_handle`]: a checkpoint was saved; `--resume` continues.
+    /// A stop signal ([`TrainSummary::signal`]) or [`Trainer::interrupt_handle`]: a checkpoint
+    /// was saved; `--resume` continues.
     Interrupted,
+    /// [`TrainConfig::time_limit_s`] ran out: a checkpoint was saved; `--resume` continues.
+    TimeLimit,
+}
+
+impl Outcome {
+    /// `completed`, `early_stopped`, `interrupted`, `time_limit` (the `outcome` of JSON reports).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::EarlyStopped => "early_stopped",
+            Outcome::Interrupted => "interrupted",
+            Outcome::TimeLimit => "time_limit",
+        }
+    }
 }
 
 /// What [`Trainer::fit`] returns.
@@ -47,6 +65,8 @@ pub struct TrainSummary {
     pub checkpoint: PathBuf,
     pub plot: Option<PathBuf>,
     pub wall_time_s: f64,
+    /// The signal that interrupted the run (`None` for [`Trainer::interrupt_handle`]).
+    pub signal: Option<StopSignal>,
 }
 
 impl TrainSummary {
@@ -56,7 +76,13 @@ impl TrainSummary {
             Outcome::Completed => "finished".to_string(),
             Outcome::EarlyStopped => "stopped early (no improvement)".to_string(),
             Outcome::Interrupted => format!(
-                "interrupted; resume with --resume {}",
+                "interrupted{}; resume with --resume {}",
+                self.signal
+                    .map_or(String::new(), |s| format!(" by {}", s.name())),
+                self.run_dir.display()
+            ),
+            Outcome::TimeLimit => format!(
+                "stopped by the time limit; resume with --resume {}",
                 self.run_dir.display()
             ),
         };
@@ -92,26 +118,6 @@ impl TrainSummary {
     }
 }
 
-static SIGINT: AtomicBool = AtomicBool::new(false);
-static HANDLER: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-
-/// Installs (once per process) the Ctrl-C handler: the first SIGINT asks running trainers to
-/// checkpoint and return [`Outcome::Interrupted`]; a second one exits at once with status 130.
-pub fn request_interrupt_on_sigint() -> Result<()> {
-    HANDLER
-        .get_or_init(|| {
-            ctrlc::set_handler(|| {
-                if SIGINT.swap(true, Ordering::SeqCst) {
-                    eprintln!("second Ctrl-C: exiting without a checkpoint");
-                    std::process::exit(130);
-                }
-            })
-            .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| NablaError::Other(format!("cannot install the Ctrl-C handler: {e}")))
-}
-
 /// Trains a [`TrainModel`] with an optimizer; see the [module docs](super) for an example.
 pub struct Trainer<T: Element, O: TrainOptimizer<T>> {
     cfg: TrainConfig,
@@ -122,9 +128,30 @@ pub struct Trainer<T: Element, O: TrainOptimizer<T>> {
 }
 
 /// Mutable state of a run between steps.
-struct Run {
+struct Run<T: Element> {
     st: CheckpointState,
     last_ckpt: Option<(PathBuf, u64)>,
+    /// Weights, buffers and state of the best evaluation not yet written to `best/`: kept in
+    /// memory and written with the next checkpoint (or when the run ends, however it ends), so
+    /// an improving metric costs no disk I/O at each evaluation.
+    pending_best: Option<(NamedTensors<T>, CheckpointState)>,
+}
+
+/// Tensors by their checkpoint names.
+type NamedTensors<T> = Vec<(String, Tensor<T>)>;
+
+/// When the automatic checkpoint is due ([`TrainConfig::checkpoint_every`] = 0).
+struct CheckpointClock {
+    since: Instant,
+    /// Seconds the previous checkpoint took to write.
+    last_write_s: f64,
+}
+
+impl CheckpointClock {
+    fn due(&self) -> bool {
+        let wait = AUTO_CHECKPOINT_INTERVAL_S.max(self.last_write_s / AUTO_CHECKPOINT_IO_SHARE);
+        self.since.elapsed().as_secs_f64() >= wait
+    }
 }
 
 impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
@@ -138,7 +165,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         }
     }
     /// Setting this flag (from anywhere) makes the run checkpoint and stop before its next step,
-    /// exactly as Ctrl-C does.
+    /// exactly as a stop signal does.
     pub fn interrupt_handle(&self) -> Arc<AtomicBool> {
         self.interrupt.clone()
     }
@@ -230,6 +257,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     interval: IntervalState::default(),
                 },
                 last_ckpt: None,
+                pending_best: None,
             },
             Some(dir) => {
                 let run = self.restore(model, dir, &model_config, &train_config, &mut notes)?;
@@ -257,15 +285,16 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             run_dir.join("config.json"),
             &serde_json::to_vec_pretty(&config_json).expect("json values serialize"),
         )?;
-        atomic_write(
+        replace_file(
             run_dir.join("metrics.jsonl"),
             to_jsonl(&run.st.metrics)?.as_bytes(),
         )?;
-        if cfg.handle_sigint {
-            if let Err(e) = request_interrupt_on_sigint() {
-                notes.push(format!("{e}; Ctrl-C will not save a checkpoint"));
+        if cfg.handle_signals {
+            if let Err(e) = install_stop_handlers() {
+                notes.push(format!(
+                    "{e}; SIGINT/SIGTERM/SIGHUP will not save a checkpoint"
+                ));
             }
-            SIGINT.store(false, Ordering::SeqCst);
         }
 
         let mut progress = Progress::new(cfg.progress, self.sink.take(), total, run.st.step);
@@ -274,6 +303,12 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         }
         let result = self.train_loop(model, &cfg, &mut run, &mut progress, total, eval_every, spe);
         progress.finish();
+        if result.is_err() {
+            // The best weights so far are good whatever stopped the run.
+            if let Err(e) = self.write_pending_best(&mut run) {
+                progress.line(&format!("note best/ not written: {e}"));
+            }
+        }
         let outcome = result?;
 
         let plot = match cfg.plot {
@@ -291,6 +326,10 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             }
             _ => None,
         };
+        let signal = match outcome {
+            Outcome::Interrupted if cfg.handle_signals => stop_signal(),
+            _ => None,
+        };
         let checkpoint = run
             .last_ckpt
             .as_ref()
@@ -306,6 +345,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             checkpoint,
             plot,
             wall_time_s: run.st.wall_time_s,
+            signal,
         })
     }
 
@@ -316,7 +356,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         model_config: &serde_json::Value,
         train_config: &serde_json::Value,
         notes: &mut Vec<String>,
-    ) -> Result<Run> {
+    ) -> Result<Run<T>> {
         let cdir = checkpoint_dir(dir)?;
         let mut st = load_checkpoint_state(&cdir)?;
         if &st.model_config != model_config {
@@ -369,6 +409,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         Ok(Run {
             last_ckpt: Some((cdir, st.step)),
             st,
+            pending_best: None,
         })
     }
 
@@ -377,7 +418,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         &mut self,
         model: &mut M,
         cfg: &TrainConfig,
-        run: &mut Run,
+        run: &mut Run<T>,
         progress: &mut Progress,
         total: u64,
         eval_every: u64,
@@ -389,21 +430,44 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         let (mut log_t, mut log_items) = (Instant::now(), 0u64);
         let session_start_step = run.st.step;
         let epoch_of = |s: u64| spe.map(|e| s as f64 / e as f64);
+        let mut clock = CheckpointClock {
+            since: Instant::now(),
+            last_write_s: 0.0,
+        };
+        // Seconds to the end: from the pace of this session, or the time limit when sooner (a
+        // time-limited run ends at its limit, not at --steps).
+        let eta = |step: u64, now: f64| {
+            let done = (step - session_start_step).max(1) as f64;
+            let by_steps = now / done * (total - step) as f64;
+            cfg.time_limit_s
+                .map_or(by_steps, |l| by_steps.min((l - now).max(0.0)))
+        };
 
         while run.st.step < total {
-            if self.interrupt.load(Ordering::SeqCst)
-                || (cfg.handle_sigint && SIGINT.swap(false, Ordering::SeqCst))
-            {
-                self.interrupt.store(false, Ordering::SeqCst);
+            let stop = if self.interrupt.swap(false, Ordering::SeqCst) {
+                Some((Outcome::Interrupted, "interrupted".to_string()))
+            } else if let Some(sig) = stop_signal().filter(|_| cfg.handle_signals) {
+                Some((Outcome::Interrupted, format!("stopped by {}", sig.name())))
+            } else {
+                cfg.time_limit_s
+                    .filter(|&l| session.elapsed().as_secs_f64() >= l)
+                    .map(|l| {
+                        (
+                            Outcome::TimeLimit,
+                            format!("time limit of {} reached", fmt_duration(l)),
+                        )
+                    })
+            };
+            if let Some((outcome, why)) = stop {
                 run.st.wall_time_s = wall_base + session.elapsed().as_secs_f64();
-                let p = self.checkpoint(model, run, &rng, "checkpoint")?;
-                progress.line(&format!(
-                    "note interrupted at step {}: checkpoint saved to {}; continue with --resume {}",
+                let p = self.save(model, run, &rng)?;
+                progress.notice(&format!(
+                    "note {why} at step {}/{total}: checkpoint saved to {}; continue with --resume {}",
                     run.st.step,
                     p.display(),
                     cfg.out_dir.display()
                 ));
-                return Ok(Outcome::Interrupted);
+                return Ok(outcome);
             }
             let s = run.st.step;
             let t0 = Instant::now();
@@ -460,22 +524,15 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             log_items += out.items as u64;
 
             let step = st.step;
-            let eta = |now: f64| {
-                let done = (step - session_start_step) as f64;
-                now / done * (total - step) as f64
-            };
+            let items_per_s = iv.items as f64 / iv.wall_s.max(1e-9);
             progress.tick(step, || {
-                let mut m = format!("loss {}", fmt_num(out.loss));
-                if let (Some((name, _)), Some(r)) = (&cfg.monitor, st.metrics.last()) {
-                    if let Some(v) = r.metrics.get(name) {
-                        m.push_str(&format!(" {name} {}", fmt_num(*v)));
-                    }
-                }
-                m.push_str(&format!(
-                    " {:.0} items/s",
-                    iv.items as f64 / iv.wall_s.max(1e-9)
-                ));
-                m
+                bar_message(
+                    out.loss,
+                    &cfg.monitor,
+                    st.metrics.last(),
+                    items_per_s,
+                    eta(step, session.elapsed().as_secs_f64()),
+                )
             });
             if step.is_multiple_of(cfg.log_every) || step == total {
                 let dt = log_t.elapsed().as_secs_f64();
@@ -492,7 +549,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 ));
                 let el = session.elapsed().as_secs_f64();
                 fields.push(("elapsed".into(), fmt_duration(wall_base + el)));
-                fields.push(("eta".into(), fmt_duration(eta(el))));
+                fields.push(("eta".into(), fmt_duration(eta(step, el))));
                 progress.train_line(&format_log_line("train", step, total, &fields));
                 (log_t, log_items) = (Instant::now(), 0);
             }
@@ -540,7 +597,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     metrics: all,
                 };
                 st.metrics.push(rec.clone());
-                atomic_write(
+                // Not fsynced: the durable copy of every record is in the checkpoint's
+                // state.json, from which `--resume` rewrites this file.
+                replace_file(
                     cfg.out_dir.join("metrics.jsonl"),
                     to_jsonl(&st.metrics)?.as_bytes(),
                 )?;
@@ -584,12 +643,26 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     ));
                 }
                 progress.line(&format_log_line("eval", step, total, &fields));
+                // The bar shows this evaluation at once, not from the next step on.
+                progress.tick(step, || {
+                    bar_message(
+                        out.loss,
+                        &cfg.monitor,
+                        Some(&rec),
+                        rec.items_per_s,
+                        eta(step, session.elapsed().as_secs_f64()),
+                    )
+                });
                 if improved {
-                    self.checkpoint(model, run, &rng, "best")?;
+                    run.pending_best = Some((model_tensors(model)?, {
+                        let mut b = run.st.clone();
+                        b.rng = rng.state();
+                        b
+                    }));
                 }
-                self.checkpoint(model, run, &rng, "checkpoint")?;
                 if let Some(es) = &cfg.early_stopping {
                     if run.st.evals_without_improvement >= es.patience {
+                        self.save(model, run, &rng)?;
                         progress.line(&format!(
                             "note early stopping at step {step}: no improvement of {} for {} evaluations",
                             cfg.monitor.as_ref().map_or("", |m| m.0.as_str()),
@@ -598,60 +671,107 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                         return Ok(Outcome::EarlyStopped);
                     }
                 }
-            } else if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) {
+            }
+            let due = match cfg.checkpoint_every {
+                0 => clock.due(),
+                n => step.is_multiple_of(n),
+            };
+            if step == total || due {
                 run.st.wall_time_s = wall_base + session.elapsed().as_secs_f64();
-                self.checkpoint(model, run, &rng, "checkpoint")?;
+                let t = Instant::now();
+                self.save(model, run, &rng)?;
+                clock = CheckpointClock {
+                    since: Instant::now(),
+                    last_write_s: t.elapsed().as_secs_f64(),
+                };
             }
         }
         Ok(Outcome::Completed)
     }
 
-    /// Writes `run_dir/name` (`checkpoint` with optimizer state, or `best` with weights only).
-    fn checkpoint<M: TrainModel<T>>(
-        &self,
-        model: &M,
-        run: &mut Run,
-        rng: &Rng,
-        name: &str,
-    ) -> Result<PathBuf> {
-        run.st.rng = rng.state();
-        let buffers = model.state_tensors();
-        let mut list: Vec<(String, &Tensor<T>)> = model
-            .params()
-            .iter()
-            .map(|p| (p.name.clone(), &p.value))
-            .collect();
-        for (k, t) in &buffers {
-            if model.params().find(k).is_some() {
-                return Err(invalid!(
-                    "model state tensor {k:?} has the name of a parameter"
-                ));
+    /// Writes the pending `best/` (if any) and `checkpoint/` (optimizer state included) at the
+    /// current step; returns the checkpoint folder. `best/` goes first, so the best record in
+    /// every checkpoint names weights that are on disk.
+    fn save<M: TrainModel<T>>(&self, model: &M, run: &mut Run<T>, rng: &Rng) -> Result<PathBuf> {
+        self.write_pending_best(run)?;
+        if let Some((p, s)) = &run.last_ckpt {
+            if *s == run.st.step {
+                return Ok(p.clone());
             }
-            list.push((k.clone(), t));
         }
+        run.st.rng = rng.state();
+        let list = model_tensors(model)?;
+        let list: Vec<(String, &Tensor<T>)> = list.iter().map(|(k, t)| (k.clone(), t)).collect();
         let opt_state = self.opt.state_tensors();
         let opt_list: Vec<(String, &Tensor<T>)> =
             opt_state.iter().map(|(k, t)| (k.clone(), t)).collect();
-        let with_opt = name == "checkpoint";
         let p = write_checkpoint(
             &self.cfg.out_dir,
-            name,
+            "checkpoint",
             &list,
-            with_opt.then_some(opt_list.as_slice()),
+            Some(opt_list.as_slice()),
             &run.st,
         )?;
-        if with_opt {
-            run.last_ckpt = Some((p.clone(), run.st.step));
-        }
+        run.last_ckpt = Some((p.clone(), run.st.step));
         Ok(p)
+    }
+
+    /// Writes `best/` (weights and state.json, no optimizer state) from the in-memory copy.
+    fn write_pending_best(&self, run: &mut Run<T>) -> Result<()> {
+        if let Some((tensors, st)) = run.pending_best.take() {
+            let list: Vec<(String, &Tensor<T>)> =
+                tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
+            write_checkpoint(&self.cfg.out_dir, "best", &list, None, &st)?;
+        }
+        Ok(())
     }
 }
 
-fn non_finite(
+/// Parameters and model buffers by name, as checkpoints store them.
+fn model_tensors<T: Element, M: TrainModel<T>>(model: &M) -> Result<NamedTensors<T>> {
+    let mut list: NamedTensors<T> = model
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
+    for (k, t) in model.state_tensors() {
+        if model.params().find(&k).is_some() {
+            return Err(invalid!(
+                "model state tensor {k:?} has the name of a parameter"
+            ));
+        }
+        list.push((k, t));
+    }
+    Ok(list)
+}
+
+/// The bar's status: this step's loss, the latest value of the monitored metric (with its step),
+/// throughput and the time left.
+fn bar_message(
+    loss: f64,
+    monitor: &Option<(String, super::Mode)>,
+    last_eval: Option<&MetricsRecord>,
+    items_per_s: f64,
+    eta_s: f64,
+) -> String {
+    let mut m = format!("loss {}", fmt_num(loss));
+    if let (Some((name, _)), Some(r)) = (monitor, last_eval) {
+        if let Some(v) = r.metrics.get(name) {
+            m.push_str(&format!(" {name} {} (step {})", fmt_num(*v), r.step));
+        }
+    }
+    m.push_str(&format!(
+        " {items_per_s:.0} items/s eta {}",
+        fmt_duration(eta_s)
+    ));
+    m
+}
+
+fn non_finite<T: Element>(
     what: String,
     step: u64,
     spe: Option<u64>,
-    run: &Run,
+    run: &Run<T>,
     cfg: &TrainConfig,
 ) -> NablaError {
     let epoch = spe.map_or(String::new(), |e| format!(" (epoch {})", step / e));
@@ -689,7 +809,10 @@ fn prepare_run_dir(dir: &Path, probe_bytes: u64) -> Result<()> {
             f.write_all(&chunk[..n])?;
             left -= n as u64;
         }
-        f.sync_all()
+        // No fsync: the file systems nabla runs on reserve the blocks at write() (delayed
+        // allocation included), so a full disk or quota shows here, and an fsync of the
+        // probe would cost a short run (GCN on Cora) several percent of its wall time.
+        f.flush()
     })();
     let _ = std::fs::remove_file(&probe);
     res.map_err(|e| {
@@ -709,6 +832,7 @@ fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Strin
         "overwrite",
         "progress",
         "handle_sigint",
+        "handle_signals",
     ];
     match (old.as_object(), new.as_object()) {
         (Some(a), Some(b)) => b

@@ -1,0 +1,169 @@
+//! Stopping a training run from outside, through the binary: SIGTERM, SIGHUP and SIGINT each
+//! leave a checkpoint at the step reached, the plot and a message, and exit with 128 + signal;
+//! `--resume` then ends bit-identical to a run that never stopped. A `--time-limit` stop is its
+//! own outcome and exits 0.
+
+use nabla::models::char_rnn::load_checkpoint;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// A small `nabla rnn train` on the built-in Reber corpus, evaluated every 10 updates, with a
+/// plain log line per update (the tests read them to know the run is under way).
+fn rnn_train(out: &Path, steps: u64, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nabla"));
+    c.args(["rnn", "train", "--hidden", "24", "--k1", "8", "--k2", "12"])
+        .args([
+            "--batch",
+            "8",
+            "--lr",
+            "0.01",
+            "--seed",
+            "1",
+            "--eval-every",
+            "10",
+        ])
+        .args(["--log-every", "1", "--plain", "--steps", &steps.to_string()])
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}
+
+/// Starts a long run, sends `signal` once the log shows update 20, and returns
+/// (exit code, stderr, stdout JSON report).
+fn run_and_signal(out: &Path, signal: i32) -> (Option<i32>, String, serde_json::Value) {
+    let mut child = rnn_train(out, 1_000_000, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        err.push_str(&l);
+        err.push('\n');
+        if l.starts_with("train step=20/") {
+            // SAFETY: kill(2) on the child's pid, which has not been reaped yet.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+            break;
+        }
+    }
+    for l in lines {
+        err.push_str(&l.unwrap());
+        err.push('\n');
+    }
+    let o = child.wait_with_output().unwrap();
+    let report = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not the JSON report ({e}); stderr:\n{err}"));
+    (o.status.code(), err, report)
+}
+
+#[test]
+fn sigterm_checkpoints_exits_143_and_resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (stopped, full) = (tmp.path().join("stopped"), tmp.path().join("full"));
+    let (code, err, report) = run_and_signal(&stopped, libc::SIGTERM);
+    assert_eq!(code, Some(143), "{err}");
+    assert_eq!(report["outcome"], "interrupted");
+    let s = report["steps"].as_u64().unwrap();
+    // The signal came after update 20; the run stops before the next update it would start.
+    assert!((20..1000).contains(&s), "stopped at {s}");
+    assert!(
+        err.contains(&format!("note stopped by SIGTERM at step {s}/1000000"))
+            && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let ck = load_checkpoint(&stopped).unwrap();
+    assert_eq!(ck.step, s, "the checkpoint is at the step reached");
+    for f in ["metrics.svg", "best/model.safetensors", "config.json"] {
+        assert!(stopped.join(f).is_file(), "{f} missing after SIGTERM");
+    }
+
+    // Resume to s + 7 updates; an uninterrupted run of s + 7 updates ends with the same bits.
+    let end = s + 7;
+    let o = rnn_train(&stopped, end, &["--resume"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rnn_train(&full, end, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (x, y) = (
+        load_checkpoint(&full).unwrap(),
+        load_checkpoint(&stopped).unwrap(),
+    );
+    assert_eq!((x.step, y.step), (end, end));
+    for (p, q) in x.model.store.iter().zip(y.model.store.iter()) {
+        let bits =
+            |t: &nabla::Tensor<f32>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&p.value),
+            bits(&q.value),
+            "{} differs after resume",
+            p.name
+        );
+    }
+    assert_eq!(x.h, y.h);
+    assert_eq!(x.optim_state, y.optim_state);
+    assert_eq!(x.state.rng, y.state.rng);
+    let strip = |d: &Path| {
+        nabla::train::read_metrics_jsonl(d.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.step, r.train_loss, r.metrics))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&full), strip(&stopped));
+}
+
+#[test]
+fn sighup_and_sigint_stop_like_sigterm_with_their_own_codes() {
+    for (signal, name, code) in [(libc::SIGHUP, "SIGHUP", 129), (libc::SIGINT, "SIGINT", 130)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, err, report) = run_and_signal(tmp.path(), signal);
+        assert_eq!(c, Some(code), "{name}: {err}");
+        assert_eq!(report["outcome"], "interrupted");
+        assert!(err.contains(&format!("stopped by {name}")), "{err}");
+        let s = report["steps"].as_u64().unwrap();
+        assert_eq!(load_checkpoint(tmp.path()).unwrap().step, s);
+    }
+}
+
+#[test]
+fn time_limit_is_its_own_outcome_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rnn_train(tmp.path(), 1_000_000, &["--time-limit", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["outcome"], "time_limit");
+    let s = report["steps"].as_u64().unwrap();
+    assert!(
+        err.contains("note time limit of 1.0s reached at step"),
+        "{err}"
+    );
+    assert_eq!(load_checkpoint(tmp.path()).unwrap().step, s);
+    // The time left comes from the limit, not from the million steps: every ETA is at most 1 s.
+    let etas: Vec<f64> = err
+        .lines()
+        .filter(|l| l.starts_with("train "))
+        .filter_map(|l| l.split(" eta=").nth(1))
+        .map(|e| e.trim_end_matches('s').parse::<f64>().unwrap())
+        .collect();
+    assert!(!etas.is_empty(), "{err}");
+    assert!(etas.iter().all(|&e| e <= 1.0), "{etas:?}");
+    // A limit that cannot be met is refused before anything runs.
+    for bad in ["inf", "-1", "NaN"] {
+        let o = rnn_train(
+            &tmp.path().join("bad"),
+            10,
+            &[&format!("--time-limit={bad}")],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(1), "--time-limit {bad}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--time-limit"));
+    }
+}
