@@ -110,10 +110,40 @@ pub fn load_safetensors<T: Element>(path: impl AsRef<Path>) -> Result<BTreeMap<S
     parse_safetensors(&bytes, path)
 }
 
+/// What a file that is not safetensors is, from its magic bytes (`None`: unknown, or it looks
+/// like safetensors: an 8-byte header length followed by `{`). Keeps "header too large" — what
+/// the safetensors parser says of a PNG — out of the error messages.
+pub fn sniff_non_safetensors(bytes: &[u8]) -> Option<&'static str> {
+    use crate::data::image_folder::{sniff_image, ImageKind};
+    if bytes.len() > 8 && bytes[8] == b'{' {
+        return None;
+    }
+    match sniff_image(bytes) {
+        Some(ImageKind::Png) => return Some("a PNG image"),
+        Some(ImageKind::Jpeg) => return Some("a JPEG image"),
+        None => {}
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        Some("a gzip file")
+    } else if bytes.len() >= 4 && bytes[..3] == [0, 0, 8] {
+        Some("an IDX file")
+    } else if bytes.starts_with(b"PK\x03\x04") {
+        Some("a zip archive (a PyTorch .pt/.pth file?)")
+    } else {
+        None
+    }
+}
+
 pub fn parse_safetensors<T: Element>(
     bytes: &[u8],
     path: &Path,
 ) -> Result<BTreeMap<String, Tensor<T>>> {
+    if let Some(kind) = sniff_non_safetensors(bytes) {
+        return Err(NablaError::format(
+            path,
+            format!("this is {kind}, not a safetensors file"),
+        ));
+    }
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| NablaError::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();

@@ -1,7 +1,7 @@
 //! The character-level Elman language model: learning, TBPTT memory, resume, sampling, bad input.
 
 use nabla::models::char_rnn::{load_checkpoint, train, CharRnn, TrainArgs};
-use nabla::train::{read_metrics_jsonl, PlotFormat};
+use nabla::train::{read_metrics_jsonl, read_test_record, PlotFormat};
 use std::path::Path;
 
 fn args(out: &Path) -> TrainArgs {
@@ -18,6 +18,8 @@ fn args(out: &Path) -> TrainArgs {
         clip: 5.0,
         seed: 1,
         val_frac: 0.05,
+        test_frac: 0.05,
+        patience: None,
         eval_every: 50,
         checkpoint_every: 0,
         log_every: 50,
@@ -63,8 +65,24 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
         metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
         [50, 100, 150]
     );
+    // best/ is the evaluation with the lowest validation loss; the test tail is evaluated once,
+    // on those weights, after training.
+    let best = metrics
+        .iter()
+        .min_by(|a, b| a.metrics["val_loss"].total_cmp(&b.metrics["val_loss"]))
+        .unwrap();
+    let t = read_test_record(dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.selected_step, best.step);
+    assert_eq!(t.selected_by.as_deref(), Some("val_loss"));
+    // Through JSON text: equal to the last digits serde_json keeps.
+    assert!((t.metrics["test_loss"] - r.test_nats.unwrap()).abs() < 1e-12);
+    assert!(r.test_nats.unwrap() < 1.0, "{r:?}");
+    assert!(metrics.iter().all(|m| !m.metrics.contains_key("test_loss")));
     let last = &metrics[2].metrics;
-    assert_eq!(last["val_loss"], v);
+    // Through JSON text (serde_json may round the last digit).
+    assert!((last["val_loss"] - v).abs() < 1e-12);
     assert!((last["val_bpc"] - v / std::f64::consts::LN_2).abs() < 1e-12);
 
     let ck = load_checkpoint(dir.path()).unwrap();

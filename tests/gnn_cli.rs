@@ -150,8 +150,9 @@ fn lines_without_timing(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// `nabla gnn train` runs on the shared trainer: metrics.jsonl (one line per epoch with the
-/// validation and test metrics), checkpoint/, best/, config.json and the plot; `--resume`
-/// continues the run, and 3 + 3 resumed epochs give the same metrics and weights as 6 epochs.
+/// validation metrics, then one test record of best/), checkpoint/, best/, config.json and the
+/// plot; `--resume` continues the run, and 3 + 3 resumed epochs give the same metrics and
+/// weights as 6 epochs.
 #[test]
 fn train_writes_a_run_folder_and_resume_continues_it() {
     let d = tempfile::tempdir().unwrap();
@@ -191,13 +192,23 @@ fn train_writes_a_run_folder_and_resume_continues_it() {
     let (r3, err) = train(&["--epochs", "3", "--out", run.to_str().unwrap()]);
     assert!(err.contains("eval step=3/3"), "{err}");
     assert_eq!(r3["epochs_run"], 3);
-    let m3 = lines_without_timing(&run.join("metrics.jsonl"));
-    assert_eq!(m3.len(), 3);
+    let mut m3 = lines_without_timing(&run.join("metrics.jsonl"));
+    assert_eq!(m3.len(), 4);
+    // The test set is evaluated once, at the end, on the weights of best/.
+    let t3 = m3.pop().unwrap();
+    assert_eq!(t3["test"], true, "{t3}");
+    assert_eq!(t3["weights"], "best");
+    assert_eq!(t3["selected_by"], "val_acc");
+    assert_eq!(t3["test_acc"], r3["test_acc"]);
     for (i, m) in m3.iter().enumerate() {
         assert_eq!(m["step"], i as u64 + 1);
-        for k in ["val_acc", "val_loss", "test_acc", "train_acc", "train_loss"] {
+        for k in ["val_acc", "val_loss", "train_acc", "train_loss"] {
             assert!(m[k].is_number(), "{k} missing in {m}");
         }
+        assert!(
+            m.get("test_acc").is_none(),
+            "test metric during training: {m}"
+        );
     }
     for f in [
         "config.json",
@@ -223,8 +234,10 @@ fn train_writes_a_run_folder_and_resume_continues_it() {
     assert!(!err.contains("eval step=3/6"), "{err}");
     assert_eq!(r6["epochs_run"], 6);
     let m6 = lines_without_timing(&run.join("metrics.jsonl"));
-    assert_eq!(m6.len(), 6);
+    // The resumed run rewrites the log: 6 evaluations and one test record, not two.
+    assert_eq!(m6.len(), 7);
     assert_eq!(m6[..3], m3[..]);
+    assert_eq!(m6.iter().filter(|m| m.get("test").is_some()).count(), 1);
 
     let (rf, _) = train(&["--epochs", "6", "--out", full.to_str().unwrap()]);
     assert_eq!(lines_without_timing(&full.join("metrics.jsonl")), m6);

@@ -246,3 +246,323 @@ fn bad_inputs_fail_cleanly() {
     assert_ne!(code, 0);
     assert!(err.contains("patch_embed.proj.weight"), "{err}");
 }
+
+fn nabla_out(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .output()
+        .expect("running nabla");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.code().unwrap_or(-1), stdout, err)
+}
+
+/// A training-only image folder (`<class>/*.png`, no test/): the run carves its validation
+/// split from it, reports no test_acc and saves the class names; `vit predict` then reads PNG,
+/// JPEG (colour, another size), IDX (raw and gzip) and safetensors inputs through the run's
+/// normalization, prints top-k names with probabilities, and refuses bad inputs clearly.
+#[test]
+fn train_only_folder_then_predict_every_input_kind() {
+    use image::ColorType as C;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("shades");
+    // 8x8 grey images: "bright" (200..) and "dark" (..40), 12 each.
+    for (cls, base) in [("bright", 200u8), ("dark", 10u8)] {
+        let d = data.join(cls);
+        std::fs::create_dir_all(&d).unwrap();
+        for k in 0..12u8 {
+            let px: Vec<u8> = (0..64).map(|i| base + (i as u8 + k) % 30).collect();
+            image::save_buffer(d.join(format!("{k:02}.png")), &px, 8, 8, C::L8).unwrap();
+        }
+    }
+    let run = t.join("run");
+    let common = [
+        "vit",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--patch",
+        "4",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--mlp-dim",
+        "16",
+        "--batch",
+        "8",
+        "--warmup",
+        "0",
+        "--lr",
+        "0.01",
+        "--crop-pad",
+        "0",
+        "--no-bar",
+    ];
+    // A validation split as large as the data: a clear error before training.
+    let mut a = common.to_vec();
+    a.extend(["--steps", "1", "--val-size", "24"]);
+    let (code, _, err) = nabla_out(&a);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--val-size 24") && err.contains("24 training images"),
+        "{err}"
+    );
+    let mut a = common.to_vec();
+    a.extend(["--steps", "40", "--val-size", "4"]);
+    let (code, out, err) = nabla_out(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("20 train / 4 validation"), "{err}");
+    assert!(err.contains("class names from class folder names"), "{err}");
+    assert!(out.contains("no test_acc"), "{out}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(!metrics.contains("test"), "{metrics}");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["model"]["classes"],
+        serde_json::json!(["bright", "dark"])
+    );
+    assert_eq!(cfg["model"]["val_images"], 4);
+
+    // Inputs: a grey PNG (dark), a colour JPEG of another size (bright), an IDX file of both.
+    let dark: Vec<u8> = (0..64).map(|i| 10 + (i as u8) % 30).collect();
+    let bright: Vec<u8> = (0..64).map(|i| 200 + (i as u8 + 3) % 30).collect();
+    let png = t.join("dark.png");
+    image::save_buffer(&png, &dark, 8, 8, C::L8).unwrap();
+    let jpg = t.join("bright.jpg");
+    let rgb: Vec<u8> = (0..12 * 16).flat_map(|_| [215u8, 215, 215]).collect();
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95)
+        .encode(&rgb, 16, 12, C::Rgb8)
+        .unwrap();
+    std::fs::write(&jpg, &buf).unwrap();
+    let idx_path = t.join("two-images-idx3-ubyte");
+    std::fs::write(
+        &idx_path,
+        idx(&[2, 8, 8], &[dark.clone(), bright.clone()].concat()),
+    )
+    .unwrap();
+    let ck = run.join("best");
+    let ck_s = ck.to_str().unwrap();
+    let (code, out, err) = nabla_out(&[
+        "vit",
+        "predict",
+        "--checkpoint",
+        ck_s,
+        png.to_str().unwrap(),
+        jpg.to_str().unwrap(),
+        idx_path.to_str().unwrap(),
+        "--top-k",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    let first = |l: &str| {
+        l.split(": ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        lines.iter().map(|l| first(l)).collect::<Vec<_>>(),
+        ["dark", "bright", "dark", "bright"],
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{}[0]: ", idx_path.display())),
+        "{out}"
+    );
+    // JSON: probabilities are the softmax of the logits, top-k sorted; PNG and safetensors x
+    // (the same pixels / 255) give the same numbers, and so does x normalized by hand with the
+    // run's saved mean/std and --normalized.
+    let json_of = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["vit", "predict", "--checkpoint", ck_s, "--json"];
+        a.extend_from_slice(extra);
+        let (code, out, err) = nabla_out(&a);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let v = json_of(&[png.to_str().unwrap()]);
+    let logits: Vec<f64> = v[0]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let probs: Vec<f64> = v[0]["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+    let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+    for (l, p) in logits.iter().zip(&probs) {
+        assert!(((l - m).exp() / z - p).abs() < 1e-6, "{logits:?} {probs:?}");
+    }
+    assert_eq!(v[0]["top"][0]["name"], "dark");
+    assert_eq!(v[0]["top"][0]["class"], 1);
+    assert!(v[0]["top"][0]["prob"].as_f64() >= v[0]["top"][1]["prob"].as_f64());
+    let st = t.join("x.safetensors");
+    let xt = nabla::Tensor::<f32>::new(
+        &[1, 1, 8, 8],
+        dark.iter().map(|&p| p as f32 / 255.0).collect(),
+    )
+    .unwrap();
+    nabla::io::save_safetensors(&st, &[("x".to_string(), &xt)], None).unwrap();
+    let vs = json_of(&["--input", st.to_str().unwrap()]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("state.json")).unwrap()).unwrap();
+    let mean = state["model_config"]["normalize"]["mean"][0]
+        .as_f64()
+        .unwrap() as f32;
+    let sd = state["model_config"]["normalize"]["std"][0]
+        .as_f64()
+        .unwrap() as f32;
+    let xn = nabla::Tensor::<f32>::new(
+        &[1, 1, 8, 8],
+        dark.iter()
+            .map(|&p| (p as f32 / 255.0 - mean) / sd)
+            .collect(),
+    )
+    .unwrap();
+    let stn = t.join("xn.safetensors");
+    nabla::io::save_safetensors(&stn, &[("x".to_string(), &xn)], None).unwrap();
+    let vn = json_of(&["--normalized", stn.to_str().unwrap()]);
+    for other in [&vs[0], &vn[0]] {
+        for (a, b) in v[0]["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(other["probs"].as_array().unwrap())
+        {
+            assert!(
+                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-6,
+                "{v:?} {other}"
+            );
+        }
+    }
+    // gzip IDX.
+    let gz = t.join("two-images-idx3-ubyte.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, &std::fs::read(&idx_path).unwrap()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    assert_eq!(json_of(&[gz.to_str().unwrap(), "--limit", "1"]).len(), 1);
+
+    // Bad inputs: each a clear error, never "header too large".
+    let txt = t.join("notes.txt");
+    std::fs::write(&txt, "hello").unwrap();
+    let broken = t.join("broken.jpg");
+    std::fs::write(&broken, &buf[..buf.len() / 3]).unwrap();
+    for (args, want) in [
+        (
+            vec![txt.to_str().unwrap()],
+            "not an input `vit predict` reads",
+        ),
+        (vec![broken.to_str().unwrap()], "corrupt JPEG"),
+        (vec![png.to_str().unwrap(), "--top-k", "0"], "--top-k"),
+        (vec![], "at least one input"),
+    ] {
+        let mut a = vec!["vit", "predict", "--checkpoint", ck_s];
+        a.extend(args);
+        let (code, _, err) = nabla_out(&a);
+        assert_ne!(code, 0);
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let (code, _, err) = nabla_out(&[
+        "vit",
+        "predict",
+        "--checkpoint",
+        png.to_str().unwrap(),
+        "--heads",
+        "2",
+        png.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is a PNG image, not a safetensors file"),
+        "{err}"
+    );
+    assert!(!err.contains("header too large"), "{err}");
+}
+
+/// With a test split, the test set is evaluated once, at the end, on best/: one `test_acc`
+/// line in metrics.jsonl and in the summary; during training only validation metrics appear.
+#[test]
+fn vit_train_reports_test_acc_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("mnist-like");
+    std::fs::create_dir_all(&d).unwrap();
+    mnist_dir(&d, false);
+    let run = tmp.path().join("run");
+    let (code, out, err) = nabla_out(&[
+        "vit",
+        "train",
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--mlp-dim",
+        "16",
+        "--batch",
+        "2",
+        "--no-bar",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // 4 training images: the last one (a tenth, at least 1) validates.
+    assert!(
+        err.contains("3 train / 1 validation (the last 1 of the training set"),
+        "{err}"
+    );
+    assert!(err.contains("4 test images"), "{err}");
+    assert!(err.contains("digits 0-9"), "{err}");
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for l in &lines[..2] {
+        assert!(
+            l["val_acc"].is_number() && l.get("test_acc").is_none(),
+            "{l}"
+        );
+    }
+    let t = &lines[2];
+    assert_eq!(t["test"], true);
+    assert_eq!(t["weights"], "best");
+    assert_eq!(t["test_images"], 4.0);
+    let acc = t["test_acc"].as_f64().unwrap();
+    // The summary prints it with 4 significant digits.
+    let printed: f64 = out
+        .split("test: test_acc=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no test_acc in {out}"));
+    assert!((printed - acc).abs() < 1e-3, "{printed} vs {acc}");
+    assert_eq!(out.matches("test_acc=").count(), 1, "{out}");
+}

@@ -12,6 +12,7 @@ pub mod gnn;
 pub mod plot;
 pub mod rnn;
 pub mod vit;
+pub mod vit_predict;
 pub mod vit_train;
 
 #[derive(Parser, Debug)]

@@ -16,32 +16,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
 pub enum VitCommand {
-    /// Logits of images `x (B, C, H, W)` from a timm-named checkpoint (architecture from shapes).
-    Predict(PredictArgs),
+    /// Top-k classes with probabilities of PNG/JPEG images, an IDX file or a safetensors `x`,
+    /// with the run's own normalization and class names.
+    Predict(crate::cli::vit_predict::PredictArgs),
     /// Train a ViT (AdamW, warm-up + cosine, per-epoch validation, checkpoints, resume).
     Train(crate::cli::vit_train::TrainArgs),
     /// Test accuracy and loss of a checkpoint on a data set.
     Eval(EvalArgs),
     /// Mean attention distance per head/layer (JSON + SVG plot) and attention-rollout PNGs.
     Analyze(AnalyzeArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct PredictArgs {
-    /// Model weights (.safetensors with timm names, or a nabla checkpoint folder).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Attention heads (not visible in the shapes; read from a nabla checkpoint if omitted).
-    #[arg(long)]
-    pub heads: Option<usize>,
-    /// cls (timm global_pool='token') or avg.
-    #[arg(long)]
-    pub pool: Option<Pool>,
-    /// safetensors file holding `x` (B, C, H, W).
-    #[arg(long)]
-    pub input: PathBuf,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -154,33 +137,6 @@ pub fn load_model(
     })
 }
 
-fn predict(a: &PredictArgs) -> Result<()> {
-    let (vit, store) = load_model(&a.checkpoint, a.heads, a.pool)?;
-    let inp = crate::io::load_safetensors::<f32>(&a.input)?;
-    let x = crate::io::take(&inp, "x", &a.input)?;
-    x.check_finite("input x")?;
-    let logits = vit.predict(&store, x)?;
-    let c = vit.cfg.num_classes;
-    let rows: Vec<Vec<f64>> = logits
-        .data()
-        .chunks(c)
-        .map(|r| r.iter().map(|&v| v as f64).collect())
-        .collect();
-    let argmax: Vec<usize> = rows.iter().map(|r| argmax(r)).collect();
-    if a.json {
-        println!(
-            "{}",
-            json!({"logits": rows, "argmax": argmax, "config": vit.cfg})
-        );
-    } else {
-        for (i, r) in rows.iter().enumerate() {
-            let s: Vec<String> = r.iter().map(|v| format!("{v:.6}")).collect();
-            println!("{i}: class {} | {}", argmax[i], s.join(" "));
-        }
-    }
-    Ok(())
-}
-
 /// Normalization of the model's training data (saved config) or of the data's own statistics.
 fn batch_options(ds: &data::ImageDataset, image_size: usize) -> BatchOptions {
     let (mean, std) = ds.channel_stats();
@@ -238,9 +194,10 @@ pub fn evaluate(
 fn eval(a: &EvalArgs) -> Result<()> {
     let (vit, store) = load_model(&a.checkpoint, a.heads, a.pool)?;
     let splits = data::load(a.data.as_deref(), 0)?;
+    let test = splits.test_or_err("vit eval")?;
     let test = match a.limit {
-        Some(n) => splits.test.take(n),
-        None => splits.test,
+        Some(n) => test.take(n),
+        None => test.clone(),
     };
     let opts = crate::cli::vit_train::saved_batch_options(&a.checkpoint)
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
@@ -267,7 +224,9 @@ fn eval(a: &EvalArgs) -> Result<()> {
 fn analyze(a: &AnalyzeArgs) -> Result<()> {
     let (vit, store) = load_model(&a.checkpoint, a.heads, a.pool)?;
     let splits = data::load(a.data.as_deref(), 0)?;
-    let test = splits.test.take(a.images.max(a.rollouts).max(1));
+    let test = splits
+        .test_or_err("vit analyze")?
+        .take(a.images.max(a.rollouts).max(1));
     let opts = crate::cli::vit_train::saved_batch_options(&a.checkpoint)
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
     std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
@@ -363,7 +322,7 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
 
 pub fn run(cmd: VitCommand) -> Result<()> {
     match cmd {
-        VitCommand::Predict(a) => predict(&a),
+        VitCommand::Predict(a) => crate::cli::vit_predict::predict(&a),
         VitCommand::Train(a) => crate::cli::vit_train::train(&a),
         VitCommand::Eval(a) => eval(&a),
         VitCommand::Analyze(a) => analyze(&a),

@@ -23,10 +23,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Data folder (MNIST-style IDX, CIFAR-10/100 binaries, train/ + test/ PNG folders);
-    /// the built-in synthetic shapes if omitted.
+    /// Data folder (MNIST-style IDX, CIFAR-10/100 binaries, PNG/JPEG folders by class:
+    /// train/<class>/ [+ test/<class>/] or <class>/); the built-in synthetic shapes if omitted.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Validation images, carved from the END of the training set (in file order): they select
+    /// best/ and drive --patience; the test set is used once, at the end, on best/. Default: a
+    /// tenth of the training images, at most 5000 (MNIST: the last 5,000 of the 60,000).
+    #[arg(long)]
+    pub val_size: Option<usize>,
     /// Run folder: metrics.jsonl, plot, checkpoint/, best/.
     #[arg(long)]
     pub out: PathBuf,
@@ -73,12 +78,15 @@ pub struct TrainArgs {
     pub hflip: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Use only the first N training images (quick runs).
+    /// Use only the first N training images (after the validation split is carved off).
     #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Validate on the first N test images only.
+    /// Validate on the first N validation images only (the final test uses the whole test set).
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// Stop after this many evaluations without a better val_acc (default: train to the end).
+    #[arg(long)]
+    pub patience: Option<u64>,
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -137,11 +145,28 @@ pub struct VitTask {
     pub vit: Vit,
     pub store: ParamStore<f32>,
     pub train: ImageDataset,
-    pub test: ImageDataset,
+    /// The validation split (carved from the training images): selection and early stopping.
+    pub val: ImageDataset,
+    /// Images carved off the end of the training set for validation (before --eval-limit).
+    pub val_carved: usize,
+    /// The test split, used once at the end ([`TrainModel::test`]); `None` when the data has none.
+    pub test: Option<ImageDataset>,
     pub sampler: BatchSampler,
     pub batch_opts: BatchOptions,
     pub label_smoothing: f64,
     pub data_name: String,
+}
+
+impl VitTask {
+    /// Accuracy and mean loss on `ds` without augmentation.
+    fn accuracy_and_loss(&self, ds: &ImageDataset) -> Result<(f64, f64)> {
+        let eval_opts = BatchOptions {
+            crop_pad: 0,
+            hflip: false,
+            ..self.batch_opts.clone()
+        };
+        crate::cli::vit::evaluate(&self.vit, &self.store, ds, &eval_opts, 500)
+    }
 }
 
 impl TrainModel<f32> for VitTask {
@@ -161,23 +186,30 @@ impl TrainModel<f32> for VitTask {
             .with("train_acc", st.correct as f64 / idx.len() as f64))
     }
     fn evaluate(&mut self) -> Result<Metrics> {
-        let eval_opts = BatchOptions {
-            crop_pad: 0,
-            hflip: false,
-            ..self.batch_opts.clone()
-        };
-        let (acc, loss) =
-            crate::cli::vit::evaluate(&self.vit, &self.store, &self.test, &eval_opts, 500)?;
+        let (acc, loss) = self.accuracy_and_loss(&self.val)?;
         let mut m = Metrics::new();
         m.insert("val_acc".into(), acc);
         m.insert("val_loss".into(), loss);
         Ok(m)
+    }
+    fn test(&mut self) -> Result<Option<Metrics>> {
+        let Some(test) = &self.test else {
+            return Ok(None);
+        };
+        let (acc, loss) = self.accuracy_and_loss(test)?;
+        let mut m = Metrics::new();
+        m.insert("test_acc".into(), acc);
+        m.insert("test_loss".into(), loss);
+        m.insert("test_images".into(), test.len() as f64);
+        Ok(Some(m))
     }
     fn config_json(&self) -> serde_json::Value {
         json!({
             "model": "vit",
             "vit": self.vit.cfg,
             "data": self.data_name,
+            "classes": self.train.classes,
+            "val_images": self.val.len(),
             "normalize": {"mean": self.batch_opts.mean, "std": self.batch_opts.std},
             "augment": {"crop_pad": self.batch_opts.crop_pad, "hflip": self.batch_opts.hflip},
             "batch": self.sampler.batch_size(),
@@ -189,13 +221,20 @@ impl TrainModel<f32> for VitTask {
     }
 }
 
-/// The normalization saved with a nabla checkpoint (so eval/analyze use the training's).
-pub fn saved_batch_options(ckpt: &Path) -> Option<BatchOptions> {
-    let (file, cfg) = crate::cli::vit::resolve_checkpoint(ckpt).ok()?;
-    let cfg = cfg?;
+/// The model config saved in a nabla checkpoint's `state.json` (`None` for other files).
+fn saved_model_config(ckpt: &Path) -> Option<serde_json::Value> {
+    let (file, _) = crate::cli::vit::resolve_checkpoint(ckpt).ok()?;
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(file.with_file_name("state.json")).ok()?).ok()?;
-    let n = v.get("model_config")?.get("normalize")?;
+    v.get("model_config").cloned()
+}
+
+/// The normalization saved with a nabla checkpoint (so eval/analyze/predict use the training's).
+pub fn saved_batch_options(ckpt: &Path) -> Option<BatchOptions> {
+    let (_, cfg) = crate::cli::vit::resolve_checkpoint(ckpt).ok()?;
+    let cfg = cfg?;
+    let mc = saved_model_config(ckpt)?;
+    let n = mc.get("normalize")?;
     let f = |k: &str| -> Option<Vec<f64>> {
         n.get(k)?.as_array()?.iter().map(|x| x.as_f64()).collect()
     };
@@ -206,6 +245,13 @@ pub fn saved_batch_options(ckpt: &Path) -> Option<BatchOptions> {
         crop_pad: 0,
         hflip: false,
     })
+}
+
+/// The class names saved with a nabla checkpoint (empty when it has none).
+pub fn saved_classes(ckpt: &Path) -> Vec<String> {
+    saved_model_config(ckpt)
+        .and_then(|mc| serde_json::from_value(mc.get("classes")?.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// Parameters for fine-tuning: the checkpoint's weights with `pos_embed` resampled to the new
@@ -257,16 +303,21 @@ pub fn finetune_store(
 /// Builds the task (model, data, normalization) from the flags.
 pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
     let splits = data::load(a.data.as_deref(), a.seed)?;
-    let mut train = splits.train;
+    // Validation: the last N training images, carved off before anything else (so it is
+    // disjoint from every image trained on, whatever --train-limit says).
+    let val_size = a
+        .val_size
+        .unwrap_or_else(|| data::default_val_size(splits.train.len()));
+    let (mut train, mut val) = splits.train.split_off_val(val_size)?;
     if let Some(n) = a.train_limit {
         train = train.take(n);
     }
-    let test = match a.eval_limit {
-        Some(n) => splits.test.take(n),
-        None => splits.test,
-    };
-    if train.is_empty() || test.is_empty() {
-        return Err(invalid!("empty training or test set"));
+    if let Some(n) = a.eval_limit {
+        val = val.take(n);
+    }
+    let test = splits.test;
+    if train.is_empty() || val.is_empty() {
+        return Err(invalid!("empty training or validation set"));
     }
     let image_size = a.image_size.unwrap_or(train.height);
     let cfg = VitConfig {
@@ -348,6 +399,8 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
         vit,
         store,
         train,
+        val,
+        val_carved: val_size,
         test,
         sampler,
         batch_opts,
@@ -375,7 +428,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         warmup_steps: a.warmup,
         clip_grad_norm: None,
         monitor: Some(("val_acc".into(), Mode::Max)),
-        early_stopping: None,
+        early_stopping: a.patience.map(|patience| crate::train::EarlyStopping {
+            patience,
+            min_delta: 0.0,
+        }),
         progress: if a.no_bar {
             crate::train::ProgressMode::Plain
         } else {
@@ -384,12 +440,25 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         handle_signals: true,
         ..TrainConfig::default()
     };
+    let test_note = match &task.test {
+        Some(t) => format!(
+            "{} test images, evaluated once at the end on best/",
+            t.len()
+        ),
+        None => "no test split in this data: the run reports no test_acc".into(),
+    };
+    let classes_note = if task.train.classes.is_empty() {
+        "classes unnamed".to_string()
+    } else {
+        format!("class names from {}", task.train.classes_from)
+    };
     eprintln!(
-        "ViT {} params on {} ({} train / {} test images, {}x{}x{} → {}x{}), {} steps/epoch",
+        "ViT {} params on {} ({} train / {} validation (the last {} of the training set; they select best/) / {test_note}; {classes_note}; {}x{}x{} → {}x{}), {} steps/epoch",
         task.store.num_elements(),
         task.data_name,
         task.train.len(),
-        task.test.len(),
+        task.val.len(),
+        task.val_carved,
         task.train.channels,
         task.train.height,
         task.train.width,
@@ -399,5 +468,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     );
     let summary = Trainer::new(cfg, OptimAdapter(opt)).fit(&mut task)?;
     println!("{}", summary.describe());
+    if task.test.is_none() && summary.outcome != crate::train::Outcome::Interrupted {
+        println!("no test_acc: the data has no test split (validation only)");
+    }
     Ok(())
 }

@@ -66,6 +66,20 @@ pub fn parse_batch(
     Ok(())
 }
 
+/// CIFAR-10's labels 0..9.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
 fn load_files(files: &[PathBuf], variant: Variant, name: String) -> Result<ImageDataset> {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for f in files {
@@ -81,6 +95,15 @@ fn load_files(files: &[PathBuf], variant: Variant, name: String) -> Result<Image
         num_classes: variant.classes(),
         name,
         flip_ok: true,
+        // CIFAR-100's fine names come from a `classes.txt` next to the data, if given.
+        classes: match variant {
+            Variant::Cifar10 => CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
+            Variant::Cifar100 => Vec::new(),
+        },
+        classes_from: match variant {
+            Variant::Cifar10 => "CIFAR-10's standard names".into(),
+            Variant::Cifar100 => String::new(),
+        },
     })
 }
 
@@ -99,7 +122,11 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
         let test = dir.join("test_batch.bin");
         return Ok(Some(Splits {
             train: load_files(&batches, Variant::Cifar10, format!("{name}/train"))?,
-            test: load_files(&[test], Variant::Cifar10, format!("{name}/test"))?,
+            test: Some(load_files(
+                &[test],
+                Variant::Cifar10,
+                format!("{name}/test"),
+            )?),
         }));
     }
     if dir.join("train.bin").is_file() {
@@ -109,11 +136,11 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
                 Variant::Cifar100,
                 format!("{name}/train"),
             )?,
-            test: load_files(
+            test: Some(load_files(
                 &[dir.join("test.bin")],
                 Variant::Cifar100,
                 format!("{name}/test"),
-            )?,
+            )?),
         }));
     }
     Ok(None)
@@ -135,7 +162,8 @@ mod tests {
         std::fs::write(dir.path().join("test_batch.bin"), &b[..PIXELS + 1]).unwrap();
         let s = try_load_dir(dir.path()).unwrap().unwrap();
         assert_eq!(s.train.labels, vec![3, 7]);
-        assert_eq!(s.test.len(), 1);
+        assert_eq!(s.test.as_ref().unwrap().len(), 1);
+        assert_eq!(s.train.classes[3], "cat");
         assert_eq!(s.train.image(1)[5], 5 ^ 7);
         // Truncated file.
         std::fs::write(dir.path().join("test_batch.bin"), &b[..PIXELS]).unwrap();

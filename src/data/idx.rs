@@ -124,9 +124,38 @@ pub fn load_pair(images: &Path, labels: &Path, name: &str) -> Result<ImageDatase
         num_classes,
         name: name.to_string(),
         flip_ok: false,
+        classes: Vec::new(),
+        classes_from: String::new(),
     };
     ds.validate()?;
     Ok(ds)
+}
+
+/// The standard names of 10-class IDX data: Fashion-MNIST's when the folder's name says
+/// "fashion", digits "0".."9" otherwise (MNIST, the 8x8 digits). Other class counts get none
+/// (a `classes.txt` next to the data can name them).
+fn name_classes(mut s: Splits, folder: &str) -> Splits {
+    let (names, from) = if s.train.num_classes != 10 {
+        (Vec::new(), String::new())
+    } else if folder.to_ascii_lowercase().contains("fashion") {
+        (
+            super::FASHION_MNIST_CLASSES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            format!("Fashion-MNIST's names (the folder is called {folder:?})"),
+        )
+    } else {
+        (
+            super::digit_names(),
+            format!("digits 0-9 (IDX data in {folder:?}, not called *fashion*)"),
+        )
+    };
+    for ds in std::iter::once(&mut s.train).chain(s.test.as_mut()) {
+        ds.classes = names.clone();
+        ds.classes_from = from.clone();
+    }
+    s
 }
 
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
@@ -168,7 +197,13 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
             &need(te_l, "t10k-labels-idx1-ubyte")?,
             &format!("{name}/test"),
         )?;
-        return Ok(Some(Splits { train, test }));
+        return Ok(Some(name_classes(
+            Splits {
+                train,
+                test: Some(test),
+            },
+            &name,
+        )));
     }
     // A single `<x>-images-idx3-ubyte[.gz]` + `<x>-labels-idx1-ubyte[.gz]` pair.
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -193,19 +228,16 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
         // No official split: the last sixth (in file order) is the test set.
         let n = all.len();
         let n_test = n / 6;
-        let k = all.image_len();
         let cut = n - n_test;
-        let test = ImageDataset {
-            pixels: all.pixels[cut * k..].to_vec(),
-            labels: all.labels[cut..].to_vec(),
-            name: format!("{name}/test"),
-            ..all.clone()
-        };
-        let train = ImageDataset {
-            name: format!("{name}/train"),
-            ..all.take(cut)
-        };
-        return Ok(Some(Splits { train, test }));
+        let test = all.slice(cut..n, format!("{name}/test"));
+        let train = all.slice(0..cut, format!("{name}/train"));
+        return Ok(Some(name_classes(
+            Splits {
+                train,
+                test: Some(test),
+            },
+            &name,
+        )));
     }
     Ok(None)
 }

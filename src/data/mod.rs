@@ -1,13 +1,14 @@
 //! Image classification data: loaders for MNIST-style IDX files (raw or gzip), CIFAR-10/100
-//! binary batches, folders of PNG images by class, and a built-in synthetic set; per-channel
-//! normalization, augmentation (random crop with padding, horizontal flip) and seeded shuffling.
+//! binary batches, folders of PNG/JPEG images by class, and a built-in synthetic set; class
+//! names, the validation split carved from the training images, per-channel normalization,
+//! augmentation (random crop with padding, horizontal flip) and seeded shuffling.
 //!
 //! Images are kept as bytes `(N, C, H, W)`; a batch is converted to normalized `f32` on demand.
 
 pub mod cifar;
 pub mod idx;
+pub mod image_folder;
 pub mod planetoid;
-pub mod png_folder;
 pub mod synthetic;
 pub mod text;
 
@@ -32,6 +33,10 @@ pub struct ImageDataset {
     pub name: String,
     /// Whether a horizontal flip keeps the class (natural images yes, digits no).
     pub flip_ok: bool,
+    /// Class names by label (`classes[label]`); empty when the data has none.
+    pub classes: Vec<String>,
+    /// Where the names came from (e.g. "class folder names"), for messages.
+    pub classes_from: String,
 }
 
 impl ImageDataset {
@@ -77,12 +82,7 @@ impl ImageDataset {
     }
     /// The first `n` images (or all).
     pub fn take(&self, n: usize) -> ImageDataset {
-        let n = n.min(self.len());
-        ImageDataset {
-            pixels: self.pixels[..n * self.image_len()].to_vec(),
-            labels: self.labels[..n].to_vec(),
-            ..self.clone()
-        }
+        self.slice(0..n.min(self.len()), self.name.clone())
     }
     /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
     pub fn channel_stats(&self) -> (Vec<f64>, Vec<f64>) {
@@ -109,18 +109,133 @@ impl ImageDataset {
     }
 }
 
-/// Train and test splits of one data set.
+/// Train and test splits of one data set; `test` is `None` for a folder of training images only.
 pub struct Splits {
     pub train: ImageDataset,
-    pub test: ImageDataset,
+    pub test: Option<ImageDataset>,
+}
+
+/// Ten digit names "0".."9" (MNIST, the 8x8 digits).
+pub fn digit_names() -> Vec<String> {
+    (0..10).map(|d| d.to_string()).collect()
+}
+
+/// Fashion-MNIST's labels 0..9, in the data set's order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+impl ImageDataset {
+    /// The images `range` as a data set of their own (same classes), named `name`.
+    pub fn slice(&self, range: std::ops::Range<usize>, name: String) -> ImageDataset {
+        let k = self.image_len();
+        ImageDataset {
+            pixels: self.pixels[range.start * k..range.end * k].to_vec(),
+            labels: self.labels[range.clone()].to_vec(),
+            name,
+            ..self.clone_meta()
+        }
+    }
+    /// Everything but the pixels and labels.
+    fn clone_meta(&self) -> ImageDataset {
+        ImageDataset {
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            num_classes: self.num_classes,
+            name: self.name.clone(),
+            flip_ok: self.flip_ok,
+            classes: self.classes.clone(),
+            classes_from: self.classes_from.clone(),
+        }
+    }
+    /// Splits off the last `n` images as the validation set: `(train, val)`, disjoint, in file
+    /// order (no shuffle, so the split is the same for every seed). Errors unless
+    /// `1 <= n < len`.
+    pub fn split_off_val(&self, n: usize) -> Result<(ImageDataset, ImageDataset)> {
+        let len = self.len();
+        if n == 0 || n >= len {
+            return Err(invalid!(
+                "--val-size {n}: {} has {len} training images; the validation split must hold at least 1 and leave at least 1 for training",
+                self.name
+            ));
+        }
+        let cut = len - n;
+        let base = self.name.trim_end_matches("/train");
+        Ok((
+            self.slice(0..cut, format!("{base}/train[..{cut}]")),
+            self.slice(cut..len, format!("{base}/train[{cut}..] (validation)")),
+        ))
+    }
+}
+
+/// The default validation size for `n` training images: a tenth, at most 5,000 (MNIST and
+/// CIFAR: the last 5,000 of the training set), at least 1 when there are 2 or more images.
+pub fn default_val_size(n: usize) -> usize {
+    (n / 10).clamp(1.min(n / 2), 5000)
+}
+
+/// Reads `dir/classes.txt` (one class name per line, label order) if present.
+fn classes_txt(dir: &Path) -> Result<Option<Vec<String>>> {
+    let p = dir.join("classes.txt");
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| NablaError::io(&p, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    Ok(Some(names))
+}
+
+/// Applies `classes.txt` next to the data (it wins over built-in names) and checks the count.
+fn apply_classes_txt(dir: &Path, s: &mut Splits) -> Result<()> {
+    if let Some(names) = classes_txt(dir)? {
+        if names.len() != s.train.num_classes {
+            return Err(NablaError::format(
+                dir.join("classes.txt"),
+                format!(
+                    "{} class names for a data set of {} classes",
+                    names.len(),
+                    s.train.num_classes
+                ),
+            ));
+        }
+        let from = format!("{}", dir.join("classes.txt").display());
+        for ds in std::iter::once(&mut s.train).chain(s.test.as_mut()) {
+            ds.classes = names.clone();
+            ds.classes_from = from.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Loads a data folder, recognising its format from the file names:
 /// MNIST/Fashion-MNIST IDX (`train-images-idx3-ubyte[.gz]` …), a single IDX pair
 /// (`*-images-idx3-ubyte[.gz]`, split 5/6 : 1/6 in file order), CIFAR-10 (`data_batch_*.bin`,
-/// `test_batch.bin`), CIFAR-100 (`train.bin`, `test.bin`) or PNG folders (`train/<class>/*.png`,
-/// `test/<class>/*.png`).
+/// `test_batch.bin`), CIFAR-100 (`train.bin`, `test.bin`) or image folders by class (PNG or
+/// JPEG: `train/<class>/*` with an optional `test/<class>/*`, or just `<class>/*`; see
+/// [`image_folder`]). A `classes.txt` in the folder (one name per line) names the classes.
 pub fn load_dir(dir: &Path) -> Result<Splits> {
+    let mut s = load_dir_format(dir)?;
+    apply_classes_txt(dir, &mut s)?;
+    Ok(s)
+}
+
+fn load_dir_format(dir: &Path) -> Result<Splits> {
     if !dir.is_dir() {
         return Err(NablaError::io(
             dir,
@@ -133,11 +248,11 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
     if let Some(s) = cifar::try_load_dir(dir)? {
         return Ok(s);
     }
-    if let Some(s) = png_folder::try_load_dir(dir)? {
+    if let Some(s) = image_folder::try_load_dir(dir)? {
         return Ok(s);
     }
     Err(invalid!(
-        "{}: no recognised data set (expected MNIST-style IDX files, CIFAR-10/100 .bin batches, or train/ and test/ folders of PNG images by class)",
+        "{}: no recognised data set (expected MNIST-style IDX files, CIFAR-10/100 .bin batches, or folders of PNG/JPEG images by class: train/<class>/ [+ test/<class>/] or <class>/)",
         dir.display()
     ))
 }
@@ -147,6 +262,18 @@ pub fn load(dir: Option<&Path>, seed: u64) -> Result<Splits> {
     match dir {
         Some(d) => load_dir(d),
         None => Ok(synthetic::shapes(6000, 1000, 28, seed)),
+    }
+}
+
+impl Splits {
+    /// The test split, or an error saying that `what` needs one.
+    pub fn test_or_err(&self, what: &str) -> Result<&ImageDataset> {
+        self.test.as_ref().ok_or_else(|| {
+            invalid!(
+                "{}: this data has no test split (a folder of training images only); {what} needs one (a test/<class>/ folder)",
+                self.train.name
+            )
+        })
     }
 }
 
@@ -223,23 +350,44 @@ pub fn make_batch(
                 }
             }
         }
-        let resized;
-        let plane: &[f32] = if s == h && s == w {
-            &img
-        } else {
-            resized = resize_planes(&img, c, (h, w), (s, s), Interp::Bilinear, false)?;
-            &resized
-        };
-        for ch in 0..c {
-            let (m, sd) = (opts.mean[ch] as f32, opts.std[ch] as f32);
-            out.extend(
-                plane[ch * s * s..(ch + 1) * s * s]
-                    .iter()
-                    .map(|&v| (v - m) / sd),
-            );
-        }
+        resize_and_normalize(&img, c, (h, w), opts, &mut out)?;
     }
     Ok((Tensor::new(&[idx.len(), c, s, s], out)?, labels))
+}
+
+/// Appends the model input of one image `img (C, H, W)` with values in [0, 1]: resized
+/// bilinearly to `opts.image_size` squared when its size differs, then `(v − mean_c) / std_c`.
+pub fn resize_and_normalize(
+    img: &[f32],
+    c: usize,
+    (h, w): (usize, usize),
+    opts: &BatchOptions,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let s = opts.image_size;
+    if opts.mean.len() != c || opts.std.len() != c {
+        return Err(invalid!(
+            "normalization has {} means / {} stds for {c}-channel images",
+            opts.mean.len(),
+            opts.std.len()
+        ));
+    }
+    let resized;
+    let plane: &[f32] = if s == h && s == w {
+        img
+    } else {
+        resized = resize_planes(img, c, (h, w), (s, s), Interp::Bilinear, false)?;
+        &resized
+    };
+    for ch in 0..c {
+        let (m, sd) = (opts.mean[ch] as f32, opts.std[ch] as f32);
+        out.extend(
+            plane[ch * s * s..(ch + 1) * s * s]
+                .iter()
+                .map(|&v| (v - m) / sd),
+        );
+    }
+    Ok(())
 }
 
 /// A seeded permutation of `0..n` for epoch `epoch` (same seed and epoch → same order).
@@ -262,7 +410,45 @@ mod tests {
             num_classes: 2,
             name: "tiny".into(),
             flip_ok: true,
+            classes: vec!["a".into(), "b".into()],
+            classes_from: "test".into(),
         }
+    }
+
+    /// The validation split is the last `n` images, disjoint from the training part; sizes
+    /// outside 1..len are errors.
+    #[test]
+    fn validation_split_is_the_disjoint_tail() {
+        let ds = ImageDataset {
+            pixels: (0..10u8).collect(),
+            labels: (0..10).map(|i| i % 3).collect(),
+            channels: 1,
+            height: 1,
+            width: 1,
+            num_classes: 3,
+            name: "d/train".into(),
+            flip_ok: false,
+            classes: vec!["x".into(), "y".into(), "z".into()],
+            classes_from: "test".into(),
+        };
+        let (tr, va) = ds.split_off_val(3).unwrap();
+        assert_eq!(tr.pixels, (0..7u8).collect::<Vec<_>>());
+        assert_eq!(va.pixels, vec![7, 8, 9]);
+        assert_eq!(va.labels, vec![1, 2, 0]);
+        assert_eq!(va.classes, ds.classes);
+        assert!(va.name.contains("validation"), "{}", va.name);
+        for bad in [0, 10, 11] {
+            let e = ds.split_off_val(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--val-size") && e.contains("10 training images"),
+                "{e}"
+            );
+        }
+        assert_eq!(default_val_size(60000), 5000);
+        assert_eq!(default_val_size(50000), 5000);
+        assert_eq!(default_val_size(1000), 100);
+        assert_eq!(default_val_size(5), 1);
+        assert_eq!(default_val_size(1), 0);
     }
 
     #[test]

@@ -64,6 +64,8 @@ fn make(n: usize, size: usize, rng: &mut Rng, name: &str) -> ImageDataset {
         num_classes: CLASS_NAMES.len(),
         name: name.into(),
         flip_ok: false,
+        classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        classes_from: "the built-in synthetic shapes".into(),
     }
 }
 
@@ -73,7 +75,7 @@ pub fn shapes(n_train: usize, n_test: usize, size: usize, seed: u64) -> Splits {
     let mut test_rng = rng.fork();
     Splits {
         train: make(n_train, size, &mut rng, "synthetic-shapes/train"),
-        test: make(n_test, size, &mut test_rng, "synthetic-shapes/test"),
+        test: Some(make(n_test, size, &mut test_rng, "synthetic-shapes/test")),
     }
 }
 

@@ -63,17 +63,28 @@ impl Vocab {
     }
 }
 
-/// A tokenized text cut into a training head and a held-out tail.
+/// A tokenized text cut into a training head, a validation part and a test tail:
+/// `train | val | test`, in text order (the test characters are the last `test_frac` of the text,
+/// the validation characters the `val_frac` before them).
 #[derive(Clone, Debug)]
 pub struct CharCorpus {
     pub vocab: Vocab,
     pub train: Vec<usize>,
+    /// Selection (best checkpoint) and early stopping.
     pub val: Vec<usize>,
+    /// Evaluated once, after training (empty when `test_frac` is 0).
+    pub test: Vec<usize>,
 }
 
 impl CharCorpus {
-    /// Tokenizes `text` and holds out its last `val_frac` (at least 2 characters each side).
+    /// Tokenizes `text` and holds out its last `val_frac` for validation (no test part).
     pub fn new(text: &str, val_frac: f64) -> Result<Self> {
+        Self::with_test(text, val_frac, 0.0)
+    }
+    /// Tokenizes `text`, holds out its last `test_frac` for the test and the `val_frac` before
+    /// it for validation; every non-empty part needs at least 2 characters (an input and its
+    /// next character).
+    pub fn with_test(text: &str, val_frac: f64, test_frac: f64) -> Result<Self> {
         let n = text.chars().count();
         if n < 2 {
             return Err(invalid!(
@@ -81,22 +92,28 @@ impl CharCorpus {
                 if n == 1 { "" } else { "s" }
             ));
         }
-        if !(0.0..1.0).contains(&val_frac) {
-            return Err(invalid!("--val-frac must be in [0, 1), got {val_frac}"));
+        for (flag, f) in [("--val-frac", val_frac), ("--test-frac", test_frac)] {
+            if !(0.0..1.0).contains(&f) {
+                return Err(invalid!("{flag} must be in [0, 1), got {f}"));
+            }
         }
         let vocab = Vocab::from_text(text);
         let ids = vocab.encode(text)?;
         let nv = ((n as f64) * val_frac).round() as usize;
-        if val_frac > 0.0 && (nv < 2 || n - nv < 2) {
+        let nt = ((n as f64) * test_frac).round() as usize;
+        let short = |frac: f64, k: usize| frac > 0.0 && k < 2;
+        if short(val_frac, nv) || short(test_frac, nt) || n < nv + nt + 2 {
             return Err(invalid!(
-                "the text ({n} characters) is too short to hold out {val_frac} of it with at least 2 characters on each side"
+                "the text ({n} characters) is too short to hold out {val_frac} (validation) and {test_frac} (test) of it with at least 2 characters in each part"
             ));
         }
-        let (train, val) = ids.split_at(n - nv);
+        let (head, test) = ids.split_at(n - nt);
+        let (train, val) = head.split_at(n - nt - nv);
         Ok(CharCorpus {
             vocab,
             train: train.to_vec(),
             val: val.to_vec(),
+            test: test.to_vec(),
         })
     }
 }
@@ -176,7 +193,18 @@ mod tests {
     fn vocab_split_streams_and_reber() {
         let c = CharCorpus::new("abcabcabca", 0.2).unwrap();
         assert_eq!(c.vocab.as_string(), "abc");
-        assert_eq!((c.train.len(), c.val.len()), (8, 2));
+        assert_eq!((c.train.len(), c.val.len(), c.test.len()), (8, 2, 0));
+        // train | val | test in text order, disjoint and covering the text.
+        let t = CharCorpus::with_test("abcabcabcabcabcabcab", 0.1, 0.2).unwrap();
+        assert_eq!((t.train.len(), t.val.len(), t.test.len()), (14, 2, 4));
+        let all: Vec<usize> = [t.train.clone(), t.val.clone(), t.test.clone()].concat();
+        assert_eq!(t.vocab.decode(&all), "abcabcabcabcabcabcab");
+        assert_eq!(t.vocab.decode(&t.test), "bcab");
+        let e = CharCorpus::with_test("abcabc", 0.3, 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too short"), "{e}");
+        assert!(CharCorpus::with_test("abcabc", 0.1, 1.0).is_err());
         assert!(CharCorpus::new("", 0.1)
             .unwrap_err()
             .to_string()

@@ -21,11 +21,11 @@ pub mod dropout;
 pub mod elementwise;
 pub mod isa;
 pub mod matmul;
-pub mod peak;
-pub mod small_mm;
 pub mod norm;
 pub mod optim;
+pub mod peak;
 pub mod reduce;
+pub mod small_mm;
 pub mod softmax;
 pub mod sparse;
 pub use elementwise::{

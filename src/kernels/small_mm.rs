@@ -332,7 +332,14 @@ pub fn small_mm_on<T: Element>(
 ) {
     if let (Some(a32), Some(b32)) = (T::as_f32(a), T::as_f32(b)) {
         let c32 = T::as_f32_mut(c).expect("C has the element type of A and B");
-        return small_mm_f32(isa, (m, n, k), (a32, lda), (b32, ldb), (c32, ldc), accumulate);
+        return small_mm_f32(
+            isa,
+            (m, n, k),
+            (a32, lda),
+            (b32, ldb),
+            (c32, ldc),
+            accumulate,
+        );
     }
     check(m, n, k, a.len(), lda, b.len(), ldb);
     for i in 0..m {

@@ -25,8 +25,8 @@ use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig};
 use crate::tensor::Tensor;
 use crate::train::{
-    fresh_run_dir, load_checkpoint_state, CheckpointState, Metrics, Mode, PlotFormat, ProgressMode,
-    StepOutput, TrainConfig, TrainModel, Trainer,
+    fresh_run_dir, load_checkpoint_state, CheckpointState, EarlyStopping, Metrics, Mode,
+    PlotFormat, ProgressMode, StepOutput, TrainConfig, TrainModel, Trainer,
 };
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -47,9 +47,17 @@ pub struct CharRnnConfig {
     pub clip: f64,
     pub seed: u64,
     pub val_frac: f64,
+    /// The test tail (after the validation part); omitted from the JSON when 0 so runs saved
+    /// before it existed still resume.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub test_frac: f64,
     /// `None` = the built-in Reber corpus.
     pub text: Option<String>,
     pub text_chars: usize,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The model: an [`ElmanRnn`] whose input and output are the vocabulary.
@@ -233,10 +241,18 @@ pub struct TrainArgs {
     pub clip: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Fraction of the text held out (its tail) for validation.
+    /// Fraction of the text held out for validation (just before the test tail): it selects
+    /// best/ (lowest val_loss) and drives --patience.
     #[arg(long, default_value_t = 0.05)]
     pub val_frac: f64,
-    /// Validate every this many updates (`best/` keeps the lowest validation loss).
+    /// Fraction of the text held out at its end for the test, evaluated once after training on
+    /// best/ (test_loss, test_bpc); 0 = no test.
+    #[arg(long, default_value_t = 0.05)]
+    pub test_frac: f64,
+    /// Stop after this many evaluations without a lower val_loss (default: train to the end).
+    #[arg(long)]
+    pub patience: Option<u64>,
+    /// Validate (and checkpoint) every this many updates.
     #[arg(long, default_value_t = 200)]
     pub eval_every: u64,
     /// Checkpoint every N updates (0 = automatically, every 30 s of training or less often if
@@ -325,13 +341,17 @@ impl CharRnnTask {
             peak_state_floats: 0,
         })
     }
-    /// Validation loss in nats per character on the held-out tail (None if it is too short).
+    /// Validation loss in nats per character (None if the validation part is too short).
     pub fn val_nats(&self) -> Result<Option<f64>> {
-        if self.corpus.val.len() < 2 {
+        self.nats(&self.corpus.val)
+    }
+    /// Mean loss in nats per character on `ids` (None for fewer than 2 characters).
+    fn nats(&self, ids: &[usize]) -> Result<Option<f64>> {
+        if ids.len() < 2 {
             return Ok(None);
         }
         self.model
-            .evaluate(&self.corpus.val, self.model.config.batch, 256)
+            .evaluate(ids, self.model.config.batch, 256)
             .map(Some)
     }
 }
@@ -393,6 +413,14 @@ impl TrainModel<f32> for CharRnnTask {
             m.insert("val_bpc".into(), v / std::f64::consts::LN_2);
         }
         Ok(m)
+    }
+    fn test(&mut self) -> Result<Option<Metrics>> {
+        Ok(self.nats(&self.corpus.test)?.map(|v| {
+            let mut m = Metrics::new();
+            m.insert("test_loss".into(), v);
+            m.insert("test_bpc".into(), v / std::f64::consts::LN_2);
+            m
+        }))
     }
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.model.config).expect("the config serializes")
@@ -504,6 +532,10 @@ pub struct TrainReport {
     pub train_loss: f64,
     pub val_nats: Option<f64>,
     pub val_bpc: Option<f64>,
+    /// Test loss of the best-validation weights (`best/`), evaluated once after training;
+    /// `None` when interrupted or without a test part (`--test-frac 0`).
+    pub test_nats: Option<f64>,
+    pub test_bpc: Option<f64>,
     pub tokens_per_s: f64,
     /// Floats held by the window's forward state: `(k2 + 1)·batch·hidden` at most.
     pub peak_state_floats: usize,
@@ -566,12 +598,13 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             clip: a.clip,
             seed: a.seed,
             val_frac: a.val_frac,
+            test_frac: a.test_frac,
             text: None,
             text_chars: 0,
         }
     };
     let (text, text_name) = load_text(&a.text, config.seed)?;
-    let corpus = CharCorpus::new(&text, config.val_frac)?;
+    let corpus = CharCorpus::with_test(&text, config.val_frac, config.test_frac)?;
     let config = if a.resume {
         if config.vocab != corpus.vocab.as_string() || config.text_chars != text.chars().count() {
             return Err(invalid!(
@@ -605,7 +638,12 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
         checkpoint_every: a.checkpoint_every,
         time_limit_s: (a.time_limit > 0.0).then_some(a.time_limit),
         clip_grad_norm: Some(config.clip),
-        monitor: Some(("val_loss".into(), Mode::Min)),
+        // best/ and early stopping follow the validation loss (when there is a validation part).
+        monitor: (config.val_frac > 0.0).then(|| ("val_loss".to_string(), Mode::Min)),
+        early_stopping: a.patience.map(|patience| EarlyStopping {
+            patience,
+            min_delta: 0.0,
+        }),
         progress: if a.quiet {
             ProgressMode::Quiet
         } else if a.plain {
@@ -635,6 +673,14 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
         train_loss,
         val_nats: val,
         val_bpc: val.map(|x| x / std::f64::consts::LN_2),
+        test_nats: summary
+            .test
+            .as_ref()
+            .and_then(|t| t.metrics.get("test_loss").copied()),
+        test_bpc: summary
+            .test
+            .as_ref()
+            .and_then(|t| t.metrics.get("test_bpc").copied()),
         tokens_per_s: st.items_total as f64 / st.wall_time_s.max(1e-9),
         peak_state_floats: task.peak_state_floats,
         run_dir: summary.run_dir,

@@ -79,7 +79,8 @@ pub fn read_metrics_jsonl(path: impl AsRef<Path>) -> Result<Vec<MetricsRecord>> 
     let text = std::fs::read_to_string(path).map_err(|e| NablaError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+        // The final test record is not an evaluation during training: see `read_test_record`.
+        if line.trim().is_empty() || super::final_test::is_test_line(line) {
             continue;
         }
         let r: MetricsRecord = serde_json::from_str(line).map_err(|e| {

@@ -74,7 +74,8 @@
 //!
 //! ```text
 //! OUT/config.json          trainer + model configuration of the run
-//! OUT/metrics.jsonl        one JSON object per evaluation (see [`MetricsRecord`])
+//! OUT/metrics.jsonl        one JSON object per evaluation (see [`MetricsRecord`]), then the
+//!                          final test record on the selected weights (see [`TestRecord`])
 //! OUT/metrics.svg|.png     loss and metric curves, written at the end (`nabla plot` redraws them)
 //! OUT/checkpoint/          latest checkpoint: model.safetensors, optimizer.safetensors, state.json
 //! OUT/best/                weights (+ state.json) at the best value of the monitored metric
@@ -82,6 +83,7 @@
 
 mod checkpoint;
 mod config;
+mod final_test;
 mod metrics;
 mod optim_args;
 pub mod plot;
@@ -97,6 +99,7 @@ pub use config::{
     fresh_run_dir, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs,
     TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
 };
+pub use final_test::{read_test_record, TestRecord};
 pub use metrics::{read_metrics_jsonl, MetricsRecord};
 pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
 pub use progress::format_log_line;
@@ -149,7 +152,15 @@ pub trait TrainModel<T: Element> {
     /// function of `step` and `rng` only (see the module docs), so resumed runs are exact.
     fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput>;
     /// Validation metrics (e.g. `val_loss`, `val_acc`), computed without recording a tape.
+    /// They select `best/` and drive early stopping, so they must never come from the test set.
     fn evaluate(&mut self) -> Result<Metrics>;
+    /// Held-out test metrics (`test_acc`, `test_loss`, …), or `None` when the data has no test
+    /// split. Called once, after a finished (not interrupted) run, with the selected weights
+    /// loaded (those of `best/`, or the final ones when nothing is monitored); the trainer
+    /// appends the result to `metrics.jsonl` (see [`TestRecord`]).
+    fn test(&mut self) -> Result<Option<Metrics>> {
+        Ok(None)
+    }
     /// The model's hyper-parameters; saved in `config.json` and checked on `--resume`.
     fn config_json(&self) -> serde_json::Value;
     /// Steps in one pass over the training data; required when training by epochs or

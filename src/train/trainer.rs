@@ -67,6 +67,9 @@ pub struct TrainSummary {
     pub wall_time_s: f64,
     /// The signal that interrupted the run (`None` for [`Trainer::interrupt_handle`]).
     pub signal: Option<StopSignal>,
+    /// The test metrics of the selected weights, evaluated once at the end of a finished run
+    /// (`None`: interrupted, or the data has no test split).
+    pub test: Option<super::TestRecord>,
 }
 
 impl TrainSummary {
@@ -110,6 +113,9 @@ impl TrainSummary {
                 b.step,
                 self.run_dir.join("best").display()
             ));
+        }
+        if let Some(t) = &self.test {
+            s.push_str(&format!("\ntest: {}", t.describe()));
         }
         if let Some(p) = &self.plot {
             s.push_str(&format!("\nplot: {}", p.display()));
@@ -310,6 +316,16 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             }
         }
         let outcome = result?;
+        // The test split, once, on the selected weights — only when the run is finished.
+        let test = match outcome {
+            Outcome::Interrupted => None,
+            _ => super::final_test::evaluate_selected(
+                model,
+                &run_dir,
+                run.st.best.as_ref(),
+                run.st.step,
+            )?,
+        };
 
         let plot = match cfg.plot {
             PlotFormat::None => None,
@@ -346,6 +362,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             plot,
             wall_time_s: run.st.wall_time_s,
             signal,
+            test,
         })
     }
 
@@ -368,27 +385,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             ));
         }
         let tensors = load_tensors::<T>(&cdir, MODEL_FILE, st.step)?;
-        let mp = cdir.join(MODEL_FILE);
-        for p in model.params_mut().iter_mut() {
-            let t = crate::io::take(&tensors, &p.name, &mp)?;
-            if t.shape() != p.value.shape() {
-                return Err(NablaError::format(
-                    &mp,
-                    format!(
-                        "tensor {} has shape {:?}, the model expects {:?}",
-                        p.name,
-                        t.shape(),
-                        p.value.shape()
-                    ),
-                ));
-            }
-            p.value = t.clone();
-        }
-        let buffers: std::collections::BTreeMap<String, Tensor<T>> = tensors
-            .into_iter()
-            .filter(|(k, _)| model.params().find(k).is_none())
-            .collect();
-        model.load_state_tensors(&buffers)?;
+        super::final_test::load_weights(model, tensors, &cdir.join(MODEL_FILE))?;
         let opt_tensors = load_tensors::<T>(&cdir, OPTIM_FILE, st.step)?;
         self.opt
             .load_state_tensors(&opt_tensors, st.optimizer_step)?;

@@ -1,0 +1,462 @@
+//! Folders of PNG and JPEG images by class, decoded by the `image` crate (PNG and JPEG only).
+//!
+//! Layouts, tried in this order:
+//! - `DIR/train/<class>/*` with an optional `DIR/test/<class>/*` (the layout of e.g.
+//!   `rasbt/mnist-pngs`); without `test/` the data has no test split;
+//! - `DIR/<class>/*` (training images only, no test split).
+//!
+//! Classes are the class-folder names in sorted order (numeric names sort numerically), and
+//! label `k` is the `k`-th name; the names travel with the data set (and into the run folder).
+//! Files are recognised by their extension (`.png`, `.jpg`, `.jpeg`, any case) and decoded by
+//! their magic bytes, so a JPEG named `.png` still loads and a text file named `.jpg` is an
+//! error naming it. Other files (`.DS_Store`, `README`) are skipped. Images are decoded to 8
+//! bits; grey (+alpha) gives one channel, colour (+alpha) three, alpha dropped. A set mixing
+//! grey and colour images is promoted to three channels (grey replicated). All images must share
+//! one size: a different size is an error naming the file (they are not resized, since a silent
+//! resize would distort some images and not others; resize the folder first, or let the model
+//! resize every image with `--image-size`). An empty class folder is an error naming it.
+
+use super::{ImageDataset, Splits};
+use crate::error::{NablaError, Result};
+use crate::invalid;
+use std::path::{Path, PathBuf};
+
+/// Image formats recognised from their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKind {
+    Png,
+    Jpeg,
+}
+
+/// PNG (`89 50 4E 47 0D 0A 1A 0A`) or JPEG (`FF D8 FF`), from the first bytes.
+pub fn sniff_image(bytes: &[u8]) -> Option<ImageKind> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(ImageKind::Png)
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(ImageKind::Jpeg)
+    } else {
+        None
+    }
+}
+
+/// A decoded image: `channels` (1 or 3) planes of `height × width` bytes, `(C, H, W)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedImage {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl DecodedImage {
+    /// The same image with `c` channels: grey replicated to RGB, or RGB to grey by the ITU-R
+    /// BT.601 luma `0.299 R + 0.587 G + 0.114 B` (what PIL's `convert("L")` computes).
+    pub fn with_channels(&self, c: usize) -> Result<DecodedImage> {
+        let hw = self.height * self.width;
+        let pixels = match (self.channels, c) {
+            (a, b) if a == b => self.pixels.clone(),
+            (1, 3) => self.pixels.repeat(3),
+            (3, 1) => {
+                let (r, g, b) = (
+                    &self.pixels[..hw],
+                    &self.pixels[hw..2 * hw],
+                    &self.pixels[2 * hw..],
+                );
+                (0..hw)
+                    .map(|i| {
+                        (0.299 * r[i] as f64 + 0.587 * g[i] as f64 + 0.114 * b[i] as f64)
+                            .round()
+                            .clamp(0.0, 255.0) as u8
+                    })
+                    .collect()
+            }
+            (a, b) => {
+                return Err(invalid!(
+                    "cannot convert {a}-channel images to {b} channels"
+                ))
+            }
+        };
+        Ok(DecodedImage {
+            channels: c,
+            pixels,
+            ..*self
+        })
+    }
+}
+
+/// Decodes PNG or JPEG bytes (format from the magic bytes); `path` names the file in errors.
+pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<DecodedImage> {
+    let (kind, fmt) = match sniff_image(bytes) {
+        Some(ImageKind::Png) => ("PNG", image::ImageFormat::Png),
+        Some(ImageKind::Jpeg) => ("JPEG", image::ImageFormat::Jpeg),
+        None => {
+            let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            return Err(NablaError::format(
+                path,
+                format!(
+                    "not a PNG or JPEG image (starts with {}; PNG starts with 89 50 4e 47, JPEG with ff d8 ff)",
+                    head.join(" ")
+                ),
+            ));
+        }
+    };
+    let img = image::load_from_memory_with_format(bytes, fmt)
+        .map_err(|e| NablaError::format(path, format!("corrupt {kind} data: {e}")))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(NablaError::format(path, format!("{kind} image of {w}x{h}")));
+    }
+    use image::ColorType as C;
+    let grey = matches!(img.color(), C::L8 | C::La8 | C::L16 | C::La16);
+    // The decoder's interleaved HWC bytes → planar CHW.
+    let (c, hwc) = if grey {
+        (1, img.to_luma8().into_raw())
+    } else {
+        (3, img.to_rgb8().into_raw())
+    };
+    let mut pixels = vec![0u8; c * h * w];
+    for i in 0..h * w {
+        for ch in 0..c {
+            pixels[ch * h * w + i] = hwc[i * c + ch];
+        }
+    }
+    Ok(DecodedImage {
+        channels: c,
+        height: h,
+        width: w,
+        pixels,
+    })
+}
+
+/// Reads and decodes one PNG or JPEG file.
+pub fn decode_image(path: &Path) -> Result<DecodedImage> {
+    let bytes = std::fs::read(path).map_err(|e| NablaError::io(path, e))?;
+    decode_image_bytes(&bytes, path)
+}
+
+/// Whether the file name has an image extension this loader reads.
+pub fn has_image_extension(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string()
+}
+
+/// Sub-folders of `dir` (hidden ones skipped), numeric names in numeric order, then by name.
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| NablaError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !file_name(p).starts_with('.'))
+        .collect();
+    v.sort_by_key(|p| {
+        let n = file_name(p);
+        (n.parse::<u64>().unwrap_or(u64::MAX), n)
+    });
+    Ok(v)
+}
+
+/// The image files of one folder, sorted by name.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| NablaError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && has_image_extension(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Decoded images of `split_dir/<class>/*` with labels by `classes`, before size checks.
+fn decode_split(
+    split_dir: &Path,
+    classes: &[String],
+) -> Result<Vec<(usize, DecodedImage, PathBuf)>> {
+    let known: Vec<String> = sorted_dirs(split_dir)?
+        .iter()
+        .map(|p| file_name(p))
+        .collect();
+    if let Some(extra) = known.iter().find(|k| !classes.contains(k)) {
+        return Err(invalid!(
+            "{}: class folder {extra:?} is not among the training classes ({})",
+            split_dir.display(),
+            classes.join(", ")
+        ));
+    }
+    let mut items = Vec::new();
+    for (label, cname) in classes.iter().enumerate() {
+        let cdir = split_dir.join(cname);
+        if !cdir.is_dir() {
+            continue;
+        }
+        let files = image_files(&cdir)?;
+        if files.is_empty() {
+            return Err(invalid!(
+                "class folder {} holds no PNG or JPEG images (*.png, *.jpg, *.jpeg); remove it or add images",
+                cdir.display()
+            ));
+        }
+        for f in files {
+            let img = decode_image(&f)?;
+            items.push((label, img, f));
+        }
+    }
+    if items.is_empty() {
+        return Err(invalid!(
+            "{}: no PNG or JPEG images found",
+            split_dir.display()
+        ));
+    }
+    Ok(items)
+}
+
+/// Stacks decoded images into a data set with `c` channels; every image must be `h × w`.
+fn stack(
+    items: Vec<(usize, DecodedImage, PathBuf)>,
+    c: usize,
+    (h, w): (usize, usize),
+    classes: &[String],
+    name: String,
+) -> Result<ImageDataset> {
+    let mut pixels = Vec::with_capacity(items.len() * c * h * w);
+    let mut labels = Vec::with_capacity(items.len());
+    for (label, img, f) in items {
+        if (img.height, img.width) != (h, w) {
+            return Err(NablaError::format(
+                &f,
+                format!(
+                    "image is {}x{} (width x height), the others are {w}x{h}; all images of a folder must have one size (they are not resized)",
+                    img.width, img.height
+                ),
+            ));
+        }
+        pixels.extend_from_slice(&img.with_channels(c)?.pixels);
+        labels.push(label);
+    }
+    Ok(ImageDataset {
+        pixels,
+        labels,
+        channels: c,
+        height: h,
+        width: w,
+        num_classes: classes.len(),
+        name,
+        flip_ok: c == 3,
+        classes: classes.to_vec(),
+        classes_from: "class folder names".into(),
+    })
+}
+
+/// Whether `dir` directly holds at least one image file.
+fn holds_images(dir: &Path) -> bool {
+    image_files(dir).is_ok_and(|f| !f.is_empty())
+}
+
+/// Recognises the layouts in the module docs; `Ok(None)` when `dir` is none of them.
+pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
+    let name = file_name(dir);
+    let (train_dir, test_dir) = if dir.join("train").is_dir() {
+        let te = dir.join("test");
+        (dir.join("train"), te.is_dir().then_some(te))
+    } else {
+        let subs = sorted_dirs(dir)?;
+        if subs.is_empty() || !subs.iter().any(|s| holds_images(s)) {
+            return Ok(None);
+        }
+        (dir.to_path_buf(), None)
+    };
+    let classes: Vec<String> = sorted_dirs(&train_dir)?
+        .iter()
+        .map(|p| file_name(p))
+        .collect();
+    if classes.is_empty() {
+        return Err(invalid!(
+            "{}: no class folders (expected {}/<class>/*.png|jpg)",
+            train_dir.display(),
+            train_dir.display()
+        ));
+    }
+    let train = decode_split(&train_dir, &classes)?;
+    let test = test_dir
+        .as_deref()
+        .map(|t| decode_split(t, &classes))
+        .transpose()?;
+    let first = &train[0].1;
+    let size = (first.height, first.width);
+    let c = train
+        .iter()
+        .chain(test.iter().flatten())
+        .map(|it| it.1.channels)
+        .max()
+        .unwrap_or(1);
+    let train = stack(train, c, size, &classes, format!("{name}/train"))?;
+    let test = test
+        .map(|t| stack(t, c, size, &classes, format!("{name}/test")))
+        .transpose()?;
+    Ok(Some(Splits { train, test }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(path: &Path, w: u32, h: u32, color: image::ColorType, data: &[u8]) {
+        image::save_buffer_with_format(path, data, w, h, color, image::ImageFormat::Png).unwrap();
+    }
+
+    fn write_jpeg(path: &Path, w: u32, h: u32, color: image::ColorType, data: &[u8]) {
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 100)
+            .encode(data, w, h, color)
+            .unwrap();
+        std::fs::write(path, buf).unwrap();
+    }
+
+    /// train/ + test/ with PNG and JPEG, grey and colour: labels by sorted (numeric) folder
+    /// names, the names kept, grey promoted to RGB when colour is present.
+    #[test]
+    fn png_and_jpeg_folders_by_class() {
+        use image::ColorType as C;
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", "test"] {
+            for (ci, cls) in ["2", "10", "cat"].iter().enumerate() {
+                let d = dir.path().join(split).join(cls);
+                std::fs::create_dir_all(&d).unwrap();
+                write_png(&d.join("a.png"), 3, 2, C::L8, &[40 * ci as u8; 6]);
+            }
+        }
+        std::fs::write(dir.path().join("train/cat/notes.txt"), "skipped").unwrap();
+        let s = try_load_dir(dir.path()).unwrap().unwrap();
+        assert_eq!(s.train.classes, vec!["2", "10", "cat"]);
+        assert_eq!(s.train.classes_from, "class folder names");
+        assert_eq!(s.train.labels, vec![0, 1, 2]);
+        assert_eq!((s.train.channels, s.train.height, s.train.width), (1, 2, 3));
+        assert_eq!(s.train.image(2), &[80; 6]);
+        assert_eq!(s.test.as_ref().unwrap().len(), 3);
+        // A grey JPEG: q100 keeps a flat image within 2 levels.
+        write_jpeg(&dir.path().join("train/10/b.jpg"), 3, 2, C::L8, &[200; 6]);
+        let s = try_load_dir(dir.path()).unwrap().unwrap();
+        assert_eq!(s.train.labels, vec![0, 1, 1, 2]);
+        assert!(
+            s.train.image(2).iter().all(|&p| p.abs_diff(200) <= 2),
+            "{:?}",
+            s.train.image(2)
+        );
+        // An RGB JPEG among grey images: everything (test too) becomes 3 channels.
+        let rgb: Vec<u8> = (0..6).flat_map(|_| [250u8, 10, 10]).collect();
+        write_jpeg(&dir.path().join("train/10/c.jpeg"), 3, 2, C::Rgb8, &rgb);
+        let s = try_load_dir(dir.path()).unwrap().unwrap();
+        assert_eq!(s.train.channels, 3);
+        assert_eq!(s.test.as_ref().unwrap().channels, 3);
+        let red = s.train.image(3);
+        assert!(red[0] > 230 && red[6] < 30 && red[12] < 30, "{red:?}");
+        // Replicated grey.
+        assert_eq!(s.train.image(0), &[0; 18]);
+        assert_eq!(s.test.as_ref().unwrap().image(1), &[40; 18]);
+    }
+
+    /// Training images only (`DIR/<class>/*`, or `train/` without `test/`): no test split.
+    #[test]
+    fn train_only_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        for cls in ["ant", "bee"] {
+            let d = dir.path().join(cls);
+            std::fs::create_dir_all(&d).unwrap();
+            for k in 0..3u8 {
+                write_png(
+                    &d.join(format!("{k}.png")),
+                    4,
+                    4,
+                    image::ColorType::L8,
+                    &[k; 16],
+                );
+            }
+        }
+        let s = try_load_dir(dir.path()).unwrap().unwrap();
+        assert!(s.test.is_none());
+        assert_eq!(s.train.len(), 6);
+        assert_eq!(s.train.classes, vec!["ant", "bee"]);
+        assert_eq!(s.train.labels, vec![0, 0, 0, 1, 1, 1]);
+        let e = s.test_or_err("vit eval").unwrap_err().to_string();
+        assert!(e.contains("no test split") && e.contains("vit eval"), "{e}");
+        let t = tempfile::tempdir().unwrap();
+        std::fs::rename(dir.path(), t.path().join("train")).unwrap();
+        let s = try_load_dir(t.path()).unwrap().unwrap();
+        assert!(s.test.is_none());
+        assert_eq!(s.train.len(), 6);
+        // A folder with no images anywhere is not an image folder.
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(empty.path().join("sub")).unwrap();
+        assert!(try_load_dir(empty.path()).unwrap().is_none());
+    }
+
+    /// Corrupt JPEG, a text file named .jpg, an empty class folder, mixed sizes, a test class
+    /// the training set lacks: each a clear error naming the file or folder.
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        use image::ColorType as C;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("train/a"), dir.path().join("train/b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        write_png(&a.join("1.png"), 2, 2, C::L8, &[1; 4]);
+        write_jpeg(&b.join("1.jpg"), 2, 2, C::L8, &[9; 4]);
+        try_load_dir(dir.path()).unwrap().unwrap();
+        let err = || try_load_dir(dir.path()).err().unwrap().to_string();
+        // Corrupt JPEG: valid magic, truncated body.
+        let good = std::fs::read(b.join("1.jpg")).unwrap();
+        std::fs::write(b.join("2.jpg"), &good[..good.len() / 2]).unwrap();
+        let e = err();
+        assert!(e.contains("2.jpg") && e.contains("corrupt JPEG"), "{e}");
+        std::fs::write(b.join("2.jpg"), b"hello, not an image").unwrap();
+        let e = err();
+        assert!(
+            e.contains("2.jpg") && e.contains("not a PNG or JPEG"),
+            "{e}"
+        );
+        std::fs::remove_file(b.join("2.jpg")).unwrap();
+        // Mixed sizes.
+        write_png(&b.join("3.png"), 3, 2, C::L8, &[9; 6]);
+        let e = err();
+        assert!(
+            e.contains("3.png") && e.contains("3x2") && e.contains("2x2"),
+            "{e}"
+        );
+        std::fs::remove_file(b.join("3.png")).unwrap();
+        // Empty class folder.
+        std::fs::create_dir_all(dir.path().join("train/c")).unwrap();
+        let e = err();
+        assert!(e.contains("train/c") && e.contains("no PNG or JPEG"), "{e}");
+        std::fs::remove_dir(dir.path().join("train/c")).unwrap();
+        // A test class that training does not have.
+        let z = dir.path().join("test/z");
+        std::fs::create_dir_all(&z).unwrap();
+        write_png(&z.join("1.png"), 2, 2, C::L8, &[1; 4]);
+        let e = err();
+        assert!(
+            e.contains("\"z\"") && e.contains("not among the training classes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn channel_conversion() {
+        let rgb = DecodedImage {
+            channels: 3,
+            height: 1,
+            width: 2,
+            pixels: vec![255, 0, 0, 255, 0, 0],
+        };
+        // 0.299·255 = 76.2, 0.587·255 = 149.7.
+        assert_eq!(rgb.with_channels(1).unwrap().pixels, vec![76, 150]);
+        let g = rgb.with_channels(1).unwrap().with_channels(3).unwrap();
+        assert_eq!(g.pixels, vec![76, 150, 76, 150, 76, 150]);
+        assert!(rgb.with_channels(2).is_err());
+    }
+}
