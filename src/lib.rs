@@ -9,7 +9,8 @@
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
 //! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
 //! - [`nn`]: fused layers (Elman RNN, norms, dropout, attention, message passing, patch embedding, MLP);
-//! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs), plots;
+//! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs);
+//! - [`plot`]: the one chart helper (labelled axes, integer ticks, legends beside the data);
 //! - [`data`]: data sets (character text, synthetic corpora); [`models`]: whole models;
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
@@ -29,6 +30,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod tensor;
 pub mod train;
 

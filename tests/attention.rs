@@ -2,6 +2,8 @@
 //! reference path, and PyTorch `nn.MultiheadAttention` fixtures (|Δ| ≤ 1e-10 in f64,
 //! ≤ 1e-5·max(1, |want|) in f32).
 
+mod common;
+
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::nn::attention::{
     multi_head_self_attention, multi_head_self_attention_reference, scaled_dot_product_attention,
@@ -292,14 +294,9 @@ fn run_fixture<T: nabla::Element>(
 
 #[test]
 fn mhsa_matches_pytorch_fixtures() {
-    let dir = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/attention"
-    ));
-    if !dir.exists() {
-        eprintln!("skipping: ../shared not found");
+    let Some(dir) = common::shared("fixtures/attention") else {
         return;
-    }
+    };
     let index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
     for case in ["case1.safetensors", "case2.safetensors"] {

@@ -132,3 +132,49 @@ fn bad_flags_exit_nonzero() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
 }
+
+/// `.ci/run`'s second pass (`NABLA_SHARED=/nonexistent`) sees what a fresh clone sees only if
+/// every test finds the shared folder through `tests/common` (which honours `NABLA_SHARED`):
+/// no other string literal in src/ or tests/ may name `../shared`.
+#[test]
+fn shared_folder_is_located_only_by_tests_common() {
+    // Split so that this file does not match itself.
+    let needle = ["..", "/shared"].concat();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut stack = vec![root.join("src"), root.join("tests")];
+    let (mut offenders, mut files) = (Vec::new(), 0);
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("tests/common/mod.rs") {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                // The odd pieces between quotes are string literals.
+                if line
+                    .split('"')
+                    .skip(1)
+                    .step_by(2)
+                    .any(|lit| lit.contains(&needle))
+                {
+                    offenders.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(files > 50, "scanned only {files} files");
+    assert!(
+        offenders.is_empty(),
+        "use common::shared / shared_or_fallback instead:\n{}",
+        offenders.join("\n")
+    );
+}

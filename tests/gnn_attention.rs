@@ -3,6 +3,8 @@
 //! and every gradient, in f64 (1e-12) and f32 (1e-5); and it reproduces PyTorch's
 //! `nn.MultiheadAttention` fixtures (../shared/fixtures/attention).
 
+mod common;
+
 use nabla::autograd::{ParamStore, Tape};
 use nabla::graph::Graph;
 use nabla::init::Rng;
@@ -177,11 +179,10 @@ fn attention_gradchecks() {
 /// complete graphs; key padding removes the edges that leave padded keys.
 #[test]
 fn matches_pytorch_multihead_attention_fixtures() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/attention");
-    if !std::path::Path::new(dir).exists() {
-        eprintln!("skipping: ../shared not found");
+    let Some(dir) = common::shared("fixtures/attention") else {
         return;
-    }
+    };
+    let dir = dir.display();
     for (case, lens) in [("case1", None), ("case2", Some([3usize, 4]))] {
         let path = format!("{dir}/{case}.safetensors");
         // The float tensors only (case2 also holds a BOOL key_padding_mask, which nabla's

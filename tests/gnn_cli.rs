@@ -1,4 +1,7 @@
-//! Bad input to `nabla gnn …`: a clear error naming the file and line, exit status ≠ 0, no panic.
+//! Bad input to `nabla gnn …`: a clear error naming the file and line, exit status ≠ 0, no panic;
+//! the Planetoid loader on the real Cora files (../shared/data/cora).
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -301,4 +304,25 @@ fn default_run_folder_is_never_replaced_silently() {
         serde_json::from_slice(&std::fs::read(d.path().join("runs/gnn-gcn/config.json")).unwrap())
             .unwrap();
     assert_eq!(cfg["train"]["seed"], 5);
+}
+
+/// The Planetoid TSV loader on Cora reproduces the counts of ../shared/data/README.md.
+#[test]
+fn cora_tsv_matches_the_readme_counts() {
+    let Some(dir) = common::shared("data/cora") else {
+        return;
+    };
+    let ds = nabla::data::planetoid::NodeDataset::load_tsv_dir(dir).unwrap();
+    assert_eq!(ds.num_nodes(), 2708);
+    assert_eq!(ds.graph.num_edges(), 10556);
+    assert_eq!(ds.features.cols(), 1433);
+    assert_eq!(ds.features.nnz(), 49216);
+    assert_eq!(ds.num_classes, 7);
+    assert_eq!(
+        (ds.train.len(), ds.val.len(), ds.test.len()),
+        (140, 500, 1000)
+    );
+    let first: Vec<usize> = ds.labels[..10].iter().map(|l| l.unwrap()).collect();
+    assert_eq!(first, vec![3, 4, 4, 0, 3, 2, 0, 3, 3, 2]);
+    assert_eq!(ds.graph.symmetric().num_edges(), 10556);
 }

@@ -2,19 +2,15 @@
 //! f32 to 1e-5 relative to the largest value), f64 gradient checks (< 1e-6) with and without
 //! masks, and the fused ops against the reference path unrolled into primitive ops.
 
+mod common;
+
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::nn::norm::{self, RefKind};
 use nabla::{Element, ParamStore, Rng, Tape, Tensor, Var};
 use std::collections::BTreeMap;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/norm");
-
 fn fixture(name: &str) -> Option<BTreeMap<String, Tensor<f64>>> {
-    let p = format!("{DIR}/{name}.case1.safetensors");
-    if !std::path::Path::new(&p).exists() {
-        eprintln!("skipping: ../shared not found");
-        return None;
-    }
+    let p = common::shared("fixtures/norm")?.join(format!("{name}.case1.safetensors"));
     Some(nabla::io::load_safetensors::<f64>(&p).unwrap())
 }
 

@@ -2,6 +2,8 @@
 //! every iterate w_k, k = 0..20, to |got − want| ≤ 1e-6 · max(1, |want|); plus clipping,
 //! schedules, checkpointed state and argument validation.
 
+mod common;
+
 use nabla::optim::{
     clip_grad_norm, Adam, AdamConfig, AdamW, LrSchedule, Optimizer, Sgd, SgdConfig,
 };
@@ -9,19 +11,10 @@ use nabla::{ParamStore, Tensor};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/optim/trajectories.json"
-);
-
 fn load() -> Option<Value> {
-    match std::fs::read_to_string(FIXTURE) {
-        Ok(s) => Some(serde_json::from_str(&s).expect("fixture is JSON")),
-        Err(_) => {
-            eprintln!("skipping: ../shared not found");
-            None
-        }
-    }
+    let p = common::shared("fixtures/optim/trajectories.json")?;
+    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    Some(serde_json::from_str(&s).expect("fixture is JSON"))
 }
 
 fn vec_of(v: &Value) -> Vec<f64> {

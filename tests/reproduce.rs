@@ -161,8 +161,15 @@ fn only_and_formats() {
     assert!(dot.contains("\"h_1\" -> \"h_2\" [label=\"U\"]"), "{dot}");
 }
 
+/// `--format latex` is a complete document with the math typeset (not escaped into text), and
+/// pdflatex compiles it where it is installed (`.ci/run` installs texlive-latex-base); `--help`
+/// points to ASSIGNMENT.md, which exists.
 #[test]
 fn latex_output_compiles_where_pdflatex_is_installed() {
+    let help = run(&["reproduce", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("ASSIGNMENT.md"));
+    let assignment = concat!(env!("CARGO_MANIFEST_DIR"), "/ASSIGNMENT.md");
+    assert!(std::path::Path::new(assignment).is_file());
     let out = run(&["reproduce", "--format", "latex"]);
     assert!(out.status.success());
     let tex = String::from_utf8(out.stdout).unwrap();
@@ -175,8 +182,18 @@ fn latex_output_compiles_where_pdflatex_is_installed() {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
+    // h_{t−1} is typeset as math, h_{t-1} inside $…$, not printed as "h\_\{t$-$1\}".
+    assert!(
+        tex.contains("h_{t-1}") && !tex.contains("\\_\\{"),
+        "math escaped as text"
+    );
     if !have {
-        eprintln!("skipping the pdflatex compile: pdflatex is not installed");
+        // Written past libtest's capture, so the skip shows without --nocapture.
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(
+            b"SKIPPED reproduce: pdflatex is not installed, so the LaTeX output was not compiled \
+              (apt-get install texlive-latex-base)\n",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -191,5 +208,12 @@ fn latex_output_compiles_where_pdflatex_is_installed() {
         "pdflatex failed:\n{}",
         String::from_utf8_lossy(&st.stdout)
     );
-    assert!(dir.path().join("r.pdf").exists());
+    let pdf = std::fs::read(dir.path().join("r.pdf")).unwrap();
+    assert!(
+        pdf.starts_with(b"%PDF") && pdf.len() > 10_000,
+        "{} bytes",
+        pdf.len()
+    );
+    let log = String::from_utf8_lossy(&st.stdout);
+    assert!(!log.contains("Missing character"), "{log}");
 }

@@ -1,6 +1,8 @@
 //! Elman RNN: fused BPTT vs the unrolled primitive-op reference vs finite differences, the
 //! chunked and Williams–Peng truncations, and the PyTorch fixtures.
 
+mod common;
+
 use nabla::autograd::{ParamStore, Tape, Var};
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::nn::rnn::{
@@ -387,16 +389,8 @@ fn shape_errors_name_the_tensors() {
 
 // ---------------------------------------------------------------- fixtures and `nabla rnn grad`
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/rnn");
-
 fn fixture_dir() -> Option<std::path::PathBuf> {
-    let p = std::path::PathBuf::from(FIXTURES);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: ../shared not found");
-        None
-    }
+    common::shared("fixtures/rnn")
 }
 
 /// `|got − want| ≤ tol·max(1, max|want|)` per tensor, on nested JSON lists.

@@ -1,7 +1,10 @@
 //! The training loop on a real model: a 2-layer MLP classifier built from `ops` on the 8×8
-//! digits (../shared/data/digits8x8; Gaussian blobs when the shared folder is absent).
+//! digits (../shared/data/digits8x8, 1797 images; 1300 points of 10 Gaussian blobs when the
+//! shared folder is absent, so a fresh clone runs every test here too).
 //! Covers exact resume, determinism, the NaN stop, the plain log format, the unwritable-folder
 //! check, early stopping, best checkpoints, metrics JSONL and the plot.
+
+mod common;
 
 use nabla::ops::{self, CrossEntropyOptions};
 use nabla::optim::{AdamConfig, AdamW, Optimizer, Sgd, SgdConfig};
@@ -14,8 +17,6 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/digits8x8");
 
 fn read_idx_gz(path: &Path) -> (Vec<usize>, Vec<u8>) {
     let f = std::fs::File::open(path).unwrap();
@@ -30,21 +31,29 @@ fn read_idx_gz(path: &Path) -> (Vec<usize>, Vec<u8>) {
     (dims, bytes[4 + 4 * nd..].to_vec())
 }
 
-/// (x (N, 64) in [0, 1], labels): the digits, or 10 Gaussian blobs in 64-D without ../shared.
+/// Rows of [`dataset`] that [`Mlp`] uses: the first `N_TRAIN` train, the next `N_VAL` validate.
+const N_TRAIN: usize = 1000;
+const N_VAL: usize = 300;
+
+/// (x (N, 64) in [0, 1], labels), N ≥ `N_TRAIN + N_VAL`: the digits, or 10 Gaussian blobs in
+/// 64-D without ../shared.
 fn dataset() -> (Tensor<f32>, Vec<usize>) {
-    let dir = Path::new(DIGITS);
-    if dir.is_dir() {
+    let found = common::shared_or_fallback(
+        "data/digits8x8",
+        "the training tests use 1300 points of 10 Gaussian blobs instead",
+    );
+    if let Some(dir) = found {
         let (dims, px) = read_idx_gz(&dir.join("digits8x8-images-idx3-ubyte.gz"));
         let (_, labels) = read_idx_gz(&dir.join("digits8x8-labels-idx1-ubyte.gz"));
         let n = dims[0];
         let x = Tensor::from_fn(&[n, 64], |i| px[i] as f32 / 255.0);
         (x, labels.iter().map(|&l| l as usize).collect())
     } else {
-        eprintln!("../shared not found: using synthetic blobs");
+        let n = N_TRAIN + N_VAL;
         let mut rng = Rng::new(99);
         let centers: Vec<f64> = (0..640).map(|_| rng.uniform()).collect();
-        let y: Vec<usize> = (0..1000).map(|i| i % 10).collect();
-        let x = Tensor::from_fn(&[1000, 64], |i| {
+        let y: Vec<usize> = (0..n).map(|i| i % 10).collect();
+        let x = Tensor::from_fn(&[n, 64], |i| {
             (centers[y[i / 64] * 64 + i % 64] + 0.3 * rng.normal()) as f32
         });
         (x, y)
@@ -84,7 +93,7 @@ struct Mlp {
 impl Mlp {
     fn new(seed: u64, hidden: usize) -> Mlp {
         let (x, y) = dataset();
-        let (n_train, n_val) = (1000, 300);
+        let (n_train, n_val) = (N_TRAIN, N_VAL);
         let x_val = x.slice_rows(n_train, n_train + n_val).unwrap();
         let y_val = y[n_train..n_train + n_val].to_vec();
         let x = x.slice_rows(0, n_train).unwrap();

@@ -2,6 +2,8 @@
 //! vs reference paths, timm fixtures (logits ≤ 1e-4 in f32, ≤ 1e-9 in f64; attention ≤ 1e-9),
 //! checkpoint round trip and bad-input errors.
 
+mod common;
+
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::models::vit::{param_shapes, ForwardOptions, Pool, Vit, VitConfig};
 use nabla::nn::mlp::{mlp, mlp_reference, MlpWeights};
@@ -274,16 +276,7 @@ fn dropout_is_seeded_and_off_in_eval() {
 }
 
 fn fixture_dir() -> Option<std::path::PathBuf> {
-    let d = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/vit/model1"
-    ));
-    if d.exists() {
-        Some(d)
-    } else {
-        eprintln!("skipping: ../shared not found");
-        None
-    }
+    common::shared("fixtures/vit/model1")
 }
 
 #[test]

@@ -177,106 +177,37 @@ pub fn chain_influence(
     influence("chain", &Graph::chain(n), 0, layers, hidden, seed)
 }
 
-/// Registers a TTF font from /usr/share/fonts as plotters' "sans-serif" (its text layout needs one).
-fn ensure_font() -> Result<()> {
-    static FONT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
-    FONT.get_or_init(|| {
-        fn find(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            if let Ok(rd) = std::fs::read_dir(dir) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if p.is_dir() {
-                        find(&p, out);
-                    } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("ttf")) {
-                        out.push(p);
-                    }
-                }
-            }
-        }
-        let mut fonts = Vec::new();
-        find(std::path::Path::new("/usr/share/fonts"), &mut fonts);
-        fonts.sort_by_key(|p| !p.to_string_lossy().contains("DejaVuSans.ttf"));
-        let path = fonts
-            .first()
-            .ok_or_else(|| "no TTF font under /usr/share/fonts for plot text".to_string())?;
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        plotters::style::register_font(
-            "sans-serif",
-            plotters::style::FontStyle::Normal,
-            Box::leak(bytes.into_boxed_slice()),
-        )
-        .map_err(|_| format!("{} is not a usable font", path.display()))
-    })
-    .clone()
-    .map_err(|e| invalid!("{e}"))
-}
-
-/// Draws mean influence (log scale) against hop distance, one line per report, as SVG.
+/// Draws mean influence (log scale) against hop distance, one line per report (SVG or PNG by
+/// the extension). Influence is exactly 0 beyond `L` hops, which a log axis cannot show: the
+/// x axis ends at the last hop with a positive value, and the title says so.
 pub fn plot_influence(reports: &[InfluenceReport], path: &std::path::Path) -> Result<()> {
-    use plotters::prelude::*;
-    let max_hop = reports
+    use crate::plot::{write_charts, Axis, Chart, Mark, Series};
+    let layers = reports.first().map_or(0, |r| r.layers);
+    let series = reports
         .iter()
-        .flat_map(|r| r.by_hop.iter().map(|h| h.hop))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let pos: Vec<f64> = reports
-        .iter()
-        .flat_map(|r| r.by_hop.iter().map(|h| h.mean))
-        .filter(|&v| v > 0.0)
-        .collect();
-    let lo = pos.iter().copied().fold(f64::INFINITY, f64::min).max(1e-30);
-    let hi = pos.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
-    ensure_font()?;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
-        let err = |e: &dyn std::fmt::Display| invalid!("plot {}: {e}", path.display());
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let title = format!(
-            "Jacobian influence ‖∂h_i^L/∂h_j^0‖ by hop (L = {})",
-            reports.first().map_or(0, |r| r.layers)
-        );
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_hop as f64, (lo / 2.0..hi * 2.0).log_scale())
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("hop distance from target")
-            .y_desc("mean influence")
-            .draw()
-            .map_err(|e| err(&e))?;
-        let colors = [RED, BLUE, GREEN, MAGENTA];
-        for (k, r) in reports.iter().enumerate() {
-            let c = colors[k % colors.len()];
-            let pts: Vec<(f64, f64)> = r
+        .map(|r| {
+            let pts = r
                 .by_hop
                 .iter()
                 .filter(|h| h.mean > 0.0)
                 .map(|h| (h.hop as f64, h.mean))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(format!("{} (node {})", r.graph, r.target))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
-    }
-    crate::io::atomic_write(path, svg.as_bytes())
+            Series::new(
+                format!("{} (node {})", r.graph, r.target),
+                pts,
+                Mark::LinePoints,
+            )
+        })
+        .collect();
+    write_charts(
+        path,
+        &[Chart {
+            title: format!("Jacobian influence by hop, L = {layers} (0 beyond {layers} hops)"),
+            x: Axis::new("hop distance from the target node (edges)").integer(),
+            y: Axis::new("mean ‖∂h_i^L/∂h_j^0‖_F (log scale)").log(),
+            series,
+        }],
+    )
 }
 
 #[cfg(test)]
@@ -315,8 +246,34 @@ mod tests {
         assert_eq!(r.by_hop[3].mean, 0.0);
         assert!(r.by_hop[2].mean > 0.0);
         let plot = std::env::temp_dir().join(format!("nabla_influence_{}.svg", std::process::id()));
-        plot_influence(&[r], &plot).unwrap();
-        assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+        plot_influence(std::slice::from_ref(&r), &plot).unwrap();
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(svg.contains("<svg"));
+        if crate::plot::font().is_some() {
+            // The hop axis ends at the last positive influence (hop L), not at the farthest
+            // node, and its ticks are whole hops.
+            let texts = crate::plot::tests::svg_texts(&svg);
+            assert!(
+                texts.iter().any(|t| t.starts_with("Jacobian influence")),
+                "{texts:?}"
+            );
+            assert!(
+                texts.iter().any(|t| t.starts_with("hop distance")),
+                "{texts:?}"
+            );
+            let ticks: Vec<i64> = crate::plot::tests::svg_x_ticks(&svg)
+                .iter()
+                .map(|t| t.parse().unwrap())
+                .collect();
+            let hops = r
+                .by_hop
+                .iter()
+                .filter(|h| h.mean > 0.0)
+                .map(|h| h.hop)
+                .max()
+                .unwrap();
+            assert_eq!(ticks.last(), Some(&(hops as i64)), "{ticks:?}");
+        }
         let _ = std::fs::remove_file(plot);
     }
 }

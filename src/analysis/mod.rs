@@ -1,12 +1,11 @@
 //! Analyses behind the assignment's exercises, as library functions (the CLI and the exercise
-//! reproductions call them), and their plots.
+//! reproductions call them); their plots are drawn by [`crate::plot`].
 
 pub mod dropout_identity;
 pub mod influence;
 pub mod min_norm;
 pub mod norm_exercise;
 pub mod padding;
-pub mod plot;
 pub mod rnn;
 pub mod transformers_as_gnns;
 pub mod vit_attention;

@@ -477,66 +477,53 @@ pub fn analyze(p: &RnnProblem, ks: &[usize]) -> Result<RnnAnalysis> {
     })
 }
 
-/// Draws the analysis: `‖∇_{h_t}L‖` over t, the Jacobian norms against the bound, and the
-/// truncation bias over k. SVG or PNG by the file extension.
+/// Draws the analysis: `‖∇_{h_t}L‖` over t (log scale), the Jacobian norms against the bound,
+/// and the truncation bias over k. SVG or PNG by the file extension.
 pub fn plot(a: &RnnAnalysis, path: &Path) -> Result<()> {
-    crate::analysis::plot::panels(
+    use crate::plot::{write_charts, Axis, Chart, Mark, Series};
+    let t_end = a.seq_len.max(1) as f64;
+    let by_t = |v: &[f64], first: usize| -> Vec<(f64, f64)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, &x)| ((i + first) as f64, x))
+            .collect()
+    };
+    let ks = |f: fn(&TruncationBias) -> f64| -> Vec<(f64, f64)> {
+        a.truncation.iter().map(|t| (t.k as f64, f(t))).collect()
+    };
+    write_charts(
         path,
         &[
-            crate::analysis::plot::Panel {
-                title: "‖∇h_t L‖ over t".into(),
-                x_label: "t".into(),
-                log_y: true,
-                series: vec![(
-                    "‖∇h_t L‖".into(),
-                    a.grad_h_norm
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &v)| ((i + 1) as f64, v))
-                        .collect(),
+            Chart {
+                title: format!("Gradient flow back in time (T = {})", a.seq_len),
+                x: Axis::new("time step t").integer().range(1.0, t_end),
+                y: Axis::new("‖∇h_t L‖ (gradient norm, log scale)").log(),
+                series: vec![Series::new(
+                    "‖∇h_t L‖",
+                    by_t(&a.grad_h_norm, 1),
+                    Mark::LinePoints,
                 )],
             },
-            crate::analysis::plot::Panel {
-                title: "‖∂h_t+1/∂h_t‖ vs bound".into(),
-                x_label: "t".into(),
-                log_y: false,
+            Chart {
+                title: "Step Jacobian vs its bound (item 0)".into(),
+                x: Axis::new("time step t").integer().range(0.0, t_end),
+                y: Axis::new("spectral norm ‖∂h_t+1/∂h_t‖₂"),
                 series: vec![
-                    (
-                        "‖diag(σ')U‖".into(),
-                        a.jacobian_norm
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &v)| (i as f64, v))
-                            .collect(),
-                    ),
-                    (
-                        "sup σ'·‖U‖".into(),
-                        vec![
-                            (0.0, a.jacobian_bound),
-                            (a.seq_len.max(1) as f64, a.jacobian_bound),
-                        ],
+                    Series::new("‖diag(σ')U‖₂", by_t(&a.jacobian_norm, 0), Mark::LinePoints),
+                    Series::new(
+                        "sup σ' · ‖U‖₂",
+                        vec![(0.0, a.jacobian_bound), (t_end, a.jacobian_bound)],
+                        Mark::Line,
                     ),
                 ],
             },
-            crate::analysis::plot::Panel {
-                title: "truncation bias over k".into(),
-                x_label: "k".into(),
-                log_y: false,
+            Chart {
+                title: "Truncated BPTT vs exact gradient".into(),
+                x: Axis::new("truncation length k (steps)").integer(),
+                y: Axis::new("cosine / relative error (dimensionless)"),
                 series: vec![
-                    (
-                        "cosine".into(),
-                        a.truncation
-                            .iter()
-                            .map(|t| (t.k as f64, t.cosine))
-                            .collect(),
-                    ),
-                    (
-                        "rel. error".into(),
-                        a.truncation
-                            .iter()
-                            .map(|t| (t.k as f64, t.rel_error))
-                            .collect(),
-                    ),
+                    Series::new("cosine", ks(|t| t.cosine), Mark::LinePoints),
+                    Series::new("relative error", ks(|t| t.rel_error), Mark::LinePoints),
                 ],
             },
         ],

@@ -129,10 +129,24 @@ pub fn attention_rollout<T: Element>(attn: &[Tensor<T>]) -> Result<Vec<Vec<f64>>
     Ok(maps)
 }
 
-/// Writes the image (left) and the rollout map over it (right) as an 8-bit RGB PNG.
-/// `image` is `(C, S, S)` with values in [0, 1]; `map` is `grid × grid`.
+/// The rollout colour map: value `a` in [0, 1] over grey level `g` (the dimmed image; 0 on
+/// the colour bar): dark → red → yellow as `a` rises.
+fn heat_rgb(a: f64, g: f64) -> [f64; 3] {
+    [
+        g + a * (1.0 - g),
+        g + a * a * (1.0 - g) * 0.8,
+        g * (1.0 - a),
+    ]
+}
+
+/// Writes a rollout figure as an 8-bit RGB PNG: `title` on top, the image (left), the rollout
+/// map over the dimmed image (right), and a colour bar for the map (min-max normalized over the
+/// image's patches, so 0 = least and 1 = most attended patch). `image` is `(C, S, S)` with
+/// values in [0, 1]; `map` is `grid × grid`. Without a TrueType font the text is left out.
+#[allow(clippy::too_many_arguments)]
 pub fn write_rollout_png(
     path: &Path,
+    title: &str,
     image: &[f32],
     channels: usize,
     size: usize,
@@ -140,6 +154,7 @@ pub fn write_rollout_png(
     grid: usize,
     zoom: usize,
 ) -> Result<()> {
+    use plotters::prelude::*;
     if image.len() != channels * size * size || map.len() != grid * grid || grid == 0 {
         return Err(invalid!(
             "rollout image: {} values for {channels}x{size}x{size}, map {} for {grid}x{grid}",
@@ -161,137 +176,113 @@ pub fn write_rollout_png(
         Interp::Bilinear,
         false,
     )?;
-    let (w, h) = (2 * size * zoom, size * zoom);
-    let mut px = vec![0u8; w * h * 3];
-    for y in 0..h {
-        for x in 0..w {
-            let (sx, sy) = ((x % (size * zoom)) / zoom, y / zoom);
-            let k = sy * size + sx;
+    let text = crate::plot::font().is_some();
+    // Layout in pixels: margin, title band, two panels, the colour bar and its tick labels.
+    let (m, top, p) = (12usize, if text { 56 } else { 12 }, size * zoom);
+    let (bar_x, bar_w) = (m + 2 * p + 2 * m, 18usize);
+    let (w, h) = (bar_x + bar_w + if text { 150 } else { m }, top + p + m);
+    let mut px = vec![255u8; w * h * 3];
+    let mut put = |x: usize, y: usize, rgb: [f64; 3]| {
+        for c in 0..3 {
+            px[(y * w + x) * 3 + c] = (rgb[c].clamp(0.0, 1.0) * 255.0).round() as u8;
+        }
+    };
+    for y in 0..p {
+        for x in 0..p {
+            let k = (y / zoom) * size + x / zoom;
             let rgb: [f64; 3] = if channels >= 3 {
                 [image[k], image[size * size + k], image[2 * size * size + k]].map(|v| v as f64)
             } else {
                 [image[k] as f64; 3]
             };
-            let out = if x < size * zoom {
-                rgb
-            } else {
-                // Dimmed image, heat in red/yellow on top.
-                let a = heat[k].clamp(0.0, 1.0);
-                let g = 0.35 * (rgb[0] + rgb[1] + rgb[2]) / 3.0;
-                [
-                    g + a * (1.0 - g),
-                    g + a * a * (1.0 - g) * 0.8,
-                    g * (1.0 - a),
-                ]
-            };
-            for c in 0..3 {
-                px[(y * w + x) * 3 + c] = (out[c].clamp(0.0, 1.0) * 255.0).round() as u8;
-            }
+            put(m + x, top + y, rgb);
+            // Dimmed image, heat in red/yellow on top.
+            let g = 0.35 * (rgb[0] + rgb[1] + rgb[2]) / 3.0;
+            put(m + p + m + x, top + y, heat_rgb(heat[k].clamp(0.0, 1.0), g));
         }
     }
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc
-            .write_header()
-            .map_err(|e| NablaError::Other(format!("png encode {}: {e}", path.display())))?;
-        wr.write_image_data(&px)
-            .map_err(|e| NablaError::Other(format!("png encode {}: {e}", path.display())))?;
+    for y in 0..p {
+        let a = 1.0 - y as f64 / (p - 1).max(1) as f64;
+        for x in 0..bar_w {
+            put(bar_x + x, top + y, heat_rgb(a, 0.0));
+        }
     }
+    if text {
+        let err = |e: String| NablaError::Other(format!("drawing {}: {e}", path.display()));
+        let root = BitMapBackend::with_buffer(&mut px, (w as u32, h as u32)).into_drawing_area();
+        let font = |sz: i32| ("sans-serif", sz).into_font().color(&BLACK);
+        let draw =
+            |el: Text<'_, (i32, i32), String>| root.draw(&el).map_err(|e| err(e.to_string()));
+        let (m, top, p, bx) = (m as i32, top as i32, p as i32, (bar_x + bar_w) as i32);
+        draw(Text::new(title.to_string(), (m, 6), font(18)))?;
+        draw(Text::new("image".to_string(), (m, top - 20), font(14)))?;
+        draw(Text::new(
+            "attention rollout (class token)".to_string(),
+            (2 * m + p, top - 20),
+            font(14),
+        ))?;
+        for (v, label) in [(1.0, "1 (most)"), (0.5, "0.5"), (0.0, "0 (least)")] {
+            let y = top + ((1.0 - v) * (p - 1) as f64) as i32;
+            root.draw(&PathElement::new(vec![(bx, y), (bx + 5, y)], BLACK))
+                .map_err(|e| err(e.to_string()))?;
+            draw(Text::new(
+                label.to_string(),
+                (bx + 8, (y - 7).max(top)),
+                font(13),
+            ))?;
+        }
+        draw(Text::new(
+            "rollout, min-max".to_string(),
+            (bx + 8, top + p / 2 - 40),
+            font(13),
+        ))?;
+        draw(Text::new(
+            "normalized".to_string(),
+            (bx + 8, top + p / 2 - 24),
+            font(13),
+        ))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    let bytes = crate::plot::encode_png(&px, (w as u32, h as u32))?;
     crate::io::atomic_write(path, &bytes)
 }
 
-/// Registers a TrueType font (`$NABLA_FONT`, else DejaVu Sans under /usr/share/fonts) as
-/// plotters' `sans-serif` once per process; false if none is found.
-fn ensure_font() -> bool {
-    use std::sync::OnceLock;
-    static FONT: OnceLock<bool> = OnceLock::new();
-    *FONT.get_or_init(|| {
-        let mut cands: Vec<std::path::PathBuf> = Vec::new();
-        if let Ok(p) = std::env::var("NABLA_FONT") {
-            cands.push(p.into());
-        }
-        for p in [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        ] {
-            cands.push(p.into());
-        }
-        for p in cands {
-            if let Ok(bytes) = std::fs::read(&p) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font(
-                    "sans-serif",
-                    plotters::style::FontStyle::Normal,
-                    bytes,
-                )
-                .is_ok()
-                {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-}
-
-/// SVG scatter plot of mean attention distance (pixels) against layer, one point per head.
+/// Plot of mean attention distance (pixels) against layer: one point per head and the layer
+/// mean, with the image's largest possible mean distance for scale.
 pub fn plot_distances(path: &Path, per_layer: &[Vec<f64>], image_size: usize) -> Result<()> {
-    use plotters::prelude::*;
-    let has_font = ensure_font();
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();
-        let err = |e: String| NablaError::Other(format!("plot {}: {e}", path.display()));
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let l = per_layer.len().max(1);
-        let ymax = per_layer
-            .iter()
-            .flatten()
-            .cloned()
-            .fold(image_size as f64 * 0.5, f64::max)
-            * 1.05;
-        let mut builder = ChartBuilder::on(&root);
-        if has_font {
-            builder.caption("Mean attention distance per head", ("sans-serif", 18));
-        }
-        let mut chart = builder
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.5f64..(l as f64 + 0.5), 0f64..ymax)
-            .map_err(|e| err(e.to_string()))?;
-        if has_font {
-            chart
-                .configure_mesh()
-                .x_desc("network depth (layer)")
-                .y_desc("mean attention distance (pixels)")
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
-        } else {
-            // Without a font plotters cannot measure text: grid lines only.
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(0)
-                .y_labels(0)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
-        }
-        let pts: Vec<(f64, f64)> = per_layer
-            .iter()
-            .enumerate()
-            .flat_map(|(li, hs)| hs.iter().map(move |&d| ((li + 1) as f64, d)))
-            .collect();
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    crate::io::atomic_write(path, svg.as_bytes())
+    use crate::plot::{write_charts, Axis, Chart, Mark, Series};
+    let l = per_layer.len().max(1);
+    let ymax = per_layer
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(image_size as f64 * 0.5, f64::max)
+        * 1.05;
+    let heads = per_layer
+        .iter()
+        .enumerate()
+        .flat_map(|(li, hs)| hs.iter().map(move |&d| ((li + 1) as f64, d)))
+        .collect();
+    let mean = per_layer
+        .iter()
+        .enumerate()
+        .filter(|(_, hs)| !hs.is_empty())
+        .map(|(li, hs)| ((li + 1) as f64, hs.iter().sum::<f64>() / hs.len() as f64))
+        .collect();
+    write_charts(
+        path,
+        &[Chart {
+            title: format!("Mean attention distance per head ({image_size}×{image_size} images)"),
+            x: Axis::new("encoder block (layer)")
+                .integer()
+                .range(0.5, l as f64 + 0.5),
+            y: Axis::new("mean attention distance (pixels)").range(0.0, ymax),
+            series: vec![
+                Series::new("one head", heads, Mark::Points),
+                Series::new("layer mean", mean, Mark::LinePoints),
+            ],
+        }],
+    )
 }
 
 #[cfg(test)]
@@ -329,5 +320,71 @@ mod tests {
         let m = attention_rollout(&[id.clone(), id]).unwrap();
         assert!(m[0].iter().all(|&v| v == 0.0));
         assert!(attention_distance_sums(&attn, 3, 7).is_err());
+    }
+
+    #[test]
+    fn distance_plot_has_labelled_whole_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.svg");
+        let per_layer: Vec<Vec<f64>> = (0..6)
+            .map(|l| vec![2.0 + l as f64, 4.0 + l as f64])
+            .collect();
+        plot_distances(&p, &per_layer, 28).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg"));
+        if crate::plot::font().is_some() {
+            let texts = crate::plot::tests::svg_texts(&svg);
+            for want in [
+                "encoder block (layer)",
+                "mean attention distance (pixels)",
+                "layer mean",
+            ] {
+                assert!(texts.iter().any(|t| t == want), "{want:?} not in {texts:?}");
+            }
+            assert_eq!(
+                crate::plot::tests::svg_x_ticks(&svg),
+                ["1", "2", "3", "4", "5", "6"]
+            );
+        }
+    }
+
+    #[test]
+    fn rollout_png_has_both_panels_and_a_colour_bar() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.png");
+        let (size, grid, zoom) = (8, 2, 4);
+        let image = vec![0.5f32; size * size];
+        let map = [0.0, 1.0, 2.0, 3.0];
+        write_rollout_png(
+            &p,
+            "label 3, predicted 3",
+            &image,
+            1,
+            size,
+            &map,
+            grid,
+            zoom,
+        )
+        .unwrap();
+        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
+        let mut r = dec.read_info().unwrap();
+        let mut buf = vec![0; r.output_buffer_size()];
+        let info = r.next_frame(&mut buf).unwrap();
+        let (w, h) = (info.width as usize, info.height as usize);
+        let text = crate::plot::font().is_some();
+        let (m, top, pw) = (12, if text { 56 } else { 12 }, size * zoom);
+        assert_eq!(h, top + pw + m);
+        let at = |x: usize, y: usize| [0, 1, 2].map(|c| buf[(y * w + x) * 3 + c]);
+        // Left panel: the grey image as it is.
+        assert_eq!(at(m + 1, top + 1), [128, 128, 128]);
+        // Colour bar: brightest (yellow) at the top, black at the bottom.
+        let bar_x = m + 2 * pw + 2 * m + 4;
+        assert_eq!(at(bar_x, top), [255, 204, 0]);
+        assert_eq!(at(bar_x, top + pw - 1), [0, 0, 0]);
+        // Right panel: the most attended patch (bottom right) is hotter than the least.
+        let hot = at(m + pw + m + pw - 1, top + pw - 1);
+        let cold = at(m + pw + m, top);
+        assert!(hot[0] > cold[0] && hot[1] > cold[1], "{hot:?} {cold:?}");
+        assert!(write_rollout_png(&p, "", &image, 1, size, &map[..3], grid, zoom).is_err());
     }
 }

@@ -34,6 +34,9 @@ pub enum Command {
         json: bool,
     },
     /// Every numeric exercise of the assignment, computed through the library and checked.
+    ///
+    /// The questions, their formulas and which module answers each are in ASSIGNMENT.md at the
+    /// repository root (ids as in --only: 1.1–1.5, 2.1–2.5, 3.1–3.4, 4).
     Reproduce {
         /// One JSON object keyed by exercise id.
         #[arg(long)]
@@ -41,6 +44,7 @@ pub enum Command {
         /// Only this exercise id (e.g. 2.2).
         #[arg(long)]
         only: Option<String>,
+        /// text, markdown, or latex (a complete document for pdflatex).
         #[arg(long, value_enum, default_value_t = crate::exercises::Format::Text)]
         format: crate::exercises::Format,
         /// Also write artefacts (e.g. the DOT graph of 1.1) into this folder.

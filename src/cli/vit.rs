@@ -239,12 +239,13 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
         let (x, _) = data::make_batch(&test, chunk, &opts, None)?;
         let mut tape = Tape::<f32>::no_grad();
         let xv = tape.constant(x);
-        let mut fo = ForwardOptions {
+        let fo = ForwardOptions {
             need_attn: true,
             ..Default::default()
         };
-        let (_, attn) = vit.forward_blocks(&mut tape, &store, xv, &mut fo)?;
-        let attn: Vec<Tensor<f32>> = attn.iter().map(|&v| tape.value(v).clone()).collect();
+        let out = vit.forward(&mut tape, &store, xv, fo)?;
+        let attn: Vec<Tensor<f32>> = out.attn.iter().map(|&v| tape.value(v).clone()).collect();
+        let logits = tape.value(out.logits); // (B, classes)
         for (l, at) in attn.iter().enumerate() {
             let (s, c) = attention_distance_sums(at, grid, patch)?;
             for h in 0..heads {
@@ -264,14 +265,27 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
             let (raw, labels) = data::make_batch(&test, chunk, &raw_opts, None)?;
             let s = vit.cfg.image_size;
             let per = test.channels * s * s;
+            let classes = logits.dim(-1);
             for (k, map) in maps.iter().enumerate().take(a.rollouts - rollout_done) {
                 let p = a.out.join(format!(
                     "rollout_{:03}_label{}.png",
                     rollout_done + k,
                     labels[k]
                 ));
+                let row = &logits.data()[k * classes..(k + 1) * classes];
+                let pred = argmax(row);
+                // Softmax probability of the predicted class, shifted by the row maximum.
+                let z: f64 = row.iter().map(|&v| ((v - row[pred]) as f64).exp()).sum();
+                let title = format!(
+                    "test image {}: label {}, predicted {} (p = {:.3})",
+                    rollout_done + k,
+                    labels[k],
+                    pred,
+                    1.0 / z
+                );
                 write_rollout_png(
                     &p,
+                    &title,
                     &raw.data()[k * per..(k + 1) * per],
                     test.channels,
                     s,
@@ -308,9 +322,20 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     let sp = a.out.join("attention_distance.svg");
     plot_distances(&sp, &per_layer, vit.cfg.image_size)?;
     println!(
-        "{}",
-        serde_json::to_string(&report["mean_attention_distance"]).unwrap_or_default()
+        "mean attention distance (pixels; {} images of {}×{}, patch {patch}) per layer and head:",
+        test.len(),
+        vit.cfg.image_size,
+        vit.cfg.image_size
     );
+    let head_cols: String = (0..heads)
+        .map(|h| format!(" {:>7}", format!("head {h}")))
+        .collect();
+    println!("{:>5}{head_cols} {:>7}", "layer", "mean");
+    for (l, hs) in per_layer.iter().enumerate() {
+        let cells: String = hs.iter().map(|d| format!(" {d:>7.2}")).collect();
+        let mean = hs.iter().sum::<f64>() / hs.len().max(1) as f64;
+        println!("{:>5}{cells} {mean:>7.2}", l + 1);
+    }
     println!(
         "wrote {}, {} and {rollout_done} rollout PNGs in {}",
         jp.display(),

@@ -580,28 +580,6 @@ mod tests {
     }
 
     #[test]
-    fn cora_tsv_matches_the_readme_counts() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cora");
-        if !Path::new(dir).exists() {
-            eprintln!("skipping: ../shared not found");
-            return;
-        }
-        let ds = NodeDataset::load_tsv_dir(dir).unwrap();
-        assert_eq!(ds.num_nodes(), 2708);
-        assert_eq!(ds.graph.num_edges(), 10556);
-        assert_eq!(ds.features.cols(), 1433);
-        assert_eq!(ds.features.nnz(), 49216);
-        assert_eq!(ds.num_classes, 7);
-        assert_eq!(
-            (ds.train.len(), ds.val.len(), ds.test.len()),
-            (140, 500, 1000)
-        );
-        let first: Vec<usize> = ds.labels[..10].iter().map(|l| l.unwrap()).collect();
-        assert_eq!(first, vec![3, 4, 4, 0, 3, 2, 0, 3, 3, 2]);
-        assert_eq!(ds.graph.symmetric().num_edges(), 10556);
-    }
-
-    #[test]
     fn csbm_is_reproducible() {
         let a = NodeDataset::csbm(600, 3, 60, 1).unwrap();
         let b = NodeDataset::csbm(600, 3, 60, 1).unwrap();

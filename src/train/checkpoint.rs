@@ -34,6 +34,14 @@ pub struct IntervalState {
     pub grad_norm_sum: f64,
     pub metric_sums: Metrics,
     pub wall_s: f64,
+    /// Item-weighted loss sum and items since the last log line (or evaluation).
+    #[serde(default)]
+    pub log_loss_sum: f64,
+    #[serde(default)]
+    pub log_items: u64,
+    /// `(step, mean loss)` of each log line of this interval.
+    #[serde(default)]
+    pub logged: Vec<(u64, f64)>,
 }
 
 /// Contents of `checkpoint/state.json`.

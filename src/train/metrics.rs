@@ -27,12 +27,18 @@ pub struct MetricsRecord {
     pub lr: f64,
     pub grad_norm: f64,
     pub items_per_s: f64,
+    /// The training loss at its logged resolution: `(step, mean loss)` at every `--log-every`
+    /// step of this interval (the mean over the steps since the previous log line or
+    /// evaluation), so a plot can show more than one point per evaluation. Absent when the
+    /// interval was a single log interval ending at this evaluation (then it is `train_loss`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logged_train_loss: Vec<(u64, f64)>,
     #[serde(flatten)]
     pub metrics: Metrics,
 }
 
 /// Field names a model's metric may not use.
-pub(crate) const RESERVED: [&str; 7] = [
+pub(crate) const RESERVED: [&str; 8] = [
     "step",
     "epoch",
     "wall_time_s",
@@ -40,6 +46,7 @@ pub(crate) const RESERVED: [&str; 7] = [
     "lr",
     "grad_norm",
     "items_per_s",
+    "logged_train_loss",
 ];
 
 impl MetricsRecord {
@@ -107,6 +114,7 @@ mod tests {
             lr: 1e-3,
             grad_norm: 2.5,
             items_per_s: 100.0,
+            logged_train_loss: vec![(2, 0.5), (3, 0.25)],
             metrics: m,
         };
         let dir = tempfile::tempdir().unwrap();

@@ -512,6 +512,8 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             let iv = &mut st.interval;
             iv.loss_sum += out.loss * out.items as f64;
             iv.items += out.items as u64;
+            iv.log_loss_sum += out.loss * out.items as f64;
+            iv.log_items += out.items as u64;
             iv.steps += 1;
             iv.grad_norm_sum += gn;
             for (k, v) in &out.metrics {
@@ -548,6 +550,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 fields.push(("elapsed".into(), fmt_duration(wall_base + el)));
                 fields.push(("eta".into(), fmt_duration(eta(step, el))));
                 progress.train_line(&format_log_line("train", step, total, &fields));
+                let log_mean = iv.log_loss_sum / iv.log_items.max(1) as f64;
+                iv.logged.push((step, log_mean));
+                (iv.log_loss_sum, iv.log_items) = (0.0, 0);
                 (log_t, log_items) = (Instant::now(), 0);
             }
 
@@ -591,6 +596,11 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     lr,
                     grad_norm: iv.grad_norm_sum / iv.steps.max(1) as f64,
                     items_per_s: iv.items as f64 / iv.wall_s.max(1e-9),
+                    // A single log interval ending here is `train_loss` itself.
+                    logged_train_loss: match iv.logged[..] {
+                        [(s, _)] if s == step => Vec::new(),
+                        _ => iv.logged.clone(),
+                    },
                     metrics: all,
                 };
                 st.metrics.push(rec.clone());

@@ -1,0 +1,591 @@
+//! The one plotting helper: every chart nabla draws (training curves, RNN gradient flow, graph
+//! influence, ViT attention distance) is a [`Chart`] drawn by [`write_charts`]; every PNG is
+//! encoded by [`encode_png`]; the one TrueType font is registered by [`font`].
+//!
+//! A chart has a title, labelled axes (the label states the unit), integer ticks on integer
+//! axes (steps, layers, hops: never "0.5" or "10.0"), and its legend in a column to the right
+//! of the data, so no curve is ever hidden under it. SVG always works: without a font the text
+//! is left out (plotters cannot measure text without one); PNG needs the font.
+
+use crate::error::{NablaError, Result};
+use crate::invalid;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One axis of a [`Chart`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    /// The quantity and its unit, e.g. `"mean attention distance (pixels)"`.
+    pub label: String,
+    /// Ticks only at whole numbers, labelled without decimals (steps, layers, hops).
+    pub integer: bool,
+    /// Logarithmic scale (non-positive values are left out).
+    pub log: bool,
+    /// Fixed `(lo, hi)`; `None`: the data's range (plus a margin on a value axis).
+    pub range: Option<(f64, f64)>,
+}
+
+impl Axis {
+    pub fn new(label: impl Into<String>) -> Axis {
+        Axis {
+            label: label.into(),
+            integer: false,
+            log: false,
+            range: None,
+        }
+    }
+    pub fn integer(mut self) -> Axis {
+        self.integer = true;
+        self
+    }
+    pub fn log(mut self) -> Axis {
+        self.log = true;
+        self
+    }
+    pub fn range(mut self, lo: f64, hi: f64) -> Axis {
+        self.range = Some((lo, hi));
+        self
+    }
+}
+
+/// How a [`Series`] is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// A thin line: dense curves (the training loss at every logged step).
+    Line,
+    /// Markers only: one value per item (attention distance per head).
+    Points,
+    /// A line with a marker at each point: sparse measurements (evaluations, hops).
+    LinePoints,
+}
+
+/// A named curve of `(x, y)` points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub mark: Mark,
+}
+
+impl Series {
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>, mark: Mark) -> Series {
+        Series {
+            name: name.into(),
+            points,
+            mark,
+        }
+    }
+}
+
+/// One panel: a title, two axes and its series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    pub title: String,
+    pub x: Axis,
+    pub y: Axis,
+    pub series: Vec<Series>,
+}
+
+/// The first usable TrueType font: `$NABLA_FONT`, DejaVu Sans or Liberation Sans in their usual
+/// places, then the first plain `*Sans*.ttf` (else any `*.ttf`) under `/usr/share/fonts` and
+/// `/usr/local/share/fonts`.
+pub fn find_font() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NABLA_FONT").map(PathBuf::from) {
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let known = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ];
+    if let Some(p) = known.iter().map(PathBuf::from).find(|p| p.is_file()) {
+        return Some(p);
+    }
+    fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for p in rd.flatten().map(|e| e.path()) {
+            if p.is_dir() && depth < 4 {
+                collect(&p, depth + 1, out);
+            } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("ttf")) {
+                out.push(p);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for root in ["/usr/share/fonts", "/usr/local/share/fonts"] {
+        collect(Path::new(root), 0, &mut found);
+    }
+    found.sort();
+    let plain_sans = |p: &&PathBuf| {
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        n.contains("Sans") && !["Bold", "Oblique", "Italic"].iter().any(|s| n.contains(s))
+    };
+    found.iter().find(plain_sans).or(found.first()).cloned()
+}
+
+/// Registers [`find_font`]'s font as plotters' `sans-serif`, once per process; the path, or
+/// `None` when there is no font (then text cannot be drawn).
+pub fn font() -> Option<&'static Path> {
+    static FONT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let path = find_font()?;
+        // plotters keeps a 'static reference; the font lives for the whole process anyway.
+        let bytes: &'static [u8] = Box::leak(std::fs::read(&path).ok()?.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).ok()?;
+        Some(path)
+    })
+    .as_deref()
+}
+
+/// The error for a PNG that needs text when there is no font.
+pub fn no_font_error(path: &Path) -> NablaError {
+    invalid!(
+        "PNG plots need a TrueType font and none was found under /usr/share/fonts \
+         (set NABLA_FONT=/path/to/font.ttf); write {} as .svg instead",
+        path.display()
+    )
+}
+
+/// Encodes 8-bit RGB pixels (`w × h × 3`, row-major) as PNG.
+pub fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
+    let err = |e: png::EncodingError| NablaError::Other(format!("PNG encoding: {e}"));
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()
+            .map_err(err)?
+            .write_image_data(rgb)
+            .map_err(err)?;
+    }
+    Ok(bytes)
+}
+
+/// Palette of distinguishable colours (Tableau 10).
+pub const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Pixel width of one chart's data area (the legend column comes on top).
+const CHART_W: u32 = 520;
+const CHART_H: u32 = 400;
+
+/// The legend column's width for these series names (≈ 8 px per character at 14 px).
+fn legend_width(c: &Chart) -> u32 {
+    let chars = c.series.iter().map(|s| s.name.chars().count()).max();
+    chars.map_or(0, |n| 44 + 8 * n as u32)
+}
+
+/// Tick count for plotters' key-point search, so that an integer axis gets a step ≥ 1.
+/// Plotters picks the finest step in {1, 2, 5}·10^k whose points in the range number at most
+/// the count. With K whole numbers in the range, step 1 gives K points and any step below 1 at
+/// least 2K − 1 > K (K ≥ 2; for K = 1 at least 2), so a count of min(K, 10) allows step 1 and
+/// rules out every fractional step (plotters' steps ≥ 1 are whole).
+fn tick_count(axis: &Axis, (lo, hi): (f64, f64)) -> usize {
+    if axis.integer {
+        let whole = hi.floor() - lo.ceil() + 1.0;
+        (whole.max(1.0) as usize).min(10)
+    } else {
+        10
+    }
+}
+
+fn tick_label(axis: &Axis, v: f64) -> String {
+    if axis.integer {
+        format!("{}", v.round() as i64)
+    } else {
+        let a = v.abs();
+        if a == 0.0 {
+            "0".into()
+        } else if !(1e-3..1e5).contains(&a) {
+            format!("{v:.0e}")
+        } else {
+            // Enough decimals for the tick spacing, no trailing zeros.
+            let s = format!("{v:.4}");
+            let s = s.trim_end_matches('0').trim_end_matches('.');
+            s.to_string()
+        }
+    }
+}
+
+/// The axis range: the fixed one, else the data's, with a 5 % margin on a value axis (none on
+/// an integer axis, which ends where the data end).
+fn range_of(axis: &Axis, values: impl Iterator<Item = f64>) -> (f64, f64) {
+    if let Some(r) = axis.range {
+        return r;
+    }
+    let (mut lo, mut hi) = values
+        .filter(|v| v.is_finite() && (!axis.log || *v > 0.0))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo > hi {
+        return if axis.log { (0.1, 1.0) } else { (0.0, 1.0) };
+    }
+    if axis.log {
+        if hi <= lo {
+            hi = lo * 10.0;
+        }
+        return (lo / 1.5, hi * 1.5);
+    }
+    if hi <= lo {
+        let d = if axis.integer {
+            1.0
+        } else {
+            lo.abs().max(1e-9) * 0.1
+        };
+        return (lo - d, hi + d);
+    }
+    if !axis.integer {
+        let pad = 0.05 * (hi - lo);
+        (lo, hi) = (lo - pad, hi + pad);
+    }
+    (lo, hi)
+}
+
+fn visible(c: &Chart, (x, y): (f64, f64)) -> bool {
+    x.is_finite() && y.is_finite() && (!c.x.log || x > 0.0) && (!c.y.log || y > 0.0)
+}
+
+fn draw_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    c: &Chart,
+    text: bool,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let lw = if text { legend_width(c) } else { 0 };
+    let (w, _) = area.dim_in_pixel();
+    let (plot, legend) = area.split_horizontally(w.saturating_sub(lw) as i32);
+    let pts = || c.series.iter().flat_map(|s| s.points.iter().copied());
+    let xr = range_of(&c.x, pts().filter(|&p| visible(c, p)).map(|p| p.0));
+    let yr = range_of(&c.y, pts().filter(|&p| visible(c, p)).map(|p| p.1));
+    let mut b = ChartBuilder::on(&plot);
+    b.margin(12).margin_right(18);
+    if text {
+        b.caption(&c.title, ("sans-serif", 18))
+            .x_label_area_size(48)
+            .y_label_area_size(72);
+    }
+    macro_rules! body {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            let mut mesh = chart.configure_mesh();
+            if text {
+                let xf = |v: &f64| tick_label(&c.x, *v);
+                let yf = |v: &f64| tick_label(&c.y, *v);
+                mesh.x_desc(c.x.label.as_str())
+                    .y_desc(c.y.label.as_str())
+                    .x_labels(tick_count(&c.x, xr))
+                    .y_labels(tick_count(&c.y, yr))
+                    .x_label_formatter(&xf)
+                    .y_label_formatter(&yf)
+                    .label_style(("sans-serif", 13))
+                    .axis_desc_style(("sans-serif", 15))
+                    .draw()
+                    .map_err(e)?;
+            } else {
+                mesh.x_labels(0).y_labels(0).draw().map_err(e)?;
+            }
+            for (i, s) in c.series.iter().enumerate() {
+                let col = COLORS[i % COLORS.len()];
+                let data: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .copied()
+                    .filter(|&p| visible(c, p))
+                    .collect();
+                if s.mark != Mark::Points {
+                    let width = if s.mark == Mark::Line { 1 } else { 2 };
+                    chart
+                        .draw_series(LineSeries::new(
+                            data.iter().copied(),
+                            col.stroke_width(width),
+                        ))
+                        .map_err(e)?;
+                }
+                if s.mark != Mark::Line {
+                    chart
+                        .draw_series(data.iter().map(|&p| Circle::new(p, 3, col.filled())))
+                        .map_err(e)?;
+                }
+            }
+        }};
+    }
+    match (c.x.log, c.y.log) {
+        (false, false) => body!(b.build_cartesian_2d(xr.0..xr.1, yr.0..yr.1).map_err(e)?),
+        (false, true) => body!(b
+            .build_cartesian_2d(xr.0..xr.1, (yr.0..yr.1).log_scale())
+            .map_err(e)?),
+        (true, false) => body!(b
+            .build_cartesian_2d((xr.0..xr.1).log_scale(), yr.0..yr.1)
+            .map_err(e)?),
+        (true, true) => body!(b
+            .build_cartesian_2d((xr.0..xr.1).log_scale(), (yr.0..yr.1).log_scale())
+            .map_err(e)?),
+    }
+    if text {
+        // The legend: a column beside the data, one row per series, aligned with the top of
+        // the plotting area (below the caption).
+        for (i, s) in c.series.iter().enumerate() {
+            let col = COLORS[i % COLORS.len()];
+            let y = 52 + 22 * i as i32;
+            if s.mark != Mark::Points {
+                legend
+                    .draw(&PathElement::new(
+                        vec![(4, y), (28, y)],
+                        col.stroke_width(if s.mark == Mark::Line { 1 } else { 2 }),
+                    ))
+                    .map_err(e)?;
+            }
+            if s.mark != Mark::Line {
+                legend
+                    .draw(&Circle::new((16, y), 3, col.filled()))
+                    .map_err(e)?;
+            }
+            legend
+                .draw(&Text::new(
+                    s.name.clone(),
+                    (36, y - 7),
+                    ("sans-serif", 14).into_font().color(&BLACK),
+                ))
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+fn draw_all<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    charts: &[Chart],
+    widths: &[u32],
+    text: bool,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut rest = root.clone();
+    for (c, &w) in charts.iter().zip(widths) {
+        let (area, r) = rest.split_horizontally(w as i32);
+        draw_chart(&area, c, text)?;
+        rest = r;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Draws the charts side by side into `path` (`.svg` or `.png` by its extension), through a
+/// temporary file renamed into place ([`crate::io::atomic_write`]).
+pub fn write_charts(path: &Path, charts: &[Chart]) -> Result<()> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ext != "svg" && ext != "png" {
+        return Err(invalid!(
+            "plot file {} has extension {ext:?}; use .svg or .png",
+            path.display()
+        ));
+    }
+    let text = font().is_some();
+    if ext == "png" && !text {
+        return Err(no_font_error(path));
+    }
+    let widths: Vec<u32> = charts
+        .iter()
+        .map(|c| CHART_W + if text { legend_width(c) } else { 0 })
+        .collect();
+    let size = (widths.iter().sum::<u32>().max(1), CHART_H);
+    let err = |e: String| NablaError::Other(format!("drawing {}: {e}", path.display()));
+    let bytes = if ext == "svg" {
+        let mut s = String::new();
+        draw_all(
+            SVGBackend::with_string(&mut s, size).into_drawing_area(),
+            charts,
+            &widths,
+            text,
+        )
+        .map_err(err)?;
+        s.into_bytes()
+    } else {
+        let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
+        draw_all(
+            BitMapBackend::with_buffer(&mut buf, size).into_drawing_area(),
+            charts,
+            &widths,
+            text,
+        )
+        .map_err(err)?;
+        encode_png(&buf, size)?
+    };
+    crate::io::atomic_write(path, &bytes)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `(x, y, text)` of every `<text>` element of an SVG, in order.
+    pub(crate) fn svg_text_items(svg: &str) -> Vec<(f64, f64, String)> {
+        let attr = |tag: &str, name: &str| -> f64 {
+            let k = format!(" {name}=\"");
+            tag.find(&k)
+                .and_then(|i| {
+                    let v = &tag[i + k.len()..];
+                    v[..v.find('"')?].parse().ok()
+                })
+                .unwrap_or(f64::NAN)
+        };
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                let end = t.find('>')?;
+                let body = &t[end + 1..];
+                let text = body[..body.find("</text>")?].trim().to_string();
+                Some((attr(&t[..end], "x"), attr(&t[..end], "y"), text))
+            })
+            .collect()
+    }
+
+    /// The text of every `<text>` element of an SVG, in order.
+    pub(crate) fn svg_texts(svg: &str) -> Vec<String> {
+        svg_text_items(svg).into_iter().map(|t| t.2).collect()
+    }
+
+    /// The numeric labels of the x axis: the lowest row of numeric texts.
+    pub(crate) fn svg_x_ticks(svg: &str) -> Vec<String> {
+        let items = svg_text_items(svg);
+        let numeric: Vec<&(f64, f64, String)> = items
+            .iter()
+            .filter(|t| t.2.parse::<f64>().is_ok())
+            .collect();
+        let low = numeric.iter().map(|t| t.1).fold(f64::MIN, f64::max);
+        numeric
+            .iter()
+            .filter(|t| t.1 == low)
+            .map(|t| t.2.clone())
+            .collect()
+    }
+
+    fn chart() -> Chart {
+        Chart {
+            title: "influence by hop".into(),
+            x: Axis::new("hop distance (edges)").integer(),
+            y: Axis::new("mean influence (relative)").log(),
+            series: vec![
+                Series::new(
+                    "ring",
+                    (0..=4).map(|h| (h as f64, 0.5f64.powi(h))).collect(),
+                    Mark::LinePoints,
+                ),
+                Series::new("chain", vec![(0.0, 1.0), (3.0, 0.01)], Mark::Line),
+            ],
+        }
+    }
+
+    #[test]
+    fn svg_has_title_axis_labels_integer_ticks_and_legend() {
+        if font().is_none() {
+            eprintln!("skipping the text checks: no TrueType font under /usr/share/fonts");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.svg");
+        write_charts(&p, &[chart()]).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        let texts = svg_texts(&svg);
+        for want in [
+            "influence by hop",
+            "hop distance (edges)",
+            "mean influence (relative)",
+            "ring",
+            "chain",
+        ] {
+            assert!(texts.iter().any(|t| t == want), "{want:?} not in {texts:?}");
+        }
+        // The hop axis ends where the data end: ticks 0..=4 exactly, all whole.
+        assert_eq!(svg_x_ticks(&svg), ["0", "1", "2", "3", "4"]);
+        // The legend is beside the data: right of the last x tick.
+        let items = svg_text_items(&svg);
+        let x_of = |s: &str| items.iter().find(|t| t.2 == s).unwrap().0;
+        assert!(x_of("ring") > x_of("4"), "{items:?}");
+
+        // A layer axis centred on whole numbers (0.5 .. 12.5): whole ticks only.
+        let mut lin = chart();
+        lin.y = Axis::new("value (units)");
+        lin.x = Axis::new("layer").integer().range(0.5, 12.5);
+        write_charts(&p, &[lin]).unwrap();
+        let ticks = svg_x_ticks(&std::fs::read_to_string(&p).unwrap());
+        let ticks: Vec<i64> = ticks.iter().map(|t| t.parse().unwrap()).collect();
+        assert!(
+            ticks.len() >= 4 && ticks.iter().all(|&t| (1..=12).contains(&t)),
+            "{ticks:?}"
+        );
+    }
+
+    #[test]
+    fn integer_ticks_for_every_range() {
+        // The key-point search must never choose a step below 1.
+        for (lo, hi) in [
+            (0.0, 1.0),
+            (0.0, 2.0),
+            (0.0, 4.0),
+            (0.5, 3.5),
+            (1.0, 31.0),
+            (0.0, 600.0),
+        ] {
+            let axis = Axis::new("step").integer();
+            let n = tick_count(&axis, (lo, hi));
+            let keys = plotters::coord::types::RangedCoordf64::from(lo..hi).key_points(n);
+            assert!(!keys.is_empty(), "{lo}..{hi}");
+            for k in keys {
+                assert_eq!(k, k.round(), "{lo}..{hi}: tick {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn svg_without_text_png_and_bad_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = dir.path().join("n.svg");
+        let mut s = String::new();
+        draw_all(
+            SVGBackend::with_string(&mut s, (600, 300)).into_drawing_area(),
+            &[chart()],
+            &[600],
+            false,
+        )
+        .unwrap();
+        assert!(s.contains("polyline") || s.contains("<path"), "{s}");
+        std::fs::write(&n, s).unwrap();
+        if font().is_some() {
+            let png = dir.path().join("c.png");
+            write_charts(&png, &[chart()]).unwrap();
+            assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+        }
+        let e = write_charts(&dir.path().join("c.jpg"), &[chart()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".svg"), "{e}");
+    }
+}
