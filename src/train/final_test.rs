@@ -226,7 +226,7 @@ mod tests {
             monitor: monitor.then(|| ("val_acc".to_string(), Mode::Max)),
             progress: ProgressMode::Quiet,
             plot: PlotFormat::None,
-            handle_sigint: false,
+            handle_signals: false,
             ..TrainConfig::default()
         }
     }
