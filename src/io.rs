@@ -200,6 +200,27 @@ fn f16_to_f64(h: u16) -> f64 {
     }
 }
 
+/// [`take`], and the tensor must have the shape the model expects.
+pub fn take_shaped<'a, T: Element>(
+    map: &'a BTreeMap<String, Tensor<T>>,
+    name: &str,
+    shape: &[usize],
+    path: impl AsRef<Path>,
+) -> Result<&'a Tensor<T>> {
+    let path = path.as_ref();
+    let t = take(map, name, path)?;
+    if t.shape() != shape {
+        return Err(NablaError::format(
+            path,
+            format!(
+                "tensor {name} has shape {:?}, the model expects {shape:?}",
+                t.shape()
+            ),
+        ));
+    }
+    Ok(t)
+}
+
 /// Fetches a tensor from a loaded file with a clear error if it is missing.
 pub fn take<'a, T: Element>(
     map: &'a BTreeMap<String, Tensor<T>>,
@@ -233,19 +254,7 @@ impl<T: Element> ParamStore<T> {
         let path = path.as_ref();
         let map = load_safetensors::<T>(path)?;
         for p in self.iter_mut() {
-            let t = take(&map, &p.name, path)?;
-            if t.shape() != p.value.shape() {
-                return Err(NablaError::format(
-                    path,
-                    format!(
-                        "tensor {} has shape {:?}, the model expects {:?}",
-                        p.name,
-                        t.shape(),
-                        p.value.shape()
-                    ),
-                ));
-            }
-            p.value = t.clone();
+            p.value = take_shaped(&map, &p.name, p.value.shape(), path)?.clone();
         }
         Ok(())
     }

@@ -69,19 +69,7 @@ pub(crate) fn load_weights<T: Element, M: TrainModel<T>>(
     path: &Path,
 ) -> Result<()> {
     for p in model.params_mut().iter_mut() {
-        let t = crate::io::take(&tensors, &p.name, path)?;
-        if t.shape() != p.value.shape() {
-            return Err(NablaError::format(
-                path,
-                format!(
-                    "tensor {} has shape {:?}, the model expects {:?}",
-                    p.name,
-                    t.shape(),
-                    p.value.shape()
-                ),
-            ));
-        }
-        p.value = t.clone();
+        p.value = crate::io::take_shaped(&tensors, &p.name, p.value.shape(), path)?.clone();
     }
     let buffers: BTreeMap<String, Tensor<T>> = tensors
         .into_iter()
