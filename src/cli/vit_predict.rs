@@ -19,7 +19,6 @@ use crate::models::vit::Pool;
 use crate::tensor::Tensor;
 use clap::Args;
 use serde_json::json;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -94,17 +93,7 @@ fn read_input(path: &Path, c: usize, limit: Option<usize>, normalized: bool) -> 
             None,
         )?]);
     }
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                NablaError::format(path, format!("corrupt or truncated gzip stream: {e}"))
-            })?;
-        out
-    } else {
-        raw
-    };
+    let bytes = idx::gunzip_if_gzip(raw, path)?;
     if bytes.len() >= 4 && bytes[..3] == [0, 0, 8] {
         let a = idx::parse_idx(&bytes, path)?;
         if a.dims.len() != 3 {

@@ -70,17 +70,19 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
 /// Reads an IDX file, decompressing gzip when the file starts with the gzip magic.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).map_err(|e| NablaError::io(path, e))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                NablaError::format(path, format!("corrupt or truncated gzip stream: {e}"))
-            })?;
-        parse_idx(&out, path)
-    } else {
-        parse_idx(&raw, path)
+    parse_idx(&gunzip_if_gzip(raw, path)?, path)
+}
+
+/// The bytes of a file as read, or decompressed when they start with the gzip magic.
+pub fn gunzip_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..])
+        .read_to_end(&mut out)
+        .map_err(|e| NablaError::format(path, format!("corrupt or truncated gzip stream: {e}")))?;
+    Ok(out)
 }
 
 /// Images `(N, rows, cols)` and labels `(N)` from two IDX files → a 1-channel data set.
