@@ -30,7 +30,7 @@ pub mod softmax;
 pub mod sparse;
 pub use elementwise::{
     exp_f32, gelu, gelu_and_grad, gelu_and_grad_f32, gelu_grad, map_into, normal_cdf, normal_pdf,
-    sigmoid, sigmoid_f32, tanh_f32, zip_into,
+    sigmoid, sigmoid_f32, tanh_f32, zip_into, zip_rows_into,
 };
 pub use matmul::{gemm, gemm_to, linear_into, matmul_into, transpose, MatLayout};
 pub use reduce::{col_sums, col_sums_into};
