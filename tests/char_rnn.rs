@@ -1,4 +1,5 @@
 //! The character-level Elman language model: learning, TBPTT memory, resume, sampling, bad input.
+mod common;
 
 use nabla::models::char_rnn::{load_checkpoint, train, CharRnn, TrainArgs};
 use nabla::train::{read_metrics_jsonl, read_test_record, PlotFormat};
@@ -246,4 +247,11 @@ fn cli_train_and_sample() {
         err.contains("k2 >= k1") && !err.contains("panicked"),
         "{err}"
     );
+}
+
+/// The exact resume again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&["resume_continues_exactly"]);
 }

@@ -2,6 +2,7 @@
 //! leave a checkpoint at the step reached, the plot and a message, and exit with 128 + signal;
 //! `--resume` then ends bit-identical to a run that never stopped. A `--time-limit` stop is its
 //! own outcome and exits 0.
+mod common;
 
 use nabla::models::char_rnn::load_checkpoint;
 use std::io::{BufRead, BufReader};
@@ -166,4 +167,13 @@ fn time_limit_is_its_own_outcome_and_exits_0() {
         assert_eq!(o.status.code(), Some(1), "--time-limit {bad}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("--time-limit"));
     }
+}
+
+/// The bit-identical resume after SIGTERM again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "sigterm_checkpoints_exits_143_and_resume_is_bit_identical",
+    ]);
 }
