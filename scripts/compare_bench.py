@@ -10,7 +10,8 @@ import sys
 SKIP = {"median_s", "min_s", "max_s", "reps", "impl", "gflops", "items_per_s", "images_per_s", "tokens_per_s",
         "gb_per_s", "bandwidth_fraction", "flops", "gflops_achieved", "matmul_fraction",
         "thread_cpu_median_s", "torch", "bytes", "gbs", "copy_gbs", "bw_fraction", "fraction_of_matmul",
-        "gflop_per_step", "matmul512_gflops", "fma_peak_gflops", "fraction_of_peak", "peak_step_ms"}
+        "gflop_per_step", "matmul512_gflops", "fma_peak_gflops", "fraction_of_peak", "peak_step_ms",
+        "fraction_of_bandwidth", "copy_bandwidth_gbs", "copy_bandwidth_gbs_1_thread"}
 
 
 def key(r):

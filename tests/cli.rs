@@ -35,6 +35,15 @@ fn info_json_reports_version_threads_and_rate() {
         v["fma_peak_gflops"].as_f64().unwrap(),
     );
     assert!(p1 > 0.0 && pall > 0.0);
+    let (b1, ball) = (
+        v["copy_bandwidth_gbs_1_thread"].as_f64().unwrap(),
+        v["copy_bandwidth_gbs"].as_f64().unwrap(),
+    );
+    // Any machine copies faster than 0.1 GB/s and slower than 100 TB/s.
+    assert!(
+        (0.1..1e5).contains(&b1) && (0.1..1e5).contains(&ball),
+        "{b1} {ball}"
+    );
 }
 
 /// `NABLA_ISA` forces a path (shown by `info`); an unknown path or one the CPU lacks is a
@@ -93,7 +102,15 @@ fn bench_matmul_json_follows_the_convention() {
     assert!(peaks >= 1 && lines[0]["name"] == "fma_peak");
     for r in &lines {
         let keys: &[&str] = if r["name"] == "fma_peak" {
-            &["threads", "median_s", "min_s", "max_s", "reps", "gflops"]
+            &[
+                "threads",
+                "median_s",
+                "min_s",
+                "max_s",
+                "reps",
+                "gflops",
+                "fraction_of_peak",
+            ]
         } else {
             assert_eq!(r["name"], "matmul");
             &[
@@ -115,6 +132,80 @@ fn bench_matmul_json_follows_the_convention() {
         assert!(r["gflops"].as_f64().unwrap() > 0.0);
         assert!(r["min_s"].as_f64().unwrap() <= r["median_s"].as_f64().unwrap());
         assert!(r["median_s"].as_f64().unwrap() <= r["max_s"].as_f64().unwrap());
+    }
+}
+
+/// Every `nabla bench` row reports its fraction of a ceiling: of the FMA peak (compute-bound
+/// rows) or of the copy bandwidth (memory-bound rows), with the figure it is computed from.
+#[test]
+fn every_bench_row_reports_a_fraction_of_peak_or_bandwidth() {
+    let quick = ["--json", "--min-time", "0", "--warmup", "0"];
+    let runs: [&[&str]; 4] = [
+        &["norm", "--shape", "4,4,8", "--layer", "layer"],
+        &["gnn", "--model", "gcn"],
+        &[
+            "rnn",
+            "--batch",
+            "2",
+            "--input",
+            "3",
+            "--hidden",
+            "8",
+            "--output",
+            "2",
+            "--seq-len",
+            "5",
+        ],
+        &[
+            "vit",
+            "--batch",
+            "4",
+            "--depth",
+            "1",
+            "--dim",
+            "16",
+            "--mlp-dim",
+            "32",
+        ],
+    ];
+    for args in runs {
+        let all: Vec<&str> = ["bench"]
+            .iter()
+            .chain(args)
+            .chain(&quick)
+            .copied()
+            .collect();
+        let out = nabla(&all);
+        assert!(
+            out.status.success(),
+            "{all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!rows.is_empty(), "{all:?}");
+        for r in &rows {
+            let peak = r.get("fraction_of_peak").and_then(|v| v.as_f64());
+            let bw = r.get("fraction_of_bandwidth").and_then(|v| v.as_f64());
+            assert!(
+                peak.is_some() || bw.is_some(),
+                "{all:?}: no fraction in {r}"
+            );
+            if peak.is_some() {
+                assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            if bw.is_some() {
+                assert!(
+                    r["bytes"].as_u64().unwrap() > 0 && r["copy_gbs"].as_f64().unwrap() > 0.0,
+                    "{r}"
+                );
+            }
+            for f in [peak, bw].into_iter().flatten() {
+                assert!(f.is_finite() && f > 0.0, "{all:?}: {r}");
+            }
+        }
     }
 }
 

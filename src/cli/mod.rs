@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Version, CPU, kernel paths (NABLA_ISA), FMA peak and the measured f32 matmul rate.
+    /// Version, CPU, kernel paths (NABLA_ISA), FMA peak, copy bandwidth and the measured f32
+    /// matmul rate.
     Info {
         #[arg(long)]
         json: bool,
@@ -163,6 +164,9 @@ fn info(as_json: bool) -> Result<()> {
     let threads = rayon::current_num_threads();
     let (_, peak_1) = bench::with_threads(1, || bench::fma_peak_gflops(&opts));
     let (_, peak_all) = bench::fma_peak_gflops(&opts);
+    let probe = bench::probe_options();
+    let (_, bw_1) = bench::with_threads(1, || bench::copy_bandwidth_gbs(&probe));
+    let (_, bw_all) = bench::copy_bandwidth_gbs(&probe);
     let (_, gf) = bench::matmul_gflops::<f32>(512, 512, 512, &opts);
     let cpu = peak::cpu_model();
     let detected: Vec<&str> = isa::detected().iter().map(|i| i.name()).collect();
@@ -178,6 +182,8 @@ fn info(as_json: bool) -> Result<()> {
         "threads": threads,
         "fma_peak_gflops_1_thread": peak_1,
         "fma_peak_gflops": peak_all,
+        "copy_bandwidth_gbs_1_thread": bw_1,
+        "copy_bandwidth_gbs": bw_all,
         "matmul_f32_512_gflops": gf,
         "matmul_fraction_of_peak": gf / peak_all,
     });
@@ -194,6 +200,9 @@ fn info(as_json: bool) -> Result<()> {
         );
         println!("threads: {threads}");
         println!("f32 FMA peak: {peak_1:.1} GFLOP/s on 1 thread, {peak_all:.1} on {threads}");
+        println!(
+            "copy bandwidth (read + write): {bw_1:.1} GB/s on 1 thread, {bw_all:.1} on {threads}"
+        );
         println!(
             "f32 matmul 512×512×512: {gf:.1} GFLOP/s ({:.2} of the FMA peak)",
             gf / peak_all
