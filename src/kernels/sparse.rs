@@ -1,11 +1,11 @@
 //! Message-passing kernels over CSR segments (`nn::graph_ops` and `nn::sparse_linear` hold
 //! the ops and their math): gathers that sum (optionally weighted, per head) the table rows that
 //! the edges of a segment read, per-edge head dot products, segment maxima with their arg-max
-//! and its backward, the per-edge sum of two gathered rows, the sparse × dense product of a CSR
-//! (or CSC) matrix, and the segment softmax over the incoming edges of a node (per head) with
+//! and its backward, the per-edge sum of two gathered rows, the scatter-add of rows, the sparse
+//! × dense product of a CSR (or CSC) matrix, and the segment softmax over the incoming edges of a node (per head) with
 //! its backward.
 //!
-//! **Order of operations.** The gathers, maxima, edge sums and sparse products add the edges of
+//! **Order of operations.** The gathers, maxima, edge sums, scatters and sparse products add the edges of
 //! a segment in their stored order, one output entry at a time (`o ← o + α·v`, no FMA), so every
 //! path gives the scalar path's bits — the plain loops — and so does any thread count: rows are
 //! split into fixed blocks by shape. Head dots (`edge_dots`) sum each head's `d` products in
@@ -413,6 +413,31 @@ pub fn edge_add_rows<T: Element>(
     width: usize,
 ) {
     edge_add_rows_on(isa::selected(), out, a, a_rows, b, b_rows, width)
+}
+
+/// Scatter-add of rows: `out[idx[e]] += src[e]` for `e = 0, 1, …` in order (rows `width`
+/// wide) — the adjoint of a row gather. One thread: the targets of different `e` may collide.
+/// Exact on every path.
+pub fn scatter_add_rows_on<T: Element>(
+    isa: Isa,
+    out: &mut [T],
+    width: usize,
+    idx: &[usize],
+    src: &[T],
+) {
+    if width == 0 {
+        return;
+    }
+    isa::dispatch_on(isa, || {
+        for (&i, s) in idx.iter().zip(src.chunks_exact(width)) {
+            add_row(&mut out[i * width..(i + 1) * width], s);
+        }
+    })
+}
+
+/// [`scatter_add_rows_on`] on the selected path.
+pub fn scatter_add_rows<T: Element>(out: &mut [T], width: usize, idx: &[usize], src: &[T]) {
+    scatter_add_rows_on(isa::selected(), out, width, idx, src)
 }
 
 /// A sparse matrix in compressed rows (CSR) — or compressed columns read as rows (CSC) — with
@@ -909,6 +934,13 @@ mod tests {
                     }
                 }
             }
+            // Scatter-add of the edge table into source rows, edges in order (collisions).
+            let mut want_sc = vec![0.0f32; n * w];
+            for e in 0..ne {
+                for c in 0..w {
+                    want_sc[g.src[e] * w + c] += gtab[e * w + c];
+                }
+            }
             for isa in isa::detected() {
                 let what = |k: &str| format!("{k} w = {w}, heads = {heads} on {isa}");
                 let mut o = vec![0.0f32; n * w];
@@ -975,6 +1007,9 @@ mod tests {
                 let mut spt = vec![1.0f32; n * w];
                 spmm_on(isa, &mut spt, w, csc, &gm, None);
                 same_bits(&spt, &want_spt, &what("spmm through positions"));
+                let mut sc = vec![0.0f32; n * w];
+                scatter_add_rows_on(isa, &mut sc, w, &g.src, &gtab);
+                same_bits(&sc, &want_sc, &what("scatter-add"));
             }
         }
         // A NaN on the first edge stays the maximum (nothing compares greater).
