@@ -57,7 +57,12 @@ pub(super) fn dot_lanes<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
         // Multiply, then add: no FMA, so the scalar path is the plain loop.
         acc = simd.add_f32s(acc, simd.mul_f32s(a, b));
     }
-    let mut s = simd.reduce_sum_f32s(acc);
+    // A row shorter than one vector skips the lane tree (its sum of zeros is +0 anyway).
+    let mut s = if ha.is_empty() {
+        0.0
+    } else {
+        simd.reduce_sum_f32s(acc)
+    };
     for (&a, &b) in ta.iter().zip(tb) {
         s += a * b;
     }

@@ -9,9 +9,10 @@
 //! a segment in their stored order, one output entry at a time (`o ← o + α·v`, no FMA), so every
 //! path gives the scalar path's bits — the plain loops — and so does any thread count: rows are
 //! split into fixed blocks by shape. Head dots (`edge_dots`) sum each head's `d` products in
-//! the lane order of [`super::reduce`] (f32), within `(d − 1)·2⁻²⁴·Σ|tᵢ| + 2⁻²⁴·Σ|tᵢ|` of the
-//! exact value (tested); the scalar path, and every path when `d` is below the vector width,
-//! is the left-to-right loop. f64 takes the plain loops everywhere.
+//! the lane order of [`super::reduce`] (f32) on the path [`head_dot_path`] picks, within
+//! `(d − 1)·2⁻²⁴·Σ|tᵢ| + 2⁻²⁴·Σ|tᵢ|` of the exact value (tested); the scalar path, and every
+//! path when `d` is below its vector width, is the left-to-right loop. f64 takes the plain
+//! loops everywhere.
 //!
 //! A segment softmax block is the `(len, heads)` block of edge rows `ip[i]..ip[i + 1]` of one
 //! node. It works across heads in vector order — column maxima, exponentials, column sums in
@@ -189,6 +190,17 @@ impl WithSimd for EdgeDots32<'_> {
     }
 }
 
+/// The path the head dots of `d` entries take on `isa`: AVX-512 hands heads of 8 to 15 entries
+/// to the AVX2 lanes (one 8-wide vector and its tree instead of a scalar tail of 8–15 products;
+/// GAT and graph-Transformer heads are 8 wide). AVX-512 CPUs always have AVX2.
+pub fn head_dot_path(isa: Isa, d: usize) -> Isa {
+    if isa == Isa::Avx512 && (8..16).contains(&d) {
+        Isa::Avx2
+    } else {
+        isa
+    }
+}
+
 /// Per-edge head dots into `out (E, heads)`: `out[e,h] = scale · ⟨A[a_rows[e], h], B[b_rows[e], h]⟩`
 /// for `A, B (·, W)` split into `heads` blocks of `d = W/heads` (f32 in lane order, see the
 /// module doc). Dot-product attention scores on edges, and the gradient of per-edge weights.
@@ -208,6 +220,7 @@ pub fn edge_dots_on<T: Element>(
         return;
     }
     let d = width / heads;
+    let isa = head_dot_path(isa, d);
     out.par_chunks_mut(EDGE_BLOCK * heads)
         .enumerate()
         .for_each(|(bi, blk)| {
@@ -273,6 +286,104 @@ pub fn edge_dots<T: Element>(
 /// "No edge" in an arg-max table of [`segment_max_on`].
 pub const NO_EDGE: u32 = u32::MAX;
 
+/// The rows `first..` of a segment-max block: each row starts as its first edge's table row
+/// (arg = that edge), then `update(o, a, v, e)` folds in every further edge; rows without
+/// edges get 0 and [`NO_EDGE`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn max_rows<T: Copy>(
+    ob: &mut [T],
+    ab: &mut [u32],
+    first: usize,
+    width: usize,
+    seg: Segments<'_>,
+    table: &[T],
+    rows: &[usize],
+    zero: T,
+    mut update: impl FnMut(&mut [T], &mut [u32], &[T], u32),
+) {
+    for (k, (o, a)) in ob
+        .chunks_exact_mut(width)
+        .zip(ab.chunks_exact_mut(width))
+        .enumerate()
+    {
+        o.fill(zero);
+        a.fill(NO_EDGE);
+        let mut fresh = true;
+        seg.for_each(first + k, |e| {
+            let sr = &table[rows[e] * width..(rows[e] + 1) * width];
+            if fresh {
+                o.copy_from_slice(sr);
+                a.fill(e as u32);
+                fresh = false;
+            } else {
+                update(o, a, sr, e as u32);
+            }
+        })
+    }
+}
+
+/// `(o, a) ← (v, e)` where `v > o`: one edge's arg-max update, in f32 vectors (compare and
+/// select, no branch to mispredict).
+#[inline(always)]
+fn max_update<S: Simd>(simd: S, o: &mut [f32], a: &mut [u32], v: &[f32], e: u32) {
+    let (oh, ot) = S::as_mut_simd_f32s(o);
+    let (ah, at) = S::as_mut_simd_u32s(a);
+    let (vh, vt) = S::as_simd_f32s(v);
+    let ev = simd.splat_u32s(e);
+    for ((o, a), &v) in oh.iter_mut().zip(ah.iter_mut()).zip(vh) {
+        let take = simd.greater_than_f32s(v, *o);
+        *o = simd.select_f32s(take, v, *o);
+        *a = simd.select_u32s(take, ev, *a);
+    }
+    for ((o, a), &v) in ot.iter_mut().zip(at.iter_mut()).zip(vt) {
+        if v > *o {
+            *o = v;
+            *a = e;
+        }
+    }
+}
+
+/// `o ← o + g` where `a = e`: one edge's share of the max backward, in f32 vectors.
+#[inline(always)]
+fn max_route<S: Simd>(simd: S, o: &mut [f32], a: &[u32], g: &[f32], e: u32) {
+    let (oh, ot) = S::as_mut_simd_f32s(o);
+    let (ah, at) = S::as_simd_u32s(a);
+    let (gh, gt) = S::as_simd_f32s(g);
+    let ev = simd.splat_u32s(e);
+    for ((o, &a), &g) in oh.iter_mut().zip(ah).zip(gh) {
+        let hit = simd.equal_u32s(a, ev);
+        *o = simd.select_f32s(hit, simd.add_f32s(*o, g), *o);
+    }
+    for ((o, &a), &g) in ot.iter_mut().zip(at).zip(gt) {
+        if a == e {
+            *o += g;
+        }
+    }
+}
+
+struct MaxBlock32<'a> {
+    ob: &'a mut [f32],
+    ab: &'a mut [u32],
+    first: usize,
+    width: usize,
+    seg: Segments<'a>,
+    table: &'a [f32],
+    rows: &'a [usize],
+}
+
+impl WithSimd for MaxBlock32<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let update = |o: &mut [f32], a: &mut [u32], v: &[f32], e| max_update(simd, o, a, v, e);
+        let (first, width, seg) = (self.first, self.width, self.seg);
+        max_rows(
+            self.ob, self.ab, first, width, seg, self.table, self.rows, 0.0, update,
+        );
+    }
+}
+
 /// Segment maxima into `out (seg.len(), W)` and `arg`: `out[r,c] = max_{e ∈ seg(r)} S[rows[e], c]`
 /// with `arg[r,c]` the first edge reaching it (a later edge wins only when strictly greater,
 /// so a NaN of the first edge stays); rows without edges get 0 and [`NO_EDGE`]. Edge ids must
@@ -293,32 +404,30 @@ pub fn segment_max_on<T: Element>(
         .zip(arg.par_chunks_mut(ROW_BLOCK * width))
         .enumerate()
         .for_each(|(b, (ob, ab))| {
+            let first = b * ROW_BLOCK;
+            if let Some(table) = T::as_f32(table) {
+                let ob = T::as_f32_mut(ob).expect("same element type");
+                let op = MaxBlock32 {
+                    ob,
+                    ab,
+                    first,
+                    width,
+                    seg,
+                    table,
+                    rows,
+                };
+                return isa::dispatch_on(isa, op);
+            }
             isa::dispatch_on(isa, || {
-                for (k, (o, a)) in ob
-                    .chunks_exact_mut(width)
-                    .zip(ab.chunks_exact_mut(width))
-                    .enumerate()
-                {
-                    o.fill(T::zero());
-                    a.fill(NO_EDGE);
-                    let mut first = true;
-                    seg.for_each(b * ROW_BLOCK + k, |e| {
-                        let sr = &table[rows[e] * width..(rows[e] + 1) * width];
-                        let e32 = e as u32;
-                        if first {
-                            o.copy_from_slice(sr);
-                            a.fill(e32);
-                            first = false;
-                            return;
+                let update = |o: &mut [T], a: &mut [u32], v: &[T], e| {
+                    for ((o, a), &v) in o.iter_mut().zip(a.iter_mut()).zip(v) {
+                        if v > *o {
+                            *o = v;
+                            *a = e;
                         }
-                        // Branch-free selects, so the loop vectorizes.
-                        for ((o, a), &v) in o.iter_mut().zip(a.iter_mut()).zip(sr) {
-                            let take = v > *o;
-                            *o = if take { v } else { *o };
-                            *a = if take { e32 } else { *a };
-                        }
-                    })
-                }
+                    }
+                };
+                max_rows(ob, ab, first, width, seg, table, rows, T::zero(), update)
             })
         });
 }
@@ -335,6 +444,31 @@ pub fn segment_max<T: Element>(
     segment_max_on(isa::selected(), out, arg, width, seg, table, rows)
 }
 
+struct MaxBackBlock32<'a> {
+    db: &'a mut [f32],
+    first: usize,
+    width: usize,
+    seg: Segments<'a>,
+    dst: &'a [usize],
+    arg: &'a [u32],
+    g: &'a [f32],
+}
+
+impl WithSimd for MaxBackBlock32<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let w = self.width;
+        for (k, o) in self.db.chunks_exact_mut(w).enumerate() {
+            self.seg.for_each(self.first + k, |e| {
+                let i = self.dst[e];
+                let (a, g) = (&self.arg[i * w..(i + 1) * w], &self.g[i * w..(i + 1) * w]);
+                max_route(simd, o, a, g, e as u32);
+            })
+        }
+    }
+}
+
 /// Backward of [`segment_max_on`] into `ds (rows, W)`: `ds[r,c] += Σ_{e ∈ seg(r)} [arg[dst_e, c] = e] · G[dst_e, c]`
 /// with `seg` the edges reading table row `r` (grouped) and `dst_e` the output row of edge `e`.
 pub fn segment_max_backward_on<T: Element>(
@@ -346,19 +480,43 @@ pub fn segment_max_backward_on<T: Element>(
     arg: &[u32],
     g: &[T],
 ) {
-    for_each_row_block(isa, ds, width, |r, o| {
-        seg.for_each(r, |e| {
-            let i = dst[e];
-            let (ar, gr) = (
-                &arg[i * width..(i + 1) * width],
-                &g[i * width..(i + 1) * width],
-            );
-            let e32 = e as u32;
-            for ((o, &a), &gv) in o.iter_mut().zip(ar).zip(gr) {
-                *o = if a == e32 { *o + gv } else { *o };
+    if width == 0 {
+        return;
+    }
+    ds.par_chunks_mut(ROW_BLOCK * width)
+        .enumerate()
+        .for_each(|(b, db)| {
+            let first = b * ROW_BLOCK;
+            if let Some(g) = T::as_f32(g) {
+                let db = T::as_f32_mut(db).expect("same element type");
+                let op = MaxBackBlock32 {
+                    db,
+                    first,
+                    width,
+                    seg,
+                    dst,
+                    arg,
+                    g,
+                };
+                return isa::dispatch_on(isa, op);
             }
-        })
-    });
+            isa::dispatch_on(isa, || {
+                for (k, o) in db.chunks_exact_mut(width).enumerate() {
+                    seg.for_each(first + k, |e| {
+                        let i = dst[e];
+                        let (ar, gr) = (
+                            &arg[i * width..(i + 1) * width],
+                            &g[i * width..(i + 1) * width],
+                        );
+                        for ((o, &a), &gv) in o.iter_mut().zip(ar).zip(gr) {
+                            if a == e as u32 {
+                                *o += gv;
+                            }
+                        }
+                    })
+                }
+            })
+        });
 }
 
 /// [`segment_max_backward_on`] on the selected path.
@@ -1061,8 +1219,14 @@ mod tests {
             for isa in isa::detected() {
                 let mut s = vec![0.0f32; ne * heads];
                 edge_dots_on(isa, &mut s, &q, &g.dst, &k, &g.src, w, heads, scale);
-                if d < isa.f32_lanes() {
+                let taken = head_dot_path(isa, d);
+                if d < taken.f32_lanes() {
                     same_bits(&s, &s0, &format!("dots d = {d} on {isa}"));
+                }
+                if taken != isa {
+                    let mut st = vec![0.0f32; ne * heads];
+                    edge_dots_on(taken, &mut st, &q, &g.dst, &k, &g.src, w, heads, scale);
+                    same_bits(&s, &st, &format!("dots d = {d} on {isa} as {taken}"));
                 }
                 for e in 0..ne {
                     for h in 0..heads {
