@@ -26,9 +26,10 @@
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::kernels::elementwise::mul_in_place;
+use crate::kernels::isa;
 use crate::kernels::norm::{
-    affine_grad_sums, layer_norm_backward_rows, layer_norm_rows, normalize_row, scale_shift,
-    segment_input_grad, shifted_sums,
+    affine_grad_sums, group_norm_backward_rows_on, group_norm_rows_on, layer_norm_backward_rows,
+    layer_norm_rows, normalize_row, scale_shift, segment_input_grad, shifted_sums, Segments,
 };
 use crate::kernels::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
@@ -150,6 +151,13 @@ impl RowLayout {
     fn affine_len(&self) -> usize {
         self.period * self.seg
     }
+    fn segments(&self) -> Segments {
+        Segments {
+            seg: self.seg,
+            seg_len: self.seg_len,
+            period: self.period,
+        }
+    }
     /// First affine index of row `r` (skips the integer division for LayerNorm's period 1).
     #[inline(always)]
     fn affine_base(&self, r: usize) -> usize {
@@ -241,6 +249,12 @@ fn row_forward<T: Element>(
             let xs = &x[r0 * l..(r0 + mean.len()) * l];
             return layer_norm_rows(xs, w, b, eps, y, mean, rstd);
         }
+        if mask.is_none() {
+            // GroupNorm / InstanceNorm likewise: one kernel call for the task's rows.
+            let xs = &x[r0 * l..(r0 + mean.len()) * l];
+            let isa = isa::selected();
+            return group_norm_rows_on(isa, xs, w, b, lay.segments(), r0, eps, y, mean, rstd);
+        }
         // Three sweeps over the task's rows: statistics, then every 1/√(σ² + ε) in one loop
         // (the square roots and divisions pipeline across rows instead of sitting in each
         // row's dependency chain — it matters for short rows), then normalize.
@@ -267,9 +281,7 @@ fn row_forward<T: Element>(
         }
     };
     if x.len() < PAR_THRESHOLD {
-        // One path dispatch for the whole tensor: the per-row kernels inline into it, which
-        // matters for short rows (a 16-entry row costs less than a dispatch).
-        crate::kernels::isa::dispatch(|| work(0, &mut y, &mut mean, &mut rstd));
+        work(0, &mut y, &mut mean, &mut rstd);
     } else {
         let rpt = tasks_rows(l, lay.rows);
         y.par_chunks_mut(l * rpt)
@@ -322,6 +334,19 @@ fn row_backward<T: Element>(
             layer_norm_backward_rows(xs, gs, w, ms, rss, FLUSH, dxs, parts, (&mut dw, &mut db));
             return (dw, db);
         }
+        if mask.is_none() {
+            // GroupNorm / InstanceNorm without a mask: one kernel call for the task's rows.
+            let (xs, gs) = (&x[r0 * l..(r0 + nrows) * l], &dy[r0 * l..(r0 + nrows) * l]);
+            let dxs = if need_dx {
+                Some(&mut dx[..nrows * l])
+            } else {
+                None
+            };
+            let (ms, rss) = (&mean[r0..r0 + nrows], &rstd[r0..r0 + nrows]);
+            let (isa, segs) = (isa::selected(), lay.segments());
+            group_norm_backward_rows_on(isa, xs, gs, w, ms, rss, segs, r0, dxs, (&mut dw, &mut db));
+            return (dw, db);
+        }
         for k in 0..nrows {
             let r = r0 + k;
             let xr = &x[r * l..(r + 1) * l];
@@ -369,7 +394,7 @@ fn row_backward<T: Element>(
         (a, b)
     };
     let (dw, db) = if x.len() < PAR_THRESHOLD {
-        crate::kernels::isa::dispatch(|| work(0, lay.rows, &mut dx))
+        work(0, lay.rows, &mut dx)
     } else {
         let rpt = tasks_rows(l, lay.rows);
         let ntasks = lay.rows.div_ceil(rpt);
