@@ -475,10 +475,7 @@ pub fn ln_backward_row<T: Element>(
         (f32_rows(x, g, w), T::as_f32_mut(dw), T::as_f32_mut(db))
     {
         let f = |v: T| v.as_f64() as f32;
-        let dx = match dx {
-            Some(d) => Some(T::as_f32_mut(&mut d[..l]).expect("T is f32")),
-            None => None,
-        };
+        let dx = dx.map(|d| T::as_f32_mut(&mut d[..l]).expect("T is f32"));
         return isa::dispatch(LnBackwardRow {
             x,
             g,
@@ -1044,12 +1041,9 @@ mod tests {
                         assert_eq!(got.0[r * l + i].to_bits(), e.to_bits(), "y on {p}, l={l}");
                     }
                 }
-                for i in 0..l {
-                    assert_eq!(
-                        got.6[i].to_bits(),
-                        (x[i] * 0.7 - 0.3).to_bits(),
-                        "scale_shift on {p}"
-                    );
+                for (z, &xv) in got.6.iter().zip(&x[..l]) {
+                    let e = xv * 0.7 - 0.3;
+                    assert_eq!(z.to_bits(), e.to_bits(), "scale_shift on {p}");
                 }
                 close(&got.1, &want.1, "mean", p);
                 close(&got.2, &want.2, "rstd", p);
