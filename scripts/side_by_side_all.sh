@@ -20,8 +20,10 @@ sbs() {  # name, nabla command, torch command
   "$PY" side_by_side.py --rounds "$ROUNDS" --json --nabla "$BIN $2" --torch "$PY $3" > "$OUT/$1.jsonl"
   "$PY" -c 'import json,sys
 for l in open(sys.argv[1]):
-    d = json.loads(l); c = " ".join(f"{k}={v}" for k, v in d["config"].items() if k not in ("name", "dtype"))
-    print(f"  {c:<78} nabla {d[\"nabla_ms\"]:9.3f} ms  torch {d[\"torch_ms\"]:9.3f} ms  ratio {d[\"ratio_median\"]:5.2f}")' "$OUT/$1.jsonl"
+    d = json.loads(l)
+    c = " ".join(f"{k}={v}" for k, v in d["config"].items() if k not in ("name", "dtype"))
+    n, t, r = d["nabla_ms"], d["torch_ms"], d["ratio_median"]
+    print(f"  {c:<78} nabla {n:9.3f} ms  torch {t:9.3f} ms  ratio {r:5.2f}")' "$OUT/$1.jsonl"
 }
 sbs matmul "bench matmul --json" "bench_matmul.py --json"
 sbs rnn "bench rnn --hidden 64,256,1024 --json --min-time 1" "bench_rnn.py --hidden 64,256,1024 --threads $THREADS --min-time 1"
