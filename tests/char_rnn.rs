@@ -45,7 +45,7 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     assert!((r.val_bpc.unwrap() - v / std::f64::consts::LN_2).abs() < 1e-12);
     // Memory of streaming TBPTT: the window's states only, (k2 + 1)·batch·hidden floats.
     assert_eq!(r.peak_state_floats, 13 * 8 * 24);
-    // Atomic writes leave exactly the trainer's run folder (no temporaries).
+    // Atomic writes leave exactly the trainer's run folder (no temporaries), with its lock.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
@@ -54,6 +54,7 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     assert_eq!(
         names,
         [
+            ".lock",
             "best",
             "checkpoint",
             "config.json",

@@ -7,6 +7,7 @@ use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::models::gnn::{GnnConfig, GnnKind};
 use crate::models::gnn_train::train_node_classifier;
+use crate::outln;
 use crate::train::{Mode, OptimDefaults, OptimizerKind};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -131,7 +132,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
     };
     a.optim.build::<f32>(optim_defaults)?;
     if !a.json {
-        println!(
+        outln!(
             "{}: {} nodes, {} edges, {} features, {} classes, split {}/{}/{}; model {}",
             ds.name,
             ds.num_nodes(),
@@ -142,7 +143,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
             ds.val.len(),
             ds.test.len(),
             kind.name()
-        );
+        )?;
     }
     let mut accs = Vec::new();
     for k in 0..a.seeds {
@@ -164,12 +165,12 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
         let tc = t.config(&default_out, Some(("val_acc", Mode::Max)), 0)?;
         let r = train_node_classifier(&ds, &cfg, &tc, a.optim.build::<f32>(optim_defaults)?)?;
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string(&r).map_err(|e| invalid!("json: {e}"))?
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "seed {seed}: test acc {:.4} of the best-validation model ({} {:.4} after epoch {}; {} epochs, {}, {:.2} s); run folder {}",
                 r.test_acc,
                 r.monitor,
@@ -182,7 +183,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
                 r.outcome,
                 r.seconds,
                 r.run_dir.display()
-            );
+            )?;
         }
         accs.push(r.test_acc);
     }
@@ -190,17 +191,17 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
     let mean = accs.iter().sum::<f64>() / n;
     let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n).sqrt();
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"summary": true, "model": kind.name(), "dataset": ds.name, "seeds": accs.len(), "mean_test_acc": mean, "std_test_acc": std, "test_accs": accs})
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "mean test accuracy over {} seeds: {:.4} ± {:.4}",
             accs.len(),
             mean,
             std
-        );
+        )?;
     }
     Ok(())
 }
@@ -222,21 +223,24 @@ fn influence_cmd(a: &InfluenceArgs) -> Result<()> {
     crate::io::atomic_write(a.out.join("influence.json"), text.as_bytes())?;
     plot_influence(&[real.clone(), chain.clone()], &a.out.join("influence.svg"))?;
     if a.json {
-        println!("{v}");
+        outln!("{v}")?;
     } else {
         for r in [&real, &chain] {
-            println!(
+            outln!(
                 "{} node {} after L={} rounds: {} of {} nodes within reach ({} connected); influence beyond reach {:e}; complete graph would need {} edges (has {})",
                 r.graph, r.target, r.layers, r.reachable, r.nodes, r.connected, r.max_influence_beyond_reach, r.complete_graph_edges, r.edges
-            );
+            )?;
             for h in &r.by_hop {
-                println!(
+                outln!(
                     "  hop {:>2}: {:>5} nodes  mean {:.3e}  share {:.4}",
-                    h.hop, h.nodes, h.mean, h.share
-                );
+                    h.hop,
+                    h.nodes,
+                    h.mean,
+                    h.share
+                )?;
             }
         }
-        println!("wrote {}/influence.json and influence.svg", a.out.display());
+        outln!("wrote {}/influence.json and influence.svg", a.out.display())?;
     }
     Ok(())
 }

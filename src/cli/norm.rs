@@ -122,6 +122,5 @@ pub fn bench_norm(args: &BenchNormArgs) -> Result<Vec<BenchResult>> {
 
 pub fn run_bench(args: &BenchNormArgs) -> Result<()> {
     let r = bench_norm(args)?;
-    print_bench(&r, args.common.json);
-    Ok(())
+    print_bench(&r, args.common.json)
 }

@@ -14,6 +14,7 @@
 //! when training ends, so whatever the command prints next starts on a line of its own.
 
 use super::config::ProgressMode;
+use crate::errln;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 
@@ -132,7 +133,7 @@ impl Progress {
     /// A line that is shown even with `--quiet` (on stderr then): why a run stopped early.
     pub(crate) fn notice(&mut self, line: &str) {
         match self {
-            Progress::Quiet => eprintln!("{line}"),
+            Progress::Quiet => errln!("{line}"),
             _ => self.line(line),
         }
     }
