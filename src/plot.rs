@@ -208,6 +208,95 @@ fn tick_count(axis: &Axis, (lo, hi): (f64, f64)) -> usize {
     }
 }
 
+/// The labelled ticks of a logarithmic axis over `lo..=hi` (0 < lo < hi): the powers of ten in
+/// the range when there are at least three (every 2nd, 3rd, … when there are more than eight),
+/// else the 1-2-5 steps of each decade, else — a range under a factor of about 2.5 — evenly
+/// spaced round values (step 1, 2 or 5 · 10^k). Plotters' own log ticks are the powers of ten
+/// only, which leaves one label or none on an axis spanning less than a decade or two.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return Vec::new();
+    }
+    let in_range = |v: f64| v >= lo * (1.0 - 1e-9) && v <= hi * (1.0 + 1e-9);
+    let (k0, k1) = (lo.log10().ceil() as i32, hi.log10().floor() as i32);
+    let decades: Vec<f64> = (k0..=k1).map(|k| 10f64.powi(k)).collect();
+    if decades.len() >= 3 {
+        let every = decades.len().div_ceil(8);
+        return decades.into_iter().step_by(every).collect();
+    }
+    let steps125: Vec<f64> = (k0 - 1..=k1)
+        .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
+        .filter(|&v| in_range(v))
+        .collect();
+    if steps125.len() >= 3 {
+        return steps125;
+    }
+    // The largest round step that gives at least three ticks (at most about eight).
+    // (A factor hi/lo > 1 + 1e-12 reaches three ticks within about 14 decades of steps.)
+    let mut step = 10f64.powi(hi.log10().ceil() as i32);
+    for _ in 0..16 {
+        for m in [5.0, 2.0, 1.0] {
+            let st = step * m / 10.0;
+            let first = (lo / st - 1e-9).ceil() as i64;
+            let last = (hi / st + 1e-9).floor() as i64;
+            if last - first + 1 >= 3 {
+                return (first..=last).map(|i| i as f64 * st).collect();
+            }
+        }
+        step /= 10.0;
+    }
+    vec![lo, hi]
+}
+
+/// The minor (unlabelled) grid of a log axis whose ticks are decades: 2·10^k … 9·10^k.
+fn log_minor(lo: f64, hi: f64) -> Vec<f64> {
+    let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    (k0..=k1)
+        .flat_map(|k| (2..10).map(move |m| m as f64 * 10f64.powi(k)))
+        .filter(|&v| v >= lo && v <= hi)
+        .collect()
+}
+
+/// A logarithmic coordinate with the ticks of [`log_ticks`].
+struct LogAxis {
+    lo: f64,
+    hi: f64,
+}
+
+impl plotters::coord::ranged1d::Ranged for LogAxis {
+    type FormatOption = plotters::coord::ranged1d::NoDefaultFormatting;
+    type ValueType = f64;
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let (a, b) = (self.lo.ln(), self.hi.ln());
+        let t = (v.max(f64::MIN_POSITIVE).ln() - a) / (b - a);
+        limit.0 + (f64::from(limit.1 - limit.0) * t + 1e-3).floor() as i32
+    }
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        let major = log_ticks(self.lo, self.hi);
+        let decades = major
+            .iter()
+            .all(|v| (v.log10() - v.log10().round()).abs() < 1e-9);
+        if hint.weight().allow_light_points() && decades {
+            let mut all = major;
+            all.extend(log_minor(self.lo, self.hi));
+            all.sort_by(f64::total_cmp);
+            all
+        } else {
+            major
+        }
+    }
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+impl plotters::coord::ranged1d::ValueFormatter<f64> for LogAxis {
+    /// Used only where no label formatter is set (a chart drawn without text).
+    fn format(v: &f64) -> String {
+        format!("{v}")
+    }
+}
+
 fn tick_label(axis: &Axis, v: f64) -> String {
     if axis.integer {
         format!("{}", v.round() as i64)
@@ -216,7 +305,15 @@ fn tick_label(axis: &Axis, v: f64) -> String {
         if a == 0.0 {
             "0".into()
         } else if !(1e-3..1e5).contains(&a) {
-            format!("{v:.0e}")
+            // 1e-5, 2e-5, 2.5e-5: the mantissa without trailing zeros.
+            let s = format!("{v:.3e}");
+            let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+            let m = if m.contains('.') {
+                m.trim_end_matches('0').trim_end_matches('.')
+            } else {
+                m
+            };
+            format!("{m}e{e}")
         } else {
             // Enough decimals for the tick spacing, no trailing zeros.
             let s = format!("{v:.4}");
@@ -332,17 +429,15 @@ where
             }
         }};
     }
+    let (xl, yl) = (
+        LogAxis { lo: xr.0, hi: xr.1 },
+        LogAxis { lo: yr.0, hi: yr.1 },
+    );
     match (c.x.log, c.y.log) {
         (false, false) => body!(b.build_cartesian_2d(xr.0..xr.1, yr.0..yr.1).map_err(e)?),
-        (false, true) => body!(b
-            .build_cartesian_2d(xr.0..xr.1, (yr.0..yr.1).log_scale())
-            .map_err(e)?),
-        (true, false) => body!(b
-            .build_cartesian_2d((xr.0..xr.1).log_scale(), yr.0..yr.1)
-            .map_err(e)?),
-        (true, true) => body!(b
-            .build_cartesian_2d((xr.0..xr.1).log_scale(), (yr.0..yr.1).log_scale())
-            .map_err(e)?),
+        (false, true) => body!(b.build_cartesian_2d(xr.0..xr.1, yl).map_err(e)?),
+        (true, false) => body!(b.build_cartesian_2d(xl, yr.0..yr.1).map_err(e)?),
+        (true, true) => body!(b.build_cartesian_2d(xl, yl).map_err(e)?),
     }
     if text {
         // The legend: a column beside the data, one row per series, aligned with the top of
@@ -562,6 +657,61 @@ pub(crate) mod tests {
                 assert_eq!(k, k.round(), "{lo}..{hi}: tick {k}");
             }
         }
+    }
+
+    #[test]
+    fn every_log_axis_has_at_least_three_labelled_ticks() {
+        let cases: [((f64, f64), &[f64]); 5] = [
+            ((3e-7, 2.0), &[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]),
+            (
+                (9e-13, 1.1e3),
+                &[1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2],
+            ),
+            ((0.15, 7.0), &[0.2, 0.5, 1.0, 2.0, 5.0]),
+            ((0.3, 0.6), &[0.3, 0.4, 0.5, 0.6]),
+            (
+                (2.1e-5, 3.3e-5),
+                &[2.2e-5, 2.4e-5, 2.6e-5, 2.8e-5, 3.0e-5, 3.2e-5],
+            ),
+        ];
+        for ((lo, hi), want) in cases {
+            let got = log_ticks(lo, hi);
+            assert_eq!(got.len(), want.len(), "{lo}..{hi}: {got:?}");
+            for (g, w) in got.iter().zip(want) {
+                assert!((g / w - 1.0).abs() < 1e-9, "{lo}..{hi}: {got:?}");
+            }
+        }
+        let y = Axis::new("v").log();
+        assert_eq!(tick_label(&y, 2.5e-5), "2.5e-5");
+        assert_eq!(tick_label(&y, 1e-6), "1e-6");
+        assert_eq!(tick_label(&y, 0.2), "0.2");
+
+        // Drawn: the y axis of a chart whose values span under a decade has >= 3 labels.
+        if font().is_none() {
+            eprintln!("skipping the drawn-label check: no TrueType font under /usr/share/fonts");
+            return;
+        }
+        let c = Chart {
+            title: "t".into(),
+            x: Axis::new("step").integer(),
+            y: Axis::new("norm").log(),
+            series: vec![Series::new(
+                "a",
+                vec![(0.0, 0.31), (1.0, 0.45), (2.0, 0.52)],
+                Mark::Line,
+            )],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log.svg");
+        write_charts(&p, &[c]).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        let x_ticks = svg_x_ticks(&svg);
+        let y_ticks: Vec<String> = svg_text_items(&svg)
+            .into_iter()
+            .filter(|t| t.2.parse::<f64>().is_ok() && !x_ticks.contains(&t.2))
+            .map(|t| t.2)
+            .collect();
+        assert!(y_ticks.len() >= 3, "{y_ticks:?}");
     }
 
     #[test]

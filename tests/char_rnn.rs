@@ -25,7 +25,7 @@ fn args(out: &Path) -> TrainArgs {
         checkpoint_every: 0,
         log_every: 50,
         out: Some(out.to_path_buf()),
-        resume: false,
+        resume: None,
         overwrite: false,
         quiet: true,
         plain: false,
@@ -122,7 +122,7 @@ fn resume_continues_exactly() {
     b.eval_every = 6;
     train(&b).unwrap();
     b.steps = 12;
-    b.resume = true;
+    b.resume = Some(None);
     train(&b).unwrap();
     let (x, y) = (
         load_checkpoint(d1.path()).unwrap(),
@@ -192,7 +192,7 @@ fn bad_input_is_a_clear_error() {
     assert!(e.contains("--resume"), "{e}");
     // Resume without a checkpoint.
     let mut r = args(&dir.path().join("none"));
-    r.resume = true;
+    r.resume = Some(None);
     assert!(train(&r).is_err());
     let _ = CharRnn::new; // the model type is public for other tools
 }

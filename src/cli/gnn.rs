@@ -169,6 +169,26 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
                 "{}",
                 serde_json::to_string(&r).map_err(|e| invalid!("json: {e}"))?
             )?;
+        } else if r.test_acc.is_nan() {
+            // Interrupted (the test split is evaluated once, at the end of a finished run), or
+            // the data has no test nodes.
+            outln!(
+                "seed {seed}: {} after {} epochs ({:.2} s), no test accuracy ({}); best {} {:.4} after epoch {}; run folder {}",
+                r.outcome,
+                r.epochs_run,
+                r.seconds,
+                match r.outcome.as_str() {
+                    "interrupted" => "it is evaluated once, when the run is resumed to its end",
+                    _ => "the data has no test nodes",
+                },
+                r.monitor,
+                match r.monitor.as_str() {
+                    "val_loss" => r.best_val_loss,
+                    _ => r.best_val_acc,
+                },
+                r.best_epoch,
+                r.run_dir.display()
+            )?;
         } else {
             outln!(
                 "seed {seed}: test acc {:.4} of the best-validation model ({} {:.4} after epoch {}; {} epochs, {}, {:.2} s); run folder {}",
@@ -185,7 +205,9 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
                 r.run_dir.display()
             )?;
         }
-        accs.push(r.test_acc);
+        if !r.test_acc.is_nan() {
+            accs.push(r.test_acc);
+        }
     }
     let n = accs.len() as f64;
     let mean = accs.iter().sum::<f64>() / n;
@@ -195,7 +217,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
             "{}",
             json!({"summary": true, "model": kind.name(), "dataset": ds.name, "seeds": accs.len(), "mean_test_acc": mean, "std_test_acc": std, "test_accs": accs})
         )?;
-    } else {
+    } else if !accs.is_empty() {
         outln!(
             "mean test accuracy over {} seeds: {:.4} ± {:.4}",
             accs.len(),

@@ -33,9 +33,11 @@ pub struct TrainArgs {
     /// tenth of the training images, at most 5000 (MNIST: the last 5,000 of the 60,000).
     #[arg(long)]
     pub val_size: Option<usize>,
-    /// Run folder: metrics.jsonl, plot, checkpoint/, best/.
+    /// Run folder: config.json, metrics.jsonl, plot, checkpoint/, best/. Default: runs/vit, or
+    /// the first free runs/vit-N when that holds a run (said on stderr; --overwrite replaces
+    /// runs/vit, --resume continues it).
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Side of the (square) model input; images are resized bilinearly if it differs from the
     /// data's. Default: the data's own size.
     #[arg(long)]
@@ -88,9 +90,9 @@ pub struct TrainArgs {
     /// Stop after this many evaluations without a better val_acc (default: train to the end).
     #[arg(long)]
     pub patience: Option<u64>,
-    /// Continue the run in --out from its checkpoint.
-    #[arg(long)]
-    pub resume: bool,
+    /// Continue a run from its checkpoint: the run in DIR, or in --out (runs/vit) without one.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
     /// Start from this checkpoint's weights and architecture (patch, dim, depth, heads, MLP) at
     /// --image-size: position embeddings are resampled, the head is re-initialized if the data
     /// has another number of classes.
@@ -105,6 +107,10 @@ pub struct TrainArgs {
     /// Evaluate every N steps instead of once per epoch.
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
+    /// Stop after this many seconds of training, with a checkpoint (outcome time_limit, exit
+    /// status 0; --resume continues).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
     /// Checkpoint every N steps (0 = automatically, every 30 s of training or less often if
     /// writing takes over 2% of the time); always at the end and on SIGINT/SIGTERM/SIGHUP.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -112,8 +118,8 @@ pub struct TrainArgs {
     /// Allow reusing a run folder that already has a checkpoint.
     #[arg(long)]
     pub overwrite: bool,
-    /// plain log lines even on a terminal.
-    #[arg(long)]
+    /// Plain log lines even on a terminal (no progress bar).
+    #[arg(long, visible_alias = "plain")]
     pub no_bar: bool,
 }
 
@@ -411,12 +417,21 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
     })
 }
 
+/// Run folder of `nabla vit train` without `--out`.
+pub const DEFAULT_OUT: &str = "runs/vit";
+
 pub fn train(a: &TrainArgs) -> Result<()> {
     let mut task = build_task(a)?;
     let opt = AdamW::<f32>::new(AdamConfig::new(a.lr).weight_decay(a.weight_decay))?;
+    let (out_dir, resume) = crate::train::run_dirs(
+        a.out.as_deref(),
+        a.resume.as_ref().map(Option::as_deref),
+        a.overwrite,
+        DEFAULT_OUT,
+    );
     let cfg = TrainConfig {
-        out_dir: a.out.clone(),
-        resume: if a.resume { Some(a.out.clone()) } else { None },
+        out_dir,
+        resume,
         overwrite: a.overwrite,
         seed: a.seed,
         max_steps: a.steps,
@@ -424,6 +439,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         eval_every: a.eval_every,
         log_every: 50,
         checkpoint_every: a.checkpoint_every,
+        time_limit_s: a.time_limit,
         schedule: LrSchedule::Cosine {
             min_lr: a.lr * 0.01,
         },

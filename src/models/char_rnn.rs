@@ -26,8 +26,8 @@ use crate::optim::{Adam, AdamConfig};
 use crate::outln;
 use crate::tensor::Tensor;
 use crate::train::{
-    fresh_run_dir, load_checkpoint_state, CheckpointState, EarlyStopping, Metrics, Mode,
-    PlotFormat, ProgressMode, StepOutput, TrainConfig, TrainModel, Trainer,
+    load_checkpoint_state, run_dirs, CheckpointState, EarlyStopping, Metrics, Mode, PlotFormat,
+    ProgressMode, StepOutput, TrainConfig, TrainModel, Trainer,
 };
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -267,9 +267,10 @@ pub struct TrainArgs {
     /// metrics.jsonl, metrics.svg. Default: runs/char-rnn, or the first free runs/char-rnn-N.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its checkpoint (model settings come from the checkpoint).
-    #[arg(long)]
-    pub resume: bool,
+    /// Continue a run from its checkpoint: the run in DIR, or in --out (runs/char-rnn) without
+    /// one (model settings come from the checkpoint).
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
     /// Start afresh even if --out already holds a checkpoint.
     #[arg(long)]
     pub overwrite: bool,
@@ -574,19 +575,20 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             a.time_limit
         ));
     }
-    let out = match &a.out {
-        Some(o) => o.clone(),
-        None if a.resume || a.overwrite => PathBuf::from(DEFAULT_OUT),
-        None => fresh_run_dir(Path::new(DEFAULT_OUT)),
-    };
+    let (out, resume) = run_dirs(
+        a.out.as_deref(),
+        a.resume.as_ref().map(Option::as_deref),
+        a.overwrite,
+        DEFAULT_OUT,
+    );
     let activation = Activation::parse(&a.activation)?;
-    let config = if a.resume {
+    let config = if let Some(from) = &resume {
         // The model settings (and the text seed of the built-in corpus) come from the run.
-        let st = load_checkpoint_state(&out)?;
+        let st = load_checkpoint_state(from)?;
         serde_json::from_value::<CharRnnConfig>(st.model_config).map_err(|e| {
             invalid!(
                 "--resume: {} does not hold a `nabla rnn train` run: {e}",
-                out.display()
+                from.display()
             )
         })?
     } else {
@@ -608,11 +610,11 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     };
     let (text, text_name) = load_text(&a.text, config.seed)?;
     let corpus = CharCorpus::with_test(&text, config.val_frac, config.test_frac)?;
-    let config = if a.resume {
+    let config = if let Some(from) = &resume {
         if config.vocab != corpus.vocab.as_string() || config.text_chars != text.chars().count() {
             return Err(invalid!(
                 "--resume: the run in {} was trained on another text ({} characters, vocabulary of {}), this one has {} characters and {}",
-                out.display(),
+                from.display(),
                 config.text_chars,
                 config.vocab.chars().count(),
                 text.chars().count(),
@@ -632,7 +634,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     let mut task = CharRnnTask::new(model, corpus)?;
     let tcfg = TrainConfig {
         out_dir: out.clone(),
-        resume: a.resume.then(|| out.clone()),
+        resume,
         overwrite: a.overwrite,
         seed: config.seed,
         max_steps: Some(a.steps),

@@ -287,6 +287,27 @@ pub fn fresh_run_dir(default: &Path) -> PathBuf {
     dir
 }
 
+/// The run folder of a `train` command and the folder it resumes from, if any: `--out`, else the
+/// folder of `--resume DIR`, else the command's `default` folder — as it is with `--resume` or
+/// `--overwrite` alone (they name it on purpose), otherwise [`fresh_run_dir`] of it. `resume` is
+/// `Some(None)` for a bare `--resume` (continue the run folder itself).
+pub fn run_dirs(
+    out: Option<&Path>,
+    resume: Option<Option<&Path>>,
+    overwrite: bool,
+    default: &str,
+) -> (PathBuf, Option<PathBuf>) {
+    let out_dir = match (out, resume) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, Some(Some(r))) => r.to_path_buf(),
+        (None, Some(None)) => PathBuf::from(default),
+        (None, None) if overwrite => PathBuf::from(default),
+        (None, None) => fresh_run_dir(Path::new(default)),
+    };
+    let resume = resume.map(|r| r.map_or_else(|| out_dir.clone(), Path::to_path_buf));
+    (out_dir, resume)
+}
+
 /// Schedule names of `--schedule`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ScheduleKind {
@@ -386,12 +407,12 @@ impl TrainArgs {
         default_monitor: Option<(&str, Mode)>,
         default_eval_every: u64,
     ) -> Result<TrainConfig> {
-        let out_dir = match (&self.out, &self.resume) {
-            (Some(o), _) => o.clone(),
-            (None, Some(r)) => r.clone(),
-            (None, None) if self.overwrite => PathBuf::from(default_out),
-            (None, None) => fresh_run_dir(Path::new(default_out)),
-        };
+        let (out_dir, resume) = run_dirs(
+            self.out.as_deref(),
+            self.resume.as_deref().map(Some),
+            self.overwrite,
+            default_out,
+        );
         let monitor = match (&self.monitor, default_monitor) {
             (Some(name), _) => {
                 let mode = self.monitor_mode.unwrap_or_else(|| guess_mode(name));
@@ -417,7 +438,7 @@ impl TrainArgs {
         };
         let cfg = TrainConfig {
             out_dir,
-            resume: self.resume.clone(),
+            resume,
             overwrite: self.overwrite,
             seed: self.seed,
             max_steps: self.steps,

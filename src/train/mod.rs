@@ -98,7 +98,7 @@ pub use checkpoint::{
     load_checkpoint_state, BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT,
 };
 pub use config::{
-    fresh_run_dir, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs,
+    fresh_run_dir, run_dirs, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs,
     TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
 };
 pub use final_test::{read_test_record, TestRecord};

@@ -16,6 +16,7 @@
 //! [`super::TrainConfig::handle_signals`] (every `nabla … train` command sets it), not when the
 //! process starts: other commands keep the default action, so Ctrl-C stops a benchmark at once.
 
+use super::progress::BAR_ON_SCREEN;
 use crate::error::{NablaError, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -87,7 +88,13 @@ pub fn install_stop_handlers() -> Result<()> {
                         .is_ok();
                     if !first && n != libc::SIGPIPE {
                         // Second signal: only async-signal-safe calls (write, _exit) from here.
-                        let msg = b"\nsecond stop signal: exiting without a new checkpoint\n";
+                        // A progress bar on screen is erased first (an atomic load), so the
+                        // message does not land on its last frame.
+                        let msg: &[u8] = if BAR_ON_SCREEN.load(Ordering::SeqCst) {
+                            b"\r\x1b[2Ksecond stop signal: exiting without a new checkpoint\n"
+                        } else {
+                            b"\nsecond stop signal: exiting without a new checkpoint\n"
+                        };
                         // SAFETY: write(2) on the stderr descriptor with a valid buffer.
                         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
                         signal_hook::low_level::exit(128 + n);

@@ -79,15 +79,11 @@ impl TrainSummary {
             Outcome::Completed => "finished".to_string(),
             Outcome::EarlyStopped => "stopped early (no improvement)".to_string(),
             Outcome::Interrupted => format!(
-                "interrupted{}; resume with --resume {}",
+                "interrupted{}",
                 self.signal
-                    .map_or(String::new(), |s| format!(" by {}", s.name())),
-                self.run_dir.display()
+                    .map_or(String::new(), |s| format!(" by {}", s.name()))
             ),
-            Outcome::TimeLimit => format!(
-                "stopped by the time limit; resume with --resume {}",
-                self.run_dir.display()
-            ),
+            Outcome::TimeLimit => "stopped by the time limit".to_string(),
         };
         let mut s = format!(
             "{what} at step {}/{} after {}; checkpoint: {}",
@@ -96,6 +92,12 @@ impl TrainSummary {
             fmt_duration(self.wall_time_s),
             self.checkpoint.display()
         );
+        if matches!(self.outcome, Outcome::Interrupted | Outcome::TimeLimit) {
+            s.push_str(&format!(
+                "; continue with --resume {}",
+                self.run_dir.display()
+            ));
+        }
         if let Some(l) = &self.last {
             s.push_str(&format!(
                 "\nlast evaluation: train_loss={}",
@@ -652,8 +654,8 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                         format!("{}:{}@{}", b.metric, fmt_num(b.value), b.step),
                     ));
                 }
-                progress.line(&format_log_line("eval", step, total, &fields));
-                // The bar shows this evaluation at once, not from the next step on.
+                // The bar shows this evaluation at once (it is redrawn below the eval line),
+                // not from the next step on.
                 progress.tick(step, || {
                     bar_message(
                         out.loss,
@@ -663,6 +665,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                         eta(step, session.elapsed().as_secs_f64()),
                     )
                 });
+                progress.line(&format_log_line("eval", step, total, &fields));
                 if improved {
                     run.pending_best = Some((model_tensors(model)?, {
                         let mut b = run.st.clone();
@@ -756,7 +759,7 @@ fn model_tensors<T: Element, M: TrainModel<T>>(model: &M) -> Result<NamedTensors
 }
 
 /// The bar's status: this step's loss, the latest value of the monitored metric (with its step),
-/// throughput and the time left.
+/// the time left and the throughput.
 fn bar_message(
     loss: f64,
     monitor: &Option<(String, super::Mode)>,
@@ -770,8 +773,9 @@ fn bar_message(
             m.push_str(&format!(" {name} {} (step {})", fmt_num(*v), r.step));
         }
     }
+    // The time left before the throughput: a narrow terminal cuts the bar's end off.
     m.push_str(&format!(
-        " {items_per_s:.0} items/s eta {}",
+        " eta {} {items_per_s:.0} items/s",
         fmt_duration(eta_s)
     ));
     m
