@@ -204,7 +204,7 @@ pub fn plot_influence(reports: &[InfluenceReport], path: &std::path::Path) -> Re
         &[Chart {
             title: format!("Jacobian influence by hop, L = {layers} (0 beyond {layers} hops)"),
             x: Axis::new("hop distance from the target node (edges)").integer(),
-            y: Axis::new("mean ‖∂h_i^L/∂h_j^0‖_F (log scale)").log(),
+            y: Axis::new("mean Frobenius norm ‖∂h_i(L) / ∂h_j(0)‖ (log scale)").log(),
             series,
         }],
     )

@@ -231,14 +231,15 @@ pub fn write_rollout_png(
                 font(13),
             ))?;
         }
+        // The bar's caption midway between the "1" and "0.5" labels, clear of both.
         draw(Text::new(
             "rollout, min-max".to_string(),
-            (bx + 8, top + p / 2 - 40),
+            (bx + 8, top + p / 4 - 14),
             font(13),
         ))?;
         draw(Text::new(
             "normalized".to_string(),
-            (bx + 8, top + p / 2 - 24),
+            (bx + 8, top + p / 4 + 2),
             font(13),
         ))?;
         root.present().map_err(|e| err(e.to_string()))?;

@@ -20,7 +20,7 @@ pub enum VitCommand {
     /// with the run's own normalization and class names.
     Predict(crate::cli::vit_predict::PredictArgs),
     /// Train a ViT (AdamW, warm-up + cosine, per-epoch validation, checkpoints, resume).
-    Train(crate::cli::vit_train::TrainArgs),
+    Train(Box<crate::cli::vit_train::TrainArgs>),
     /// Test accuracy and loss of a checkpoint on a data set.
     Eval(EvalArgs),
     /// Mean attention distance per head/layer (JSON + SVG plot) and attention-rollout PNGs.
