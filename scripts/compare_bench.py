@@ -10,13 +10,16 @@ import sys
 SKIP = {"median_s", "min_s", "max_s", "reps", "impl", "gflops", "items_per_s", "images_per_s", "tokens_per_s",
         "gb_per_s", "bandwidth_fraction", "flops", "gflops_achieved", "matmul_fraction",
         "thread_cpu_median_s", "torch", "bytes", "gbs", "copy_gbs", "bw_fraction", "fraction_of_matmul",
-        "gflop_per_step", "matmul512_gflops", "fma_peak_gflops", "fraction_of_peak", "peak_step_ms"}
+        "gflop_per_step", "matmul512_gflops", "fma_peak_gflops", "fraction_of_peak", "peak_step_ms",
+        "fraction_of_bandwidth", "copy_bandwidth_gbs", "copy_bandwidth_gbs_1_thread",
+        # Descriptions one side reports and the other does not (the GNN rows).
+        "backend", "input_dropout", "edges_with_self_loops", "feature_nnz", "features"}
 
 
 def key(r):
     """A row's configuration: its parameters without the measurements. The PyTorch scripts
-    name their rows "torch_<name>" (or "<name>_torch"); the name is normalized in place."""
-    r["name"] = r["name"].removeprefix("torch_").removesuffix("_torch")
+    name their rows "torch_<name>", "<name>_torch" or "pyg_<name>"; the name is normalized in place."""
+    r["name"] = r["name"].removeprefix("torch_").removeprefix("pyg_").removesuffix("_torch")
     return tuple(sorted((k, str(v)) for k, v in r.items() if k not in SKIP))
 
 

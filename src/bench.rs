@@ -1,6 +1,7 @@
 //! Benchmark convention shared by every `nabla bench …` command: warm up, repeat, report the
 //! median/min/max seconds per call; `--json` prints one JSON object per configuration per line.
 
+use crate::kernels::peak::{self, ProbeRun};
 use crate::kernels::{gemm, MatLayout};
 use crate::tensor::Element;
 use serde_json::{json, Map, Value};
@@ -158,30 +159,76 @@ pub fn matmul_gflops<T: Element>(
     (r, gf)
 }
 
-/// Peak f32 FMA rate of the current rayon pool in GFLOP/s: every thread runs
-/// register-only FMA chains at the same time (widest vectors the CPU has). No product can
-/// beat it; `bench vit` and `bench matmul` report their rates against it.
+/// Times an all-threads probe: `warmup` runs, then runs until the options are met. The times
+/// reported are the probe's own wall times (first start to last end inside the threads, see
+/// [`peak::on_every_thread`]), and the rate is the work of a run over the median of them.
+fn time_probe(
+    name: &str,
+    params: Value,
+    opts: &BenchOptions,
+    mut probe: impl FnMut() -> ProbeRun,
+) -> (BenchResult, f64) {
+    let mut walls = Vec::new();
+    let mut work = 0.0;
+    let mut r = run(name, params, opts, || {
+        let p = probe();
+        work = p.work();
+        walls.push(p.wall_s());
+    });
+    // The first `warmup` entries are the warm-up runs.
+    let mut walls = walls.split_off(opts.warmup.min(walls.len()));
+    walls.sort_by(f64::total_cmp);
+    if let (Some(&lo), Some(&hi)) = (walls.first(), walls.last()) {
+        (r.median_s, r.min_s, r.max_s) = (walls[walls.len() / 2], lo, hi);
+    }
+    let rate = work / r.median_s.max(1e-12);
+    (r, rate)
+}
+
+/// Peak f32 FMA rate of the current rayon pool in GFLOP/s: every thread runs register-only FMA
+/// chains at the same time (widest vectors the CPU has), ≈ N× one thread on N cores. No product
+/// can beat it; the compute-bound `nabla bench` rows report their rates against it.
 pub fn fma_peak_gflops(opts: &BenchOptions) -> (BenchResult, f64) {
     let threads = rayon::current_num_threads();
-    let mut flops = 0.0;
-    let r = run(
+    let (r, flops_per_s) = time_probe(
         "fma_peak",
         json!({"dtype": "f32", "threads": threads}),
         opts,
-        || {
-            // broadcast, not a parallel iterator: a short job may finish on one thread before
-            // the other wakes up to steal.
-            flops = rayon::broadcast(|_| crate::kernels::peak::fma_chains())
-                .iter()
-                .sum::<f64>()
-        },
+        peak::fma_all_threads,
     );
-    let gf = flops / r.median_s / 1e9;
-    (r, gf)
+    (r, flops_per_s / 1e9)
+}
+
+/// Copy bandwidth of the current rayon pool in GB/s: every thread copies its part of two
+/// buffers far larger than the last-level cache at the same time
+/// ([`peak::CopyBuffers::copy_all_threads`]; bytes read + bytes written). The memory-bound
+/// `nabla bench` rows report their traffic against it.
+pub fn copy_bandwidth_gbs(opts: &BenchOptions) -> (BenchResult, f64) {
+    let bytes = peak::copy_buffer_bytes();
+    let mut bufs = peak::CopyBuffers::new(bytes);
+    let (r, bytes_per_s) = time_probe(
+        "copy_bandwidth",
+        json!({"buffer_bytes": bytes, "threads": rayon::current_num_threads()}),
+        opts,
+        || bufs.copy_all_threads(),
+    );
+    (r, bytes_per_s / 1e9)
+}
+
+/// The options of the ceilings' probes inside other benchmarks: short, a few runs.
+pub fn probe_options() -> BenchOptions {
+    BenchOptions {
+        warmup: 1,
+        min_reps: 5,
+        min_time_s: 0.2,
+        max_reps: 50,
+    }
 }
 
 /// `nabla bench matmul`: square sizes 64…1024 and the RNN-step shape 32×256·256×256, on one
-/// thread and on all threads.
+/// thread and on all threads. Products are compute-bound: `2mnk` flops each, against the FMA
+/// peak of the same thread count (`fraction_of_peak`); the `fma_peak` rows report their
+/// fraction of `threads ×` the one-thread peak.
 pub fn bench_matmul(opts: &BenchOptions) -> Vec<BenchResult> {
     let shapes: Vec<(usize, usize, usize)> = vec![
         (64, 64, 64),
@@ -197,9 +244,17 @@ pub fn bench_matmul(opts: &BenchOptions) -> Vec<BenchResult> {
         thread_counts.push(all);
     }
     let mut out = Vec::new();
+    let mut peak_1 = 0.0;
     for &t in &thread_counts {
         let (mut r, peak) = with_threads(t, || fma_peak_gflops(opts));
+        if t == 1 {
+            peak_1 = peak;
+        }
         r.extra.insert("gflops".into(), json!(peak));
+        // The peak row against the ideal of t single threads: how well the probe (and the
+        // machine: SMT siblings share FMA units) scales.
+        r.extra
+            .insert("fraction_of_peak".into(), json!(peak / (t as f64 * peak_1)));
         out.push(r);
         for &(m, n, k) in &shapes {
             let (mut r, gf) = with_threads(t, || matmul_gflops::<f32>(m, n, k, opts));

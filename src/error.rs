@@ -19,6 +19,11 @@ pub enum NablaError {
     Format { path: String, msg: String },
     #[error("non-finite value: {0}")]
     NonFinite(String),
+    /// Standard output could not be written: closed (a pipe whose reader has exited, see
+    /// [`NablaError::is_broken_pipe`]), full (`/dev/full`, a full disk) or over the file-size
+    /// limit.
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
     #[error("{0}")]
     Other(String),
 }
@@ -42,6 +47,32 @@ impl NablaError {
         NablaError::Format {
             path: path.as_ref().display().to_string(),
             msg: msg.into(),
+        }
+    }
+    /// The operating-system error behind an I/O failure, if this is one.
+    pub fn io_source(&self) -> Option<&std::io::Error> {
+        match self {
+            NablaError::Io { source, .. } | NablaError::Stdout(source) => Some(source),
+            _ => None,
+        }
+    }
+    /// Whether the output's reader has gone away (EPIPE): the command ends quietly with the
+    /// status a shell reports for SIGPIPE, as `head` and `true` at the end of a pipe expect.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.io_source()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+    /// What to do about an error the message of the operating system does not explain:
+    /// "File too large" (EFBIG) comes from the per-process file-size limit far more often than
+    /// from the file system.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self.io_source()?.raw_os_error()? {
+            libc::EFBIG => Some(
+                "the file-size limit of this process (`ulimit -f`, RLIMIT_FSIZE) or of the file system was reached",
+            ),
+            libc::ENOSPC => Some("the disk (or the output device) is full"),
+            libc::EDQUOT => Some("the disk quota is exhausted"),
+            _ => None,
         }
     }
 }

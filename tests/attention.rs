@@ -325,3 +325,16 @@ fn mhsa_matches_pytorch_fixtures() {
         }
     }
 }
+
+/// The gradient checks, fused-vs-reference and PyTorch fixtures again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "mhsa_gradcheck_f64_all_variants",
+        "mhsa_fused_matches_reference_path",
+        "sdpa_gradcheck_f64_cross_and_masked",
+        "sdpa_fully_masked_row_is_zero_and_bad_mask_is_error",
+        "mhsa_matches_pytorch_fixtures",
+    ]);
+}

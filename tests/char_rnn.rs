@@ -1,4 +1,5 @@
 //! The character-level Elman language model: learning, TBPTT memory, resume, sampling, bad input.
+mod common;
 
 use nabla::models::char_rnn::{load_checkpoint, train, CharRnn, TrainArgs};
 use nabla::train::{read_metrics_jsonl, read_test_record, PlotFormat};
@@ -44,7 +45,7 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     assert!((r.val_bpc.unwrap() - v / std::f64::consts::LN_2).abs() < 1e-12);
     // Memory of streaming TBPTT: the window's states only, (k2 + 1)·batch·hidden floats.
     assert_eq!(r.peak_state_floats, 13 * 8 * 24);
-    // Atomic writes leave exactly the trainer's run folder (no temporaries).
+    // Atomic writes leave exactly the trainer's run folder (no temporaries), with its lock.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
@@ -53,6 +54,7 @@ fn learns_the_reber_corpus_and_samples_grammatical_strings() {
     assert_eq!(
         names,
         [
+            ".lock",
             "best",
             "checkpoint",
             "config.json",
@@ -246,4 +248,11 @@ fn cli_train_and_sample() {
         err.contains("k2 >= k1") && !err.contains("panicked"),
         "{err}"
     );
+}
+
+/// The exact resume again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&["resume_continues_exactly"]);
 }

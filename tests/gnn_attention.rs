@@ -301,3 +301,15 @@ fn matches_pytorch_multihead_attention_fixtures() {
         );
     }
 }
+
+/// The graph-attention equivalences, gradient checks and PyTorch fixtures again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "complete_graph_attention_equals_dense_attention",
+        "sparse_graph_attention_equals_masked_dense_attention",
+        "attention_gradchecks",
+        "matches_pytorch_multihead_attention_fixtures",
+    ]);
+}

@@ -326,3 +326,10 @@ fn cora_tsv_matches_the_readme_counts() {
     assert_eq!(first, vec![3, 4, 4, 0, 3, 2, 0, 3, 3, 2]);
     assert_eq!(ds.graph.symmetric().num_edges(), 10556);
 }
+
+/// The resumed GNN run again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&["train_writes_a_run_folder_and_resume_continues_it"]);
+}

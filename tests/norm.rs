@@ -582,3 +582,21 @@ fn four_d_layout_group_instance_layer_gradcheck_and_reference() {
     )
     .is_err());
 }
+
+/// The PyTorch fixtures, gradient checks and fused-vs-reference tests again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "row_norms_match_pytorch_fixtures",
+        "row_norms_gradcheck_with_and_without_mask",
+        "masked_fused_equals_masked_reference_and_ignores_padding",
+        "layer_norm_module_vit_shape_and_large_parallel_path",
+        "batch_norm_matches_pytorch_fixture",
+        "batch_norm_masked_equals_reference_and_ignores_padding",
+        "batch_norm_gradcheck_train_eval_masked",
+        "batch_norm_eval_uses_running_stats_and_4d_layout",
+        "fused_forward_backward_equals_tape_path",
+        "four_d_layout_group_instance_layer_gradcheck_and_reference",
+    ]);
+}

@@ -1,5 +1,6 @@
 //! Tier 1: every primitive op's hand-derived backward against central finite differences in f64,
 //! through the same generic op code that trains in f32. Tolerance: max relative error < 1e-6.
+mod common;
 
 use nabla::gradcheck::{check_gradients, check_inputs, randn, GradCheckOptions};
 use nabla::ops;
@@ -431,4 +432,22 @@ fn no_grad_tape_records_nothing() {
     let b = ops::tanh(&mut t, a).unwrap();
     let _ = ops::sum_all(&mut t, b).unwrap();
     assert_eq!(t.num_records(), 0);
+}
+
+/// The gradient checks and the PyTorch cross-entropy values again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "grad_add_sub_mul_div_broadcast",
+        "grad_activations",
+        "activation_values",
+        "grad_matmul_variants",
+        "grad_reductions_softmax",
+        "grad_shape_ops",
+        "grad_gather_scatter",
+        "grad_losses",
+        "cross_entropy_matches_pytorch_values",
+        "f32_and_f64_run_the_same_code",
+    ]);
 }

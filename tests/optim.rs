@@ -229,3 +229,14 @@ fn bad_optimizer_arguments_are_errors() {
     opt.load_state_tensors(&wrong, 1).unwrap();
     assert!(opt.step(&mut store).is_err());
 }
+
+/// The PyTorch trajectories and the exact resume of optimizer state again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "optimizers_match_torch_trajectories",
+        "checkpointed_state_resumes_identically",
+        "clip_grad_norm_matches_torch_formula",
+    ]);
+}

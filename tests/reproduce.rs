@@ -1,4 +1,5 @@
 //! `nabla reproduce` end to end: every entry ok, the assignment's exact values, the formats.
+mod common;
 
 use serde_json::Value;
 use std::process::Command;
@@ -216,4 +217,11 @@ fn latex_output_compiles_where_pdflatex_is_installed() {
     );
     let log = String::from_utf8_lossy(&st.stdout);
     assert!(!log.contains("Missing character"), "{log}");
+}
+
+/// The assignment's exact values again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&["every_exercise_is_ok_with_the_exact_values"]);
 }

@@ -2,6 +2,7 @@
 //! leave a checkpoint at the step reached, the plot and a message, and exit with 128 + signal;
 //! `--resume` then ends bit-identical to a run that never stopped. A `--time-limit` stop is its
 //! own outcome and exits 0.
+mod common;
 
 use nabla::models::char_rnn::load_checkpoint;
 use std::io::{BufRead, BufReader};
@@ -166,4 +167,87 @@ fn time_limit_is_its_own_outcome_and_exits_0() {
         assert_eq!(o.status.code(), Some(1), "--time-limit {bad}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("--time-limit"));
     }
+}
+
+/// The bit-identical resume after SIGTERM again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&[
+        "sigterm_checkpoints_exits_143_and_resume_is_bit_identical",
+    ]);
+}
+
+/// The reader of the progress lines goes away (`nabla rnn train 2>&1 | head`): SIGPIPE stops the
+/// run like the other stop signals — a checkpoint at the step reached, the JSON report, status
+/// 141 — instead of killing it without one.
+#[test]
+fn a_closed_progress_pipe_stops_the_run_with_a_checkpoint_and_141() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = rnn_train(tmp.path(), 1_000_000, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for l in lines.by_ref() {
+            if l.unwrap().starts_with("train step=20/") {
+                break;
+            }
+        }
+    } // the reader is dropped here: the next progress line raises SIGPIPE
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(141));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["outcome"], "interrupted");
+    let s = report["steps"].as_u64().unwrap();
+    assert!((20..1000).contains(&s), "stopped at {s}");
+    assert_eq!(load_checkpoint(tmp.path()).unwrap().step, s);
+    assert!(tmp.path().join("metrics.svg").is_file());
+}
+
+/// A write past the file-size limit (`ulimit -f`) is an error, not a death by SIGXFSZ: one line
+/// saying "File too large" and why, status 1, and the previous checkpoint intact. The limit lets
+/// the start-up write probe through; `state.json`, which grows with every evaluation, then
+/// outgrows it at a later checkpoint (or `metrics.jsonl` does).
+#[test]
+fn the_file_size_limit_is_an_error_and_the_previous_checkpoint_stays() {
+    if !Path::new("/bin/sh").exists() {
+        eprintln!("no /bin/sh: nothing to check");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let bin = env!("CARGO_BIN_EXE_nabla");
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        // 64 blocks of 1 KiB (`ulimit -f` counts 1024-byte blocks in sh, bash and dash).
+        .arg(format!(
+            "ulimit -f 64 && exec '{bin}' rnn train --hidden 16 --k1 8 --k2 8 --batch 4 \
+             --eval-every 1 --checkpoint-every 50 --steps 100000 --quiet --out '{}'",
+            out.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("File too large") && err.contains("ulimit -f"),
+        "{err}"
+    );
+    let ck = load_checkpoint(&out).unwrap();
+    assert!(
+        ck.step > 0 && ck.step.is_multiple_of(50),
+        "step {}",
+        ck.step
+    );
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp") || n.contains(".old-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -576,3 +576,10 @@ fn bar_mode_trains_like_the_other_modes() {
         strip_timing(vec![q.last.unwrap()])
     );
 }
+
+/// The bit-identical resume again on every other kernel path this CPU has
+/// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
+#[test]
+fn every_kernel_path() {
+    common::rerun_on_other_kernel_paths(&["resume_after_interrupt_is_bit_identical"]);
+}

@@ -333,7 +333,7 @@ mod tests {
         plot_distances(&p, &per_layer, 28).unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg"));
-        if crate::plot::font().is_some() {
+        if crate::plot::tests::font_or_skip() {
             let texts = crate::plot::tests::svg_texts(&svg);
             for want in [
                 "encoder block (layer)",

@@ -244,6 +244,13 @@ impl<T: Element> Tape<T> {
         }
         out
     }
+    /// Bytes of every value and gradient the tape holds: what benchmarks count as the
+    /// compulsory memory traffic of a step (each tensor written once and read at least once).
+    pub fn tensor_bytes(&self) -> usize {
+        let values: usize = self.values.iter().map(|t| t.numel()).sum();
+        let grads: usize = self.grads.iter().flatten().map(|g| g.numel()).sum();
+        (values + grads) * std::mem::size_of::<T>()
+    }
     /// Drops all recorded ops and gradients but keeps nothing else alive; reuse for the next step.
     pub fn clear(&mut self) {
         let enabled = self.grad_enabled;

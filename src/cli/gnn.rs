@@ -7,6 +7,7 @@ use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::models::gnn::{GnnConfig, GnnKind};
 use crate::models::gnn_train::train_node_classifier;
+use crate::outln;
 use crate::train::{Mode, OptimDefaults, OptimizerKind};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -131,7 +132,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
     };
     a.optim.build::<f32>(optim_defaults)?;
     if !a.json {
-        println!(
+        outln!(
             "{}: {} nodes, {} edges, {} features, {} classes, split {}/{}/{}; model {}",
             ds.name,
             ds.num_nodes(),
@@ -142,7 +143,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
             ds.val.len(),
             ds.test.len(),
             kind.name()
-        );
+        )?;
     }
     let mut accs = Vec::new();
     for k in 0..a.seeds {
@@ -164,14 +165,14 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
         let tc = t.config(&default_out, Some(("val_acc", Mode::Max)), 0)?;
         let r = train_node_classifier(&ds, &cfg, &tc, a.optim.build::<f32>(optim_defaults)?)?;
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string(&r).map_err(|e| invalid!("json: {e}"))?
-            );
+            )?;
         } else if r.test_acc.is_nan() {
             // Interrupted (the test split is evaluated once, at the end of a finished run), or
             // the data has no test nodes.
-            println!(
+            outln!(
                 "seed {seed}: {} after {} epochs ({:.2} s), no test accuracy ({}); best {} {:.4} after epoch {}; run folder {}",
                 r.outcome,
                 r.epochs_run,
@@ -187,9 +188,9 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
                 },
                 r.best_epoch,
                 r.run_dir.display()
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "seed {seed}: test acc {:.4} of the best-validation model ({} {:.4} after epoch {}; {} epochs, {}, {:.2} s); run folder {}",
                 r.test_acc,
                 r.monitor,
@@ -202,7 +203,7 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
                 r.outcome,
                 r.seconds,
                 r.run_dir.display()
-            );
+            )?;
         }
         if !r.test_acc.is_nan() {
             accs.push(r.test_acc);
@@ -212,17 +213,17 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
     let mean = accs.iter().sum::<f64>() / n;
     let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n).sqrt();
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"summary": true, "model": kind.name(), "dataset": ds.name, "seeds": accs.len(), "mean_test_acc": mean, "std_test_acc": std, "test_accs": accs})
-        );
+        )?;
     } else if !accs.is_empty() {
-        println!(
+        outln!(
             "mean test accuracy over {} seeds: {:.4} ± {:.4}",
             accs.len(),
             mean,
             std
-        );
+        )?;
     }
     Ok(())
 }
@@ -244,7 +245,7 @@ fn influence_cmd(a: &InfluenceArgs) -> Result<()> {
     crate::io::atomic_write(a.out.join("influence.json"), text.as_bytes())?;
     plot_influence(&[real.clone(), chain.clone()], &a.out.join("influence.svg"))?;
     if a.json {
-        println!("{v}");
+        outln!("{v}")?;
     } else {
         // Exact zeros as "0", not "0.000e0".
         let sci = |x: f64| {
@@ -255,10 +256,10 @@ fn influence_cmd(a: &InfluenceArgs) -> Result<()> {
             }
         };
         for r in [&real, &chain] {
-            println!(
+            outln!(
                 "{} node {} after L={} rounds: {} of {} nodes within reach ({} connected); largest influence beyond reach {}; complete graph would need {} edges (has {})",
                 r.graph, r.target, r.layers, r.reachable, r.nodes, r.connected, sci(r.max_influence_beyond_reach), r.complete_graph_edges, r.edges
-            );
+            )?;
             // Hops beyond L carry no influence (message passing cannot reach them): one line
             // for all of them unless one is not zero.
             let beyond: Vec<_> = r.by_hop.iter().filter(|h| h.hop > r.layers).collect();
@@ -267,29 +268,29 @@ fn influence_cmd(a: &InfluenceArgs) -> Result<()> {
                 if collapse && h.hop > r.layers {
                     continue;
                 }
-                println!(
+                outln!(
                     "  hop {:>2}: {:>5} nodes  mean {}  share {:.4}",
                     h.hop,
                     h.nodes,
                     sci(h.mean),
                     h.share
-                );
+                )?;
             }
             if let (true, Some(first), Some(last)) = (collapse, beyond.first(), beyond.last()) {
-                println!(
+                outln!(
                     "  hops {}-{}: {:>5} nodes  mean 0  share 0 (beyond L = {} hops)",
                     first.hop,
                     last.hop,
                     beyond.iter().map(|h| h.nodes).sum::<usize>(),
                     r.layers
-                );
+                )?;
             }
         }
-        println!(
+        outln!(
             "wrote {} and {}",
             a.out.join("influence.json").display(),
             a.out.join("influence.svg").display()
-        );
+        )?;
     }
     Ok(())
 }

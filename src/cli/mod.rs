@@ -2,8 +2,9 @@
 //! nothing here computes anything the library can't.
 
 use crate::bench::{self, BenchOptions, BenchResult};
-use crate::error::Result;
-use clap::{Args, Parser, Subcommand};
+use crate::error::{NablaError, Result};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::io::Write;
 
 pub mod norm;
 use serde_json::json;
@@ -14,6 +15,46 @@ pub mod rnn;
 pub mod vit;
 pub mod vit_predict;
 pub mod vit_train;
+
+/// Writes to standard output, returning a failed write as [`NablaError::Stdout`] instead of
+/// panicking as `print!` does. Every command prints through [`outln!`](crate::outln) /
+/// [`out!`](crate::out), so a closed pipe (`nabla reproduce | head -1`) ends the command with
+/// status 141 and no message, and a full one (`> /dev/full`) with a one-line error ([`main`]).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<()> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(args)
+        .map_err(NablaError::Stdout)
+}
+
+/// `println!` through [`write_stdout`]: evaluates to `Result<()>`, to be propagated with `?`.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` through [`write_stdout`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: a note or an error that cannot reach stderr (a closed pipe,
+/// a full disk) has nowhere else to go, so it is dropped rather than turned into a panic.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,7 +69,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Version, CPU, kernel paths (NABLA_ISA), FMA peak and the measured f32 matmul rate.
+    /// Version, CPU, kernel paths (NABLA_ISA), FMA peak, copy bandwidth and the measured f32
+    /// matmul rate.
     Info {
         #[arg(long)]
         json: bool,
@@ -142,14 +184,15 @@ pub struct GnnBenchArgs {
 }
 
 /// Prints results per the benchmark convention.
-pub fn print_bench(results: &[BenchResult], json: bool) {
+pub fn print_bench(results: &[BenchResult], json: bool) -> Result<()> {
     for r in results {
         if json {
-            println!("{}", r.to_json());
+            outln!("{}", r.to_json())?;
         } else {
-            println!("{}", r.to_text());
+            outln!("{}", r.to_text())?;
         }
     }
+    Ok(())
 }
 
 fn info(as_json: bool) -> Result<()> {
@@ -163,6 +206,9 @@ fn info(as_json: bool) -> Result<()> {
     let threads = rayon::current_num_threads();
     let (_, peak_1) = bench::with_threads(1, || bench::fma_peak_gflops(&opts));
     let (_, peak_all) = bench::fma_peak_gflops(&opts);
+    let probe = bench::probe_options();
+    let (_, bw_1) = bench::with_threads(1, || bench::copy_bandwidth_gbs(&probe));
+    let (_, bw_all) = bench::copy_bandwidth_gbs(&probe);
     let (_, gf) = bench::matmul_gflops::<f32>(512, 512, 512, &opts);
     let cpu = peak::cpu_model();
     let detected: Vec<&str> = isa::detected().iter().map(|i| i.name()).collect();
@@ -178,26 +224,31 @@ fn info(as_json: bool) -> Result<()> {
         "threads": threads,
         "fma_peak_gflops_1_thread": peak_1,
         "fma_peak_gflops": peak_all,
+        "copy_bandwidth_gbs_1_thread": bw_1,
+        "copy_bandwidth_gbs": bw_all,
         "matmul_f32_512_gflops": gf,
         "matmul_fraction_of_peak": gf / peak_all,
     });
     if as_json {
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!("nabla {}", env!("CARGO_PKG_VERSION"));
-        println!("cpu: {cpu}");
-        println!(
+        outln!("nabla {}", env!("CARGO_PKG_VERSION"))?;
+        outln!("cpu: {cpu}")?;
+        outln!(
             "kernel paths: {} detected; {} selected{}",
             detected.join(", "),
             selected,
             if forced { " (NABLA_ISA)" } else { "" }
-        );
-        println!("threads: {threads}");
-        println!("f32 FMA peak: {peak_1:.1} GFLOP/s on 1 thread, {peak_all:.1} on {threads}");
-        println!(
+        )?;
+        outln!("threads: {threads}")?;
+        outln!("f32 FMA peak: {peak_1:.1} GFLOP/s on 1 thread, {peak_all:.1} on {threads}")?;
+        outln!(
+            "copy bandwidth (read + write): {bw_1:.1} GB/s on 1 thread, {bw_all:.1} on {threads}"
+        )?;
+        outln!(
             "f32 matmul 512×512×512: {gf:.1} GFLOP/s ({:.2} of the FMA peak)",
             gf / peak_all
-        );
+        )?;
     }
     Ok(())
 }
@@ -218,12 +269,12 @@ fn reproduce(
         }
     }
     if as_json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&crate::exercises::to_json(&entries)).unwrap_or_default()
-        );
+        )?;
     } else {
-        print!("{}", crate::exercises::render(&entries, format)?);
+        out!("{}", crate::exercises::render(&entries, format)?)?;
     }
     let failed: Vec<&str> = entries
         .iter()
@@ -238,6 +289,28 @@ fn reproduce(
             failed.join(", ")
         )))
     }
+}
+
+/// The first floating-point flag given a non-finite value (`--min-delta NaN`, `--lr inf`), as
+/// `--flag: value`. No flag of nabla means anything with NaN or ±inf, and NaN passes every
+/// `<`/`>` check unnoticed (`--min-delta NaN` made every evaluation "no improvement"), so the
+/// command line refuses them all, whatever the flag: every `f64` argument of `cmd` and of the
+/// subcommand that `m` chose.
+pub fn non_finite_flag(cmd: &clap::Command, m: &clap::ArgMatches) -> Option<String> {
+    for arg in cmd.get_arguments() {
+        if arg.get_value_parser().type_id() != std::any::TypeId::of::<f64>() {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        if let Ok(Some(mut vals)) = m.try_get_many::<f64>(id) {
+            if let Some(v) = vals.find(|v| !v.is_finite()) {
+                let name = arg.get_long().map_or(id.to_string(), |l| format!("--{l}"));
+                return Some(format!("{name}: {v} is not a finite number"));
+            }
+        }
+    }
+    let (name, sub) = m.subcommand()?;
+    non_finite_flag(cmd.find_subcommand(name)?, sub)
 }
 
 /// Runs a parsed command line.
@@ -270,8 +343,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let r = bench::with_threads(a.threads, || {
                 crate::models::vit_bench::bench_vit(&cfg, a.batch, &opts)
             })?;
-            print_bench(&[r], a.common.json);
-            Ok(())
+            print_bench(&[r], a.common.json)
         }
         Command::Gnn(c) => gnn::run(&c),
         Command::Bench(BenchCommand::Gnn(a)) => {
@@ -279,30 +351,47 @@ pub fn run(cli: Cli) -> Result<()> {
             print_bench(
                 &crate::models::gnn_bench::bench_gnn(kind, &a.common.options())?,
                 a.common.json,
-            );
-            Ok(())
+            )
         }
         Command::Bench(BenchCommand::Matmul(c)) => {
-            print_bench(&bench::bench_matmul(&c.options()), c.json);
-            Ok(())
+            print_bench(&bench::bench_matmul(&c.options()), c.json)
         }
         Command::Rnn(c) => rnn::run(c),
-        Command::Bench(BenchCommand::Rnn(a)) => {
-            print_bench(&rnn::bench_rnn(&a)?, a.common.json);
-            Ok(())
-        }
+        Command::Bench(BenchCommand::Rnn(a)) => print_bench(&rnn::bench_rnn(&a)?, a.common.json),
         Command::Bench(BenchCommand::Norm(a)) => norm::run_bench(&a),
     }
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit status 1 and a run
-/// stopped by a signal to `128 + signal` ([`crate::train::StopSignal::exit_code`]).
+/// stopped by a signal to `128 + signal` ([`crate::train::StopSignal::exit_code`]). Output
+/// that cannot be written ends the command quietly with 141 when its reader has gone away
+/// (EPIPE, what a shell reports for a process SIGPIPE killed), with a one-line error and 1
+/// otherwise (ENOSPC, EFBIG).
 pub fn main() -> i32 {
     crate::kernels::tune_allocator();
-    let cli = Cli::parse();
+    // A write beyond the file-size limit (`ulimit -f`) then fails with EFBIG, which is reported
+    // like any other I/O error, instead of SIGXFSZ killing the process (and dumping core) in
+    // the middle of a checkpoint — the previous checkpoint stays in place either way.
+    // SIGPIPE stays ignored, as the Rust runtime sets it: a closed pipe is an EPIPE error
+    // where the program can act on it (see `train::signals` for training runs).
+    // SAFETY: setting a signal's disposition to SIG_IGN before any other thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let cmd = Cli::command();
+    let matches = match cmd.clone().try_get_matches() {
+        Ok(m) => m,
+        // --help and --version go to stdout, which may be closed or full like any output.
+        Err(e) if !e.use_stderr() => return exit_status(e.print().map_err(NablaError::Stdout)),
+        Err(e) => e.exit(),
+    };
+    // Exit status 1 like every other invalid value (`--dim 0`); clap's own errors are 2.
+    if let Some(msg) = non_finite_flag(&cmd, &matches) {
+        errln!("error: {}", crate::invalid!("{msg}"));
+        return 1;
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // A bad NABLA_ISA is an error before any kernel runs (never an illegal instruction).
     if let Err(e) = crate::kernels::isa::init() {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return 2;
     }
     // Run the command on a worker of the rayon pool rather than on the main thread: otherwise
@@ -313,16 +402,32 @@ pub fn main() -> i32 {
         Ok(pool) => pool.install(|| run(cli)),
         Err(_) => run(cli),
     };
-    if let Err(e) = &result {
-        eprintln!("error: {e}");
+    exit_status(result)
+}
+
+/// The exit status of a command that ended with `result`, after writing what stdout still
+/// buffers; reports the error (see [`main`]).
+fn exit_status(mut result: Result<()>) -> i32 {
+    // The last partial line is still in stdout's buffer: write it while an error can be told.
+    if let (Ok(()), Err(e)) = (&result, std::io::stdout().flush()) {
+        result = Err(NablaError::Stdout(e));
     }
-    // A training run stopped by SIGINT/SIGTERM/SIGHUP has saved its checkpoint and said so; the
-    // status tells the caller (a shell, `timeout`, a scheduler) that it did not finish.
-    if let Some(sig) = crate::train::stop_signal() {
-        return sig.exit_code();
-    }
-    match result {
+    let code = match &result {
         Ok(()) => 0,
-        Err(_) => 1,
+        // The reader has what it wanted (`| head -1`): nothing to say.
+        Err(e) if e.is_broken_pipe() => crate::train::StopSignal::BrokenPipe.exit_code(),
+        Err(e) => {
+            match e.hint() {
+                Some(h) => errln!("error: {e}; {h}"),
+                None => errln!("error: {e}"),
+            }
+            1
+        }
+    };
+    // A training run stopped by SIGINT/SIGTERM/SIGHUP/SIGPIPE has saved its checkpoint and said
+    // so; the status tells the caller (a shell, `timeout`, a scheduler) it did not finish.
+    match crate::train::stop_signal() {
+        Some(sig) => sig.exit_code(),
+        None => code,
     }
 }

@@ -1,7 +1,7 @@
 //! `nabla bench norm`: forward+backward time of the fused normalizations, with the bytes they
 //! must move and the fraction of this machine's copy bandwidth they reach.
 
-use crate::bench::{self, BenchOptions, BenchResult};
+use crate::bench::{self, BenchResult};
 use crate::cli::{print_bench, BenchCommon};
 use crate::error::Result;
 use crate::init::Rng;
@@ -9,7 +9,6 @@ use crate::invalid;
 use crate::nn::norm::{fused_forward_backward, RefKind};
 use crate::tensor::Tensor;
 use clap::{Args, ValueEnum};
-use rayon::prelude::*;
 use serde_json::json;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,21 +48,6 @@ fn parse_shape(s: &str) -> Result<[usize; 3]> {
     }
 }
 
-/// Copy bandwidth of this machine in GB/s (bytes read + written per second), all threads,
-/// on 2 × 128 MiB buffers.
-pub fn copy_bandwidth_gbs(opts: &BenchOptions) -> f64 {
-    let n = 32 << 20;
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
-    let (med, _, _, _) = bench::measure(opts, || {
-        dst.par_chunks_mut(1 << 16)
-            .zip(src.par_chunks(1 << 16))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-        std::hint::black_box(&dst);
-    });
-    (2 * n * 4) as f64 / med / 1e9
-}
-
 /// Runs the benchmark configurations.
 pub fn bench_norm(args: &BenchNormArgs) -> Result<Vec<BenchResult>> {
     let opts = args.common.options();
@@ -80,7 +64,8 @@ pub fn bench_norm(args: &BenchNormArgs) -> Result<Vec<BenchResult>> {
             NormLayer::Group,
         ],
     };
-    let copy_gbs = copy_bandwidth_gbs(&opts);
+    // Memory-bound rows: their compulsory traffic against the pool's copy bandwidth.
+    let (_, copy_gbs) = bench::copy_bandwidth_gbs(&bench::probe_options());
     let mut out = Vec::new();
     for [n, c, f] in shapes {
         let mut rng = Rng::new(0);
@@ -127,6 +112,8 @@ pub fn bench_norm(args: &BenchNormArgs) -> Result<Vec<BenchResult>> {
             r.extra.insert("gbs".into(), json!(gbs));
             r.extra.insert("copy_gbs".into(), json!(copy_gbs));
             r.extra.insert("bw_fraction".into(), json!(gbs / copy_gbs));
+            r.extra
+                .insert("fraction_of_bandwidth".into(), json!(gbs / copy_gbs));
             out.push(r);
         }
     }
@@ -135,6 +122,5 @@ pub fn bench_norm(args: &BenchNormArgs) -> Result<Vec<BenchResult>> {
 
 pub fn run_bench(args: &BenchNormArgs) -> Result<()> {
     let r = bench_norm(args)?;
-    print_bench(&r, args.common.json);
-    Ok(())
+    print_bench(&r, args.common.json)
 }

@@ -1,6 +1,7 @@
 //! `nabla plot --metrics RUN/metrics.jsonl --out FILE.svg|.png`: loss and metric curves.
 
 use crate::error::Result;
+use crate::outln;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -17,6 +18,6 @@ pub struct PlotArgs {
 
 pub fn run(a: &PlotArgs) -> Result<()> {
     crate::train::plot::plot_file(&a.metrics, &a.out)?;
-    println!("wrote {}", a.out.display());
+    outln!("wrote {}", a.out.display())?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
 use crate::nn::rnn::{Activation, ElmanWeights, RnnWorkspace};
+use crate::outln;
 use crate::tensor::Tensor;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -81,10 +82,10 @@ fn grad(a: &GradArgs) -> Result<()> {
     let p = an::load_problem(&a.params, &a.batch)?;
     let v = an::grad_json(&p, a.truncate)?;
     if a.json {
-        println!("{v}");
+        outln!("{v}")?;
     } else {
         let d = p.dims()?;
-        println!(
+        outln!(
             "batch {} time {} input {} hidden {} output {}{}",
             d.batch,
             d.seq_len,
@@ -94,10 +95,10 @@ fn grad(a: &GradArgs) -> Result<()> {
             a.truncate
                 .map(|k| format!(", truncated BPTT k = {k}"))
                 .unwrap_or_default()
-        );
-        println!("loss {}", v["loss"]);
+        )?;
+        outln!("loss {}", v["loss"])?;
         for (k, g) in v["grad"].as_object().into_iter().flatten() {
-            println!("grad {k}: {g}");
+            outln!("grad {k}: {g}")?;
         }
     }
     Ok(())
@@ -119,23 +120,27 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
         an::plot(&res, &a.out.join("analysis.png"))?;
     }
     let gh = &res.grad_h_norm;
-    println!(
+    outln!(
         "loss {:.6}  ‖U‖₂ {:.4}  bound sup|σ'|·‖U‖ {:.4}  max ‖∂h_t+1/∂h_t‖ {:.4}",
         res.loss,
         res.spectral_norm_u,
         res.jacobian_bound,
         res.jacobian_norm.iter().copied().fold(0.0, f64::max)
-    );
+    )?;
     if let (Some(first), Some(last)) = (gh.first(), gh.last()) {
-        println!("‖∇h_t L‖: t=1 {first:.4e}, t=T {last:.4e}");
+        outln!("‖∇h_t L‖: t=1 {first:.4e}, t=T {last:.4e}")?;
     }
     for t in &res.truncation {
-        println!(
+        outln!(
             "k {:>4}: cosine {:.6}  rel. error {:.4e} (U {:.4e}, W {:.4e})",
-            t.k, t.cosine, t.rel_error, t.rel_error_u, t.rel_error_w
-        );
+            t.k,
+            t.cosine,
+            t.rel_error,
+            t.rel_error_u,
+            t.rel_error_w
+        )?;
     }
-    println!("wrote {} and {}", jpath.display(), spath.display());
+    outln!("wrote {} and {}", jpath.display(), spath.display())?;
     Ok(())
 }
 

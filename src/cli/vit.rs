@@ -7,6 +7,7 @@ use crate::data::{self, BatchOptions};
 use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::models::vit::{argmax, ForwardOptions, Pool, Vit, VitConfig};
+use crate::outln;
 use crate::tensor::Tensor;
 use crate::{ParamStore, Tape};
 use clap::{Args, Subcommand};
@@ -187,7 +188,19 @@ pub fn evaluate(
             correct += (argmax(r) == t) as usize;
         }
     }
-    let n = ds.len().max(1) as f64;
+    if ds.is_empty() {
+        return Err(invalid!("{}: no images to evaluate", ds.name));
+    }
+    let n = ds.len() as f64;
+    // Non-finite logits (weights that overflow on this data) make the loss NaN and argmax
+    // meaningless: an error, never an accuracy printed with exit status 0.
+    if !loss.is_finite() {
+        return Err(NablaError::NonFinite(format!(
+            "the mean loss of the model on {} is {}: its logits are not finite",
+            ds.name,
+            loss / n
+        )));
+    }
     Ok((correct as f64 / n, loss / n))
 }
 
@@ -196,6 +209,11 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let splits = data::load(a.data.as_deref(), 0)?;
     let test = splits.test_or_err("vit eval")?;
     let test = match a.limit {
+        Some(0) => {
+            return Err(invalid!(
+                "--limit must be at least 1 (the images to evaluate)"
+            ))
+        }
         Some(n) => test.take(n),
         None => test.clone(),
     };
@@ -205,18 +223,18 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let (acc, loss) = evaluate(&vit, &store, &test, &opts, a.batch)?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"data": test.name, "images": test.len(), "accuracy": acc, "loss": loss, "seconds": secs})
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{}: {} images, accuracy {:.4}, loss {:.4} ({secs:.1} s)",
             test.name,
             test.len(),
             acc,
             loss
-        );
+        )?;
     }
     Ok(())
 }
@@ -321,27 +339,27 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     )?;
     let sp = a.out.join("attention_distance.svg");
     plot_distances(&sp, &per_layer, vit.cfg.image_size)?;
-    println!(
+    outln!(
         "mean attention distance (pixels; {} images of {}×{}, patch {patch}) per layer and head:",
         test.len(),
         vit.cfg.image_size,
         vit.cfg.image_size
-    );
+    )?;
     let head_cols: String = (0..heads)
         .map(|h| format!(" {:>7}", format!("head {h}")))
         .collect();
-    println!("{:>5}{head_cols} {:>7}", "layer", "mean");
+    outln!("{:>5}{head_cols} {:>7}", "layer", "mean")?;
     for (l, hs) in per_layer.iter().enumerate() {
         let cells: String = hs.iter().map(|d| format!(" {d:>7.2}")).collect();
         let mean = hs.iter().sum::<f64>() / hs.len().max(1) as f64;
-        println!("{:>5}{cells} {mean:>7.2}", l + 1);
+        outln!("{:>5}{cells} {mean:>7.2}", l + 1)?;
     }
-    println!(
+    outln!(
         "wrote {}, {} and {rollout_done} rollout PNGs in {}",
         jp.display(),
         sp.display(),
         a.out.display()
-    );
+    )?;
     Ok(())
 }
 

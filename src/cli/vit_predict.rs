@@ -17,6 +17,7 @@ use crate::invalid;
 use crate::kernels::log_softmax_rows;
 use crate::models::vit::Pool;
 use crate::tensor::Tensor;
+use crate::{errln, outln};
 use clap::Args;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -169,8 +170,8 @@ fn top_k(p: &[f64], k: usize) -> Vec<usize> {
 }
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
-    if a.top_k == 0 {
-        return Err(invalid!("--top-k must be at least 1"));
+    if a.top_k == 0 || a.limit == Some(0) {
+        return Err(invalid!("--top-k and --limit must be at least 1"));
     }
     let inputs: Vec<&PathBuf> = a.inputs.iter().chain(&a.input_flag).collect();
     if inputs.is_empty() {
@@ -184,7 +185,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     let opts = match saved_batch_options(&a.checkpoint) {
         Some(o) => o,
         None => {
-            eprintln!(
+            errln!(
                 "note: {} saves no normalization (not a nabla run): pixels are only scaled to [0, 1]",
                 a.checkpoint.display()
             );
@@ -231,21 +232,28 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
                 .iter()
                 .map(|&v| (v as f64).exp())
                 .collect();
-            let top = top_k(&p, k);
-            let name = |c: usize| classes.get(c).cloned();
             let label = match it.index {
                 Some(i) => format!("{}[{i}]", it.source),
                 None => it.source.clone(),
             };
+            // NaN logits have no top class (argmax would name the last one): an error.
+            if !lg.iter().all(|v| v.is_finite()) {
+                return Err(NablaError::NonFinite(format!(
+                    "the model's logits for {label} are not finite ({} of {nc} are NaN or infinite)",
+                    lg.iter().filter(|v| !v.is_finite()).count()
+                )));
+            }
+            let top = top_k(&p, k);
+            let name = |c: usize| classes.get(c).cloned();
             if a.json {
                 let t: Vec<_> = top
                     .iter()
                     .map(|&c| json!({"class": c, "name": name(c), "prob": p[c]}))
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     json!({"input": it.source, "index": it.index, "top": t, "probs": p, "logits": lg})
-                );
+                )?;
             } else {
                 let t: Vec<String> = top
                     .iter()
@@ -254,7 +262,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
                         _ => format!("{c} {:.4}", p[c]),
                     })
                     .collect();
-                println!("{label}: {}", t.join(" | "));
+                outln!("{label}: {}", t.join(" | "))?;
             }
         }
     }

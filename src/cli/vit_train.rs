@@ -16,6 +16,7 @@ use crate::train::{
     Trainer,
 };
 use crate::ParamStore;
+use crate::{errln, outln};
 use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -321,7 +322,8 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
     if let Some(n) = a.eval_limit {
         val = val.take(n);
     }
-    let test = splits.test;
+    // An empty test split (a single IDX pair of under six images) is no test split.
+    let test = splits.test.filter(|t| !t.is_empty());
     if train.is_empty() || val.is_empty() {
         return Err(invalid!("empty training or validation set"));
     }
@@ -374,7 +376,7 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
             };
             cfg.validate()?;
             let store = finetune_store(&tensors, &old, &cfg, a.pos_interp, a.seed)?;
-            eprintln!(
+            errln!(
                 "fine-tuning {} ({}x{} → {}x{}, pos_embed {}x{} → {}x{} grid, {:?})",
                 file.display(),
                 old.image_size,
@@ -468,7 +470,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     } else {
         format!("class names from {}", task.train.classes_from)
     };
-    eprintln!(
+    errln!(
         "ViT {} params on {} ({} train / {} validation (the last {} of the training set; they select best/) / {test_note}; {classes_note}; {}x{}x{} → {}x{}), {} steps/epoch",
         task.store.num_elements(),
         task.data_name,
@@ -483,9 +485,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         task.sampler.steps_per_epoch()
     );
     let summary = Trainer::new(cfg, OptimAdapter(opt)).fit(&mut task)?;
-    println!("{}", summary.describe());
+    outln!("{}", summary.describe())?;
     if task.test.is_none() && summary.outcome != crate::train::Outcome::Interrupted {
-        println!("no test_acc: the data has no test split (validation only)");
+        outln!("no test_acc: the data has no test split (validation only)")?;
     }
     Ok(())
 }

@@ -85,8 +85,22 @@ pub fn gunzip_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Images `(N, rows, cols)` and labels `(N)` from two IDX files → a 1-channel data set.
-pub fn load_pair(images: &Path, labels: &Path, name: &str) -> Result<ImageDataset> {
+/// Classes of IDX data in `dir`: as many as `classes.txt` names, else 10 (MNIST, Fashion-MNIST,
+/// the 8x8 digits). An IDX label file does not say how many classes there are, and taking the
+/// largest label + 1 would let one corrupt byte (255) widen the model's head to 256 classes.
+pub fn class_count(dir: &Path) -> Result<usize> {
+    Ok(super::classes_txt(dir)?.map_or(10, |names| names.len()))
+}
+
+/// Images `(N, rows, cols)` and labels `(N)` from two IDX files → a 1-channel data set of
+/// `num_classes` classes; a label outside `0..num_classes` is an error naming the file and the
+/// label's index.
+pub fn load_pair(
+    images: &Path,
+    labels: &Path,
+    name: &str,
+    num_classes: usize,
+) -> Result<ImageDataset> {
     let im = read_idx(images)?;
     let lb = read_idx(labels)?;
     if im.dims.len() != 3 {
@@ -116,7 +130,15 @@ pub fn load_pair(images: &Path, labels: &Path, name: &str) -> Result<ImageDatase
         ));
     }
     let labels_v: Vec<usize> = lb.data.iter().map(|&b| b as usize).collect();
-    let num_classes = labels_v.iter().max().map_or(0, |m| m + 1).max(10);
+    if let Some((i, l)) = labels_v.iter().enumerate().find(|(_, &l)| l >= num_classes) {
+        return Err(NablaError::format(
+            labels,
+            format!(
+                "label {l} at index {i} is not a class of this data set (0..{}): IDX data has 10 classes unless a classes.txt next to it names more, one per line",
+                num_classes.saturating_sub(1)
+            ),
+        ));
+    }
     let ds = ImageDataset {
         pixels: im.data,
         labels: labels_v,
@@ -204,6 +226,7 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
     let te_i = find(dir, "t10k-images-idx3-ubyte");
     let te_l = find(dir, "t10k-labels-idx1-ubyte");
     if tr_i.is_some() || te_i.is_some() || tr_l.is_some() || te_l.is_some() {
+        let classes = class_count(dir)?;
         let need = |p: Option<PathBuf>, what: &str| {
             p.ok_or_else(|| {
                 NablaError::io(
@@ -219,11 +242,13 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
             &need(tr_i, "train-images-idx3-ubyte")?,
             &need(tr_l, "train-labels-idx1-ubyte")?,
             &format!("{name}/train"),
+            classes,
         )?;
         let test = load_pair(
             &need(te_i, "t10k-images-idx3-ubyte")?,
             &need(te_l, "t10k-labels-idx1-ubyte")?,
             &format!("{name}/test"),
+            classes,
         )?;
         return Ok(Some(name_classes(
             Splits {
@@ -252,7 +277,7 @@ pub fn try_load_dir(dir: &Path) -> Result<Option<Splits>> {
             .to_string_lossy()
             .replace("-images-idx3-ubyte", "-labels-idx1-ubyte");
         let lab = PathBuf::from(s);
-        let all = load_pair(img, &lab, &name)?;
+        let all = load_pair(img, &lab, &name, class_count(dir)?)?;
         // No official split: the last sixth (in file order) is the test set.
         let n = all.len();
         let n_test = n / 6;
@@ -298,6 +323,7 @@ mod tests {
             &p.join("a-images-idx3-ubyte"),
             &p.join("a-labels-idx1-ubyte"),
             "a",
+            10,
         )
         .unwrap();
         assert_eq!((ds.len(), ds.height, ds.width), (2, 2, 3));
@@ -333,7 +359,7 @@ mod tests {
             .contains("header"));
         // Count mismatch between images and labels.
         std::fs::write(p.join("l3"), idx_bytes(&[3], &[0, 1, 2])).unwrap();
-        let e = load_pair(&p.join("a-images-idx3-ubyte"), &p.join("l3"), "x")
+        let e = load_pair(&p.join("a-images-idx3-ubyte"), &p.join("l3"), "x", 10)
             .unwrap_err()
             .to_string();
         assert!(e.contains("3 labels for 2 images"), "{e}");
@@ -384,5 +410,30 @@ mod tests {
             name_classes(named, "my-Fashion").train.classes[0],
             "T-shirt/top"
         );
+    }
+
+    /// A label beyond the classes (a corrupt byte, 255) is an error naming the file and the
+    /// index — it never widens the head to 256 classes; `classes.txt` declares a larger count.
+    #[test]
+    fn labels_outside_the_classes_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let img = idx_bytes(&[3, 1, 1], &[0, 1, 2]);
+        std::fs::write(p.join("x-images-idx3-ubyte"), &img).unwrap();
+        std::fs::write(p.join("x-labels-idx1-ubyte"), idx_bytes(&[3], &[4, 255, 9])).unwrap();
+        let e = try_load_dir(p).err().unwrap().to_string();
+        assert!(
+            e.contains("x-labels-idx1-ubyte")
+                && e.contains("label 255 at index 1")
+                && e.contains("0..9"),
+            "{e}"
+        );
+        std::fs::write(p.join("x-labels-idx1-ubyte"), idx_bytes(&[3], &[4, 11, 9])).unwrap();
+        let names: String = (0..12).map(|k| format!("c{k}\n")).collect();
+        std::fs::write(p.join("classes.txt"), names).unwrap();
+        let s = crate::data::load_dir(p).unwrap();
+        assert_eq!(s.train.num_classes, 12);
+        assert_eq!(s.train.labels, vec![4, 11, 9]);
+        assert_eq!(s.train.classes[11], "c11");
     }
 }

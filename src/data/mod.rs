@@ -187,7 +187,7 @@ pub fn default_val_size(n: usize) -> usize {
 }
 
 /// Reads `dir/classes.txt` (one class name per line, label order) if present.
-fn classes_txt(dir: &Path) -> Result<Option<Vec<String>>> {
+pub(crate) fn classes_txt(dir: &Path) -> Result<Option<Vec<String>>> {
     let p = dir.join("classes.txt");
     if !p.is_file() {
         return Ok(None);

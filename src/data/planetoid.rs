@@ -130,7 +130,9 @@ impl NodeDataset {
         let lpath = p("labels.tsv");
         let text = read(&lpath)?;
         let mut labels = Vec::with_capacity(n);
+        let mut label_lines = Vec::with_capacity(n);
         for (ln, l) in lines(&text) {
+            label_lines.push(ln);
             let (node, c) = two_fields(&lpath, ln, l)?;
             let node = parse_node(&lpath, ln, node, Some(n))?;
             if node != labels.len() {
@@ -160,6 +162,29 @@ impl NodeDataset {
                     "{} labels for {n} nodes in {}",
                     labels.len(),
                     fpath.display()
+                ),
+            ));
+        }
+        // The file does not say how many classes there are: K distinct ids must be 0..K-1.
+        // Anything else widens the model's head with classes no node has — a class id of 10^12
+        // would ask for a head of 10^12 outputs.
+        let k = labels
+            .iter()
+            .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if let Some((node, c)) = labels
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| l.filter(|&c| c >= k).map(|c| (i, c)))
+        {
+            return Err(line_err(
+                &lpath,
+                label_lines[node],
+                format!(
+                    "class {c} of node {node} is outside the classes 0..{}: the {k} distinct class ids must be 0..{} (0-based, every class with at least one node)",
+                    k.saturating_sub(1),
+                    k.saturating_sub(1)
                 ),
             ));
         }
@@ -492,7 +517,18 @@ mod tests {
 
     #[test]
     fn tsv_loader_errors_name_file_and_line() {
-        let cases: [(&str, &str, &str); 5] = [
+        let cases: [(&str, &str, &str); 7] = [
+            // Two classes occur (0 and 1000000000000): ids must be 0..1.
+            (
+                "labels.tsv",
+                "0\t0\n1\t1000000000000\n2\t0\n3\t-1\n",
+                "labels.tsv: line 2: class 1000000000000 of node 1 is outside the classes 0..1",
+            ),
+            (
+                "labels.tsv",
+                "0\t0\n1\t2\n2\t2\n3\t0\n",
+                "labels.tsv: line 2: class 2 of node 1 is outside the classes 0..1",
+            ),
             (
                 "edges.tsv",
                 "0\t1\n1\t0\n1\t9\n",

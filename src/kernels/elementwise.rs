@@ -158,6 +158,33 @@ pub fn zip_into<T: Element>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) ->
     }
 }
 
+/// `out[r, j] = f(a[r, j], b[j])` for the rows of `a` (`b.len()` wide, a row broadcast down
+/// them: bias adds, per-feature scales), parallel in whole rows when large.
+pub fn zip_rows_into<T: Element>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+    let m = b.len();
+    if m == 0 {
+        return;
+    }
+    let isa = isa::selected();
+    let run = |o: &mut [T], a: &[T]| {
+        isa::dispatch_on(isa, || {
+            for (o, a) in o.chunks_exact_mut(m).zip(a.chunks_exact(m)) {
+                o.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&a, &b))| *o = f(a, b));
+            }
+        })
+    };
+    if a.len() >= PAR_THRESHOLD {
+        let rows = CHUNK.div_ceil(m) * m;
+        out.par_chunks_mut(rows)
+            .zip(a.par_chunks(rows))
+            .for_each(|(o, a)| run(o, a));
+    } else {
+        run(out, a);
+    }
+}
+
 /// `x[i] ← f(x[i])` in place on the given path (one thread: the callers' rows are small).
 #[inline(always)]
 fn map_in_place_on<T: Copy>(isa: Isa, x: &mut [T], f: impl Fn(T) -> T) {
@@ -422,6 +449,17 @@ mod tests {
         let mut e = vec![0.0f32; n];
         map_into(&x, &mut e, |v| v.exp());
         assert!(e.iter().zip(&x).all(|(e, x)| *e == x.exp()));
+        // A broadcast row, wide and narrow, across the parallel split.
+        for m in [1usize, 7, 64, 5000] {
+            let rows = (PAR_THRESHOLD + 999) / m + 1;
+            let a: Vec<f32> = (0..rows * m).map(|i| (i as f32 * 0.003).sin()).collect();
+            let b: Vec<f32> = (0..m).map(|j| j as f32 * 0.5 - 1.0).collect();
+            let mut out = vec![0.0f32; rows * m];
+            zip_rows_into(&a, &b, &mut out, |x, y| x * y + x);
+            for (i, &o) in out.iter().enumerate() {
+                assert_eq!(o, a[i] * b[i % m] + a[i], "m = {m}, entry {i}");
+            }
+        }
     }
 
     /// A dense sweep of the f32 GELU pair over [−10, 10] against the exact erf forms.

@@ -9,6 +9,7 @@
 //! `gemm` picks its own micro-kernels by the same kind of detection and does not read
 //! `NABLA_ISA`: the variable governs nabla's own kernels.
 
+use crate::errln;
 use crate::error::{NablaError, Result};
 use pulp::WithSimd;
 use std::sync::OnceLock;
@@ -130,7 +131,7 @@ pub fn init() -> Result<Isa> {
 pub fn selected() -> Isa {
     *SELECTED.get_or_init(|| {
         from_env().unwrap_or_else(|e| {
-            eprintln!("nabla: {e}; using {}", best());
+            errln!("nabla: {e}; using {}", best());
             best()
         })
     })

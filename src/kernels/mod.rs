@@ -8,7 +8,11 @@
 //! - [`norm`]: the row and channel statistics and backward sums of the normalization layers;
 //! - [`optim`]: SGD (momentum, Nesterov), Adam and AdamW parameter updates;
 //! - [`dropout`]: Bernoulli masks and their application;
-//! - [`sparse`]: CSR gathers, segment sums and segment softmax of message passing.
+//! - [`sparse`]: message passing and sparse products — CSR segment gathers (weighted per head,
+//!   or plain sums), per-edge head dots, segment maxima, per-edge row sums, row scatter-adds,
+//!   CSR/CSC × dense products and the segment (edge) softmax;
+//! - [`peak`]: the machine's ceilings the benchmarks report against — FMA peak and copy
+//!   bandwidth, on one and on all threads.
 //!
 //! Every kernel has a scalar reference (the plain loop, which is also the `Isa::Scalar` path)
 //! and runs compiled for the SIMD path chosen at run time by [`isa`] (AVX-512F, AVX2+FMA, NEON
@@ -30,7 +34,7 @@ pub mod softmax;
 pub mod sparse;
 pub use elementwise::{
     exp_f32, gelu, gelu_and_grad, gelu_and_grad_f32, gelu_grad, map_into, normal_cdf, normal_pdf,
-    sigmoid, sigmoid_f32, tanh_f32, zip_into,
+    sigmoid, sigmoid_f32, tanh_f32, zip_into, zip_rows_into,
 };
 pub use matmul::{gemm, gemm_to, linear_into, matmul_into, transpose, MatLayout};
 pub use reduce::{col_sums, col_sums_into};

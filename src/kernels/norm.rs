@@ -209,24 +209,250 @@ pub fn affine_grad_sums<T: Element>(g: &[T], m: Option<&[T]>, x: &[T], mu: T, rs
     affine_grad_sums_on(isa::selected(), g, m, x, mu, rs)
 }
 
+/// Loads entries `i..i + L` of `v` (fewer at the end of the row: the rest of the lanes are 0).
+#[inline(always)]
+fn load<S: Simd>(s: S, v: &[f32], i: usize) -> S::f32s {
+    let end = (i + S::F32_LANES).min(v.len());
+    s.partial_load_f32s(&v[i..end])
+}
+
+/// Stores the lanes of `x` that fall inside `v` from entry `i` on.
+#[inline(always)]
+fn store<S: Simd>(s: S, v: &mut [f32], i: usize, x: S::f32s) {
+    let end = (i + S::F32_LANES).min(v.len());
+    s.partial_store_f32s(&mut v[i..end], x)
+}
+
+/// [`normalize_row`] on f32 rows in explicit lanes: a row shorter than LLVM's unrolled vector
+/// loop (LayerNorm over 16 features, say) would otherwise run entirely in its scalar remainder.
+struct NormalizeRow<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    mu: f32,
+    rs: f32,
+}
+
+impl WithSimd for NormalizeRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let (mu, rs) = (s.splat_f32s(self.mu), s.splat_f32s(self.rs));
+        let mut i = 0;
+        while i < self.y.len() {
+            // ((x − μ) σ̃⁻¹) γ + β: the scalar loop's operations in its order (no FMA).
+            let xh = s.mul_f32s(s.sub_f32s(load(s, self.x, i), mu), rs);
+            let y = s.add_f32s(s.mul_f32s(xh, load(s, self.w, i)), load(s, self.b, i));
+            store(s, self.y, i, y);
+            i += S::F32_LANES;
+        }
+    }
+}
+
 /// `y = (x − μ) σ̃⁻¹ γ + β` along a row with per-entry `γ, β` (LayerNorm).
 pub fn normalize_row<T: Element>(x: &[T], y: &mut [T], mu: T, rs: T, w: &[T], b: &[T]) {
     let n = y.len();
     let (x, w, b) = (&x[..n], &w[..n], &b[..n]);
-    isa::dispatch(|| {
-        for i in 0..n {
-            y[i] = (x[i] - mu) * rs * w[i] + b[i];
+    if let (Some([x, w, b]), Some(y)) = (f32_rows(x, w, b), T::as_f32_mut(y)) {
+        let (mu, rs) = (mu.as_f64() as f32, rs.as_f64() as f32);
+        return isa::dispatch(NormalizeRow { x, y, w, b, mu, rs });
+    }
+    for i in 0..n {
+        y[i] = (x[i] - mu) * rs * w[i] + b[i];
+    }
+}
+
+/// [`scale_shift`] on f32 segments in explicit lanes.
+struct ScaleShift<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    a: f32,
+    c: f32,
+}
+
+impl WithSimd for ScaleShift<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let (a, c) = (s.splat_f32s(self.a), s.splat_f32s(self.c));
+        let mut i = 0;
+        while i < self.y.len() {
+            let y = s.add_f32s(s.mul_f32s(load(s, self.x, i), a), c);
+            store(s, self.y, i, y);
+            i += S::F32_LANES;
         }
-    })
+    }
 }
 
 /// `y = x a + c` along a segment (one channel: `a = σ̃⁻¹ γ`, `c = β − μ a`).
 pub fn scale_shift<T: Element>(x: &[T], y: &mut [T], a: T, c: T) {
-    isa::dispatch(|| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * a + c;
+    scale_shift_on(isa::selected(), x, y, a, c)
+}
+
+/// [`scale_shift`] on `isa`.
+pub fn scale_shift_on<T: Element>(isa: Isa, x: &[T], y: &mut [T], a: T, c: T) {
+    let n = y.len().min(x.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    if let (Some(x), Some(y)) = (T::as_f32(x), T::as_f32_mut(y)) {
+        let (a, c) = (a.as_f64() as f32, c.as_f64() as f32);
+        return isa::dispatch_on(isa, ScaleShift { x, y, a, c });
+    }
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x * a + c;
+    }
+}
+
+/// LayerNorm's forward over contiguous rows (no mask, per-entry `γ, β` of the row's length):
+/// per row the shifted statistics (`K = x₀`: `σ² = mean((x − K)²) − mean(x − K)²`, clamped at
+/// 0), `σ̃⁻¹ = 1/√(σ² + ε)`, then `y = x̂ γ + β`. One dispatch for all the rows, with the row
+/// kernels inlined: the same operations as [`shifted_sums`] then [`normalize_row`] row by
+/// row (bit-identical), without a dispatch per 16-entry row.
+pub fn layer_norm_rows<T: Element>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    eps: f64,
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+) {
+    layer_norm_rows_on(isa::selected(), x, w, b, eps, y, mean, rstd)
+}
+
+/// [`layer_norm_rows`] on `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_rows_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    eps: f64,
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+) {
+    let rows = mean.len().min(rstd.len());
+    if rows == 0 {
+        return;
+    }
+    let l = x.len() / rows;
+    let stats = |v: (f64, f64), k: f64| {
+        let inv_n = 1.0 / l as f64;
+        let md = v.0 * inv_n;
+        (
+            k + md,
+            1.0 / ((v.1 * inv_n - md * md).max(0.0) + eps).sqrt(),
+        )
+    };
+    if let (Some([xf, wf, bf]), Some(yf), Some(mf), Some(rf)) = (
+        f32_rows(x, w, b),
+        T::as_f32_mut(y),
+        T::as_f32_mut(mean),
+        T::as_f32_mut(rstd),
+    ) {
+        struct Rows<'a, F> {
+            x: &'a [f32],
+            w: &'a [f32],
+            b: &'a [f32],
+            y: &'a mut [f32],
+            mean: &'a mut [f32],
+            rstd: &'a mut [f32],
+            l: usize,
+            stats: F,
         }
-    })
+        impl<F: Fn((f64, f64), f64) -> (f64, f64)> WithSimd for Rows<'_, F> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let l = self.l;
+                let (w, b) = (&self.w[..l], &self.b[..l]);
+                for (r, yr) in self.y.chunks_exact_mut(l).enumerate().take(self.mean.len()) {
+                    let xr = &self.x[r * l..(r + 1) * l];
+                    let k = xr[0];
+                    let sums = Sums2 {
+                        a: xr,
+                        b: xr,
+                        c: xr,
+                        f: Shifted(k),
+                    }
+                    .with_simd(s);
+                    let (mu, rs) = (self.stats)(sums, k as f64);
+                    let (mu, rs) = (mu as f32, rs as f32);
+                    self.mean[r] = mu;
+                    self.rstd[r] = rs;
+                    NormalizeRow {
+                        x: xr,
+                        y: yr,
+                        w,
+                        b,
+                        mu,
+                        rs,
+                    }
+                    .with_simd(s);
+                }
+            }
+        }
+        let (mean, rstd) = (&mut mf[..rows], &mut rf[..rows]);
+        return isa::dispatch_on(
+            isa,
+            Rows {
+                x: xf,
+                w: wf,
+                b: bf,
+                y: yf,
+                mean,
+                rstd,
+                l,
+                stats,
+            },
+        );
+    }
+    for r in 0..rows {
+        let xr = &x[r * l..(r + 1) * l];
+        let (mu, rs) = stats(shifted_sums(xr, xr[0]), xr[0].as_f64());
+        mean[r] = T::c(mu);
+        rstd[r] = T::c(rs);
+        normalize_row(xr, &mut y[r * l..(r + 1) * l], mean[r], rstd[r], w, b);
+    }
+}
+
+/// [`ln_backward_row`] on f32 rows in explicit lanes (see [`NormalizeRow`] for why).
+struct LnBackwardRow<'a> {
+    x: &'a [f32],
+    g: &'a [f32],
+    w: &'a [f32],
+    mu: f32,
+    rs: f32,
+    c: (f32, f32),
+    dx: Option<&'a mut [f32]>,
+    dw: &'a mut [f32],
+    db: &'a mut [f32],
+}
+
+impl WithSimd for LnBackwardRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let (mu, rs) = (s.splat_f32s(self.mu), s.splat_f32s(self.rs));
+        let (c1, c2) = (s.splat_f32s(self.c.0), s.splat_f32s(self.c.1));
+        let (x, g, w, dw, db) = (self.x, self.g, self.w, self.dw, self.db);
+        let mut dx = self.dx;
+        let mut i = 0;
+        while i < x.len() {
+            let (xv, gv) = (load(s, x, i), load(s, g, i));
+            let xh = s.mul_f32s(s.sub_f32s(xv, mu), rs);
+            store(s, dw, i, s.add_f32s(load(s, dw, i), s.mul_f32s(gv, xh)));
+            store(s, db, i, s.add_f32s(load(s, db, i), gv));
+            if let Some(dx) = dx.as_deref_mut() {
+                // σ̃⁻¹ (g γ − c₁ − x̂ c₂), as the scalar loop groups it.
+                let h = s.sub_f32s(s.mul_f32s(gv, load(s, w, i)), c1);
+                let d = s.mul_f32s(rs, s.sub_f32s(h, s.mul_f32s(xh, c2)));
+                store(s, dx, i, d);
+            }
+            i += S::F32_LANES;
+        }
+    }
 }
 
 /// LayerNorm's backward row (no mask): with `x̂ = (x − μ) σ̃⁻¹`,
@@ -245,9 +471,25 @@ pub fn ln_backward_row<T: Element>(
 ) {
     let l = x.len();
     let (g, w, dw, db) = (&g[..l], &w[..l], &mut dw[..l], &mut db[..l]);
-    isa::dispatch(|| match dx {
+    if let (Some([x, g, w]), Some(dwf), Some(dbf)) =
+        (f32_rows(x, g, w), T::as_f32_mut(dw), T::as_f32_mut(db))
+    {
+        let f = |v: T| v.as_f64() as f32;
+        let dx = dx.map(|d| T::as_f32_mut(&mut d[..l]).expect("T is f32"));
+        return isa::dispatch(LnBackwardRow {
+            x,
+            g,
+            w,
+            mu: f(mu),
+            rs: f(rs),
+            c: (f(c1), f(c2)),
+            dx,
+            dw: dwf,
+            db: dbf,
+        });
+    }
+    match dx {
         Some(dx) => {
-            // Equal-length slices and an index loop: no bounds checks, full vectors.
             let dx = &mut dx[..l];
             for i in 0..l {
                 let (xv, gv) = (x[i], g[i]);
@@ -263,7 +505,461 @@ pub fn ln_backward_row<T: Element>(
                 db[i] += g[i];
             }
         }
-    })
+    }
+}
+
+/// LayerNorm's backward over contiguous rows (no mask): per row `c₁ = mean(h)`,
+/// `c₂ = mean(h x̂)` with `h = g γ` ([`ln_grad_sums`]), then [`ln_backward_row`] into the
+/// T partials `dwt, dbt`, which are added into the f64 totals `dw, db` after every
+/// `flush` rows and after the last (so a partial holds few terms). One dispatch for all the
+/// rows, the row kernels inlined: bit-identical to calling them row by row.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_rows<T: Element>(
+    x: &[T],
+    g: &[T],
+    w: &[T],
+    mean: &[T],
+    rstd: &[T],
+    flush: usize,
+    dx: Option<&mut [T]>,
+    parts: (&mut [T], &mut [T]),
+    totals: (&mut [f64], &mut [f64]),
+) {
+    let isa = isa::selected();
+    layer_norm_backward_rows_on(isa, x, g, w, mean, rstd, flush, dx, parts, totals)
+}
+
+/// [`layer_norm_backward_rows`] on `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_rows_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    g: &[T],
+    w: &[T],
+    mean: &[T],
+    rstd: &[T],
+    flush: usize,
+    mut dx: Option<&mut [T]>,
+    (dwt, dbt): (&mut [T], &mut [T]),
+    (dw, db): (&mut [f64], &mut [f64]),
+) {
+    let rows = mean.len().min(rstd.len());
+    if rows == 0 {
+        return;
+    }
+    let l = x.len() / rows;
+    let flush = flush.max(1);
+    let add = |tot: &mut [f64], part: &mut [T]| {
+        for (a, t) in tot.iter_mut().zip(part.iter_mut()) {
+            *a += t.as_f64();
+            *t = T::zero();
+        }
+    };
+    let f32_dx = match dx.as_deref_mut() {
+        Some(d) => T::as_f32_mut(d).map(Some),
+        None => Some(None),
+    };
+    if let (Some([xf, gf, wf]), Some(dxf), Some(dwf), Some(dbf), Some(mf), Some(rf)) = (
+        f32_rows(x, g, w),
+        f32_dx,
+        T::as_f32_mut(dwt),
+        T::as_f32_mut(dbt),
+        T::as_f32(mean),
+        T::as_f32(rstd),
+    ) {
+        struct Rows<'a> {
+            x: &'a [f32],
+            g: &'a [f32],
+            w: &'a [f32],
+            mean: &'a [f32],
+            rstd: &'a [f32],
+            l: usize,
+            flush: usize,
+            dx: Option<&'a mut [f32]>,
+            dwt: &'a mut [f32],
+            dbt: &'a mut [f32],
+            dw: &'a mut [f64],
+            db: &'a mut [f64],
+        }
+        impl WithSimd for Rows<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let (l, rows) = (self.l, self.mean.len());
+                let inv_l = 1.0 / l as f64;
+                let w = &self.w[..l];
+                let (dwt, dbt) = (&mut self.dwt[..l], &mut self.dbt[..l]);
+                let mut dx = self.dx;
+                for r in 0..rows {
+                    let xr = &self.x[r * l..(r + 1) * l];
+                    let gr = &self.g[r * l..(r + 1) * l];
+                    let (mu, rs) = (self.mean[r], self.rstd[r]);
+                    let (s1, s2) = Sums2 {
+                        a: gr,
+                        b: w,
+                        c: xr,
+                        f: LnGrad(mu, rs),
+                    }
+                    .with_simd(s);
+                    let c = ((s1 * inv_l) as f32, (s2 * inv_l) as f32);
+                    let dxr = dx.as_deref_mut().map(|d| &mut d[r * l..(r + 1) * l]);
+                    let (dw, db) = (&mut *dwt, &mut *dbt);
+                    LnBackwardRow {
+                        x: xr,
+                        g: gr,
+                        w,
+                        mu,
+                        rs,
+                        c,
+                        dx: dxr,
+                        dw,
+                        db,
+                    }
+                    .with_simd(s);
+                    if (r + 1) % self.flush == 0 || r + 1 == rows {
+                        for (a, t) in self.dw.iter_mut().zip(dwt.iter_mut()) {
+                            *a += *t as f64;
+                            *t = 0.0;
+                        }
+                        for (a, t) in self.db.iter_mut().zip(dbt.iter_mut()) {
+                            *a += *t as f64;
+                            *t = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        let (mean, rstd) = (&mf[..rows], &rf[..rows]);
+        return isa::dispatch_on(
+            isa,
+            Rows {
+                x: xf,
+                g: gf,
+                w: wf,
+                mean,
+                rstd,
+                l,
+                flush,
+                dx: dxf,
+                dwt: dwf,
+                dbt: dbf,
+                dw,
+                db,
+            },
+        );
+    }
+    let inv_l = 1.0 / l as f64;
+    for r in 0..rows {
+        let xr = &x[r * l..(r + 1) * l];
+        let gr = &g[r * l..(r + 1) * l];
+        let (mu, rs) = (mean[r], rstd[r]);
+        let (s1, s2) = ln_grad_sums(gr, w, xr, mu, rs);
+        let c = (T::c(s1 * inv_l), T::c(s2 * inv_l));
+        let dxr = dx.as_deref_mut().map(|d| &mut d[r * l..(r + 1) * l]);
+        ln_backward_row(xr, gr, w, mu, rs, c, dxr, dwt, dbt);
+        if (r + 1) % flush == 0 || r + 1 == rows {
+            add(dw, dwt);
+            add(db, dbt);
+        }
+    }
+}
+
+/// [`segment_input_grad`] without a mask, on f32 segments in explicit lanes.
+struct SegmentInputGrad<'a> {
+    x: &'a [f32],
+    g: &'a [f32],
+    wa: f32,
+    mu: f32,
+    rs: f32,
+    c: (f32, f32),
+    dx: &'a mut [f32],
+}
+
+impl WithSimd for SegmentInputGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let (mu, rs, wa) = (
+            s.splat_f32s(self.mu),
+            s.splat_f32s(self.rs),
+            s.splat_f32s(self.wa),
+        );
+        let (c1, c2) = (s.splat_f32s(self.c.0), s.splat_f32s(self.c.1));
+        let mut i = 0;
+        while i < self.dx.len() {
+            let xh = s.mul_f32s(s.sub_f32s(load(s, self.x, i), mu), rs);
+            let h = s.sub_f32s(s.mul_f32s(load(s, self.g, i), wa), c1);
+            store(
+                s,
+                self.dx,
+                i,
+                s.mul_f32s(rs, s.sub_f32s(h, s.mul_f32s(xh, c2))),
+            );
+            i += S::F32_LANES;
+        }
+    }
+}
+
+/// The layout of GroupNorm's rows: `seg` segments of `seg_len` entries per row; segment `s` of
+/// row `r` uses the affine index `(r mod period) seg + s`.
+#[derive(Clone, Copy, Debug)]
+pub struct Segments {
+    pub seg: usize,
+    pub seg_len: usize,
+    pub period: usize,
+}
+
+/// GroupNorm's forward over contiguous rows (no mask; the first row is row `r0` of the
+/// tensor, for the affine index): per row the statistics of [`layer_norm_rows`], then per
+/// segment `y = x a + c` with `a = σ̃⁻¹ γ`, `c = β − μ a` ([`scale_shift`]). One dispatch for all
+/// rows, bit-identical to the row-by-row calls.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_rows_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    lay: Segments,
+    r0: usize,
+    eps: f64,
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+) {
+    let rows = mean.len().min(rstd.len());
+    let l = lay.seg * lay.seg_len;
+    if rows == 0 || l == 0 {
+        return;
+    }
+    let stats = move |v: (f64, f64), k: f64| {
+        let inv_n = 1.0 / l as f64;
+        let md = v.0 * inv_n;
+        (
+            k + md,
+            1.0 / ((v.1 * inv_n - md * md).max(0.0) + eps).sqrt(),
+        )
+    };
+    let base = move |r: usize| ((r0 + r) % lay.period) * lay.seg;
+    if let (Some([xf, wf, bf]), Some(yf), Some(mf), Some(rf)) = (
+        f32_rows(x, w, b),
+        T::as_f32_mut(y),
+        T::as_f32_mut(mean),
+        T::as_f32_mut(rstd),
+    ) {
+        struct Rows<'a, F, B> {
+            x: &'a [f32],
+            w: &'a [f32],
+            b: &'a [f32],
+            y: &'a mut [f32],
+            mean: &'a mut [f32],
+            rstd: &'a mut [f32],
+            lay: Segments,
+            stats: F,
+            base: B,
+        }
+        impl<F: Fn((f64, f64), f64) -> (f64, f64), B: Fn(usize) -> usize> WithSimd for Rows<'_, F, B> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let (sl, l) = (self.lay.seg_len, self.lay.seg * self.lay.seg_len);
+                for (r, yr) in self.y.chunks_exact_mut(l).enumerate().take(self.mean.len()) {
+                    let xr = &self.x[r * l..(r + 1) * l];
+                    let k = xr[0];
+                    let sums = Sums2 {
+                        a: xr,
+                        b: xr,
+                        c: xr,
+                        f: Shifted(k),
+                    }
+                    .with_simd(s);
+                    let (mu, rs) = (self.stats)(sums, k as f64);
+                    let (mu, rs) = (mu as f32, rs as f32);
+                    self.mean[r] = mu;
+                    self.rstd[r] = rs;
+                    let base = (self.base)(r);
+                    for (j, (ys, xs)) in yr.chunks_mut(sl).zip(xr.chunks(sl)).enumerate() {
+                        let a = rs * self.w[base + j];
+                        let c = self.b[base + j] - mu * a;
+                        ScaleShift { x: xs, y: ys, a, c }.with_simd(s);
+                    }
+                }
+            }
+        }
+        let (mean, rstd) = (&mut mf[..rows], &mut rf[..rows]);
+        let rows = Rows {
+            x: xf,
+            w: wf,
+            b: bf,
+            y: yf,
+            mean,
+            rstd,
+            lay,
+            stats,
+            base,
+        };
+        return isa::dispatch_on(isa, rows);
+    }
+    for r in 0..rows {
+        let xr = &x[r * l..(r + 1) * l];
+        let (mu, rs) = stats(shifted_sums(xr, xr[0]), xr[0].as_f64());
+        mean[r] = T::c(mu);
+        rstd[r] = T::c(rs);
+        let (mu, rs) = (mean[r], rstd[r]);
+        let yr = &mut y[r * l..(r + 1) * l];
+        for (j, (ys, xs)) in yr
+            .chunks_mut(lay.seg_len)
+            .zip(xr.chunks(lay.seg_len))
+            .enumerate()
+        {
+            let a = rs * w[base(r) + j];
+            scale_shift_on(isa, xs, ys, a, b[base(r) + j] - mu * a);
+        }
+    }
+}
+
+/// GroupNorm's backward over contiguous rows (no mask; rows from row `r0` of the tensor):
+/// per segment the affine gradients `(dβ, dγ) += (Σ g, Σ g x̂)` ([`affine_grad_sums`]) into
+/// the f64 totals, `c₁ = Σ_s γ_s dβ_s / L`, `c₂ = Σ_s γ_s dγ_s / L` over the row, then, when `dx`
+/// is given, per segment `dx = σ̃⁻¹ (g γ_s − c₁ − x̂ c₂)`. One dispatch for all rows,
+/// bit-identical to the segment-by-segment calls.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward_rows_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    g: &[T],
+    w: &[T],
+    mean: &[T],
+    rstd: &[T],
+    lay: Segments,
+    r0: usize,
+    mut dx: Option<&mut [T]>,
+    (dw, db): (&mut [f64], &mut [f64]),
+) {
+    let rows = mean.len().min(rstd.len());
+    let l = lay.seg * lay.seg_len;
+    if rows == 0 || l == 0 {
+        return;
+    }
+    let f32_dx = match dx.as_deref_mut() {
+        Some(d) => T::as_f32_mut(d).map(Some),
+        None => Some(None),
+    };
+    if let (Some([xf, gf, wf]), Some(dxf), Some(mf), Some(rf)) =
+        (f32_rows(x, g, w), f32_dx, T::as_f32(mean), T::as_f32(rstd))
+    {
+        struct Rows<'a> {
+            x: &'a [f32],
+            g: &'a [f32],
+            w: &'a [f32],
+            mean: &'a [f32],
+            rstd: &'a [f32],
+            lay: Segments,
+            r0: usize,
+            dx: Option<&'a mut [f32]>,
+            dw: &'a mut [f64],
+            db: &'a mut [f64],
+        }
+        impl WithSimd for Rows<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let (sl, l) = (self.lay.seg_len, self.lay.seg * self.lay.seg_len);
+                let n = l as f64;
+                let mut dx = self.dx;
+                for r in 0..self.mean.len() {
+                    let xr = &self.x[r * l..(r + 1) * l];
+                    let gr = &self.g[r * l..(r + 1) * l];
+                    let (mu, rs) = (self.mean[r], self.rstd[r]);
+                    let base = ((self.r0 + r) % self.lay.period) * self.lay.seg;
+                    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                    for (j, (xs, gs)) in xr.chunks(sl).zip(gr.chunks(sl)).enumerate() {
+                        let f = AffineGrad(mu, rs, false);
+                        let (gb, gw) = Sums2 {
+                            a: gs,
+                            b: gs,
+                            c: xs,
+                            f,
+                        }
+                        .with_simd(s);
+                        let (a, wa) = (base + j, self.w[base + j] as f64);
+                        self.dw[a] += gw;
+                        self.db[a] += gb;
+                        s1 += wa * gb;
+                        s2 += wa * gw;
+                    }
+                    let Some(dx) = dx.as_deref_mut() else {
+                        continue;
+                    };
+                    let c = ((s1 / n) as f32, (s2 / n) as f32);
+                    let dxr = &mut dx[r * l..(r + 1) * l];
+                    for (j, ((ds, xs), gs)) in dxr
+                        .chunks_mut(sl)
+                        .zip(xr.chunks(sl))
+                        .zip(gr.chunks(sl))
+                        .enumerate()
+                    {
+                        let wa = self.w[base + j];
+                        SegmentInputGrad {
+                            x: xs,
+                            g: gs,
+                            wa,
+                            mu,
+                            rs,
+                            c,
+                            dx: ds,
+                        }
+                        .with_simd(s);
+                    }
+                }
+            }
+        }
+        let (mean, rstd) = (&mf[..rows], &rf[..rows]);
+        let rows = Rows {
+            x: xf,
+            g: gf,
+            w: wf,
+            mean,
+            rstd,
+            lay,
+            r0,
+            dx: dxf,
+            dw,
+            db,
+        };
+        return isa::dispatch_on(isa, rows);
+    }
+    let n = l as f64;
+    for r in 0..rows {
+        let xr = &x[r * l..(r + 1) * l];
+        let gr = &g[r * l..(r + 1) * l];
+        let (mu, rs) = (mean[r], rstd[r]);
+        let base = ((r0 + r) % lay.period) * lay.seg;
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for (j, (xs, gs)) in xr
+            .chunks(lay.seg_len)
+            .zip(gr.chunks(lay.seg_len))
+            .enumerate()
+        {
+            let (gb, gw) = affine_grad_sums_on(isa, gs, None, xs, mu, rs);
+            dw[base + j] += gw;
+            db[base + j] += gb;
+            s1 += w[base + j].as_f64() * gb;
+            s2 += w[base + j].as_f64() * gw;
+        }
+        let Some(dx) = dx.as_deref_mut() else {
+            continue;
+        };
+        let c = (T::c(s1 / n), T::c(s2 / n));
+        let dxr = &mut dx[r * l..(r + 1) * l];
+        for (j, ((ds, xs), gs)) in dxr
+            .chunks_mut(lay.seg_len)
+            .zip(xr.chunks(lay.seg_len))
+            .zip(gr.chunks(lay.seg_len))
+            .enumerate()
+        {
+            segment_input_grad(xs, gs, None, w[base + j], mu, rs, c, ds);
+        }
+    }
 }
 
 /// The input gradient of one normalized segment with a shared `γ = wa`:
@@ -296,6 +992,131 @@ mod tests {
     /// Every path's sums within `255·2⁻²⁴·Σ|tᵢ|` (+ f64 rounding) of the exact f64 sums of the
     /// same f32 terms, at lengths around the lane widths and the 256-entry blocks; the maps are
     /// checked against their formulas elsewhere (they are plain loops).
+    /// The LayerNorm row kernels and the channel map on every path the CPU has, at row
+    /// lengths around the lane widths: the maps are elementwise, so `y` is bit-identical to
+    /// its formula `((x − μ) σ̃⁻¹) γ + β` with the path's own statistics and `scale_shift` to
+    /// `x a + c`; the statistics and the backward sums go through the blockwise sum kernel, so
+    /// they match the scalar path within its bound (relative 1e-5 here, for O(1) data).
+    #[test]
+    fn layer_norm_rows_on_every_path() {
+        let mut rng = Rng::new(11);
+        for l in [1usize, 2, 7, 8, 15, 16, 17, 31, 33, 64, 100, 257] {
+            let rows = 37;
+            let v = |rng: &mut Rng, n: usize| {
+                (0..n)
+                    .map(|_| 1.5 + rng.normal() as f32)
+                    .collect::<Vec<f32>>()
+            };
+            let (x, g) = (v(&mut rng, rows * l), v(&mut rng, rows * l));
+            let (w, b) = (v(&mut rng, l), v(&mut rng, l));
+            let run = |p: Isa| {
+                let (mut y, mut mu, mut rs) =
+                    (vec![0f32; rows * l], vec![0f32; rows], vec![0f32; rows]);
+                layer_norm_rows_on(p, &x, &w, &b, 1e-5, &mut y, &mut mu, &mut rs);
+                let mut dx = vec![0f32; rows * l];
+                let (mut dwt, mut dbt) = (vec![0f32; l], vec![0f32; l]);
+                let (mut dw, mut db) = (vec![0f64; l], vec![0f64; l]);
+                let parts = (&mut dwt[..], &mut dbt[..]);
+                let tot = (&mut dw[..], &mut db[..]);
+                layer_norm_backward_rows_on(p, &x, &g, &w, &mu, &rs, 8, Some(&mut dx), parts, tot);
+                let mut z = vec![0f32; l];
+                scale_shift_on(p, &x[..l], &mut z, 0.7, -0.3);
+                (y, mu, rs, dx, dw, db, z)
+            };
+            let want = run(Isa::Scalar);
+            let close = |a: &[f32], b: &[f32], what: &str, p: Isa| {
+                let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * scale,
+                        "{what} on {p} at l={l} [{i}]: {u} vs {v}"
+                    );
+                }
+            };
+            for p in isa::detected() {
+                let got = run(p);
+                for r in 0..rows {
+                    for i in 0..l {
+                        let e = ((x[r * l + i] - got.1[r]) * got.2[r]) * w[i] + b[i];
+                        assert_eq!(got.0[r * l + i].to_bits(), e.to_bits(), "y on {p}, l={l}");
+                    }
+                }
+                for (z, &xv) in got.6.iter().zip(&x[..l]) {
+                    let e = xv * 0.7 - 0.3;
+                    assert_eq!(z.to_bits(), e.to_bits(), "scale_shift on {p}");
+                }
+                close(&got.1, &want.1, "mean", p);
+                close(&got.2, &want.2, "rstd", p);
+                close(&got.3, &want.3, "dx", p);
+                let f = |v: &[f64]| v.iter().map(|&t| t as f32).collect::<Vec<_>>();
+                close(&f(&got.4), &f(&want.4), "dw", p);
+                close(&f(&got.5), &f(&want.5), "db", p);
+            }
+        }
+    }
+
+    /// GroupNorm's row kernels on every path: `y` bit-identical to `x a + c` with
+    /// `a = σ̃⁻¹ γ`, `c = β − μ a` from the path's own statistics and the affine index
+    /// `((r0 + r) mod period) seg + s`; `dx`, `dγ`, `dβ` within relative 1e-5 of the scalar path.
+    #[test]
+    fn group_norm_rows_on_every_path() {
+        let mut rng = Rng::new(12);
+        for (seg, seg_len, period) in [(2usize, 16usize, 4usize), (1, 16, 8), (3, 7, 2), (4, 33, 1)]
+        {
+            let (rows, r0, l) = (24, 5, seg * seg_len);
+            let lay = Segments {
+                seg,
+                seg_len,
+                period,
+            };
+            let v = |rng: &mut Rng, n: usize| {
+                (0..n)
+                    .map(|_| 0.5 + rng.normal() as f32)
+                    .collect::<Vec<f32>>()
+            };
+            let (x, g) = (v(&mut rng, rows * l), v(&mut rng, rows * l));
+            let (w, b) = (v(&mut rng, seg * period), v(&mut rng, seg * period));
+            let run = |p: Isa| {
+                let (mut y, mut mu, mut rs) =
+                    (vec![0f32; rows * l], vec![0f32; rows], vec![0f32; rows]);
+                group_norm_rows_on(p, &x, &w, &b, lay, r0, 1e-5, &mut y, &mut mu, &mut rs);
+                let mut dx = vec![0f32; rows * l];
+                let (mut dw, mut db) = (vec![0f64; w.len()], vec![0f64; w.len()]);
+                let tot = (&mut dw[..], &mut db[..]);
+                group_norm_backward_rows_on(p, &x, &g, &w, &mu, &rs, lay, r0, Some(&mut dx), tot);
+                let f = |v: Vec<f64>| v.into_iter().map(|t| t as f32).collect::<Vec<_>>();
+                (y, mu, rs, dx, f(dw), f(db))
+            };
+            let want = run(Isa::Scalar);
+            let close = |a: &[f32], b: &[f32], what: &str, p: Isa| {
+                let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * scale,
+                        "{what} on {p} [{i}]: {u} vs {v}"
+                    );
+                }
+            };
+            for p in isa::detected() {
+                let got = run(p);
+                for r in 0..rows {
+                    let base = ((r0 + r) % period) * seg;
+                    for i in 0..l {
+                        let a = got.2[r] * w[base + i / seg_len];
+                        let c = b[base + i / seg_len] - got.1[r] * a;
+                        let e = x[r * l + i] * a + c;
+                        assert_eq!(got.0[r * l + i].to_bits(), e.to_bits(), "y on {p}");
+                    }
+                }
+                close(&got.1, &want.1, "mean", p);
+                close(&got.2, &want.2, "rstd", p);
+                close(&got.3, &want.3, "dx", p);
+                close(&got.4, &want.4, "dw", p);
+                close(&got.5, &want.5, "db", p);
+            }
+        }
+    }
+
     #[test]
     fn norm_sums_on_every_path_within_the_block_bound() {
         let mut rng = Rng::new(7);

@@ -41,20 +41,32 @@ impl WithSimd for Dot<'_> {
     type Output = f32;
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> f32 {
-        let n = self.0.len().min(self.1.len());
-        let (ha, ta) = S::as_simd_f32s(&self.0[..n]);
-        let (hb, tb) = S::as_simd_f32s(&self.1[..n]);
-        let mut acc = simd.splat_f32s(0.0);
-        for (&a, &b) in ha.iter().zip(hb) {
-            // Multiply, then add: no FMA, so the scalar path is the plain loop.
-            acc = simd.add_f32s(acc, simd.mul_f32s(a, b));
-        }
-        let mut s = simd.reduce_sum_f32s(acc);
-        for (&a, &b) in ta.iter().zip(tb) {
-            s += a * b;
-        }
-        s
+        dot_lanes(simd, self.0, self.1)
     }
+}
+
+/// `Σ aᵢ bᵢ` in the lane order of the module doc, inside an already dispatched SIMD context
+/// (kernels that take many short dots — per head, per edge — call it in one dispatch).
+#[inline(always)]
+pub(super) fn dot_lanes<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ha, ta) = S::as_simd_f32s(&a[..n]);
+    let (hb, tb) = S::as_simd_f32s(&b[..n]);
+    let mut acc = simd.splat_f32s(0.0);
+    for (&a, &b) in ha.iter().zip(hb) {
+        // Multiply, then add: no FMA, so the scalar path is the plain loop.
+        acc = simd.add_f32s(acc, simd.mul_f32s(a, b));
+    }
+    // A row shorter than one vector skips the lane tree (its sum of zeros is +0 anyway).
+    let mut s = if ha.is_empty() {
+        0.0
+    } else {
+        simd.reduce_sum_f32s(acc)
+    };
+    for (&a, &b) in ta.iter().zip(tb) {
+        s += a * b;
+    }
+    s
 }
 
 struct Max<'a>(&'a [f32]);

@@ -23,6 +23,7 @@ use crate::kernels::log_softmax_rows;
 use crate::nn::rnn::{Activation, ElmanRnn, ElmanRnnConfig, ForwardState, TbpttSchedule};
 use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig};
+use crate::outln;
 use crate::tensor::Tensor;
 use crate::train::{
     load_checkpoint_state, run_dirs, CheckpointState, EarlyStopping, Metrics, Mode, PlotFormat,
@@ -481,7 +482,9 @@ fn checkpoint_folder(path: &Path) -> PathBuf {
 /// Loads a checkpoint written by `nabla rnn train` (see [`checkpoint_folder`]), checking every
 /// tensor.
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let dir = checkpoint_folder(path);
+    // The folder the state comes from (`.checkpoint.old-PID` of a run that died between the
+    // renames of a checkpoint) is the one whose tensors are read.
+    let dir = crate::train::checkpoint_dir(&checkpoint_folder(path))?;
     let state = load_checkpoint_state(&dir)?;
     let sp = dir.join("state.json");
     let config: CharRnnConfig = serde_json::from_value(state.model_config.clone())
@@ -691,13 +694,13 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
 
 pub fn train_cli(a: &TrainArgs) -> Result<()> {
     let r = train(a)?;
-    println!("{}", serde_json::to_string(&r).map_err(json_err)?);
+    outln!("{}", serde_json::to_string(&r).map_err(json_err)?)?;
     Ok(())
 }
 
 pub fn sample_cli(a: &SampleArgs) -> Result<()> {
     let ck = load_checkpoint(&a.checkpoint)?;
     let s = ck.model.sample(&a.prime, a.len, a.temperature, a.seed)?;
-    println!("{}{}", a.prime, s);
+    outln!("{}{}", a.prime, s)?;
     Ok(())
 }

@@ -18,28 +18,20 @@
 //! - edge add: `s[e,h] = a[src_e,h] + b[dst_e,h]` (GAT's score before the LeakyReLU);
 //!   `∂a[j] = Σ_{e: src_e=j} ∂s[e]`, `∂b[i] = Σ_{e∈in(i)} ∂s[e]`.
 
-// Edge ids index several parallel arrays (rows, α, scores), so range loops are the clear form.
-#![allow(clippy::needless_range_loop)]
+//!
+//! The loops themselves are kernels of [`crate::kernels::sparse`]: segment gathers (weighted
+//! per head, or plain sums), per-edge head dots, segment maxima, per-edge row sums and the
+//! segment softmax. This file keeps the math and the bookkeeping of which rows feed which.
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::graph::{EdgeIndex, Graph};
-use crate::kernels::sparse::{segment_softmax, segment_softmax_backward, weighted_gather};
-use crate::shape_err;
+use crate::kernels::sparse::{
+    edge_add_rows, edge_dots, edge_softmax as kernel_edge_softmax, edge_softmax_backward,
+    segment_gather, segment_max, segment_max_backward, EdgeWeights, Segments, NO_EDGE,
+};
 use crate::tensor::{Element, Tensor};
-use rayon::prelude::*;
-
-/// Splits `data` into consecutive mutable segments of `(ptr[k+1] − ptr[k])·width` elements.
-fn segments_mut<'a, T>(data: &'a mut [T], ptr: &[usize], width: usize) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(ptr.len().saturating_sub(1));
-    let mut rest = data;
-    for w in ptr.windows(2) {
-        let (a, b) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * width);
-        out.push(a);
-        rest = b;
-    }
-    out
-}
+use crate::{invalid, shape_err};
 
 fn check_index(op: &str, graph: &Graph, index: &EdgeIndex, table: &[usize]) -> Result<()> {
     if index.rows().len() != graph.num_edges() {
@@ -101,43 +93,27 @@ impl<T: Element> Op<T> for WeightedAggregate {
         let g = ctx.grad();
         let (m, w) = (s.dim(0), s.dim(1));
         let h = self.heads;
-        let d = w / h;
         let dst = self.graph.dst();
         let rows = self.index.rows();
         let ds = if ctx.needs_grad[0] {
+            // ∂S[r,h] = Σ_{e: r_e=r} α[e,h] G[dst_e,h]: gather G by the edges reading row r.
             let (ptr, edges) = self.index.groups();
             let mut ds = vec![T::zero(); m * w];
-            ds.par_chunks_mut(w.max(1))
-                .enumerate()
-                .for_each(|(r, out)| {
-                    for &e in &edges[ptr[r]..ptr[r + 1]] {
-                        let gi = &g.data()[dst[e] * w..(dst[e] + 1) * w];
-                        for hh in 0..h {
-                            let a = alpha.data()[e * h + hh];
-                            out[hh * d..(hh + 1) * d]
-                                .iter_mut()
-                                .zip(&gi[hh * d..(hh + 1) * d])
-                                .for_each(|(o, &gv)| *o += a * gv);
-                        }
-                    }
-                });
+            let wts = EdgeWeights {
+                alpha: alpha.data(),
+                heads: h,
+                scale: T::one(),
+            };
+            let seg = Segments::grouped(ptr, edges);
+            segment_gather(&mut ds, w, seg, g.data(), Some(dst), Some(wts));
             Some(Tensor::new(s.shape(), ds)?)
         } else {
             None
         };
         let da = if ctx.needs_grad[1] {
+            // ∂α[e,h] = ⟨G[dst_e,h], S[r_e,h]⟩.
             let mut da = vec![T::zero(); rows.len() * h];
-            da.par_chunks_mut(h).enumerate().for_each(|(e, out)| {
-                let gi = &g.data()[dst[e] * w..(dst[e] + 1) * w];
-                let sr = &s.data()[rows[e] * w..(rows[e] + 1) * w];
-                for (hh, o) in out.iter_mut().enumerate() {
-                    *o = gi[hh * d..(hh + 1) * d]
-                        .iter()
-                        .zip(&sr[hh * d..(hh + 1) * d])
-                        .map(|(&a, &b)| a * b)
-                        .sum();
-                }
-            });
+            edge_dots(&mut da, g.data(), dst, s.data(), rows, w, h, T::one());
             Some(Tensor::new(alpha.shape(), da)?)
         } else {
             None
@@ -164,10 +140,13 @@ pub fn weighted_aggregate<T: Element>(
     let rows = index.rows();
     let n = graph.num_nodes();
     let mut out = vec![T::zero(); n * w];
-    let ip = graph.indptr();
-    out.par_chunks_mut(w.max(1))
-        .enumerate()
-        .for_each(|(i, o)| weighted_gather(o, s.data(), ip[i]..ip[i + 1], rows, a.data(), heads));
+    let wts = EdgeWeights {
+        alpha: a.data(),
+        heads,
+        scale: T::one(),
+    };
+    let seg = Segments::csr(graph.indptr());
+    segment_gather(&mut out, w, seg, s.data(), Some(rows), Some(wts));
     let out = Tensor::new(&[n, w], out)?;
     Ok(tape.record1(
         WeightedAggregate {
@@ -186,8 +165,8 @@ pub fn weighted_aggregate<T: Element>(
 struct MaxAggregate {
     graph: Graph,
     index: EdgeIndex,
-    /// (N, W) the edge that won each output entry, `usize::MAX` where there is none.
-    argmax: Vec<usize>,
+    /// (N, W) the edge that won each output entry, [`NO_EDGE`] where there is none.
+    argmax: Vec<u32>,
 }
 
 impl<T: Element> Op<T> for MaxAggregate {
@@ -201,18 +180,8 @@ impl<T: Element> Op<T> for MaxAggregate {
         let (ptr, edges) = self.index.groups();
         let dst = self.graph.dst();
         let mut ds = vec![T::zero(); m * w];
-        ds.par_chunks_mut(w.max(1))
-            .enumerate()
-            .for_each(|(r, out)| {
-                for &e in &edges[ptr[r]..ptr[r + 1]] {
-                    let i = dst[e];
-                    for (c, o) in out.iter_mut().enumerate() {
-                        if self.argmax[i * w + c] == e {
-                            *o += g.data()[i * w + c];
-                        }
-                    }
-                }
-            });
+        let seg = Segments::grouped(ptr, edges);
+        segment_max_backward(&mut ds, w, seg, dst, &self.argmax, g.data());
         Ok(vec![Some(Tensor::new(s.shape(), ds)?)])
     }
 }
@@ -225,27 +194,20 @@ pub fn max_aggregate<T: Element>(
     table: Var,
 ) -> Result<Var> {
     check_index("max_aggregate", graph, index, tape.shape(table))?;
+    // Arg-max edge ids are kept as u32 (half the memory of the (N, W) table).
+    if graph.num_edges() >= NO_EDGE as usize {
+        return Err(invalid!(
+            "max_aggregate supports fewer than {NO_EDGE} edges, the graph has {}",
+            graph.num_edges()
+        ));
+    }
     let w = tape.shape(table)[1];
     let s = tape.value(table);
-    let rows = index.rows();
     let n = graph.num_nodes();
-    let ip = graph.indptr();
     let mut out = vec![T::zero(); n * w];
-    let mut arg = vec![usize::MAX; n * w];
-    out.par_chunks_mut(w.max(1))
-        .zip(arg.par_chunks_mut(w.max(1)))
-        .enumerate()
-        .for_each(|(i, (o, a))| {
-            for e in ip[i]..ip[i + 1] {
-                let sr = &s.data()[rows[e] * w..(rows[e] + 1) * w];
-                for c in 0..w {
-                    if a[c] == usize::MAX || sr[c] > o[c] {
-                        o[c] = sr[c];
-                        a[c] = e;
-                    }
-                }
-            }
-        });
+    let mut arg = vec![NO_EDGE; n * w];
+    let seg = Segments::csr(graph.indptr());
+    segment_max(&mut out, &mut arg, w, seg, s.data(), index.rows());
     let out = Tensor::new(&[n, w], out)?;
     Ok(tape.record1(
         MaxAggregate {
@@ -273,16 +235,8 @@ impl<T: Element> Op<T> for EdgeSoftmax {
     fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
         let a = ctx.outputs[0];
         let g = ctx.grad();
-        let h = self.heads;
-        let ip = self.graph.indptr();
         let mut ds = vec![T::zero(); a.numel()];
-        segments_mut(&mut ds, ip, h)
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(i, seg)| {
-                let (lo, hi) = (ip[i] * h, ip[i + 1] * h);
-                segment_softmax_backward(&a.data()[lo..hi], &g.data()[lo..hi], h, seg);
-            });
+        edge_softmax_backward(a.data(), g.data(), self.graph.indptr(), self.heads, &mut ds);
         Ok(vec![Some(Tensor::new(a.shape(), ds)?)])
     }
 }
@@ -293,11 +247,8 @@ pub fn edge_softmax<T: Element>(tape: &mut Tape<T>, graph: &Graph, scores: Var) 
     let heads = tape.shape(scores).get(1).copied().unwrap_or(0);
     check_edge_heads("edge_softmax", graph, tape.shape(scores), heads)?;
     let s = tape.value(scores);
-    let ip = graph.indptr();
     let mut a = s.data().to_vec();
-    segments_mut(&mut a, ip, heads)
-        .into_par_iter()
-        .for_each(|seg| segment_softmax(seg, heads));
+    kernel_edge_softmax(&mut a, graph.indptr(), heads);
     let out = Tensor::new(s.shape(), a)?;
     Ok(tape.record1(
         EdgeSoftmax {
@@ -326,25 +277,19 @@ impl<T: Element> Op<T> for EdgeDot<T> {
     fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
         let (q, k) = (ctx.inputs[0], ctx.inputs[1]);
         let g = ctx.grad();
-        let (h, w, c) = (self.heads, q.dim(1), self.scale);
-        let d = w / h;
+        let (h, w) = (self.heads, q.dim(1));
         let rows = self.index.rows();
         let dst = self.graph.dst();
-        let ip = self.graph.indptr();
+        // Both gradients gather K or Q rows weighted by c·∂s[e,h].
+        let wts = EdgeWeights {
+            alpha: g.data(),
+            heads: h,
+            scale: self.scale,
+        };
         let dq = if ctx.needs_grad[0] {
             let mut dq = vec![T::zero(); q.numel()];
-            dq.par_chunks_mut(w.max(1)).enumerate().for_each(|(i, o)| {
-                for e in ip[i]..ip[i + 1] {
-                    let kr = &k.data()[rows[e] * w..(rows[e] + 1) * w];
-                    for hh in 0..h {
-                        let gs = c * g.data()[e * h + hh];
-                        o[hh * d..(hh + 1) * d]
-                            .iter_mut()
-                            .zip(&kr[hh * d..(hh + 1) * d])
-                            .for_each(|(o, &kv)| *o += gs * kv);
-                    }
-                }
-            });
+            let seg = Segments::csr(self.graph.indptr());
+            segment_gather(&mut dq, w, seg, k.data(), Some(rows), Some(wts));
             Some(Tensor::new(q.shape(), dq)?)
         } else {
             None
@@ -352,18 +297,8 @@ impl<T: Element> Op<T> for EdgeDot<T> {
         let dk = if ctx.needs_grad[1] {
             let (ptr, edges) = self.index.groups();
             let mut dk = vec![T::zero(); k.numel()];
-            dk.par_chunks_mut(w.max(1)).enumerate().for_each(|(r, o)| {
-                for &e in &edges[ptr[r]..ptr[r + 1]] {
-                    let qr = &q.data()[dst[e] * w..(dst[e] + 1) * w];
-                    for hh in 0..h {
-                        let gs = c * g.data()[e * h + hh];
-                        o[hh * d..(hh + 1) * d]
-                            .iter_mut()
-                            .zip(&qr[hh * d..(hh + 1) * d])
-                            .for_each(|(o, &qv)| *o += gs * qv);
-                    }
-                }
-            });
+            let seg = Segments::grouped(ptr, edges);
+            segment_gather(&mut dk, w, seg, q.data(), Some(dst), Some(wts));
             Some(Tensor::new(k.shape(), dk)?)
         } else {
             None
@@ -397,29 +332,19 @@ pub fn edge_dot<T: Element>(
     }
     let w = qs[1];
     check_width(op, w, heads)?;
-    let d = w / heads;
     let c = T::c(scale);
     let (qv, kv) = (tape.value(q), tape.value(k));
-    let rows = index.rows();
-    let ip = graph.indptr();
     let mut s = vec![T::zero(); graph.num_edges() * heads];
-    segments_mut(&mut s, ip, heads)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(i, seg)| {
-            let qi = &qv.data()[i * w..(i + 1) * w];
-            for (el, e) in (ip[i]..ip[i + 1]).enumerate() {
-                let kr = &kv.data()[rows[e] * w..(rows[e] + 1) * w];
-                for hh in 0..heads {
-                    let dot: T = qi[hh * d..(hh + 1) * d]
-                        .iter()
-                        .zip(&kr[hh * d..(hh + 1) * d])
-                        .map(|(&a, &b)| a * b)
-                        .sum();
-                    seg[el * heads + hh] = c * dot;
-                }
-            }
-        });
+    edge_dots(
+        &mut s,
+        qv.data(),
+        graph.dst(),
+        kv.data(),
+        index.rows(),
+        w,
+        heads,
+        c,
+    );
     let out = Tensor::new(&[graph.num_edges(), heads], s)?;
     Ok(tape.record1(
         EdgeDot {
@@ -448,30 +373,26 @@ impl<T: Element> Op<T> for EdgeAdd {
         let g = ctx.grad();
         let h = g.dim(1);
         let n = self.graph.num_nodes();
+        // Both are sums of ∂s rows: over the edges leaving j, and over those entering i.
         let da = if ctx.needs_grad[0] {
             let (ptr, edges) = self.graph.source_index().groups();
             let mut da = vec![T::zero(); n * h];
-            da.par_chunks_mut(h).enumerate().for_each(|(j, o)| {
-                for &e in &edges[ptr[j]..ptr[j + 1]] {
-                    o.iter_mut()
-                        .zip(&g.data()[e * h..(e + 1) * h])
-                        .for_each(|(o, &v)| *o += v);
-                }
-            });
+            segment_gather(
+                &mut da,
+                h,
+                Segments::grouped(ptr, edges),
+                g.data(),
+                None,
+                None,
+            );
             Some(Tensor::new(&[n, h], da)?)
         } else {
             None
         };
         let db = if ctx.needs_grad[1] {
-            let ip = self.graph.indptr();
             let mut db = vec![T::zero(); n * h];
-            db.par_chunks_mut(h).enumerate().for_each(|(i, o)| {
-                for e in ip[i]..ip[i + 1] {
-                    o.iter_mut()
-                        .zip(&g.data()[e * h..(e + 1) * h])
-                        .for_each(|(o, &v)| *o += v);
-                }
-            });
+            let seg = Segments::csr(self.graph.indptr());
+            segment_gather(&mut db, h, seg, g.data(), None, None);
             Some(Tensor::new(&[n, h], db)?)
         } else {
             None
@@ -494,13 +415,8 @@ pub fn edge_add<T: Element>(tape: &mut Tape<T>, graph: &Graph, a: Var, b: Var) -
     }
     let h = sa[1];
     let (av, bv) = (tape.value(a), tape.value(b));
-    let (src, dst) = (graph.src(), graph.dst());
     let mut s = vec![T::zero(); graph.num_edges() * h];
-    s.par_chunks_mut(h.max(1)).enumerate().for_each(|(e, o)| {
-        for (hh, o) in o.iter_mut().enumerate() {
-            *o = av.data()[src[e] * h + hh] + bv.data()[dst[e] * h + hh];
-        }
-    });
+    edge_add_rows(&mut s, av.data(), graph.src(), bv.data(), graph.dst(), h);
     let out = Tensor::new(&[graph.num_edges(), h], s)?;
     Ok(tape.record1(
         EdgeAdd {

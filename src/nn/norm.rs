@@ -26,9 +26,10 @@
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::kernels::elementwise::mul_in_place;
+use crate::kernels::isa;
 use crate::kernels::norm::{
-    affine_grad_sums, ln_backward_row, ln_grad_sums, normalize_row, scale_shift,
-    segment_input_grad, shifted_sums,
+    affine_grad_sums, group_norm_backward_rows_on, group_norm_rows_on, layer_norm_backward_rows,
+    layer_norm_rows, normalize_row, scale_shift, segment_input_grad, shifted_sums, Segments,
 };
 use crate::kernels::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
@@ -150,6 +151,13 @@ impl RowLayout {
     fn affine_len(&self) -> usize {
         self.period * self.seg
     }
+    fn segments(&self) -> Segments {
+        Segments {
+            seg: self.seg,
+            seg_len: self.seg_len,
+            period: self.period,
+        }
+    }
     /// First affine index of row `r` (skips the integer division for LayerNorm's period 1).
     #[inline(always)]
     fn affine_base(&self, r: usize) -> usize {
@@ -235,6 +243,18 @@ fn row_forward<T: Element>(
     let mut mean = vec![T::zero(); lay.rows];
     let mut rstd = vec![T::zero(); lay.rows];
     let work = |r0: usize, y: &mut [T], mean: &mut [T], rstd: &mut [T]| {
+        if lay.seg_len == 1 && mask.is_none() {
+            // LayerNorm: one kernel call for the task's rows (short rows would otherwise cost
+            // a dispatch each).
+            let xs = &x[r0 * l..(r0 + mean.len()) * l];
+            return layer_norm_rows(xs, w, b, eps, y, mean, rstd);
+        }
+        if mask.is_none() {
+            // GroupNorm / InstanceNorm likewise: one kernel call for the task's rows.
+            let xs = &x[r0 * l..(r0 + mean.len()) * l];
+            let isa = isa::selected();
+            return group_norm_rows_on(isa, xs, w, b, lay.segments(), r0, eps, y, mean, rstd);
+        }
         // Three sweeps over the task's rows: statistics, then every 1/√(σ² + ε) in one loop
         // (the square roots and divisions pipeline across rows instead of sitting in each
         // row's dependency chain — it matters for short rows), then normalize.
@@ -296,26 +316,37 @@ fn row_backward<T: Element>(
     let work = |r0: usize, nrows: usize, dx: &mut [T]| -> (Vec<f64>, Vec<f64>) {
         let mut dw = vec![0.0f64; na];
         let mut db = vec![0.0f64; na];
-        // LayerNorm's per-element affine gradients: partial sums over ≤ 32 rows in T (one
-        // add per element instead of a widening add), flushed into the f64 totals.
-        const FLUSH: usize = 32;
-        let inv_l = 1.0 / l as f64;
-        let ln_fast = lay.seg_len == 1 && mask.is_none();
-        let (mut dwt, mut dbt) = if ln_fast {
-            (vec![T::zero(); na], vec![T::zero(); na])
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let flush = |dw: &mut [f64], db: &mut [f64], dwt: &mut [T], dbt: &mut [T]| {
-            for (a, t) in dw.iter_mut().zip(dwt.iter_mut()) {
-                *a += t.as_f64();
-                *t = T::zero();
-            }
-            for (a, t) in db.iter_mut().zip(dbt.iter_mut()) {
-                *a += t.as_f64();
-                *t = T::zero();
-            }
-        };
+        if lay.seg_len == 1 && mask.is_none() {
+            // LayerNorm fast path (per-element affine, no mask): one kernel call for the
+            // task's rows; Σh, Σh·x̂ with h = g γ, then dx and the affine gradients. The
+            // affine gradients gather in T partials over ≤ 32 rows (one add per element
+            // instead of a widening add), flushed into the f64 totals.
+            const FLUSH: usize = 32;
+            let (mut dwt, mut dbt) = (vec![T::zero(); na], vec![T::zero(); na]);
+            let (xs, gs) = (&x[r0 * l..(r0 + nrows) * l], &dy[r0 * l..(r0 + nrows) * l]);
+            let dxs = if need_dx {
+                Some(&mut dx[..nrows * l])
+            } else {
+                None
+            };
+            let (ms, rss) = (&mean[r0..r0 + nrows], &rstd[r0..r0 + nrows]);
+            let parts = (&mut dwt[..], &mut dbt[..]);
+            layer_norm_backward_rows(xs, gs, w, ms, rss, FLUSH, dxs, parts, (&mut dw, &mut db));
+            return (dw, db);
+        }
+        if mask.is_none() {
+            // GroupNorm / InstanceNorm without a mask: one kernel call for the task's rows.
+            let (xs, gs) = (&x[r0 * l..(r0 + nrows) * l], &dy[r0 * l..(r0 + nrows) * l]);
+            let dxs = if need_dx {
+                Some(&mut dx[..nrows * l])
+            } else {
+                None
+            };
+            let (ms, rss) = (&mean[r0..r0 + nrows], &rstd[r0..r0 + nrows]);
+            let (isa, segs) = (isa::selected(), lay.segments());
+            group_norm_backward_rows_on(isa, xs, gs, w, ms, rss, segs, r0, dxs, (&mut dw, &mut db));
+            return (dw, db);
+        }
         for k in 0..nrows {
             let r = r0 + k;
             let xr = &x[r * l..(r + 1) * l];
@@ -324,26 +355,6 @@ fn row_backward<T: Element>(
             let (mu, rs) = (mean[r], rstd[r]);
             let base = lay.affine_base(r);
             let n = mr.map_or(l as f64, |m| m.iter().map(|v| v.as_f64()).sum());
-            if lay.seg_len == 1 && mr.is_none() {
-                // LayerNorm fast path: per-element affine, no mask.
-                let wr = &w[base..base + l];
-                let (dwr, dbr) = (&mut dwt[base..base + l], &mut dbt[base..base + l]);
-                // Σh and Σh·x̂ with h = g γ (lanes in T), then the affine gradients in a
-                // separate loop (the row is in L1) so both loops vectorize.
-                let (s1, s2) = ln_grad_sums(gr, wr, xr, mu, rs);
-                // dx and the affine gradients in one more pass over the (cached) row.
-                let c = (T::c(s1 * inv_l), T::c(s2 * inv_l));
-                let dxr = if need_dx {
-                    Some(&mut dx[k * l..(k + 1) * l])
-                } else {
-                    None
-                };
-                ln_backward_row(xr, gr, wr, mu, rs, c, dxr, dwr, dbr);
-                if (k + 1) % FLUSH == 0 || k + 1 == nrows {
-                    flush(&mut dw, &mut db, &mut dwt, &mut dbt);
-                }
-                continue;
-            }
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             // Pass 1: Σh, Σh·x̂ and the affine gradients; `h = m g γ`.
             for (s, (xs, gs)) in xr

@@ -16,7 +16,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{gemm, matmul_into, MatLayout};
+use crate::kernels::{col_sums, gemm, matmul_into, zip_into, MatLayout};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -120,23 +120,16 @@ impl<T: Element> Op<T> for EmbedOp<T> {
         // Inputs: x, proj_w, proj_b, [cls], pos
         let pos_i = 3 + extra;
         let mut grads: Vec<Option<Tensor<T>>> = vec![None; ctx.inputs.len()];
-        if ctx.needs_grad[pos_i] {
-            let mut dpos = vec![T::zero(); tok * d];
-            for blk in dz.chunks_exact(tok * d) {
-                for (o, &v) in dpos.iter_mut().zip(blk) {
-                    *o += v;
-                }
+        let want_cls = self.has_cls && ctx.needs_grad[3];
+        if ctx.needs_grad[pos_i] || want_cls {
+            // dpos = Σ_b dz_b: column sums of dz viewed (B, tok·D); dcls is its first row.
+            let dpos = col_sums(dz, tok * d);
+            if want_cls {
+                grads[3] = Some(Tensor::from_parts(vec![1, 1, d], dpos[..d].to_vec()));
             }
-            grads[pos_i] = Some(Tensor::from_parts(ctx.inputs[pos_i].shape().to_vec(), dpos));
-        }
-        if self.has_cls && ctx.needs_grad[3] {
-            let mut dcls = vec![T::zero(); d];
-            for blk in dz.chunks_exact(tok * d) {
-                for (o, &v) in dcls.iter_mut().zip(&blk[..d]) {
-                    *o += v;
-                }
+            if ctx.needs_grad[pos_i] {
+                grads[pos_i] = Some(Tensor::from_parts(ctx.inputs[pos_i].shape().to_vec(), dpos));
             }
-            grads[3] = Some(Tensor::from_parts(vec![1, 1, d], dcls));
         }
         // de (B·N, D): the patch rows of dz.
         let mut de = Vec::with_capacity(g.b * n * d);
@@ -144,13 +137,7 @@ impl<T: Element> Op<T> for EmbedOp<T> {
             de.extend_from_slice(&blk[extra * d..]);
         }
         if ctx.needs_grad[2] {
-            let mut db = vec![T::zero(); d];
-            for row in de.chunks_exact(d) {
-                for (o, &v) in db.iter_mut().zip(row) {
-                    *o += v;
-                }
-            }
-            grads[2] = Some(Tensor::from_parts(vec![d], db));
+            grads[2] = Some(Tensor::from_parts(vec![d], col_sums(&de, d)));
         }
         if ctx.needs_grad[1] {
             let dw = matmul_into(d, k, g.b * n, &de, MatLayout::T, &self.cols, MatLayout::N);
@@ -262,18 +249,13 @@ pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> 
         true,
     );
     let pos = tape.value(w.pos).data();
-    let mut z = Vec::with_capacity(g.b * tok * d);
-    for eb in e.chunks_exact(n * d) {
+    let mut z = vec![T::zero(); g.b * tok * d];
+    for (zb, eb) in z.chunks_exact_mut(tok * d).zip(e.chunks_exact(n * d)) {
+        let (zc, zp) = zb.split_at_mut(extra * d);
         if let Some(cls) = w.cls {
-            z.extend(
-                tape.value(cls)
-                    .data()
-                    .iter()
-                    .zip(&pos[..d])
-                    .map(|(&a, &b)| a + b),
-            );
+            zip_into(tape.value(cls).data(), &pos[..d], zc, |a, b| a + b);
         }
-        z.extend(eb.iter().zip(&pos[extra * d..]).map(|(&a, &b)| a + b));
+        zip_into(eb, &pos[extra * d..], zp, |a, b| a + b);
     }
     let mut inputs = vec![x, w.proj_w, w.proj_b];
     inputs.extend(w.cls);

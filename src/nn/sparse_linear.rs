@@ -6,13 +6,18 @@
 //! computed per feature column from the transposed (CSC) copy — parallel, no atomics;
 //! `∂L/∂b = Σ_i G[i,:]`.
 //! Dropout on `X` only touches its nonzeros, so [`SparseRows::dropout`] is exact.
+//!
+//! Both products are the sparse × dense kernel [`crate::kernels::sparse::spmm`] (the CSC copy
+//! read as rows, its values through their CSR positions); the bias gradient is
+//! [`crate::kernels::col_sums`].
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
+use crate::kernels::col_sums;
+use crate::kernels::sparse::{spmm, CsrView};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, shape_err};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// A CSR sparse matrix with f64 values, with its transpose kept for backward passes.
@@ -173,29 +178,22 @@ impl<T: Element> Op<T> for SparseLinear {
         let mut res = Vec::new();
         if ctx.needs_grad[0] {
             let (cptr, crow, cpos) = self.x.csc.as_ref();
-            let vals = &self.x.values;
-            // (in, out): column f of W as a contiguous row, then transposed.
+            // (in, out) = Xᵀ G: column f of W as a contiguous row, then transposed.
+            let xt = CsrView {
+                ptr: cptr,
+                cols: crow,
+                vals: &self.x.values,
+                pos: Some(cpos),
+            };
             let mut dwt = vec![T::zero(); inp * out];
-            dwt.par_chunks_mut(out.max(1))
-                .enumerate()
-                .for_each(|(f, row)| {
-                    for k in cptr[f]..cptr[f + 1] {
-                        let v = T::c(vals[cpos[k]]);
-                        let gi = &g.data()[crow[k] * out..(crow[k] + 1) * out];
-                        row.iter_mut().zip(gi).for_each(|(r, &gv)| *r += v * gv);
-                    }
-                });
+            spmm(&mut dwt, out, xt, g.data(), None);
             res.push(Some(Tensor::new(&[inp, out], dwt)?.t()?));
         } else {
             res.push(None);
         }
         if self.has_bias {
             res.push(if ctx.needs_grad[1] {
-                let mut db = vec![T::zero(); out];
-                for r in g.data().chunks(out.max(1)) {
-                    db.iter_mut().zip(r).for_each(|(d, &v)| *d += v);
-                }
-                Some(Tensor::new(&[out], db)?)
+                Some(Tensor::new(&[out], col_sums(g.data(), out))?)
             } else {
                 None
             });
@@ -236,19 +234,13 @@ pub fn sparse_linear<T: Element>(
     let wt = tape.value(w).t()?;
     let bias: Option<Vec<T>> = b.map(|b| tape.value(b).data().to_vec());
     let mut y = vec![T::zero(); x.rows * out];
-    y.par_chunks_mut(out.max(1))
-        .enumerate()
-        .for_each(|(i, yr)| {
-            if let Some(b) = &bias {
-                yr.copy_from_slice(b);
-            }
-            let (cols, vals) = x.row(i);
-            for (&c, &v) in cols.iter().zip(vals) {
-                let v = T::c(v);
-                let wr = &wt.data()[c * out..(c + 1) * out];
-                yr.iter_mut().zip(wr).for_each(|(y, &w)| *y += v * w);
-            }
-        });
+    let xv = CsrView {
+        ptr: &x.indptr,
+        cols: &x.indices,
+        vals: &x.values,
+        pos: None,
+    };
+    spmm(&mut y, out, xv, wt.data(), bias.as_deref());
     let y = Tensor::new(&[x.rows, out], y)?;
     let inputs: Vec<Var> = std::iter::once(w).chain(b).collect();
     Ok(tape.record1(

@@ -2,7 +2,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::zip_into;
+use crate::kernels::{col_sums_into, zip_into, zip_rows_into};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -95,13 +95,8 @@ pub fn broadcast_zip<T: Element>(
     let total: usize = shape.iter().product();
     // Fast path: b broadcast along leading axes of a (bias add, per-feature scale).
     if shape == a.shape() && b.numel() > 0 && a.shape().ends_with(b.shape()) {
-        let m = b.numel();
         let mut out = vec![T::zero(); total];
-        for (o, ar) in out.chunks_mut(m).zip(a.data().chunks(m)) {
-            for j in 0..m {
-                o[j] = f(ar[j], b.data()[j]);
-            }
-        }
+        zip_rows_into(a.data(), b.data(), &mut out, f);
         return Ok(Tensor::from_parts(shape, out));
     }
     let sa = bstrides(a.shape(), &shape);
@@ -119,12 +114,9 @@ pub fn reduce_to_shape<T: Element>(g: &Tensor<T>, shape: &[usize]) -> Tensor<T> 
     }
     let mut out = vec![T::zero(); shape.iter().product()];
     if g.shape().ends_with(shape) && !shape.is_empty() {
+        // Broadcast along leading axes: column sums of g viewed (rows, numel of shape).
         let m = out.len();
-        for r in g.data().chunks(m) {
-            for j in 0..m {
-                out[j] += r[j];
-            }
-        }
+        col_sums_into(g.data(), m, &mut out);
         return Tensor::from_parts(shape.to_vec(), out);
     }
     let s = bstrides(shape, g.shape());

@@ -3,6 +3,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
+use crate::kernels::sparse;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -26,12 +27,7 @@ pub fn gather_rows_tensor<T: Element>(x: &Tensor<T>, idx: &[usize]) -> Tensor<T>
 pub fn scatter_add_rows_tensor<T: Element>(src: &Tensor<T>, idx: &[usize], n: usize) -> Tensor<T> {
     let r = row_len(src);
     let mut out = vec![T::zero(); n * r];
-    for (e, &i) in idx.iter().enumerate() {
-        let s = &src.data()[e * r..(e + 1) * r];
-        for (o, &v) in out[i * r..(i + 1) * r].iter_mut().zip(s) {
-            *o += v;
-        }
-    }
+    sparse::scatter_add_rows(&mut out, r, idx, src.data());
     let mut s = src.shape().to_vec();
     s[0] = n;
     Tensor::from_parts(s, out)

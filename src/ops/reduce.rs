@@ -2,6 +2,7 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
+use crate::kernels::col_sums_into;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -28,18 +29,14 @@ pub fn norm_axis(shape: &[usize], axis: isize, op: &str) -> Result<usize> {
 /// Sum over `axis` of a raw tensor, times `factor`.
 pub fn sum_axis<T: Element>(x: &Tensor<T>, axis: usize, keepdim: bool, factor: T) -> Tensor<T> {
     let (outer, n, inner) = split_axis(x.shape(), axis);
-    let mut out = vec![T::zero(); outer * inner];
+    let mut out = Vec::with_capacity(outer * inner);
     let d = x.data();
+    let mut sums = Vec::new();
     for o in 0..outer {
-        for j in 0..n {
-            let src = &d[(o * n + j) * inner..(o * n + j + 1) * inner];
-            let dst = &mut out[o * inner..(o + 1) * inner];
-            for (a, &b) in dst.iter_mut().zip(src) {
-                *a += b;
-            }
-        }
+        // Each outer slice is an (n, inner) block: the sum over the axis is its column sums.
+        col_sums_into(&d[o * n * inner..(o + 1) * n * inner], inner, &mut sums);
+        out.extend(sums.iter().map(|&v| v * factor));
     }
-    out.iter_mut().for_each(|v| *v *= factor);
     let mut shape = x.shape().to_vec();
     if keepdim {
         shape[axis] = 1;

@@ -1,5 +1,6 @@
 //! Trainer configuration, LR schedules, and the shared `clap` flags of every `train` command.
 
+use crate::errln;
 use crate::error::Result;
 use crate::invalid;
 use clap::{Args, ValueEnum};
@@ -232,6 +233,22 @@ impl TrainConfig {
                 ));
             }
         }
+        if let LrSchedule::Cosine { min_lr } | LrSchedule::Linear { min_lr } = self.schedule {
+            if !(min_lr >= 0.0 && min_lr.is_finite()) {
+                return Err(invalid!(
+                    "--min-lr must be a finite number >= 0, got {min_lr}"
+                ));
+            }
+        }
+        if let Some(es) = &self.early_stopping {
+            // NaN would make every comparison false: the first evaluation would stay the best.
+            if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
+                return Err(invalid!(
+                    "--min-delta must be a finite number >= 0, got {}",
+                    es.min_delta
+                ));
+            }
+        }
         if self.early_stopping.is_some() && self.monitor.is_none() {
             return Err(invalid!(
                 "early stopping needs a monitored metric (--monitor NAME)"
@@ -261,7 +278,7 @@ pub fn fresh_run_dir(default: &Path) -> PathBuf {
         .map(|k| default.with_file_name(format!("{name}-{k}")))
         .find(|p| !taken(p))
         .expect("an unbounded range has a free name");
-    eprintln!(
+    errln!(
         "note {} holds an earlier run; this run goes to {} (--out DIR chooses the folder, --overwrite replaces {})",
         default.display(),
         dir.display(),
@@ -500,6 +517,22 @@ mod tests {
         c.validate().unwrap();
         c.clip_grad_norm = Some(-1.0);
         assert!(c.validate().unwrap_err().to_string().contains("clip"));
+        c.clip_grad_norm = None;
+        c.monitor = Some(("val_acc".into(), Mode::Max));
+        for bad in [f64::NAN, f64::INFINITY, -0.5] {
+            c.early_stopping = Some(EarlyStopping {
+                patience: 3,
+                min_delta: bad,
+            });
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("--min-delta") && e.contains(&bad.to_string()),
+                "{e}"
+            );
+        }
+        c.early_stopping = None;
+        c.schedule = LrSchedule::Cosine { min_lr: f64::NAN };
+        assert!(c.validate().unwrap_err().to_string().contains("--min-lr"));
         assert_eq!(guess_mode("val_loss"), Mode::Min);
         assert_eq!(guess_mode("val_acc"), Mode::Max);
         assert!(Mode::Min.improves(0.5, 0.6, 0.0));

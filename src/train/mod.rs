@@ -79,6 +79,7 @@
 //! OUT/metrics.svg|.png     loss and metric curves, written at the end (`nabla plot` redraws them)
 //! OUT/checkpoint/          latest checkpoint: model.safetensors, optimizer.safetensors, state.json
 //! OUT/best/                weights (+ state.json) at the best value of the monitored metric
+//! OUT/.lock                the writer lock, held by the process training into OUT (its PID)
 //! ```
 
 mod checkpoint;
@@ -92,6 +93,7 @@ mod sampler;
 pub mod signals;
 mod trainer;
 
+pub(crate) use checkpoint::checkpoint_dir;
 pub use checkpoint::{
     load_checkpoint_state, BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT,
 };

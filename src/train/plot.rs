@@ -178,7 +178,7 @@ mod tests {
             "{}",
             &s[..200.min(s.len())]
         );
-        if crate::plot::font().is_some() {
+        if crate::plot::tests::font_or_skip() {
             let texts = crate::plot::tests::svg_texts(&s);
             for want in [
                 "optimizer step",

@@ -20,6 +20,7 @@
 //! bar stays on screen above the summary. [`Bar`] keeps its line [`BAR_MARGIN`] columns short of
 //! the width and clears it with `\r` + erase-line before every line printed below it.
 use super::config::ProgressMode;
+use crate::errln;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -251,7 +252,7 @@ impl Progress {
     /// A line that is shown even with `--quiet` (on stderr then): why a run stopped early.
     pub(crate) fn notice(&mut self, line: &str) {
         match self {
-            Progress::Quiet => eprintln!("{line}"),
+            Progress::Quiet => errln!("{line}"),
             _ => self.line(line),
         }
     }

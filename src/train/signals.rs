@@ -6,6 +6,12 @@
 //! for a user who does not want to wait for the checkpoint (the previous one stays intact: every
 //! checkpoint is written to a temporary folder and renamed into place).
 //!
+//! SIGPIPE (the reader of the progress lines or of stdout has gone away: `nabla rnn train 2>&1
+//! | head -5`) stops a run the same way, with a checkpoint and status 141 — the default action
+//! would kill it with no checkpoint at all. Every later write to the closed pipe raises SIGPIPE
+//! again, so it never counts as the impatient second signal; the write itself fails with EPIPE,
+//! which the progress output ignores and a command's stdout reports ([`crate::cli::main`]).
+//!
 //! The handlers are installed by the trainer when a run starts with
 //! [`super::TrainConfig::handle_signals`] (every `nabla … train` command sets it), not when the
 //! process starts: other commands keep the default action, so Ctrl-C stops a benchmark at once.
@@ -29,29 +35,34 @@ pub enum StopSignal {
     Terminate,
     /// SIGHUP.
     Hangup,
+    /// SIGPIPE: an output pipe whose reader has exited.
+    BrokenPipe,
 }
 
 impl StopSignal {
-    const ALL: [StopSignal; 3] = [
+    const ALL: [StopSignal; 4] = [
         StopSignal::Interrupt,
         StopSignal::Terminate,
         StopSignal::Hangup,
+        StopSignal::BrokenPipe,
     ];
 
-    /// The POSIX signal number (2, 15, 1).
+    /// The POSIX signal number (2, 15, 1, 13).
     pub fn number(self) -> i32 {
         match self {
             StopSignal::Interrupt => libc::SIGINT,
             StopSignal::Terminate => libc::SIGTERM,
             StopSignal::Hangup => libc::SIGHUP,
+            StopSignal::BrokenPipe => libc::SIGPIPE,
         }
     }
-    /// `SIGINT`, `SIGTERM`, `SIGHUP`.
+    /// `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGPIPE`.
     pub fn name(self) -> &'static str {
         match self {
             StopSignal::Interrupt => "SIGINT",
             StopSignal::Terminate => "SIGTERM",
             StopSignal::Hangup => "SIGHUP",
+            StopSignal::BrokenPipe => "SIGPIPE",
         }
     }
     /// Exit status of a command stopped by this signal: `128 + number`, what a shell reports for
@@ -64,18 +75,18 @@ impl StopSignal {
     }
 }
 
-/// Installs (once per process) the handlers of SIGINT, SIGTERM and SIGHUP described in the
-/// [module docs](self).
+/// Installs (once per process) the handlers of SIGINT, SIGTERM, SIGHUP and SIGPIPE described in
+/// the [module docs](self).
 pub fn install_stop_handlers() -> Result<()> {
     INSTALLED
         .get_or_init(|| {
             for sig in StopSignal::ALL {
                 let n = sig.number();
                 let action = move || {
-                    if RECEIVED
+                    let first = RECEIVED
                         .compare_exchange(0, n as usize, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_err()
-                    {
+                        .is_ok();
+                    if !first && n != libc::SIGPIPE {
                         // Second signal: only async-signal-safe calls (write, _exit) from here.
                         // A progress bar on screen is erased first (an atomic load), so the
                         // message does not land on its last frame.
@@ -122,7 +133,15 @@ mod tests {
             .iter()
             .map(|s| (s.name(), s.exit_code()))
             .collect();
-        assert_eq!(codes, [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)]);
+        assert_eq!(
+            codes,
+            [
+                ("SIGINT", 130),
+                ("SIGTERM", 143),
+                ("SIGHUP", 129),
+                ("SIGPIPE", 141)
+            ]
+        );
         for s in StopSignal::ALL {
             assert_eq!(StopSignal::from_number(s.number() as usize), Some(s));
         }

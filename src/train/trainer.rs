@@ -1,8 +1,8 @@
 //! The training loop.
 
 use super::checkpoint::{
-    checkpoint_dir, load_checkpoint_state, load_tensors, write_checkpoint, BestRecord,
-    CheckpointState, IntervalState, CHECKPOINT_FORMAT, MODEL_FILE, OPTIM_FILE,
+    checkpoint_dir, claim_run_dir, load_checkpoint_state, load_tensors, write_checkpoint,
+    BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT, MODEL_FILE, OPTIM_FILE,
 };
 use super::config::{
     PlotFormat, TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
@@ -232,6 +232,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 .sum::<usize>())
             * std::mem::size_of::<T>();
         prepare_run_dir(&run_dir, (4 * param_bytes).min(256 << 20) as u64)?;
+        // One writer per run folder, held to the end of the run; what dead writers left in it
+        // is recovered or removed before anything reads it.
+        let _writer = claim_run_dir(&run_dir)?;
         if cfg.resume.is_none() && !cfg.overwrite && run_dir.join("checkpoint").exists() {
             return Err(invalid!(
                 "run folder {} already holds a checkpoint; pass --resume {} to continue it, \

@@ -42,6 +42,15 @@ pub fn shared_or_fallback(rel: &str, fallback: &str) -> Option<PathBuf> {
     locate(rel, "FALLBACK", fallback)
 }
 
+/// The test binary's name without cargo's hash suffix (`norm-0123abcd` → `norm`).
+fn binary_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(a, _)| a.to_string()))
+        .unwrap_or_default()
+}
+
 fn locate(rel: &str, tag: &str, consequence: &str) -> Option<PathBuf> {
     let p = root().join(rel);
     if p.exists() {
@@ -53,12 +62,7 @@ fn locate(rel: &str, tag: &str, consequence: &str) -> Option<PathBuf> {
         .unwrap_or_else(|e| e.into_inner())
         .insert(rel.to_string());
     if first {
-        // The test binary's name without cargo's hash suffix (`norm-0123abcd` → `norm`).
-        let bin = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
-            .map(|s| s.rsplit_once('-').map_or(s.clone(), |(a, _)| a.to_string()))
-            .unwrap_or_default();
+        let bin = binary_name();
         // One write of one whole line, so parallel tests cannot split it.
         let line = format!(
             "{tag} {bin}: {} is absent, so {consequence} (NABLA_SHARED=DIR points elsewhere)\n",
@@ -67,4 +71,77 @@ fn locate(rel: &str, tag: &str, consequence: &str) -> Option<PathBuf> {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
     None
+}
+
+/// Set in the child processes of [`rerun_on_other_kernel_paths`], so they do not recurse.
+const RERUN_ENV: &str = "NABLA_TEST_KERNEL_PATH_RERUN";
+
+/// Runs the tests `names` (full names, e.g. `grad_losses`) of this test binary again, each time
+/// in one child process, on every kernel path this CPU has besides the one this process uses
+/// (`NABLA_ISA=scalar`, `avx2`, … — the path is fixed per process at the first kernel call, so
+/// a child is the only way to switch it). Asserts that each child ran exactly those tests and
+/// that all passed; returns the paths run. Inside such a child it does nothing.
+///
+/// The integration tests that matter across paths — gradient checks, PyTorch fixtures, exact
+/// resume — call this from one test per binary, so the default run exercises every path.
+#[allow(dead_code)]
+pub fn rerun_on_other_kernel_paths(names: &[&str]) -> Vec<&'static str> {
+    use nabla::kernels::isa;
+    if std::env::var_os(RERUN_ENV).is_some() {
+        return Vec::new();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let here = isa::selected();
+    let mut ran = Vec::new();
+    for path in isa::detected().into_iter().filter(|&p| p != here) {
+        let out = std::process::Command::new(&exe)
+            .args(names)
+            .args(["--exact", "--quiet"])
+            .env("NABLA_ISA", path.name())
+            .env(RERUN_ENV, "1")
+            .output()
+            .expect("running the test binary again");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let tail = |s: &str| {
+            s.chars()
+                .rev()
+                .take(6000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        };
+        assert!(
+            out.status.success(),
+            "on NABLA_ISA={path} the tests {names:?} failed:\n{}\n{}",
+            tail(&stdout),
+            tail(&String::from_utf8_lossy(&out.stderr))
+        );
+        // "test result: ok. N passed; …": every named test ran (a misspelt name would not).
+        let passed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("test result: ok. "))
+            .and_then(|l| l.split_once(" passed"))
+            .and_then(|(n, _)| n.trim().parse::<usize>().ok());
+        assert_eq!(
+            passed,
+            Some(names.len()),
+            "on NABLA_ISA={path}: expected {} tests to pass:\n{}",
+            names.len(),
+            tail(&stdout)
+        );
+        ran.push(path.name());
+    }
+    if !ran.is_empty() {
+        // One line past libtest's capture (as the skip lines above), so a plain `cargo test`
+        // shows which paths each binary's tests ran on.
+        let line = format!(
+            "KERNEL PATHS {}: {} tests passed again on {}\n",
+            binary_name(),
+            names.len(),
+            ran.join(", ")
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    ran
 }
