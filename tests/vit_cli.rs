@@ -1,5 +1,8 @@
 //! `nabla vit …` on bad input: a clear message on stderr, exit status ≠ 0, no panic.
 
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
@@ -565,4 +568,124 @@ fn vit_train_reports_test_acc_once() {
         .unwrap_or_else(|| panic!("no test_acc in {out}"));
     assert!((printed - acc).abs() < 1e-3, "{printed} vs {acc}");
     assert_eq!(out.matches("test_acc=").count(), 1, "{out}");
+}
+
+/// Fashion-MNIST end to end: `vit train` on the real IDX files (a few steps) names the classes
+/// from the data set's standard list, saves them in the run, and `vit predict` prints them for
+/// test images given as PNG files and as the IDX file itself.
+#[test]
+fn fashion_mnist_class_names_from_training_to_prediction() {
+    const NAMES: [&str; 10] = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ];
+    let Some(fm) = common::shared("data/fashion-mnist") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let (code, _, err) = nabla_out(&[
+        "vit",
+        "train",
+        "--data",
+        fm.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--train-limit",
+        "256",
+        "--eval-limit",
+        "64",
+        "--steps",
+        "3",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--mlp-dim",
+        "16",
+        "--batch",
+        "32",
+        "--no-bar",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("class names from Fashion-MNIST's names"),
+        "{err}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["classes"], serde_json::json!(NAMES));
+
+    // The first two test images as grey PNG files (labels 9 "Ankle boot" and 2 "Pullover").
+    let t10k = fm.join("t10k-images-idx3-ubyte.gz");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&t10k).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
+    let mut pngs = Vec::new();
+    for i in 0..2 {
+        let p = tmp.path().join(format!("test{i}.png"));
+        let px = &raw[16 + i * 784..16 + (i + 1) * 784];
+        let mut enc = png::Encoder::new(std::fs::File::create(&p).unwrap(), 28, 28);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.write_header().unwrap().write_image_data(px).unwrap();
+        pngs.push(p.to_str().unwrap().to_string());
+    }
+    let best = run.join("best");
+    let (code, out, err) = nabla_out(&[
+        "vit",
+        "predict",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        &pngs[0],
+        &pngs[1],
+        t10k.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for r in &rows {
+        let top = r["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{r}");
+        for t in top {
+            let c = t["class"].as_u64().unwrap() as usize;
+            assert_eq!(t["name"], NAMES[c], "{r}");
+        }
+    }
+    // A PNG of a test image and the same image read from the IDX file give the same
+    // probabilities (8-bit pixels either way), to 1e-6.
+    for i in 0..2 {
+        let (a, b) = (&rows[i]["probs"], &rows[2 + i]["probs"]);
+        for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() < 1e-6, "image {i}: {a} vs {b}");
+        }
+    }
+    // The plain output names the classes too.
+    let (code, out, err) = nabla_out(&[
+        "vit",
+        "predict",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        &pngs[0],
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let named = NAMES.iter().filter(|n| out.contains(*n)).count();
+    assert_eq!(named, 3, "top-3 names expected in: {out}");
 }

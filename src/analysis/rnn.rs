@@ -519,7 +519,8 @@ pub fn plot(a: &RnnAnalysis, path: &Path) -> Result<()> {
             },
             Chart {
                 title: "Truncated BPTT vs exact gradient".into(),
-                x: Axis::new("truncation length k (steps)").integer(),
+                // k doubles from point to point: a log axis spaces them evenly.
+                x: Axis::new("truncation length k (steps, log scale)").log(),
                 y: Axis::new("cosine / relative error (dimensionless)"),
                 series: vec![
                     Series::new("cosine", ks(|t| t.cosine), Mark::LinePoints),

@@ -231,14 +231,15 @@ pub fn write_rollout_png(
                 font(13),
             ))?;
         }
+        // The bar's caption midway between the "1" and "0.5" labels, clear of both.
         draw(Text::new(
             "rollout, min-max".to_string(),
-            (bx + 8, top + p / 2 - 40),
+            (bx + 8, top + p / 4 - 14),
             font(13),
         ))?;
         draw(Text::new(
             "normalized".to_string(),
-            (bx + 8, top + p / 2 - 24),
+            (bx + 8, top + p / 4 + 2),
             font(13),
         ))?;
         root.present().map_err(|e| err(e.to_string()))?;
@@ -332,7 +333,7 @@ mod tests {
         plot_distances(&p, &per_layer, 28).unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg"));
-        if crate::plot::font().is_some() {
+        if crate::plot::tests::font_or_skip() {
             let texts = crate::plot::tests::svg_texts(&svg);
             for want in [
                 "encoder block (layer)",

@@ -247,22 +247,50 @@ fn influence_cmd(a: &InfluenceArgs) -> Result<()> {
     if a.json {
         outln!("{v}")?;
     } else {
+        // Exact zeros as "0", not "0.000e0".
+        let sci = |x: f64| {
+            if x == 0.0 {
+                "0".to_string()
+            } else {
+                format!("{x:.3e}")
+            }
+        };
         for r in [&real, &chain] {
             outln!(
-                "{} node {} after L={} rounds: {} of {} nodes within reach ({} connected); influence beyond reach {:e}; complete graph would need {} edges (has {})",
-                r.graph, r.target, r.layers, r.reachable, r.nodes, r.connected, r.max_influence_beyond_reach, r.complete_graph_edges, r.edges
+                "{} node {} after L={} rounds: {} of {} nodes within reach ({} connected); largest influence beyond reach {}; complete graph would need {} edges (has {})",
+                r.graph, r.target, r.layers, r.reachable, r.nodes, r.connected, sci(r.max_influence_beyond_reach), r.complete_graph_edges, r.edges
             )?;
+            // Hops beyond L carry no influence (message passing cannot reach them): one line
+            // for all of them unless one is not zero.
+            let beyond: Vec<_> = r.by_hop.iter().filter(|h| h.hop > r.layers).collect();
+            let collapse = beyond.len() > 1 && beyond.iter().all(|h| h.mean == 0.0);
             for h in &r.by_hop {
+                if collapse && h.hop > r.layers {
+                    continue;
+                }
                 outln!(
-                    "  hop {:>2}: {:>5} nodes  mean {:.3e}  share {:.4}",
+                    "  hop {:>2}: {:>5} nodes  mean {}  share {:.4}",
                     h.hop,
                     h.nodes,
-                    h.mean,
+                    sci(h.mean),
                     h.share
                 )?;
             }
+            if let (true, Some(first), Some(last)) = (collapse, beyond.first(), beyond.last()) {
+                outln!(
+                    "  hops {}-{}: {:>5} nodes  mean 0  share 0 (beyond L = {} hops)",
+                    first.hop,
+                    last.hop,
+                    beyond.iter().map(|h| h.nodes).sum::<usize>(),
+                    r.layers
+                )?;
+            }
         }
-        outln!("wrote {}/influence.json and influence.svg", a.out.display())?;
+        outln!(
+            "wrote {} and {}",
+            a.out.join("influence.json").display(),
+            a.out.join("influence.svg").display()
+        )?;
     }
     Ok(())
 }

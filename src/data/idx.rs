@@ -155,19 +155,45 @@ pub fn load_pair(
     Ok(ds)
 }
 
+/// The first labels of the official Fashion-MNIST files (60,000 train, 10,000 test images):
+/// they recognise the data set in a folder whose name does not say "fashion". The chance that
+/// other data begins with the same 16 of 10 labels is 10⁻¹⁶; MNIST's begin 5 0 4 1 … / 7 2 1 0 ….
+const FASHION_TRAIN_HEAD: [usize; 16] = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9, 5, 5, 7, 9];
+const FASHION_TEST_HEAD: [usize; 16] = [9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5, 7, 3, 4, 1];
+
+/// Whether `labels` are those of an official Fashion-MNIST file (by count and first labels).
+fn is_fashion_mnist(labels: &[usize]) -> bool {
+    match labels.len() {
+        60_000 => labels.starts_with(&FASHION_TRAIN_HEAD),
+        10_000 => labels.starts_with(&FASHION_TEST_HEAD),
+        _ => false,
+    }
+}
+
 /// The standard names of 10-class IDX data: Fashion-MNIST's when the folder's name says
-/// "fashion", digits "0".."9" otherwise (MNIST, the 8x8 digits). Other class counts get none
-/// (a `classes.txt` next to the data can name them).
+/// "fashion" or the labels are those of the official Fashion-MNIST files, digits "0".."9"
+/// otherwise (MNIST, the 8x8 digits). Other class counts get none (a `classes.txt` next to the
+/// data can name them).
 fn name_classes(mut s: Splits, folder: &str) -> Splits {
+    let official = is_fashion_mnist(&s.train.labels)
+        || s.test.as_ref().is_some_and(|t| is_fashion_mnist(&t.labels));
+    let fashion_names = || {
+        super::FASHION_MNIST_CLASSES
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    };
     let (names, from) = if s.train.num_classes != 10 {
         (Vec::new(), String::new())
     } else if folder.to_ascii_lowercase().contains("fashion") {
         (
-            super::FASHION_MNIST_CLASSES
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            fashion_names(),
             format!("Fashion-MNIST's names (the folder is called {folder:?})"),
+        )
+    } else if official {
+        (
+            fashion_names(),
+            "Fashion-MNIST's names (its official label files)".to_string(),
         )
     } else {
         (
@@ -337,6 +363,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("3 labels for 2 images"), "{e}");
+    }
+
+    #[test]
+    fn fashion_mnist_is_recognised_by_its_labels_whatever_the_folder_is_called() {
+        let ds = |labels: Vec<usize>, name: &str| ImageDataset {
+            pixels: vec![0u8; labels.len()],
+            channels: 1,
+            height: 1,
+            width: 1,
+            num_classes: 10,
+            name: name.into(),
+            flip_ok: false,
+            classes: Vec::new(),
+            classes_from: String::new(),
+            labels,
+        };
+        let labels = |head: &[usize], n: usize| -> Vec<usize> {
+            head.iter()
+                .copied()
+                .chain((head.len()..n).map(|i| i % 10))
+                .collect()
+        };
+        let fashion = Splits {
+            train: ds(labels(&FASHION_TRAIN_HEAD, 60_000), "data/train"),
+            test: Some(ds(labels(&FASHION_TEST_HEAD, 10_000), "data/test")),
+        };
+        let s = name_classes(fashion, "data");
+        assert_eq!(s.train.classes[0], "T-shirt/top");
+        assert_eq!(s.train.classes[9], "Ankle boot");
+        assert_eq!(s.test.as_ref().unwrap().classes, s.train.classes);
+        assert!(s.train.classes_from.contains("official label files"));
+        // MNIST's labels (5 0 4 1 9 …) in a folder of any name: digits.
+        let mnist = Splits {
+            train: ds(labels(&[5, 0, 4, 1, 9, 2, 1, 3, 1, 4], 60_000), "d/train"),
+            test: None,
+        };
+        let s = name_classes(mnist, "d");
+        assert_eq!(s.train.classes, crate::data::digit_names());
+        // The folder's name alone is enough.
+        let named = Splits {
+            train: ds(labels(&[1, 2, 3], 100), "fashion/train"),
+            test: None,
+        };
+        assert_eq!(
+            name_classes(named, "my-Fashion").train.classes[0],
+            "T-shirt/top"
+        );
     }
 
     /// A label beyond the classes (a corrupt byte, 255) is an error naming the file and the

@@ -6,8 +6,8 @@
 //! every evaluated metric whose name contains `loss`, marked at each evaluation; every model
 //! trained by [`crate::train::Trainer`] minimises a mean cross-entropy, so the axis is in nats.
 //! Then one chart per unit of the other metrics: accuracies (`*_acc`) in percent, bits per
-//! character (`*_bpc`), anything else as plain values. x axis: optimizer steps from 0 to the
-//! last evaluation.
+//! character (`*_bpc`), anything else as plain values. x axis: optimizer steps (epochs for
+//! full-batch training, one step each) from 0 to the last evaluation.
 
 use super::metrics::{read_metrics_jsonl, MetricsRecord, RESERVED};
 use crate::error::{NablaError, Result};
@@ -43,9 +43,14 @@ pub fn charts(records: &[MetricsRecord]) -> Vec<Chart> {
     }
     names.sort();
     let last_step = records.iter().map(|r| r.step).max().unwrap_or(1).max(1);
-    let x = Axis::new("optimizer step")
-        .integer()
-        .range(0.0, last_step as f64);
+    // Full-batch training (gnn train): one step per epoch, and epochs are what the user counts.
+    let full_batch = records.iter().all(|r| r.epoch == Some(r.step as f64));
+    let x_label = if full_batch {
+        "epoch (one full-batch optimizer step each)"
+    } else {
+        "optimizer step"
+    };
+    let x = Axis::new(x_label).integer().range(0.0, last_step as f64);
     let logged: Vec<(f64, f64)> = records
         .iter()
         .flat_map(|r| r.logged_train_loss.iter())
@@ -153,6 +158,13 @@ mod tests {
         let c = charts(&records());
         assert_eq!(c[0].series[0].name, "train_loss");
         assert_eq!(c[0].series[0].points.len(), 5);
+        assert_eq!(c[0].x.label, "optimizer step");
+        // Full-batch training (one step per epoch) counts epochs on the x axis.
+        let mut full_batch = records();
+        for r in &mut full_batch {
+            r.epoch = Some(r.step as f64);
+        }
+        assert!(charts(&full_batch)[0].x.label.starts_with("epoch "));
     }
 
     #[test]
@@ -166,7 +178,7 @@ mod tests {
             "{}",
             &s[..200.min(s.len())]
         );
-        if crate::plot::font().is_some() {
+        if crate::plot::tests::font_or_skip() {
             let texts = crate::plot::tests::svg_texts(&s);
             for want in [
                 "optimizer step",
