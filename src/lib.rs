@@ -7,6 +7,7 @@
 //! - [`ops`]: primitive differentiable ops, forward and backward side by side;
 //! - [`init`]: seeded RNG and initializers; [`gradcheck`]: finite-difference checks;
 //! - [`io`]: safetensors and atomic writes; [`bench`]: the benchmark convention;
+//! - [`memory`]: the memory a run will need, checked before it allocates;
 //! - [`train`]: the one training loop (progress, metrics, plots, checkpoints, resume);
 //! - [`nn`]: fused layers (Elman RNN, norms, dropout, attention, message passing, patch embedding, MLP);
 //! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs);
@@ -26,6 +27,7 @@ pub mod graph;
 pub mod init;
 pub mod io;
 pub mod kernels;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod ops;

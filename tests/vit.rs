@@ -563,3 +563,19 @@ fn every_kernel_path() {
         "micro_batched_step_equals_the_whole_batch_and_ignores_thread_count",
     ]);
 }
+
+/// The parameter count the memory estimate uses is the count of the model built.
+#[test]
+fn num_params_counts_the_built_model() {
+    for pool in [Pool::Cls, Pool::Avg] {
+        let cfg = tiny_cfg(pool);
+        let mut store = ParamStore::<f32>::new();
+        Vit::init(cfg.clone(), &mut store, 0).unwrap();
+        assert_eq!(cfg.num_params(), store.num_elements() as f64);
+        let shapes: usize = param_shapes(&cfg)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(shapes, store.num_elements());
+    }
+}

@@ -53,6 +53,11 @@ pub struct InfluenceReport {
     pub by_hop: Vec<HopInfluence>,
 }
 
+/// The most message-passing rounds [`influence`] takes.
+pub const MAX_LAYERS: usize = 256;
+/// The widest random layers [`influence`] takes.
+pub const MAX_HIDDEN: usize = 4096;
+
 /// `L` rounds of a GCN-like layer with fixed random weights: message `W_m h_j`, mean
 /// aggregation over `N(i)` (self loop added), update `tanh(W_u [h_i ‖ a_i] + b)`, width `hidden`,
 /// seeded; `h^0` is standard normal. Returns the report for `target`.
@@ -67,9 +72,26 @@ pub fn influence(
     if layers == 0 || hidden == 0 {
         return Err(invalid!("influence needs layers >= 1 and hidden >= 1"));
     }
+    // Stated limits: past a graph's diameter (Cora's is 19) more rounds reach no new node,
+    // while the tape grows with L·hidden.
+    if layers > MAX_LAYERS || hidden > MAX_HIDDEN {
+        return Err(invalid!(
+            "influence takes at most {MAX_LAYERS} layers and hidden {MAX_HIDDEN}, got {layers} and {hidden}"
+        ));
+    }
     let dist = graph.hop_distances_to(target)?;
     let g = graph.with_self_loops();
     let n = g.num_nodes();
+    // One backward pass per hidden unit, each on a tape of L layers holding per layer the
+    // message, the gathered edge messages, the mean, the concatenation, the update and its
+    // tanh (`6·N + E` rows of `hidden`), and as much again for their gradients.
+    crate::memory::Estimate::new()
+        .elements(
+            format!("the tape of {layers} layers"),
+            2.0 * layers as f64 * (6.0 * n as f64 + g.num_edges() as f64) * hidden as f64,
+            8,
+        )
+        .check("gnn influence")?;
     let mut rng = Rng::new(seed);
     let mut store = ParamStore::<f64>::new();
     let mut stack = Vec::new();

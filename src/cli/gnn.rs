@@ -58,7 +58,7 @@ pub struct InfluenceArgs {
     /// Data folder (TSV or LINQS); without it, the built-in contextual SBM.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Rounds of message passing L.
+    /// Rounds of message passing L (at most 256).
     #[arg(long, default_value_t = 4)]
     pub layers: usize,
     /// Target node i.

@@ -91,7 +91,12 @@ pub fn resolve_checkpoint(p: &Path) -> Result<(PathBuf, Option<VitConfig>)> {
             serde_json::from_slice(&std::fs::read(&state).map_err(|e| NablaError::io(&state, e))?)
                 .map_err(|e| NablaError::format(&state, e.to_string()))?;
         if let Some(mc) = v.get("model_config").and_then(|m| m.get("vit")) {
-            cfg = serde_json::from_value::<VitConfig>(mc.clone()).ok();
+            // A saved configuration is checked as a whole before any of its sizes is used.
+            let c = serde_json::from_value::<VitConfig>(mc.clone())
+                .map_err(|e| NablaError::format(&state, format!("model_config.vit: {e}")))?;
+            c.validate()
+                .map_err(|e| NablaError::format(&state, format!("model_config.vit: {e}")))?;
+            cfg = Some(c);
         }
     }
     Ok((file, cfg))

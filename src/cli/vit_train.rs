@@ -342,6 +342,9 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
         dropout: a.dropout,
     };
     cfg.validate()?;
+    if a.finetune_from.is_none() {
+        cfg.memory(a.batch, true).check("vit train")?;
+    }
     if !(0.0..1.0).contains(&a.label_smoothing) {
         return Err(invalid!(
             "--label-smoothing must be in [0, 1), got {}",
@@ -375,6 +378,7 @@ pub fn build_task(a: &TrainArgs) -> Result<VitTask> {
                 ..cfg
             };
             cfg.validate()?;
+            cfg.memory(a.batch, true).check("vit train")?;
             let store = finetune_store(&tensors, &old, &cfg, a.pos_interp, a.seed)?;
             errln!(
                 "fine-tuning {} ({}x{} → {}x{}, pos_embed {}x{} → {}x{} grid, {:?})",

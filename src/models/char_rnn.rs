@@ -57,6 +57,49 @@ pub struct CharRnnConfig {
     pub text_chars: usize,
 }
 
+impl CharRnnConfig {
+    /// Checks the sizes (of flags, or of a run folder's state.json as a whole) before any is
+    /// used: positive, within the stated limits, and the weights within the memory available.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v, max) in [
+            ("hidden", self.hidden, 1usize << 20),
+            ("batch", self.batch, 1 << 20),
+            ("k1", self.k1, 1 << 24),
+            ("k2", self.k2, 1 << 24),
+        ] {
+            if v == 0 || v > max {
+                return Err(invalid!("--{name} must be in 1..={max}, got {v}"));
+            }
+        }
+        TbpttSchedule::new(self.k1, self.k2)?;
+        let v = self.vocab.chars().count().max(1) as f64;
+        crate::memory::Estimate::new()
+            .f32s("weights", self.num_params(v))
+            .check("the character model")
+    }
+
+    /// Parameters of an Elman RNN from a vocabulary of `v` characters to itself:
+    /// `W (H, V)`, `U (H, H)`, `b (H)`, `V (V, H)`, `c (V)`.
+    fn num_params(&self, v: f64) -> f64 {
+        let h = self.hidden as f64;
+        2.0 * v * h + h * h + h + v
+    }
+
+    /// The memory of one TBPTT(k1, k2) update with Adam: the weights with their gradients,
+    /// two moments and the `best/` copy, and the window's tape — per step and stream the
+    /// one-hot input, logits, probabilities and their gradient (`4·V`), the pre-activation,
+    /// state and state gradient (`3·H`).
+    pub fn train_memory(&self, vocab: usize) -> crate::memory::Estimate {
+        let (v, h, b) = (vocab as f64, self.hidden as f64, self.batch as f64);
+        crate::memory::Estimate::new()
+            .f32s("weights and optimizer state", 5.0 * self.num_params(v))
+            .f32s(
+                format!("the k2 = {}-step window", self.k2),
+                (self.k2 as f64 + 1.0) * b * (4.0 * v + 3.0 * h),
+            )
+    }
+}
+
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
@@ -71,10 +114,8 @@ pub struct CharRnn {
 
 impl CharRnn {
     pub fn new(config: CharRnnConfig) -> Result<Self> {
+        config.validate()?;
         let vocab = Vocab::from_chars(&config.vocab)?;
-        if config.hidden == 0 {
-            return Err(invalid!("--hidden must be at least 1"));
-        }
         let mut store = ParamStore::new();
         let mut rng = Rng::new(config.seed);
         let rnn = ElmanRnn::new(
@@ -489,6 +530,9 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let sp = dir.join("state.json");
     let config: CharRnnConfig = serde_json::from_value(state.model_config.clone())
         .map_err(|e| NablaError::format(&sp, format!("not a `nabla rnn train` checkpoint: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| NablaError::format(&sp, format!("model_config: {e}")))?;
     let file = dir.join("model.safetensors");
     let tensors = crate::io::load_safetensors::<f32>(&file)?;
     let mut model = CharRnn::new(config)?;
@@ -585,12 +629,15 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
     let config = if let Some(from) = &resume {
         // The model settings (and the text seed of the built-in corpus) come from the run.
         let st = load_checkpoint_state(from)?;
-        serde_json::from_value::<CharRnnConfig>(st.model_config).map_err(|e| {
+        let c = serde_json::from_value::<CharRnnConfig>(st.model_config).map_err(|e| {
             invalid!(
                 "--resume: {} does not hold a `nabla rnn train` run: {e}",
                 from.display()
             )
-        })?
+        })?;
+        c.validate()
+            .map_err(|e| invalid!("--resume: the model_config of {}: {e}", from.display()))?;
+        c
     } else {
         CharRnnConfig {
             vocab: String::new(),
@@ -630,6 +677,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             ..config
         }
     };
+    config.validate()?;
+    config.train_memory(corpus.vocab.len()).check("rnn train")?;
     let model = CharRnn::new(config.clone())?;
     let mut task = CharRnnTask::new(model, corpus)?;
     let tcfg = TrainConfig {
@@ -699,6 +748,10 @@ pub fn train_cli(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn sample_cli(a: &SampleArgs) -> Result<()> {
+    // The sample is built in memory, then printed: up to 4 bytes per character.
+    crate::memory::Estimate::new()
+        .elements("the sampled text", a.len as f64, 4)
+        .check("rnn sample")?;
     let ck = load_checkpoint(&a.checkpoint)?;
     let s = ck.model.sample(&a.prime, a.len, a.temperature, a.seed)?;
     outln!("{}{}", a.prime, s)?;

@@ -15,7 +15,7 @@ use crate::data::planetoid::NodeDataset;
 use crate::error::Result;
 use crate::init::Rng;
 use crate::invalid;
-use crate::models::gnn::{GnnConfig, GnnModel, GraphInput};
+use crate::models::gnn::{GnnConfig, GnnKind, GnnModel, GraphInput};
 use crate::ops::{self, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig, Optimizer};
 use crate::tensor::Tensor;
@@ -128,6 +128,7 @@ impl<'a> NodeClassifier<'a> {
                 ds.num_classes
             ));
         }
+        gnn_memory(ds, cfg).check(&format!("gnn train --model {}", cfg.kind.name()))?;
         let input = GraphInput::new(&ds.features, &ds.graph)?;
         let mut store = ParamStore::<f32>::new();
         let model = GnnModel::new(
@@ -230,6 +231,30 @@ impl TrainModel<f32> for NodeClassifier<'_> {
     fn steps_per_epoch(&self) -> Option<u64> {
         Some(1)
     }
+}
+
+/// The memory of a full-batch step: the first layer's weights (features × hidden·heads, with
+/// gradient, Adam's moments and the `best/` copy), per node about 8 hidden rows per head
+/// (projections, messages, aggregates, dropout masks and their gradients), per edge and head
+/// 6 values (scores, weights, masks, gradients), and for the dense model the `N × N` scores
+/// and weights of every head with their gradients.
+fn gnn_memory(ds: &NodeDataset, cfg: &GnnConfig) -> crate::memory::Estimate {
+    let (n, e) = (
+        ds.num_nodes() as f64,
+        ds.graph.num_edges() as f64 + ds.num_nodes() as f64,
+    );
+    let (h, k) = (cfg.hidden as f64, cfg.heads.max(1) as f64);
+    let f = ds.features.cols() as f64;
+    let dense = if cfg.kind == GnnKind::Dense {
+        4.0 * k * n * n
+    } else {
+        0.0
+    };
+    crate::memory::Estimate::new()
+        .f32s("weights and optimizer state", 5.0 * f * h * k)
+        .f32s("node activations", 8.0 * n * h * k + 2.0 * n * f)
+        .f32s("edge activations", 6.0 * e * k)
+        .f32s("dense attention", dense)
 }
 
 /// The trainer settings of the papers: `cfg.epochs` epochs, evaluation every epoch, the best

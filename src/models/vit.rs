@@ -65,10 +65,32 @@ pub struct VitConfig {
 }
 
 impl VitConfig {
-    /// Checks that the numbers describe a buildable model.
+    /// Checks that the numbers describe a buildable model, within the stated limits (a
+    /// configuration read from a run folder is checked as a whole before any size is used).
     pub fn validate(&self) -> Result<()> {
         if self.patch == 0 || self.image_size == 0 {
             return Err(invalid!("image size and patch size must be positive"));
+        }
+        if self.dim == 0 {
+            return Err(invalid!("the embedding dim must be positive"));
+        }
+        for (name, v, max) in [
+            ("image size", self.image_size, 1 << 14),
+            ("input channels", self.in_chans, 1 << 10),
+            ("embedding dim", self.dim, 1 << 20),
+            ("depth", self.depth, 1 << 12),
+            ("mlp dim", self.mlp_dim, 1 << 20),
+            ("classes", self.num_classes, 1 << 16),
+        ] {
+            if v > max {
+                return Err(invalid!("{name} {v} is over the limit of {max}"));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return Err(invalid!(
+                "LayerNorm eps must be in (0, 1), got {}",
+                self.eps
+            ));
         }
         if !self.image_size.is_multiple_of(self.patch) {
             return Err(invalid!(
@@ -104,6 +126,40 @@ impl VitConfig {
     pub fn tokens(&self) -> usize {
         1 + self.num_patches()
     }
+    /// Number of parameters (as `f64`: counted before anything is allocated).
+    pub fn num_params(&self) -> f64 {
+        let (d, m) = (self.dim as f64, self.mlp_dim as f64);
+        let k = (self.in_chans * self.patch * self.patch) as f64;
+        let block = 4.0 * d * d + 2.0 * d * m + 9.0 * d + m;
+        d + self.tokens() as f64 * d
+            + k * d
+            + d
+            + self.depth as f64 * block
+            + 2.0 * d
+            + (d + 1.0) * self.num_classes as f64
+    }
+
+    /// The memory a step on `batch` images holds: the parameters (with gradients and AdamW's
+    /// two moments when training, and the copy kept for `best/`), and the activations the tape
+    /// keeps per block — the token streams (`10·D + 2·M` per token: norms, qkv, projections,
+    /// residuals, the MLP's hidden layer before and after GELU) and the attention
+    /// probabilities (`heads·T` per token) — doubled for their gradients when training.
+    pub fn memory(&self, batch: usize, train: bool) -> crate::memory::Estimate {
+        let (t, d, m, h) = (
+            self.tokens() as f64,
+            self.dim as f64,
+            self.mlp_dim as f64,
+            self.heads as f64,
+        );
+        let copies = if train { 5.0 } else { 1.0 };
+        let per_image = self.depth as f64 * t * (10.0 * d + 2.0 * m + h * t)
+            + t * (d + (self.in_chans * self.patch * self.patch) as f64);
+        let grads = if train { 2.0 } else { 1.0 };
+        crate::memory::Estimate::new()
+            .f32s("parameters", copies * self.num_params())
+            .f32s("activations", grads * batch as f64 * per_image)
+    }
+
     /// Multiply-adds of one forward pass for one image (linear layers + attention products).
     pub fn forward_macs(&self) -> f64 {
         let (t, d, m) = (self.tokens() as f64, self.dim as f64, self.mlp_dim as f64);
@@ -381,6 +437,7 @@ impl Vit {
         tensors: &BTreeMap<String, Tensor<T>>,
         cfg: VitConfig,
     ) -> Result<(Vit, ParamStore<T>)> {
+        cfg.validate()?;
         let mut store = ParamStore::new();
         for (name, shape) in param_shapes(&cfg) {
             let t = tensors
