@@ -68,6 +68,13 @@ pub fn bench_norm(args: &BenchNormArgs) -> Result<Vec<BenchResult>> {
     let (_, copy_gbs) = bench::copy_bandwidth_gbs(&bench::probe_options());
     let mut out = Vec::new();
     for [n, c, f] in shapes {
+        // x, dy, y, dx and the saved normalized input.
+        crate::memory::Estimate::new()
+            .f32s(
+                "five (N, C, F) tensors",
+                5.0 * n as f64 * c as f64 * f as f64,
+            )
+            .check("bench norm")?;
         let mut rng = Rng::new(0);
         let x = Tensor::<f32>::from_fn(&[n, c, f], |_| rng.normal() as f32);
         let dy = Tensor::<f32>::from_fn(&[n, c, f], |_| rng.normal() as f32);

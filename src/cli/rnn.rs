@@ -183,6 +183,22 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
     if a.truncate == Some(0) {
         return Err(invalid!("--truncate must be at least 1"));
     }
+    // Weights and gradients, the data, and per step and sequence the states, pre-activations
+    // and their gradients (4·H) and the outputs with theirs (2·O).
+    let (b, t, i, o) = (
+        a.batch as f64,
+        a.seq_len as f64,
+        a.input as f64,
+        a.output as f64,
+    );
+    for &h in &a.hidden {
+        let h = h as f64;
+        crate::memory::Estimate::new()
+            .f32s("weights and gradients", 2.0 * (h * i + h * h + o * h))
+            .f32s("the batch", b * t * (i + o))
+            .f32s("the tape", b * t * (4.0 * h + 2.0 * o))
+            .check(&format!("bench rnn --hidden {h}"))?;
+    }
     let mut out = Vec::new();
     // The step is compute-bound (products): its rate against the pool's FMA peak.
     let (_, peak) = bench::fma_peak_gflops(&bench::BenchOptions {

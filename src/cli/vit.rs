@@ -222,6 +222,9 @@ fn eval(a: &EvalArgs) -> Result<()> {
         Some(n) => test.take(n),
         None => test.clone(),
     };
+    vit.cfg
+        .memory(a.batch.min(test.len()), false)
+        .check("vit eval")?;
     let opts = crate::cli::vit_train::saved_batch_options(&a.checkpoint)
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
     let t0 = std::time::Instant::now();
@@ -246,6 +249,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
 
 fn analyze(a: &AnalyzeArgs) -> Result<()> {
     let (vit, store) = load_model(&a.checkpoint, a.heads, a.pool)?;
+    vit.cfg.memory(128, false).check("vit analyze")?;
     let splits = data::load(a.data.as_deref(), 0)?;
     let test = splits
         .test_or_err("vit analyze")?

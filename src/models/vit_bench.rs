@@ -19,6 +19,12 @@ use serde_json::json;
 /// and the fractions of the measured matmul rate and FMA peak in `extra`.
 pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<BenchResult> {
     cfg.validate()?;
+    cfg.memory(batch, true)
+        .f32s(
+            "the batch",
+            batch as f64 * (cfg.in_chans * cfg.image_size * cfg.image_size) as f64,
+        )
+        .check("bench vit")?;
     let mut store = ParamStore::<f32>::new();
     let vit = Vit::init(cfg.clone(), &mut store, 0)?;
     let mut rng = Rng::new(1);
