@@ -4,6 +4,7 @@
 #
 #   PY=/path/to/python-with-torch BIN=target/release/nabla THREADS=2 scripts/side_by_side_all.sh OUT
 # With NABLA_ISA=avx2 (or scalar) in the environment, nabla runs that kernel path.
+# ONLY=vit,gnn_gat runs only the named benchmarks (matmul rnn norm vit gnn_gat gnn_transformer).
 set -eu
 OUT=${1:-/tmp/side-by-side}
 BIN=$(realpath "${BIN:-target/release/nabla}")
@@ -16,6 +17,7 @@ cd "$(dirname "$0")"
 "$BIN" info --json > "$OUT/info.json"
 echo "# $("$BIN" info | sed -n 2,6p | tr '\n' ';') NABLA_ISA=${NABLA_ISA:-auto}"
 sbs() {  # name, nabla command, torch command
+  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$1,"* ]]; then return; fi
   echo "## $1"
   "$PY" side_by_side.py --rounds "$ROUNDS" --json --nabla "$BIN $2" --torch "$PY $3" > "$OUT/$1.jsonl"
   "$PY" -c 'import json,sys
