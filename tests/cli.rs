@@ -417,3 +417,46 @@ fn shared_folder_is_located_only_by_tests_common() {
         offenders.join("\n")
     );
 }
+
+/// `NABLA_PROFILE=1` prints the time per op, forward and backward, on stderr at the end: the
+/// GAT epoch's ops are there with their call counts, and without the variable nothing is.
+#[test]
+fn nabla_profile_prints_the_time_per_op() {
+    let args = [
+        "bench",
+        "gnn",
+        "--model",
+        "gat",
+        "--min-time",
+        "0",
+        "--warmup",
+        "1",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .env("NABLA_PROFILE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("op (NABLA_PROFILE)"), "{err}");
+    for op in [
+        "sparse_linear",
+        "weighted_aggregate",
+        "edge_softmax",
+        "cross_entropy",
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(op))
+            .unwrap_or_else(|| panic!("no {op} in {err}"));
+        // forward s, calls, backward s, calls, share: every op ran forward and backward.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            f[2].parse::<u64>().unwrap() >= 1 && f[4].parse::<u64>().unwrap() >= 1,
+            "{line}"
+        );
+    }
+    let quiet = nabla(&args);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("NABLA_PROFILE"));
+}

@@ -10,6 +10,7 @@
 //! (gradients accumulate until [`ParamStore::zero_grad`]).
 
 mod params;
+pub mod profile;
 pub use params::{Param, ParamId, ParamStore};
 
 use crate::error::{NablaError, Result};
@@ -71,6 +72,8 @@ pub struct Tape<T: Element = f32> {
     params: Vec<(Var, ParamId)>,
     records: Vec<Record<T>>,
     grad_enabled: bool,
+    /// The last event on this tape, while [`profile::enabled`].
+    last_event: Option<std::time::Instant>,
 }
 
 impl<T: Element> Default for Tape<T> {
@@ -88,6 +91,8 @@ impl<T: Element> Tape<T> {
             params: Vec::new(),
             records: Vec::new(),
             grad_enabled: true,
+            // Time before the tape existed (the previous step's optimizer, say) is no op's.
+            last_event: profile::enabled().then(std::time::Instant::now),
         }
     }
     /// A tape that records nothing (evaluation / inference): ops only compute forward values.
@@ -99,6 +104,16 @@ impl<T: Element> Tape<T> {
     pub fn grad_enabled(&self) -> bool {
         self.grad_enabled
     }
+    /// Charges the time since the previous event on this tape to `name`'s forward.
+    fn profile_forward(&mut self, name: &'static str) {
+        if profile::enabled() {
+            let now = std::time::Instant::now();
+            if let Some(t) = self.last_event {
+                profile::add(name, false, (now - t).as_secs_f64());
+            }
+            self.last_event = Some(now);
+        }
+    }
     fn push(&mut self, t: Tensor<T>, requires_grad: bool) -> Var {
         self.values.push(t);
         self.requires_grad.push(requires_grad && self.grad_enabled);
@@ -107,15 +122,18 @@ impl<T: Element> Tape<T> {
     }
     /// A leaf that does not need a gradient (data, targets, masks).
     pub fn constant(&mut self, t: Tensor<T>) -> Var {
+        self.profile_forward("(constant)");
         self.push(t, false)
     }
     /// A leaf whose gradient is wanted (an input being differentiated).
     pub fn input(&mut self, t: Tensor<T>) -> Var {
+        self.profile_forward("(input)");
         self.push(t, true)
     }
     /// Brings parameter `id` of `store` onto the tape; its gradient flows back to the store
     /// through [`Tape::accumulate_grads`].
     pub fn param(&mut self, store: &ParamStore<T>, id: ParamId) -> Var {
+        self.profile_forward("(param)");
         let p = store.get(id);
         let v = self.push(p.value.clone(), p.requires_grad);
         self.params.push((v, id));
@@ -145,6 +163,7 @@ impl<T: Element> Tape<T> {
         inputs: &[Var],
         outputs: Vec<Tensor<T>>,
     ) -> Vec<Var> {
+        self.profile_forward(op.name());
         let rg = self.grad_enabled && inputs.iter().any(|v| self.requires_grad[v.0]);
         let outs: Vec<Var> = outputs.into_iter().map(|t| self.push(t, rg)).collect();
         if rg {
@@ -182,6 +201,7 @@ impl<T: Element> Tape<T> {
                 if rec.outputs.iter().all(|o| self.grads[o.0].is_none()) {
                     continue;
                 }
+                let t0 = profile::enabled().then(std::time::Instant::now);
                 let needs: Vec<bool> = rec.inputs.iter().map(|i| self.requires_grad[i.0]).collect();
                 let grads_in = {
                     let ctx = BackwardCtx {
@@ -216,6 +236,9 @@ impl<T: Element> Tape<T> {
                         }
                         accumulate(&mut self.grads[inp.0], g)?;
                     }
+                }
+                if let Some(t0) = t0 {
+                    profile::add(rec.op.name(), true, t0.elapsed().as_secs_f64());
                 }
             }
             Ok(())

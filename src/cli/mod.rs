@@ -402,6 +402,9 @@ pub fn main() -> i32 {
         Ok(pool) => pool.install(|| run(cli)),
         Err(_) => run(cli),
     };
+    if let Some(table) = crate::autograd::profile::report() {
+        errln!("{table}");
+    }
     exit_status(result)
 }
 

@@ -52,6 +52,8 @@ pub trait F32Path: Sized {
     fn as_f32(x: &[Self]) -> Option<&[f32]>;
     /// The slice as `&mut [f32]` when the element type is f32.
     fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]>;
+    /// The vector as `Vec<Self>` when the element type is f32.
+    fn from_f32_vec(v: Vec<f32>) -> Option<Vec<Self>>;
 }
 
 impl F32Path for f32 {
@@ -63,6 +65,10 @@ impl F32Path for f32 {
     fn as_f32_mut(x: &mut [f32]) -> Option<&mut [f32]> {
         Some(x)
     }
+    #[inline(always)]
+    fn from_f32_vec(v: Vec<f32>) -> Option<Vec<f32>> {
+        Some(v)
+    }
 }
 
 impl F32Path for f64 {
@@ -72,6 +78,10 @@ impl F32Path for f64 {
     }
     #[inline(always)]
     fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
+    }
+    #[inline(always)]
+    fn from_f32_vec(_: Vec<f32>) -> Option<Vec<f64>> {
         None
     }
 }

@@ -92,6 +92,41 @@ fn axpy_row<T: Element>(o: &mut [T], a: T, v: &[T]) {
     o.iter_mut().zip(v).for_each(|(o, &v)| *o += a * v);
 }
 
+/// `o ← o + c ⊙ v` (a product, then a sum: the bits of the per-head [`axpy_row`]).
+#[inline(always)]
+fn mul_add_row<T: Element>(o: &mut [T], c: &[T], v: &[T]) {
+    o.iter_mut()
+        .zip(c)
+        .zip(v)
+        .for_each(|((o, &c), &v)| *o += c * v);
+}
+
+/// Heads at least this wide take their own `axpy_row` in the weighted gather (a full vector).
+const WIDE_HEAD: usize = 16;
+
+/// [`for_each_row_block`] with a scratch value per task, made by `init`.
+fn for_each_row_block_with<T: Element, S>(
+    isa: Isa,
+    out: &mut [T],
+    width: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync,
+) {
+    if width == 0 {
+        return;
+    }
+    out.par_chunks_mut(ROW_BLOCK * width)
+        .enumerate()
+        .for_each(|(b, blk)| {
+            let mut scratch = init();
+            isa::dispatch_on(isa, || {
+                for (k, o) in blk.chunks_exact_mut(width).enumerate() {
+                    f(&mut scratch, b * ROW_BLOCK + k, o);
+                }
+            })
+        });
+}
+
 /// Runs `f(r, row)` for every `width`-row of `out`, in parallel blocks of [`ROW_BLOCK`] rows,
 /// each block in one dispatch on `isa`.
 fn for_each_row_block<T: Element>(
@@ -131,22 +166,49 @@ pub fn segment_gather_on<T: Element>(
     if weights.is_some_and(|w| w.heads == 0 || !width.is_multiple_of(w.heads)) {
         return;
     }
-    for_each_row_block(isa, out, width, |r, o| {
-        seg.for_each(r, |e| {
-            let tr = rows.map_or(e, |rows| rows[e]);
-            let sr = &table[tr * width..(tr + 1) * width];
-            match weights {
-                None => add_row(o, sr),
-                Some(w) => {
-                    let d = width / w.heads;
-                    let al = &w.alpha[e * w.heads..(e + 1) * w.heads];
-                    for ((oh, sh), &a) in o.chunks_exact_mut(d).zip(sr.chunks_exact(d)).zip(al) {
-                        axpy_row(oh, w.scale * a, sh);
-                    }
+    let Some(w) = weights else {
+        for_each_row_block(isa, out, width, |r, o| {
+            seg.for_each(r, |e| {
+                let tr = rows.map_or(e, |rows| rows[e]);
+                add_row(o, &table[tr * width..(tr + 1) * width]);
+            })
+        });
+        return;
+    };
+    let d = width / w.heads;
+    if w.heads == 1 || d >= WIDE_HEAD {
+        for_each_row_block(isa, out, width, |r, o| {
+            seg.for_each(r, |e| {
+                let tr = rows.map_or(e, |rows| rows[e]);
+                let sr = &table[tr * width..(tr + 1) * width];
+                let al = &w.alpha[e * w.heads..(e + 1) * w.heads];
+                for ((oh, sh), &a) in o.chunks_exact_mut(d).zip(sr.chunks_exact(d)).zip(al) {
+                    axpy_row(oh, w.scale * a, sh);
                 }
-            }
-        })
-    });
+            })
+        });
+        return;
+    }
+    // Narrow heads (GAT's 8 heads of 8): a loop of `d` per head runs in the scalar remainder of
+    // a 16-lane vector loop, so each edge's head weights are first spread over a row of the
+    // full width and the row is one `o ← o + c ⊙ v` — the same products and sums, the same bits.
+    for_each_row_block_with(
+        isa,
+        out,
+        width,
+        || vec![T::zero(); width],
+        |coef, r, o| {
+            seg.for_each(r, |e| {
+                let tr = rows.map_or(e, |rows| rows[e]);
+                let sr = &table[tr * width..(tr + 1) * width];
+                let al = &w.alpha[e * w.heads..(e + 1) * w.heads];
+                for (ch, &a) in coef.chunks_exact_mut(d).zip(al) {
+                    ch.fill(w.scale * a);
+                }
+                mul_add_row(o, coef, sr);
+            })
+        },
+    );
 }
 
 /// [`segment_gather_on`] on the selected path.

@@ -249,7 +249,11 @@ fn transformer_layer<T: Element>(
 /// An inverted-dropout mask `(shape)` with entries 0 or `1/(1−p)`.
 pub fn dropout_mask<T: Element>(shape: &[usize], p: f64, rng: &mut Rng) -> Tensor<T> {
     let s = T::c(1.0 / (1.0 - p));
-    Tensor::from_fn(shape, |_| if rng.bernoulli(p) { T::zero() } else { s })
+    let n = shape.iter().product();
+    Tensor::from_parts(
+        shape.to_vec(),
+        crate::kernels::dropout::bernoulli_select(rng, n, p, T::zero(), s),
+    )
 }
 
 fn dropout<T: Element>(tape: &mut Tape<T>, x: Var, p: f64, rng: Option<&mut Rng>) -> Result<Var> {
