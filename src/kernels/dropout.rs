@@ -92,7 +92,7 @@ mod tests {
             -0.5,
             f64::NAN,
         ] {
-            let got = bernoulli_select(&mut Rng::new(9), 5000, p, 1u8 as f32, 0.0);
+            let got = bernoulli_select(&mut Rng::new(9), 5000, p, 1.0f32, 0.0);
             let mut r = Rng::new(9);
             let want: Vec<f32> = (0..5000).map(|_| r.bernoulli(p) as u8 as f32).collect();
             assert_eq!(got, want, "p = {p}");
