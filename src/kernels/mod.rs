@@ -86,6 +86,35 @@ impl F32Path for f64 {
     }
 }
 
+/// Loads entries `i..i + L` of `v` into one vector of `L` f32 lanes (fewer at the end of the
+/// row: the rest of the lanes are 0) — the explicit-lane kernels' row access.
+///
+/// A whole vector is read as one (pulp's vector types have the alignment of `f32`, so the
+/// slice reinterprets as vectors anywhere); only a row's tail takes pulp's partial load, which
+/// is a call through a table of masks — 3–4× slower, and most of a sparse product's time when
+/// every load went through it.
+#[inline(always)]
+pub(crate) fn load<S: pulp::Simd>(s: S, v: &[f32], i: usize) -> S::f32s {
+    let end = i + S::F32_LANES;
+    if end <= v.len() {
+        S::as_simd_f32s(&v[i..end]).0[0]
+    } else {
+        s.partial_load_f32s(&v[i..])
+    }
+}
+
+/// Stores the lanes of `x` that fall inside `v` from entry `i` on (a whole vector as one, a
+/// row's tail through pulp's partial store).
+#[inline(always)]
+pub(crate) fn store<S: pulp::Simd>(s: S, v: &mut [f32], i: usize, x: S::f32s) {
+    let end = i + S::F32_LANES;
+    if end <= v.len() {
+        S::as_mut_simd_f32s(&mut v[i..end]).0[0] = x;
+    } else {
+        s.partial_store_f32s(&mut v[i..], x)
+    }
+}
+
 /// Keeps freed tensor buffers in the process instead of handing them back to the kernel.
 ///
 /// A training step allocates and frees the same few-hundred-KiB activations every step. glibc

@@ -13,6 +13,7 @@
 //! are bit-identical on every path.
 
 use super::isa::{self, Isa};
+use super::{load, store};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
 
@@ -207,20 +208,6 @@ pub fn affine_grad_sums_on<T: Element>(
 /// [`affine_grad_sums_on`] on the selected path.
 pub fn affine_grad_sums<T: Element>(g: &[T], m: Option<&[T]>, x: &[T], mu: T, rs: T) -> (f64, f64) {
     affine_grad_sums_on(isa::selected(), g, m, x, mu, rs)
-}
-
-/// Loads entries `i..i + L` of `v` (fewer at the end of the row: the rest of the lanes are 0).
-#[inline(always)]
-fn load<S: Simd>(s: S, v: &[f32], i: usize) -> S::f32s {
-    let end = (i + S::F32_LANES).min(v.len());
-    s.partial_load_f32s(&v[i..end])
-}
-
-/// Stores the lanes of `x` that fall inside `v` from entry `i` on.
-#[inline(always)]
-fn store<S: Simd>(s: S, v: &mut [f32], i: usize, x: S::f32s) {
-    let end = (i + S::F32_LANES).min(v.len());
-    s.partial_store_f32s(&mut v[i..end], x)
 }
 
 /// [`normalize_row`] on f32 rows in explicit lanes: a row shorter than LLVM's unrolled vector

@@ -186,6 +186,66 @@ pub fn add_row_bias<T: Element>(buf: &mut [T], bias: &[T]) {
     })
 }
 
+/// Per-head dots of every row of `z (N, W)` with one vector `a (W)`, `W = heads·d`:
+/// `out[n, h] = Σ_f z[n, h·d + f] · a[h·d + f]`, each head's products summed left to right
+/// (GAT's node terms `a_src · W h_n`). Products are taken over the full row first, so narrow
+/// heads (8 wide) still run at the vector width.
+pub fn row_head_dots<T: Element>(z: &[T], a: &[T], heads: usize, out: &mut [T]) {
+    let w = a.len();
+    if w == 0 || heads == 0 || !w.is_multiple_of(heads) {
+        return;
+    }
+    let d = w / heads;
+    isa::dispatch(|| {
+        let mut prod = vec![T::zero(); w];
+        for (zr, o) in z.chunks_exact(w).zip(out.chunks_exact_mut(heads)) {
+            prod.iter_mut()
+                .zip(zr.iter().zip(a))
+                .for_each(|(p, (&z, &a))| *p = z * a);
+            for (o, ph) in o.iter_mut().zip(prod.chunks_exact(d)) {
+                *o = ph.iter().fold(T::zero(), |s, &p| s + p);
+            }
+        }
+    })
+}
+
+/// The backward of [`row_head_dots`] for `g (N, heads)`: `dz[n, j] = g[n, j/d] · a[j]` and
+/// `da[j] = Σ_n g[n, j/d] · z[n, j]` (rows in order, so any thread count gives the same bits).
+pub fn row_head_dots_backward<T: Element>(
+    z: &[T],
+    a: &[T],
+    g: &[T],
+    heads: usize,
+    mut dz: Option<&mut [T]>,
+    mut da: Option<&mut [T]>,
+) {
+    let w = a.len();
+    if w == 0 || heads == 0 || !w.is_multiple_of(heads) {
+        return;
+    }
+    let d = w / heads;
+    isa::dispatch(|| {
+        // Each row's head gradients spread over the full width, then full-width products.
+        let mut coef = vec![T::zero(); w];
+        for (n, gr) in g.chunks_exact(heads).enumerate() {
+            for (c, &gh) in coef.chunks_exact_mut(d).zip(gr) {
+                c.fill(gh);
+            }
+            if let Some(dz) = dz.as_deref_mut() {
+                dz[n * w..(n + 1) * w]
+                    .iter_mut()
+                    .zip(coef.iter().zip(a))
+                    .for_each(|(o, (&c, &a))| *o = c * a);
+            }
+            if let Some(da) = da.as_deref_mut() {
+                da.iter_mut()
+                    .zip(coef.iter().zip(&z[n * w..(n + 1) * w]))
+                    .for_each(|(o, (&c, &z))| *o += c * z);
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@
 use super::elementwise::exp_f32;
 use super::isa::{self, Isa};
 use super::reduce::dot_lanes;
+use super::{load, store};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -90,6 +91,101 @@ fn add_row<T: Element>(o: &mut [T], v: &[T]) {
 #[inline(always)]
 fn axpy_row<T: Element>(o: &mut [T], a: T, v: &[T]) {
     o.iter_mut().zip(v).for_each(|(o, &v)| *o += a * v);
+}
+
+/// Vectors kept in registers per pass of [`accumulate_row32`] over a row's items.
+const ACC_VECTORS: usize = 4;
+
+/// An output row in explicit f32 lanes: `o = init + Σ_t c_t ⊙ v_t` over the `n` items `t` of a
+/// segment, `v_t = row(t)` and `c_t` the coefficient vector `coef(t, j)` of lanes `j..`. The
+/// partial sums stay in up to [`ACC_VECTORS`] registers per pass over the items (the scalar
+/// loop loads and stores the output row once per item); each lane adds the products in item
+/// order, a product then a sum, so the bits are the scalar loop's (`o ← o + c·v`).
+#[inline(always)]
+fn accumulate_row32<'r, S: Simd>(
+    s: S,
+    o: &mut [f32],
+    init: Option<&[f32]>,
+    n: usize,
+    row: impl Fn(usize) -> &'r [f32],
+    coef: impl Fn(usize, usize) -> S::f32s,
+) {
+    let (w, l) = (o.len(), S::F32_LANES);
+    let mut j = 0;
+    while j < w {
+        let nv = (w - j).div_ceil(l).min(ACC_VECTORS);
+        let mut acc = [s.splat_f32s(0.0); ACC_VECTORS];
+        if let Some(b) = init {
+            for (v, a) in acc.iter_mut().enumerate().take(nv) {
+                *a = load(s, b, j + v * l);
+            }
+        }
+        for t in 0..n {
+            let r = row(t);
+            for (v, a) in acc.iter_mut().enumerate().take(nv) {
+                let c = coef(t, j + v * l);
+                *a = s.add_f32s(*a, s.mul_f32s(c, load(s, r, j + v * l)));
+            }
+        }
+        for (v, a) in acc.iter().enumerate().take(nv) {
+            store(s, o, j + v * l, *a);
+        }
+        j += nv * l;
+    }
+}
+
+/// The rows of one block of [`segment_gather_on`] (f32).
+struct GatherRows32<'a> {
+    out: &'a mut [f32],
+    first: usize,
+    width: usize,
+    seg: Segments<'a>,
+    table: &'a [f32],
+    rows: Option<&'a [usize]>,
+    weights: Option<EdgeWeights<'a, f32>>,
+}
+
+impl WithSimd for GatherRows32<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let w = self.width;
+        let (mut edges, mut coef, mut init) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, o) in self.out.chunks_exact_mut(w).enumerate() {
+            edges.clear();
+            self.seg.for_each(self.first + k, |e| edges.push(e));
+            let table_row = |t: usize| {
+                let e = edges[t];
+                let tr = self.rows.map_or(e, |rows| rows[e]);
+                &self.table[tr * w..(tr + 1) * w]
+            };
+            // The gather adds onto what `o` holds.
+            init.clear();
+            init.extend_from_slice(o);
+            let init = &init[..];
+            match self.weights {
+                None => accumulate_row32(s, o, Some(init), edges.len(), table_row, |_, _| {
+                    s.splat_f32s(1.0)
+                }),
+                Some(wt) => {
+                    // Each edge's head weights spread over the full width (`d = W/heads` lanes
+                    // per head), so heads narrower than a vector still take whole vectors.
+                    let d = w / wt.heads;
+                    coef.resize(edges.len() * w, 0.0);
+                    for (t, &e) in edges.iter().enumerate() {
+                        let al = &wt.alpha[e * wt.heads..(e + 1) * wt.heads];
+                        for (c, &a) in coef[t * w..(t + 1) * w].chunks_exact_mut(d).zip(al) {
+                            c.fill(wt.scale * a);
+                        }
+                    }
+                    let coef = &coef;
+                    accumulate_row32(s, o, Some(init), edges.len(), table_row, |t, j| {
+                        load(s, &coef[t * w..(t + 1) * w], j)
+                    })
+                }
+            }
+        }
+    }
 }
 
 /// `o ← o + c ⊙ v` (a product, then a sum: the bits of the per-head [`axpy_row`]).
@@ -164,6 +260,37 @@ pub fn segment_gather_on<T: Element>(
     weights: Option<EdgeWeights<'_, T>>,
 ) {
     if weights.is_some_and(|w| w.heads == 0 || !width.is_multiple_of(w.heads)) {
+        return;
+    }
+    if let (Some(table32), true) = (T::as_f32(table), width > 0) {
+        let weights32 = match weights {
+            Some(w) => match T::as_f32(w.alpha) {
+                Some(alpha) => Some(EdgeWeights {
+                    alpha,
+                    heads: w.heads,
+                    scale: w.scale.as_f64() as f32,
+                }),
+                None => unreachable!("one element type"),
+            },
+            None => None,
+        };
+        out.par_chunks_mut(ROW_BLOCK * width)
+            .enumerate()
+            .for_each(|(b, blk)| {
+                let out = T::as_f32_mut(blk).expect("one element type");
+                isa::dispatch_on(
+                    isa,
+                    GatherRows32 {
+                        out,
+                        first: b * ROW_BLOCK,
+                        width,
+                        seg,
+                        table: table32,
+                        rows,
+                        weights: weights32,
+                    },
+                )
+            });
         return;
     }
     let Some(w) = weights else {
@@ -683,6 +810,26 @@ pub fn spmm_on<T: Element>(
     dense: &[T],
     init: Option<&[T]>,
 ) {
+    if let (Some(dense32), true) = (T::as_f32(dense), width > 0) {
+        let init32 = init.map(|b| T::as_f32(b).expect("one element type"));
+        out.par_chunks_mut(ROW_BLOCK * width)
+            .enumerate()
+            .for_each(|(b, blk)| {
+                let out = T::as_f32_mut(blk).expect("one element type");
+                isa::dispatch_on(
+                    isa,
+                    SpmmRows32 {
+                        out,
+                        first: b * ROW_BLOCK,
+                        width,
+                        x,
+                        dense: dense32,
+                        init: init32,
+                    },
+                )
+            });
+        return;
+    }
     for_each_row_block(isa, out, width, |r, o| {
         match init {
             Some(b) => o.copy_from_slice(b),
@@ -694,6 +841,38 @@ pub fn spmm_on<T: Element>(
             axpy_row(o, v, &dense[c * width..(c + 1) * width]);
         }
     });
+}
+
+/// The rows of one block of [`spmm_on`] (f32).
+struct SpmmRows32<'a> {
+    out: &'a mut [f32],
+    first: usize,
+    width: usize,
+    x: CsrView<'a>,
+    dense: &'a [f32],
+    init: Option<&'a [f32]>,
+}
+
+impl WithSimd for SpmmRows32<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let (w, x) = (self.width, self.x);
+        for (k, o) in self.out.chunks_exact_mut(w).enumerate() {
+            let r = self.first + k;
+            let lo = x.ptr[r];
+            let n = x.ptr[r + 1] - lo;
+            let row = |t: usize| {
+                let c = x.cols[lo + t];
+                &self.dense[c * w..(c + 1) * w]
+            };
+            let val = |t: usize, _j: usize| {
+                let k = lo + t;
+                s.splat_f32s(x.vals[x.pos.map_or(k, |p| p[k])] as f32)
+            };
+            accumulate_row32(s, o, self.init, n, row, val);
+        }
+    }
 }
 
 /// [`spmm_on`] on the selected path.

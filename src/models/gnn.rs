@@ -18,7 +18,7 @@ use crate::graph::Graph;
 use crate::init::{Init, Rng};
 use crate::invalid;
 use crate::nn::attention::{multi_head_self_attention, AttnOptions, MhaWeights};
-use crate::nn::graph_ops::{edge_add, edge_dot, edge_softmax, weighted_aggregate};
+use crate::nn::graph_ops::{edge_add, edge_dot, edge_softmax, head_scores, weighted_aggregate};
 use crate::nn::masked_attention::AttentionParams;
 use crate::nn::message_passing::LinearParams;
 use crate::nn::sparse_linear::{sparse_linear, SparseRows};
@@ -455,9 +455,8 @@ impl GnnModel {
         let z = lin(tape, store, x, l.weight, None)?; // (N, H·F)
         let z3 = ops::reshape(tape, z, &[n, l.heads, l.out])?; // (N, H, F)
         let score = |tape: &mut Tape<T>, a: ParamId| -> Result<Var> {
-            let av = tape.param(store, a); // (H, F), broadcast over nodes
-            let p = ops::mul(tape, z3, av)?;
-            ops::sum(tape, p, 2, false) // (N, H)
+            let av = tape.param(store, a); // (H, F)
+            head_scores(tape, z3, av) // (N, H): Σ_f z[n,h,f] a[h,f]
         };
         let (es, ed) = (score(tape, l.att_src)?, score(tape, l.att_dst)?);
         let e = edge_add(tape, g, es, ed)?; // (E, H)

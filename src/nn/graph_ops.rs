@@ -17,6 +17,8 @@
 //!   `∂K[r,h] = c Σ_{e: r_e=r} ∂s[e,h] Q[dst_e,h]`.
 //! - edge add: `s[e,h] = a[src_e,h] + b[dst_e,h]` (GAT's score before the LeakyReLU);
 //!   `∂a[j] = Σ_{e: src_e=j} ∂s[e]`, `∂b[i] = Σ_{e∈in(i)} ∂s[e]`.
+//! - head scores (node level, GAT's two terms of that score): `s[n,h] = ⟨Z[n,h], a[h]⟩`;
+//!   `∂Z[n,h] = ∂s[n,h] a[h]`, `∂a[h] = Σ_n ∂s[n,h] Z[n,h]` — PyG's `(x * att).sum(-1)` fused.
 
 //!
 //! The loops themselves are kernels of [`crate::kernels::sparse`]: segment gathers (weighted
@@ -26,6 +28,7 @@
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::graph::{EdgeIndex, Graph};
+use crate::kernels::reduce::{row_head_dots, row_head_dots_backward};
 use crate::kernels::sparse::{
     edge_add_rows, edge_dots, edge_softmax as kernel_edge_softmax, edge_softmax_backward,
     segment_gather, segment_max, segment_max_backward, EdgeWeights, Segments, NO_EDGE,
@@ -359,6 +362,56 @@ pub fn edge_dot<T: Element>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// head scores
+
+struct HeadScores {
+    heads: usize,
+}
+
+impl<T: Element> Op<T> for HeadScores {
+    fn name(&self) -> &'static str {
+        "head_scores"
+    }
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> Result<Vec<Option<Tensor<T>>>> {
+        let (z, a) = (ctx.inputs[0], ctx.inputs[1]);
+        let g = ctx.grad();
+        let mut dz = ctx.needs_grad[0].then(|| vec![T::zero(); z.numel()]);
+        let mut da = ctx.needs_grad[1].then(|| vec![T::zero(); a.numel()]);
+        row_head_dots_backward(
+            z.data(),
+            a.data(),
+            g.data(),
+            self.heads,
+            dz.as_deref_mut(),
+            da.as_deref_mut(),
+        );
+        Ok(vec![
+            dz.map(|v| Tensor::new(z.shape(), v)).transpose()?,
+            da.map(|v| Tensor::new(a.shape(), v)).transpose()?,
+        ])
+    }
+}
+
+/// `s (N, H)`: `s[n,h] = Σ_f z[n,h,f] · a[h,f]` for `z (N, H, F)` and `a (H, F)` — the node
+/// terms of GAT's attention score in one op (the reference is `sum(mul(z, a), 2)`).
+pub fn head_scores<T: Element>(tape: &mut Tape<T>, z: Var, a: Var) -> Result<Var> {
+    let (sz, sa) = (tape.shape(z).to_vec(), tape.shape(a).to_vec());
+    if sz.len() != 3 || sa.len() != 2 || sz[1..] != sa[..] {
+        return Err(shape_err!(
+            "head_scores",
+            "features {:?} must be (N, heads, F) and the attention vector {:?} (heads, F)",
+            sz,
+            sa
+        ));
+    }
+    let (n, h) = (sz[0], sz[1]);
+    let mut s = vec![T::zero(); n * h];
+    row_head_dots(tape.value(z).data(), tape.value(a).data(), h, &mut s);
+    let out = Tensor::new(&[n, h], s)?;
+    Ok(tape.record1(HeadScores { heads: h }, &[z, a], out))
+}
+
+// ---------------------------------------------------------------------------------------------
 // edge add
 
 struct EdgeAdd {
@@ -552,6 +605,64 @@ mod tests {
         let b = randn(&[5, 2], 1.0, &mut rng);
         let rep = check_inputs(&[a, b], |t, v| edge_add(t, &g, v[0], v[1])).unwrap();
         assert!(rep.max_rel_error < 1e-6, "{:?}", rep.per_tensor);
+    }
+
+    /// The fused head scores: gradients by central differences in f64, values and gradients
+    /// equal to the unrolled `sum(mul(z, a), 2)` (f32, 8 heads of 8 as GAT has them, and odd
+    /// widths), and a clear error for mismatched shapes.
+    #[test]
+    fn head_scores_gradcheck_and_match_the_unrolled_ops() {
+        let mut rng = Rng::new(4);
+        let z = randn(&[5, 3, 4], 1.0, &mut rng);
+        let a = randn(&[3, 4], 1.0, &mut rng);
+        let w = randn(&[5, 3], 1.0, &mut rng);
+        let rep = check_inputs(&[z, a], |t, v| {
+            let s = head_scores(t, v[0], v[1])?;
+            let wv = t.constant(w.clone());
+            crate::ops::mul(t, s, wv)
+        })
+        .unwrap();
+        assert!(rep.max_rel_error < 1e-6, "{:?}", rep.per_tensor);
+        for (n, h, f) in [(37usize, 8usize, 8usize), (9, 1, 7), (4, 2, 17)] {
+            let z: Tensor<f32> = Tensor::from_fn(&[n, h, f], |_| rng.normal() as f32);
+            let a: Tensor<f32> = Tensor::from_fn(&[h, f], |_| rng.normal() as f32);
+            let g: Tensor<f32> = Tensor::from_fn(&[n, h], |_| rng.normal() as f32);
+            let run = |fused: bool| {
+                let mut t = Tape::<f32>::new();
+                let (zv, av) = (t.input(z.clone()), t.input(a.clone()));
+                let s = if fused {
+                    head_scores(&mut t, zv, av).unwrap()
+                } else {
+                    let p = crate::ops::mul(&mut t, zv, av).unwrap();
+                    crate::ops::sum(&mut t, p, 2, false).unwrap()
+                };
+                t.backward_with(s, g.clone()).unwrap();
+                let val = t.value(s).clone();
+                (
+                    val,
+                    t.grad(zv).unwrap().clone(),
+                    t.grad(av).unwrap().clone(),
+                )
+            };
+            let (f, r) = (run(true), run(false));
+            let close = |x: &Tensor<f32>, y: &Tensor<f32>, what: &str| {
+                assert_eq!(x.shape(), y.shape());
+                for (p, q) in x.data().iter().zip(y.data()) {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                        "{what}: {p} vs {q}"
+                    );
+                }
+            };
+            close(&f.0, &r.0, "scores");
+            close(&f.1, &r.1, "dz");
+            close(&f.2, &r.2, "da");
+        }
+        let mut t = Tape::<f64>::new();
+        let z = t.constant(Tensor::zeros(&[4, 2, 3]));
+        let a = t.constant(Tensor::zeros(&[2, 4]));
+        let e = head_scores(&mut t, z, a).unwrap_err().to_string();
+        assert!(e.contains("(heads, F)"), "{e}");
     }
 
     #[test]
