@@ -27,6 +27,61 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
+/// The most bytes of an input that an error message quotes: a message about a 100 MB line
+/// names the line and shows its start, never the whole line.
+pub const QUOTE_LIMIT: usize = 200;
+
+/// At most [`QUOTE_LIMIT`] bytes of `input` for an error message (see [`excerpt`]): `{}` shows
+/// them as text, `{:?}` quoted and escaped; a longer input is cut at a character boundary and
+/// followed by its full length, `"abc…" (1048576 bytes)`. Invalid UTF-8 shows as U+FFFD.
+#[derive(Clone, Copy)]
+pub struct Excerpt<'a> {
+    input: &'a [u8],
+}
+
+/// What of `input` an error message quotes: the one helper every parser's message goes
+/// through, so no message grows with the input (see [`Excerpt`]).
+pub fn excerpt<S: AsRef<[u8]> + ?Sized>(input: &S) -> Excerpt<'_> {
+    Excerpt {
+        input: input.as_ref(),
+    }
+}
+
+impl Excerpt<'_> {
+    /// The quoted head, and whether the input was cut.
+    fn head(&self) -> (std::borrow::Cow<'_, str>, bool) {
+        let b = self.input;
+        if b.len() <= QUOTE_LIMIT {
+            return (String::from_utf8_lossy(b), false);
+        }
+        // Back up to the first byte of a UTF-8 character (continuation bytes are 10xxxxxx),
+        // so valid text is not cut inside a character.
+        let mut end = QUOTE_LIMIT;
+        while end > QUOTE_LIMIT - 3 && b[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        (String::from_utf8_lossy(&b[..end]), true)
+    }
+}
+
+impl std::fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.head() {
+            (h, false) => f.write_str(&h),
+            (h, true) => write!(f, "{h}… ({} bytes)", self.input.len()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.head() {
+            (h, false) => write!(f, "{h:?}"),
+            (h, true) => write!(f, "{h:?}… ({} bytes)", self.input.len()),
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file + fsync + rename.
 pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     write_via_temp(path.as_ref(), bytes, true)
@@ -87,6 +142,10 @@ fn to_le_bytes<T: Element>(t: &Tensor<T>) -> (Dtype, Vec<u8>) {
 /// Metadata key prefix of a tensor's checksum: `crc32c:<name>` → the CRC-32C of its bytes as
 /// stored, 8 lowercase hex digits (see the [module docs](self)).
 pub const CHECKSUM_PREFIX: &str = "crc32c:";
+
+/// The largest safetensors header read (the `safetensors` crate's own limit, 100 MB): the
+/// 8-byte length at the start of a file is checked against it before anything is read.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Serializes named tensors (in their own element type) with optional string metadata, plus
 /// the checksum of every tensor (`crc32c:<name>`). Tensors are laid out by name and metadata
@@ -212,25 +271,78 @@ pub fn parse_safetensors<T: Element>(
             format!("this is {kind}, not a safetensors file"),
         ));
     }
-    let (n, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| NablaError::format(path, format!("not a valid safetensors file: {e}")))?;
+    let err = |msg: String| NablaError::format(path, msg);
+    // The header's length is checked against the bytes present and the limit before the
+    // safetensors parser reads it, so the message can say which of the two fails.
+    let Some(len) = bytes.get(..8) else {
+        return Err(err(format!(
+            "truncated safetensors file: {} bytes, less than its 8-byte header length",
+            bytes.len()
+        )));
+    };
+    let declared = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    if declared > MAX_HEADER_BYTES {
+        return Err(err(format!(
+            "the safetensors header declares {declared} bytes, more than the {MAX_HEADER_BYTES} a header may have"
+        )));
+    }
+    if declared > (bytes.len() - 8) as u64 {
+        return Err(err(format!(
+            "truncated safetensors file: the header declares {declared} bytes, the file has {} after the length",
+            bytes.len() - 8
+        )));
+    }
+    check_offsets(
+        &bytes[8..8 + declared as usize],
+        bytes.len() - 8 - declared as usize,
+    )
+    .map_err(err)?;
+    let (n, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        // The JSON parser's messages quote the offending value (a tensor name, a string of
+        // any length): at most QUOTE_LIMIT bytes of them.
+        err(format!(
+            "not a valid safetensors file: {}",
+            excerpt(&e.to_string())
+        ))
+    })?;
     let data = &bytes[8 + n..];
     let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
         header.tensors().into_iter().collect();
     // Name order: the first bad tensor reported is the same on every run.
     infos.sort_by(|a, b| a.0.cmp(&b.0));
-    let views: Vec<(&str, &[u8])> = infos
-        .iter()
-        .map(|(name, info)| {
-            (
-                name.as_str(),
-                &data[info.data_offsets.0..info.data_offsets.1],
-            )
-        })
-        .collect();
+    let mut views: Vec<(&str, &[u8])> = Vec::with_capacity(infos.len());
+    for (name, info) in &infos {
+        // The parser checks that the offsets tile the data, but its sum of offsets and header
+        // length can wrap around; every range is checked against the bytes present here.
+        let (a, b) = info.data_offsets;
+        let d = data.get(a..b).ok_or_else(|| {
+            err(format!(
+                "tensor {} has data offsets [{a}, {b}] outside the {} data bytes of the file",
+                excerpt(name),
+                data.len()
+            ))
+        })?;
+        // A zero dimension makes the element count 0 whatever the others are; a shape whose
+        // other dimensions overflow a count is refused, so nothing downstream multiplies them.
+        if info
+            .shape
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1usize, |p, &d| p.checked_mul(d))
+            .is_none()
+        {
+            return Err(err(format!(
+                "tensor {} has shape {}: its dimensions overflow an element count",
+                excerpt(name),
+                excerpt(&format!("{:?}", info.shape))
+            )));
+        }
+        views.push((name.as_str(), d));
+    }
     verify_checksums(header.metadata().as_ref(), &views, path)?;
     let mut out = BTreeMap::new();
     for ((name, info), (_, d)) in infos.iter().zip(&views) {
+        let shown = excerpt(name);
         let vals: Vec<T> = match info.dtype {
             Dtype::F32 => d
                 .chunks_exact(4)
@@ -255,7 +367,7 @@ pub fn parse_safetensors<T: Element>(
                 return Err(NablaError::format(
                     path,
                     format!(
-                        "tensor {name} has dtype {other:?}; only F16/BF16/F32/F64 are supported"
+                        "tensor {shown} has dtype {other:?}; only F16/BF16/F32/F64 are supported"
                     ),
                 ))
             }
@@ -264,8 +376,8 @@ pub fn parse_safetensors<T: Element>(
             return Err(NablaError::format(
                 path,
                 format!(
-                    "tensor {name} {:?} holds {} at flat index {i}: non-finite values are refused (a diverged or corrupt model)",
-                    info.shape,
+                    "tensor {shown} {} holds {} at flat index {i}: non-finite values are refused (a diverged or corrupt model)",
+                    excerpt(&format!("{:?}", info.shape)),
                     v.as_f64()
                 ),
             ));
@@ -273,6 +385,31 @@ pub fn parse_safetensors<T: Element>(
         out.insert(name.clone(), Tensor::new(&info.shape, vals)?);
     }
     Ok(out)
+}
+
+/// Every tensor's data offsets in a safetensors header (JSON bytes) lie within the `data`
+/// bytes that follow it. The `safetensors` parser adds the last offset to the header length
+/// unchecked (an overflow panic in a debug build, a wrap-around to a valid-looking total in a
+/// release build), so a hostile header is refused here first. Anything else that is wrong
+/// with the header is left to the parser's messages.
+fn check_offsets(header: &[u8], data: usize) -> std::result::Result<(), String> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(header) else {
+        return Ok(());
+    };
+    for (name, info) in &map {
+        let Some(offsets) = info.get("data_offsets").and_then(|o| o.as_array()) else {
+            continue;
+        };
+        for o in offsets {
+            if o.as_u64().is_some_and(|o| o > data as u64) {
+                return Err(format!(
+                    "tensor {} has data offset {o} past the {data} data bytes of the file",
+                    excerpt(name)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks the `crc32c:<name>` checksums of `tensors` (name, bytes as stored) against the
@@ -307,26 +444,35 @@ fn verify_checksums(
         )
     };
     for (name, bytes) in tensors {
+        let shown = excerpt(*name);
         let Some(stored) = sums.get(name) else {
             return Err(corrupt(format!(
-                "tensor {name} has no checksum, though the file records them for its other tensors"
+                "tensor {shown} has no checksum, though the file records them for its other tensors"
             )));
         };
-        let stored = u32::from_str_radix(stored, 16).map_err(|_| {
-            corrupt(format!(
-                "the checksum of tensor {name} is {stored:?}, not 8 hex digits"
-            ))
-        })?;
+        let hex = stored.len() == 8 && stored.bytes().all(|b| b.is_ascii_hexdigit());
+        let Some(stored) = u32::from_str_radix(stored, 16).ok().filter(|_| hex) else {
+            return Err(corrupt(format!(
+                "the checksum of tensor {shown} is {:?}, not 8 hex digits",
+                excerpt(*stored)
+            )));
+        };
         let got = crc32c::crc32c(bytes);
         if got != stored {
             return Err(corrupt(format!(
-                "tensor {name} fails its checksum (stored crc32c {stored:08x}, its bytes give {got:08x})"
+                "tensor {shown} fails its checksum (stored crc32c {stored:08x}, its bytes give {got:08x})"
             )));
         }
     }
-    if let Some(name) = sums.keys().find(|n| !tensors.iter().any(|(t, _)| t == *n)) {
+    // `tensors` is in name order (see `parse_safetensors`): a binary search per checksum keeps
+    // a header of a million names from taking a million squared comparisons.
+    if let Some(name) = sums
+        .keys()
+        .find(|n| tensors.binary_search_by(|(t, _)| t.cmp(n)).is_err())
+    {
         return Err(corrupt(format!(
-            "a checksum is recorded for tensor {name:?}, which the file does not hold"
+            "a checksum is recorded for tensor {:?}, which the file does not hold",
+            excerpt(*name)
         )));
     }
     Ok(())
@@ -377,11 +523,14 @@ pub fn take<'a, T: Element>(
     path: impl AsRef<Path>,
 ) -> Result<&'a Tensor<T>> {
     map.get(name).ok_or_else(|| {
+        let names: Vec<&str> = map.keys().map(String::as_str).collect();
         NablaError::format(
             path,
             format!(
-                "missing tensor {name:?} (file has: {})",
-                map.keys().cloned().collect::<Vec<_>>().join(", ")
+                "missing tensor {name:?} (file has {} tensor{}: {})",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                excerpt(&names.join(", "))
             ),
         )
     })
@@ -515,6 +664,112 @@ mod tests {
         assert!(
             msg.contains("tensor b [2] holds inf at flat index 1"),
             "{msg}"
+        );
+    }
+
+    /// Error messages quote at most QUOTE_LIMIT bytes of an input, cut at a character
+    /// boundary, with the input's full length.
+    #[test]
+    fn excerpts_are_bounded() {
+        assert_eq!(format!("{:?}", excerpt("a\tb")), "\"a\\tb\"");
+        assert_eq!(excerpt("short").to_string(), "short");
+        let long = "x".repeat(1 << 20);
+        let shown = format!("{:?}", excerpt(&long));
+        assert_eq!(
+            shown,
+            format!("\"{}\"… (1048576 bytes)", "x".repeat(QUOTE_LIMIT))
+        );
+        // 'é' is 2 bytes: 199 'a' then 'é' would cut the 'é' at byte 200.
+        let s = format!("{}é{}", "a".repeat(199), "b".repeat(50));
+        assert_eq!(
+            excerpt(&s).to_string(),
+            format!("{}… (251 bytes)", "a".repeat(199))
+        );
+        assert_eq!(excerpt(&[0xffu8, b'a'][..]).to_string(), "\u{fffd}a");
+    }
+
+    /// A hostile header: a length beyond the limit or the file, data offsets past the data
+    /// (whose sum with the header length wraps around in the `safetensors` parser), a shape whose
+    /// dimensions overflow a count beside a zero; each a clear error, never a panic.
+    #[test]
+    fn hostile_safetensors_headers_are_refused() {
+        let p = Path::new("h.safetensors");
+        let file = |header: &str, data: &[u8]| {
+            let mut b = (header.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(header.as_bytes());
+            b.extend_from_slice(data);
+            b
+        };
+        let e = |b: &[u8]| parse_safetensors::<f32>(b, p).unwrap_err().to_string();
+        let mut huge = file("{}", &[]);
+        huge[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let msg = e(&huge);
+        assert!(
+            msg.contains("declares 1099511627776 bytes, more than the 100000000"),
+            "{msg}"
+        );
+        huge[..8].copy_from_slice(&5000u64.to_le_bytes());
+        let msg = e(&huge);
+        assert!(
+            msg.contains("declares 5000 bytes, the file has 2 after the length"),
+            "{msg}"
+        );
+        let msg = e(&[1, 2, 3]);
+        assert!(msg.contains("truncated safetensors file: 3 bytes"), "{msg}");
+        // Offsets whose end plus header length plus 8 wraps around to the file's length: 8
+        // byte tensors (each under 2^61 bytes, so the parser's bit counts do not overflow) that
+        // tile [0, 2^64 - 8 - header + 4).
+        let header_len = 1024u64;
+        let total = 0u64.wrapping_sub(8 + header_len).wrapping_add(4);
+        let piece = (1u64 << 61) - 1;
+        let mut h = String::from("{");
+        let mut at = 0u64;
+        for k in 0..8 {
+            let len = if k < 7 { piece } else { total - at };
+            h.push_str(&format!(
+                "{}\"t{k}\":{{\"dtype\":\"U8\",\"shape\":[{len}],\"data_offsets\":[{at},{}]}}",
+                if k > 0 { "," } else { "" },
+                at + len
+            ));
+            at += len;
+        }
+        h.push('}');
+        while (h.len() as u64) < header_len {
+            h.push(' ');
+        }
+        assert_eq!((h.len() as u64, at), (header_len, total));
+        let msg = e(&file(&h, &[0; 4]));
+        assert!(
+            msg.contains(&format!(
+                "tensor t0 has data offset {piece} past the 4 data bytes"
+            )),
+            "{msg}"
+        );
+        // [0, 2^63, 4]: zero elements, but 2^63·4 overflows any count made from the shape.
+        let big = 1u64 << 63;
+        let h =
+            format!("{{\"w\":{{\"dtype\":\"F32\",\"shape\":[0,{big},4],\"data_offsets\":[0,0]}}}}");
+        let msg = e(&file(&h, &[]));
+        assert!(msg.contains("overflow an element count"), "{msg}");
+        // A tensor name of 1 MB in a message: quoted up to QUOTE_LIMIT bytes.
+        let name = "n".repeat(1 << 20);
+        let h =
+            format!("{{\"{name}\":{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}}}");
+        let msg = e(&file(&h, &f32::NAN.to_le_bytes()));
+        assert!(
+            msg.contains("holds NaN") && msg.len() < 600,
+            "{}",
+            msg.len()
+        );
+        let m: BTreeMap<String, Tensor<f32>> =
+            BTreeMap::from([(name.clone(), Tensor::from_f64(&[1], &[1.0]).unwrap())]);
+        let msg = take(&m, "w", p).unwrap_err().to_string();
+        assert!(
+            msg.contains("file has 1 tensor: nnn")
+                && msg.contains("(1048576 bytes)")
+                && msg.len() < 600,
+            "{}",
+            msg.len()
         );
     }
 

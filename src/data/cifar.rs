@@ -31,6 +31,20 @@ impl Variant {
     }
 }
 
+/// A batch file of `len` bytes must hold a whole, non-zero number of records.
+fn check_length(len: u64, variant: Variant, path: &Path) -> Result<()> {
+    let rec = (variant.label_bytes() + PIXELS) as u64;
+    if len == 0 || !len.is_multiple_of(rec) {
+        return Err(NablaError::format(
+            path,
+            format!(
+                "{len} bytes is not a whole number of {rec}-byte {variant:?} records (truncated or not a CIFAR batch)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses the bytes of one batch file, appending to `pixels`/`labels`.
 pub fn parse_batch(
     bytes: &[u8],
@@ -40,16 +54,19 @@ pub fn parse_batch(
     labels: &mut Vec<usize>,
 ) -> Result<()> {
     let rec = variant.label_bytes() + PIXELS;
-    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
-        return Err(NablaError::format(
-            path,
-            format!(
-                "{} bytes is not a whole number of {rec}-byte {variant:?} records (truncated or not a CIFAR batch)",
-                bytes.len()
-            ),
-        ));
-    }
+    check_length(bytes.len() as u64, variant, path)?;
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
+        // CIFAR-100's coarse label (one of 20 superclasses) is not used, but a value outside
+        // them shows that the record is not what it claims to be.
+        if variant == Variant::Cifar100 && r[0] >= 20 {
+            return Err(NablaError::format(
+                path,
+                format!(
+                    "record {i} has coarse label {}, not a CIFAR-100 superclass (0..19)",
+                    r[0]
+                ),
+            ));
+        }
         let l = r[variant.label_bytes() - 1] as usize;
         if l >= variant.classes() {
             return Err(NablaError::format(
@@ -83,6 +100,12 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 fn load_files(files: &[PathBuf], variant: Variant, name: String) -> Result<ImageDataset> {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for f in files {
+        // The length is checked before the file is read: a file that is not whole records is
+        // refused without reading (and holding) all of it.
+        let len = std::fs::metadata(f)
+            .map_err(|e| NablaError::io(f, e))?
+            .len();
+        check_length(len, variant, f)?;
         let b = std::fs::read(f).map_err(|e| NablaError::io(f, e))?;
         parse_batch(&b, variant, f, &mut pixels, &mut labels)?;
     }
@@ -181,5 +204,14 @@ mod tests {
         c[1] = 100;
         let e = parse_batch(&c, Variant::Cifar100, Path::new("x"), &mut px, &mut lb).unwrap_err();
         assert!(e.to_string().contains("label 100"), "{e}");
+        // The coarse label must be one of the 20 superclasses.
+        c[1] = 42;
+        c[0] = 20;
+        let e = parse_batch(&c, Variant::Cifar100, Path::new("x"), &mut px, &mut lb).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("record 0 has coarse label 20, not a CIFAR-100 superclass (0..19)"),
+            "{e}"
+        );
     }
 }

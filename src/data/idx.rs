@@ -3,7 +3,7 @@
 //! row-major elements; only unsigned bytes (type 0x08) are image/label data here.
 //! Every inconsistency (magic, type, truncated or over-long data) is an error naming the file.
 
-use super::{ImageDataset, Splits};
+use super::{ImageDataset, Splits, MAX_IMAGE_SIDE};
 use crate::error::{NablaError, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,10 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Parses IDX bytes (already decompressed).
-pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+/// The IDX header at the start of `bytes`: `(dims, header length, data bytes the dims
+/// declare)`, every size checked (magic, element type, at least one dimension, the product of
+/// the dimensions with checked arithmetic) before anything is allocated for the data.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize, usize)> {
     let err = |m: String| NablaError::format(path, m);
     if bytes.len() < 4 {
         return Err(err(format!(
@@ -47,19 +49,29 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
             bytes.len()
         )));
     }
-    let dims: Vec<usize> = (0..nd)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
     let n = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| err(format!("IDX dimensions {dims:?} overflow")))?;
+    Ok((dims, header, n))
+}
+
+/// Parses IDX bytes (already decompressed): the header, then exactly the data it declares.
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    let (dims, header, n) = parse_header(bytes, path)?;
     let have = bytes.len() - header;
     if have != n {
-        return Err(err(format!(
-            "{} IDX file: dims {dims:?} need {n} data bytes, found {have}",
-            if have < n { "truncated" } else { "over-long" }
-        )));
+        return Err(NablaError::format(
+            path,
+            format!(
+                "{} IDX file: dims {dims:?} need {n} data bytes, found {have}",
+                if have < n { "truncated" } else { "over-long" }
+            ),
+        ));
     }
     Ok(IdxArray {
         dims,
@@ -70,18 +82,87 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
 /// Reads an IDX file, decompressing gzip when the file starts with the gzip magic.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).map_err(|e| NablaError::io(path, e))?;
-    parse_idx(&gunzip_if_gzip(raw, path)?, path)
+    read_idx_bytes(&raw, path)
 }
 
-/// The bytes of a file as read, or decompressed when they start with the gzip magic.
-pub fn gunzip_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
-    if !raw.starts_with(&[0x1f, 0x8b]) {
-        return Ok(raw);
+/// The bytes of an IDX file as stored (raw, or gzip when they start with the gzip magic) →
+/// the array; `path` names the file in errors. A gzip stream is decompressed only as far as
+/// its IDX header declares (see [`gunzip_if_gzip`]).
+pub fn read_idx_bytes(raw: &[u8], path: &Path) -> Result<IdxArray> {
+    if is_gzip(raw) {
+        parse_idx(&gunzip(raw, path)?, path)
+    } else {
+        parse_idx(raw, path)
     }
+}
+
+fn is_gzip(raw: &[u8]) -> bool {
+    raw.starts_with(&[0x1f, 0x8b])
+}
+
+/// The most bytes deflate can expand one compressed byte to (a run of 258-byte copies coded in
+/// about 2 bits each: 1032:1), used to refuse an IDX header that declares more data than its
+/// gzip stream could possibly hold, before decompressing any of it.
+pub const DEFLATE_MAX_RATIO: usize = 1032;
+
+/// The bytes of a file as read, or decompressed when they start with the gzip magic. When the
+/// decompressed bytes start with an IDX header, decompression reads the header first and stops
+/// as soon as the output exceeds what it declares: a valid header followed by 4 GiB of zeros
+/// is refused after reading one byte more than the header promises, not 4 GiB.
+pub fn gunzip_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    if is_gzip(&raw) {
+        gunzip(&raw, path)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Reads from `r` into `out` until `out` holds `len` bytes or the stream ends.
+fn read_up_to(r: &mut impl Read, out: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
+    let want = len.saturating_sub(out.len()) as u64;
+    r.take(want).read_to_end(out).map(|_| ())
+}
+
+/// Decompresses a gzip stream (see [`gunzip_if_gzip`]).
+fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let corrupt = |e: std::io::Error| {
+        NablaError::format(path, format!("corrupt or truncated gzip stream: {e}"))
+    };
+    let mut gz = flate2::read::GzDecoder::new(raw);
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .map_err(|e| NablaError::format(path, format!("corrupt or truncated gzip stream: {e}")))?;
+    // The magic and the number of dimensions, then the sizes: only as many bytes as the header
+    // has, whatever the stream holds after them.
+    read_up_to(&mut gz, &mut out, 4).map_err(corrupt)?;
+    if out.len() < 4 || out[..3] != [0, 0, 8] {
+        // Not IDX (another format inside gzip): decompressed whole, at most
+        // DEFLATE_MAX_RATIO times the stream.
+        gz.read_to_end(&mut out).map_err(corrupt)?;
+        return Ok(out);
+    }
+    let header_len = 4 + 4 * out[3] as usize;
+    read_up_to(&mut gz, &mut out, header_len).map_err(corrupt)?;
+    let (dims, header, n) = parse_header(&out, path)?;
+    let most = raw.len().saturating_mul(DEFLATE_MAX_RATIO);
+    if n > most {
+        return Err(NablaError::format(
+            path,
+            format!(
+                "IDX dims {dims:?} declare {n} data bytes, more than the {most} a gzip stream of {} bytes can decompress to (truncated or corrupt)",
+                raw.len()
+            ),
+        ));
+    }
+    // One byte past the declared end tells an over-long stream from an exact one.
+    let stop = header + n + 1;
+    read_up_to(&mut gz, &mut out, stop).map_err(corrupt)?;
+    if out.len() == stop {
+        return Err(NablaError::format(
+            path,
+            format!(
+                "over-long IDX file: dims {dims:?} need {n} data bytes, the gzip stream holds more (decompression stopped after {stop} bytes)"
+            ),
+        ));
+    }
     Ok(out)
 }
 
@@ -101,8 +182,27 @@ pub fn load_pair(
     name: &str,
     num_classes: usize,
 ) -> Result<ImageDataset> {
-    let im = read_idx(images)?;
-    let lb = read_idx(labels)?;
+    dataset_from_idx(
+        read_idx(images)?,
+        read_idx(labels)?,
+        images,
+        labels,
+        name,
+        num_classes,
+    )
+}
+
+/// The data set of a parsed image array `(N, rows, cols)` and label array `(N)` (see
+/// [`load_pair`]; `images` and `labels` name the files in errors): shapes, sides and labels
+/// checked.
+pub fn dataset_from_idx(
+    im: IdxArray,
+    lb: IdxArray,
+    images: &Path,
+    labels: &Path,
+    name: &str,
+    num_classes: usize,
+) -> Result<ImageDataset> {
     if im.dims.len() != 3 {
         return Err(NablaError::format(
             images,
@@ -128,6 +228,16 @@ pub fn load_pair(
                 images.display()
             ),
         ));
+    }
+    let (rows, cols) = (im.dims[1], im.dims[2]);
+    if !(1..=MAX_IMAGE_SIDE).contains(&rows) || !(1..=MAX_IMAGE_SIDE).contains(&cols) {
+        return Err(NablaError::format(
+            images,
+            format!("images of {rows}x{cols} pixels: a side must be 1 to {MAX_IMAGE_SIDE} pixels"),
+        ));
+    }
+    if im.dims[0] == 0 {
+        return Err(NablaError::format(images, "the IDX file holds 0 images"));
     }
     let labels_v: Vec<usize> = lb.data.iter().map(|&b| b as usize).collect();
     if let Some((i, l)) = labels_v.iter().enumerate().find(|(_, &l)| l >= num_classes) {
@@ -363,6 +473,138 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("3 labels for 2 images"), "{e}");
+    }
+
+    /// Deflate bits, least significant first (RFC 1951 §3.1.1).
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+
+    impl Bits {
+        fn put(&mut self, value: u64, bits: u32) {
+            self.acc |= value << self.n;
+            self.n += bits;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// A Huffman code: its bits most significant first.
+        fn code(&mut self, code: u64, bits: u32) {
+            let rev = (0..bits).fold(0, |r, i| r | ((code >> i) & 1) << (bits - 1 - i));
+            self.put(rev, bits);
+        }
+        /// A literal byte in the fixed Huffman code (0..143: 8 bits from 0x30; 144..255: 9
+        /// bits from 0x190).
+        fn literal(&mut self, b: u8) {
+            if b < 144 {
+                self.code(0x30 + b as u64, 8)
+            } else {
+                self.code(0x190 + (b - 144) as u64, 9)
+            }
+        }
+    }
+
+    /// A gzip bomb built without compressing anything: `prefix` as literals, then `zeros`
+    /// zero bytes as 258-byte copies at distance 1 (13 bits each, ~1030:1), in one fixed-Huffman
+    /// block. The trailer's CRC is wrong: a reader that stops early never gets there.
+    fn gzip_bomb(prefix: &[u8], zeros: u64) -> Vec<u8> {
+        let mut b = Bits {
+            out: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+            acc: 0,
+            n: 0,
+        };
+        b.put(1, 1); // final block
+        b.put(1, 2); // fixed Huffman codes
+        for &p in prefix {
+            b.literal(p);
+        }
+        b.literal(0);
+        let mut left = zeros - 1;
+        while left >= 258 {
+            b.code(0b1100_0101, 8); // length code 285: 258 bytes
+            b.code(0, 5); // distance code 0: distance 1
+            left -= 258;
+        }
+        for _ in 0..left {
+            b.literal(0);
+        }
+        b.code(0, 7); // end of block
+        b.put(0, 7);
+        b.out.extend_from_slice(&[0; 4]);
+        b.out.extend_from_slice(&(zeros as u32).to_le_bytes());
+        b.out
+    }
+
+    /// A valid IDX header followed by 4 GiB of zeros in 27 MB of gzip: refused after reading
+    /// one byte more than the header declares (it used to read all 4 GiB first); a header that
+    /// declares more than its stream could hold is refused before decompressing any data.
+    #[test]
+    fn gzip_bombs_stop_at_what_the_header_declares() {
+        let header = idx_bytes(&[10, 28, 28], &[]);
+        let bomb = gzip_bomb(&header, 4 << 30);
+        assert!(bomb.len() < 30 << 20, "{}", bomb.len());
+        let t = std::time::Instant::now();
+        let e = read_idx_bytes(&bomb, Path::new("bomb.gz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bomb.gz")
+                && e.contains("over-long IDX file: dims [10, 28, 28] need 7840 data bytes")
+                && e.contains("stopped after 7857 bytes"),
+            "{e}"
+        );
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        // The bomb's construction is sound: a short one decompresses to what it says.
+        let small = gzip_bomb(&header, 7840);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&small[..])
+            .read_to_end(&mut out)
+            .unwrap_err(); // the CRC is left at 0
+        let mut raw = Vec::new();
+        flate2::read::DeflateDecoder::new(&small[10..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(raw.len(), 16 + 7840);
+        assert_eq!(&raw[..16], &header[..]);
+        // 60000 x 2^16 x 2^16 bytes from a 40-byte stream.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &idx_bytes(&[60000, 65536, 65536], &[1, 2])).unwrap();
+        let gzb = gz.finish().unwrap();
+        let e = read_idx_bytes(&gzb, Path::new("x.gz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("declare 257698037760000 data bytes, more than the")
+                && e.contains(&format!(
+                    "a gzip stream of {} bytes can decompress to",
+                    gzb.len()
+                )),
+            "{e}"
+        );
+    }
+
+    /// Image sides of 0 or above the limit, and files of 0 images, are refused on load.
+    #[test]
+    fn idx_image_sides_are_checked() {
+        let lab =
+            |n: u32| parse_idx(&idx_bytes(&[n], &vec![0; n as usize]), Path::new("l")).unwrap();
+        let img = |dims: &[u32]| IdxArray {
+            dims: dims.iter().map(|&d| d as usize).collect(),
+            data: Vec::new(),
+        };
+        let p = Path::new("i");
+        let e = |im: IdxArray, n: u32| {
+            dataset_from_idx(im, lab(n), p, Path::new("l"), "x", 10)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(img(&[2, 0, 5]), 2).contains("images of 0x5 pixels: a side must be 1 to 16384"));
+        assert!(e(img(&[1, 20000, 1]), 1).contains("images of 20000x1 pixels"));
+        assert!(e(img(&[0, 28, 28]), 0).contains("holds 0 images"));
     }
 
     #[test]

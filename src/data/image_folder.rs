@@ -16,7 +16,7 @@
 //! resize would distort some images and not others; resize the folder first, or let the model
 //! resize every image with `--image-size`). An empty class folder is an error naming it.
 
-use super::{ImageDataset, Splits};
+use super::{ImageDataset, Splits, MAX_IMAGE_SIDE};
 use crate::error::{NablaError, Result};
 use crate::invalid;
 use std::path::{Path, PathBuf};
@@ -84,40 +84,121 @@ impl DecodedImage {
     }
 }
 
-/// Decodes PNG or JPEG bytes (format from the magic bytes); `path` names the file in errors.
-pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<DecodedImage> {
-    let (kind, fmt) = match sniff_image(bytes) {
-        Some(ImageKind::Png) => ("PNG", image::ImageFormat::Png),
-        Some(ImageKind::Jpeg) => ("JPEG", image::ImageFormat::Jpeg),
-        None => {
-            let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+/// The most bytes the decoder's buffer of one image may take: an 8-bit RGB image of
+/// [`MAX_IMAGE_SIDE`] pixels on each side (768 MiB). Checked, with the side, from the header
+/// before anything is decoded; 16-bit and alpha images of that size need more and are refused.
+pub const MAX_IMAGE_BYTES: u64 = (MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 3) as u64;
+
+/// The width and height in a PNG's IHDR chunk (which the format puts first, at byte 16), read
+/// before any decoder is set up.
+fn png_header_size(bytes: &[u8]) -> Option<(u64, u64)> {
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64;
+    if bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    Some((be(bytes.get(16..20)?), be(bytes.get(20..24)?)))
+}
+
+/// Refuses an image whose header declares a side of 0 or above [`MAX_IMAGE_SIDE`], or whose
+/// decoded pixels (`bytes_per_pixel` each, when known) would exceed [`MAX_IMAGE_BYTES`]; the
+/// arithmetic is checked, so no size read from a file wraps around.
+fn check_declared_size(
+    kind: &str,
+    (w, h): (u64, u64),
+    bytes_per_pixel: Option<u64>,
+    path: &Path,
+) -> Result<()> {
+    let max = MAX_IMAGE_SIDE as u64;
+    if w == 0 || h == 0 || w > max || h > max {
+        return Err(NablaError::format(
+            path,
+            format!(
+                "{kind} header declares {w}x{h} pixels (width x height): a side must be 1 to {max} pixels; refused before decoding"
+            ),
+        ));
+    }
+    if let Some(bpp) = bytes_per_pixel {
+        let need = w.checked_mul(h).and_then(|p| p.checked_mul(bpp));
+        if need.is_none_or(|n| n > MAX_IMAGE_BYTES) {
             return Err(NablaError::format(
                 path,
                 format!(
-                    "not a PNG or JPEG image (starts with {}; PNG starts with 89 50 4e 47, JPEG with ff d8 ff)",
-                    head.join(" ")
+                    "{kind} image of {w}x{h} pixels at {bpp} bytes per pixel needs {} bytes decoded, more than the {MAX_IMAGE_BYTES} allowed; refused before decoding",
+                    need.map_or("over 2^64".to_string(), |n| n.to_string())
                 ),
             ));
         }
-    };
-    let img = image::load_from_memory_with_format(bytes, fmt)
-        .map_err(|e| NablaError::format(path, format!("corrupt {kind} data: {e}")))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    if w == 0 || h == 0 {
-        return Err(NablaError::format(path, format!("{kind} image of {w}x{h}")));
     }
+    Ok(())
+}
+
+/// The decoder's limits: the checks above, applied again inside the decoder to what it
+/// allocates for itself.
+fn decoder_limits() -> image::io::Limits {
+    let mut l = image::io::Limits::default();
+    l.max_image_width = Some(MAX_IMAGE_SIDE as u32);
+    l.max_image_height = Some(MAX_IMAGE_SIDE as u32);
+    l.max_alloc = Some(MAX_IMAGE_BYTES);
+    l
+}
+
+/// Decodes PNG or JPEG bytes (format from the magic bytes); `path` names the file in errors.
+/// The size in the header is checked (see [`check_declared_size`]) before any pixel is decoded.
+pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<DecodedImage> {
+    use image::ImageDecoder;
+    let Some(format) = sniff_image(bytes) else {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(NablaError::format(
+            path,
+            format!(
+                "not a PNG or JPEG image (starts with {}; PNG starts with 89 50 4e 47, JPEG with ff d8 ff)",
+                head.join(" ")
+            ),
+        ));
+    };
+    let kind = match format {
+        ImageKind::Png => "PNG",
+        ImageKind::Jpeg => "JPEG",
+    };
+    let corrupt =
+        |e: image::ImageError| NablaError::format(path, format!("corrupt {kind} data: {e}"));
+    let cursor = std::io::Cursor::new(bytes);
+    let img = match format {
+        ImageKind::Png => {
+            if let Some(size) = png_header_size(bytes) {
+                check_declared_size(kind, size, None, path)?;
+            }
+            let d = image::codecs::png::PngDecoder::with_limits(cursor, decoder_limits())
+                .map_err(corrupt)?;
+            let (w, h) = d.dimensions();
+            let bpp = d.color_type().bytes_per_pixel() as u64;
+            check_declared_size(kind, (w as u64, h as u64), Some(bpp), path)?;
+            image::DynamicImage::from_decoder(d).map_err(corrupt)?
+        }
+        ImageKind::Jpeg => {
+            // Reads the markers up to the first scan: the frame header's size, no pixels.
+            let mut d = image::codecs::jpeg::JpegDecoder::new(cursor).map_err(corrupt)?;
+            let (w, h) = d.dimensions();
+            let bpp = d.color_type().bytes_per_pixel() as u64;
+            check_declared_size(kind, (w as u64, h as u64), Some(bpp), path)?;
+            d.set_limits(decoder_limits()).map_err(corrupt)?;
+            image::DynamicImage::from_decoder(d).map_err(corrupt)?
+        }
+    };
+    let (w, h) = (img.width() as usize, img.height() as usize);
     use image::ColorType as C;
     let grey = matches!(img.color(), C::L8 | C::La8 | C::L16 | C::La16);
-    // The decoder's interleaved HWC bytes → planar CHW.
+    // The decoder's interleaved HWC bytes → planar CHW (`into_*` reuses the decoded buffer
+    // when it already has that layout, so an image is held at most twice).
     let (c, hwc) = if grey {
-        (1, img.to_luma8().into_raw())
+        (1, img.into_luma8().into_raw())
     } else {
-        (3, img.to_rgb8().into_raw())
+        (3, img.into_rgb8().into_raw())
     };
     let mut pixels = vec![0u8; c * h * w];
-    for i in 0..h * w {
-        for ch in 0..c {
-            pixels[ch * h * w + i] = hwc[i * c + ch];
+    for (i, px) in hwc.chunks_exact(c).enumerate() {
+        for (ch, &v) in px.iter().enumerate() {
+            pixels[ch * h * w + i] = v;
         }
     }
     Ok(DecodedImage {
@@ -442,6 +523,86 @@ mod tests {
         assert!(
             e.contains("\"z\"") && e.contains("not among the training classes"),
             "{e}"
+        );
+    }
+
+    /// A PNG header of (w, h, colour, depth) followed by one IDAT chunk of `idat`.
+    fn png_header(
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        idat: &[u8],
+    ) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut enc = png::Encoder::new(&mut buf, w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_chunk(png::chunk::IDAT, idat).unwrap();
+        std::mem::forget(wr); // no IEND, no image data: only the header matters
+        buf
+    }
+
+    /// Sizes come from the header and are refused before any pixel is decoded: a 30000x30000
+    /// PNG or JPEG (55 GB of f32 pixels downstream), a side of 0, and a 16384x16384 16-bit RGBA
+    /// PNG (2 GiB decoded, within the side limit but over the byte limit).
+    #[test]
+    fn oversized_headers_are_refused_before_decoding() {
+        let p = Path::new("big.png");
+        let e = |b: &[u8]| decode_image_bytes(b, p).unwrap_err().to_string();
+        let big = png_header(30000, 30000, png::ColorType::Rgb, png::BitDepth::Eight, &[]);
+        let msg = e(&big);
+        assert!(
+            msg.contains("big.png")
+                && msg.contains("PNG header declares 30000x30000 pixels")
+                && msg.contains("1 to 16384"),
+            "{msg}"
+        );
+        let wide = png_header(
+            20000,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Eight,
+            &[0; 8],
+        );
+        assert!(e(&wide).contains("20000x1 pixels"), "{}", e(&wide));
+        let rgba16 = png_header(
+            16384,
+            16384,
+            png::ColorType::Rgba,
+            png::BitDepth::Sixteen,
+            &[0; 8],
+        );
+        let msg = e(&rgba16);
+        assert!(
+            msg.contains("16384x16384 pixels at 8 bytes per pixel needs 2147483648 bytes decoded, more than the 805306368 allowed"),
+            "{msg}"
+        );
+        // A JPEG whose frame header (SOF0: FF C0, length, precision, height, width) says 30000².
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode(&[9u8; 4], 2, 2, image::ColorType::L8)
+            .unwrap();
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0x75, 0x30, 0x75, 0x30]);
+        let msg = decode_image_bytes(&jpeg, Path::new("big.jpg"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("big.jpg") && msg.contains("JPEG header declares 30000x30000 pixels"),
+            "{msg}"
+        );
+        // In a folder, the error names the file.
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        write_png(&a.join("1.png"), 2, 2, image::ColorType::L8, &[1; 4]);
+        std::fs::write(a.join("2.png"), &big).unwrap();
+        let msg = try_load_dir(dir.path()).err().unwrap().to_string();
+        assert!(
+            msg.contains("2.png") && msg.contains("30000x30000"),
+            "{msg}"
         );
     }
 

@@ -19,6 +19,15 @@ use crate::models::resample::{resize_planes, Interp};
 use crate::tensor::Tensor;
 use std::path::Path;
 
+/// The longest image side any loader accepts, in pixels (PNG/JPEG headers, IDX dimensions):
+/// checked before the pixels are decoded or allocated.
+pub const MAX_IMAGE_SIDE: usize = 16384;
+
+/// The most classes a data set may have (2^16), images or nodes: a class id or a class count
+/// from a file (a label, `classes.txt`) is checked against it before it sizes anything (the
+/// model's head, per-class counts).
+pub const MAX_CLASSES: usize = 1 << 16;
+
 /// A labelled set of same-sized images, pixels as bytes.
 #[derive(Clone, Debug)]
 pub struct ImageDataset {
@@ -186,18 +195,44 @@ pub fn default_val_size(n: usize) -> usize {
     (n / 10).clamp(1.min(n / 2), 5000)
 }
 
+/// `bytes` as UTF-8 text, or an error naming the file, the line and the byte offset of the
+/// first invalid byte (the standard library's "stream did not contain valid UTF-8" says
+/// neither).
+pub fn utf8_text<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        NablaError::format(
+            path,
+            format!(
+                "line {line}: not UTF-8 text: byte 0x{:02x} at offset {at} is not valid UTF-8 there",
+                bytes[at]
+            ),
+        )
+    })
+}
+
 /// Reads `dir/classes.txt` (one class name per line, label order) if present.
 pub(crate) fn classes_txt(dir: &Path) -> Result<Option<Vec<String>>> {
     let p = dir.join("classes.txt");
     if !p.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).map_err(|e| NablaError::io(&p, e))?;
-    let names: Vec<String> = text
+    let bytes = std::fs::read(&p).map_err(|e| NablaError::io(&p, e))?;
+    let names: Vec<String> = utf8_text(&bytes, &p)?
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect();
+    if names.len() > MAX_CLASSES {
+        return Err(NablaError::format(
+            &p,
+            format!(
+                "{} class names, more than {MAX_CLASSES} (2^16, the most classes a data set may have)",
+                names.len()
+            ),
+        ));
+    }
     Ok(Some(names))
 }
 

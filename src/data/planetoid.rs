@@ -4,10 +4,12 @@
 //! model so that training always has something to run on. Every parse error names the file and
 //! the 1-based line.
 
+use super::{utf8_text, MAX_CLASSES};
 use crate::error::{NablaError, Result};
 use crate::graph::Graph;
 use crate::init::Rng;
 use crate::invalid;
+use crate::io::excerpt;
 use crate::nn::sparse_linear::SparseRows;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,12 +30,26 @@ pub struct NodeDataset {
     pub test: Vec<usize>,
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| NablaError::io(path, e))
+/// The most feature columns a node data set may have (2^24): an index in a file is checked
+/// against it (and against the declared or inferred width) before any row is allocated, so
+/// `0\t1000000000000` is a line error, not an 8 TB allocation.
+pub const MAX_FEATURES: usize = 1 << 24;
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| NablaError::io(path, e))
 }
 
 fn line_err(path: &Path, line: usize, msg: impl std::fmt::Display) -> NablaError {
     NablaError::format(path, format!("line {line}: {msg}"))
+}
+
+/// The four files of a Planetoid TSV folder, as bytes (see [`NodeDataset::parse_tsv`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TsvFiles<'a> {
+    pub features: &'a [u8],
+    pub labels: &'a [u8],
+    pub edges: &'a [u8],
+    pub split: &'a [u8],
 }
 
 /// Non-empty lines with their 1-based numbers.
@@ -51,7 +67,7 @@ fn two_fields<'a>(path: &Path, ln: usize, l: &'a str) -> Result<(&'a str, &'a st
         _ => Err(line_err(
             path,
             ln,
-            format!("expected 2 tab-separated fields, got {:?}", l),
+            format!("expected 2 tab-separated fields, got {:?}", excerpt(l)),
         )),
     }
 }
@@ -60,7 +76,7 @@ fn parse_node(path: &Path, ln: usize, s: &str, n: Option<usize>) -> Result<usize
     let v: usize = s
         .trim()
         .parse()
-        .map_err(|_| line_err(path, ln, format!("{s:?} is not a node id")))?;
+        .map_err(|_| line_err(path, ln, format!("{:?} is not a node id", excerpt(s))))?;
     if let Some(n) = n {
         if v >= n {
             return Err(line_err(
@@ -78,12 +94,32 @@ impl NodeDataset {
     /// The node count comes from `features.tsv`; every other file is checked against it.
     pub fn load_tsv_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        let features = read(&dir.join("features.tsv"))?;
+        let labels = read(&dir.join("labels.tsv"))?;
+        let edges = read(&dir.join("edges.tsv"))?;
+        let split = read(&dir.join("split.tsv"))?;
+        Self::parse_tsv(
+            dir,
+            TsvFiles {
+                features: &features,
+                labels: &labels,
+                edges: &edges,
+                split: &split,
+            },
+        )
+    }
+
+    /// The data set of a Planetoid TSV folder's files given as bytes (see
+    /// [`NodeDataset::load_tsv_dir`]); errors name `dir/<file>` and the line. Every id and
+    /// index is checked against the node count, [`MAX_FEATURES`] and [`MAX_CLASSES`] as it is
+    /// read.
+    pub fn parse_tsv(dir: &Path, files: TsvFiles<'_>) -> Result<Self> {
         let p = |f: &str| -> PathBuf { dir.join(f) };
 
         let fpath = p("features.tsv");
-        let text = read(&fpath)?;
+        let text = utf8_text(files.features, &fpath)?;
         let mut rows: Vec<Vec<usize>> = Vec::new();
-        for (ln, l) in lines(&text) {
+        for (ln, l) in lines(text) {
             let (node, feats) = two_fields(&fpath, ln, l)?;
             let node = parse_node(&fpath, ln, node, None)?;
             if node != rows.len() {
@@ -98,10 +134,22 @@ impl NodeDataset {
             }
             let mut idx = Vec::new();
             for f in feats.split(',').filter(|f| !f.is_empty()) {
-                let i: usize = f
-                    .trim()
-                    .parse()
-                    .map_err(|_| line_err(&fpath, ln, format!("{f:?} is not a feature index")))?;
+                let i: usize = f.trim().parse().map_err(|_| {
+                    line_err(
+                        &fpath,
+                        ln,
+                        format!("{:?} is not a feature index", excerpt(f)),
+                    )
+                })?;
+                if i >= MAX_FEATURES {
+                    return Err(line_err(
+                        &fpath,
+                        ln,
+                        format!(
+                            "feature index {i} is not below {MAX_FEATURES} (2^24, the most feature columns a data set may have)"
+                        ),
+                    ));
+                }
                 if idx.last().is_some_and(|&last| i <= last) {
                     return Err(line_err(
                         &fpath,
@@ -128,10 +176,10 @@ impl NodeDataset {
         let features = SparseRows::binary(width, &rows)?;
 
         let lpath = p("labels.tsv");
-        let text = read(&lpath)?;
+        let text = utf8_text(files.labels, &lpath)?;
         let mut labels = Vec::with_capacity(n);
         let mut label_lines = Vec::with_capacity(n);
-        for (ln, l) in lines(&text) {
+        for (ln, l) in lines(text) {
             label_lines.push(ln);
             let (node, c) = two_fields(&lpath, ln, l)?;
             let node = parse_node(&lpath, ln, node, Some(n))?;
@@ -148,9 +196,18 @@ impl NodeDataset {
             let c: i64 = c
                 .trim()
                 .parse()
-                .map_err(|_| line_err(&lpath, ln, format!("{c:?} is not a class id")))?;
+                .map_err(|_| line_err(&lpath, ln, format!("{:?} is not a class id", excerpt(c))))?;
             labels.push(match c {
                 -1 => None,
+                c if c >= MAX_CLASSES as i64 => {
+                    return Err(line_err(
+                        &lpath,
+                        ln,
+                        format!(
+                            "class {c} of node {node} is not below {MAX_CLASSES} (2^16, the most classes a data set may have)"
+                        ),
+                    ))
+                }
                 c if c >= 0 => Some(c as usize),
                 c => return Err(line_err(&lpath, ln, format!("class {c} is negative"))),
             });
@@ -190,9 +247,9 @@ impl NodeDataset {
         }
 
         let epath = p("edges.tsv");
-        let text = read(&epath)?;
+        let text = utf8_text(files.edges, &epath)?;
         let mut edges = Vec::new();
-        for (ln, l) in lines(&text) {
+        for (ln, l) in lines(text) {
             let (s, d) = two_fields(&epath, ln, l)?;
             edges.push((
                 parse_node(&epath, ln, s, Some(n))?,
@@ -202,9 +259,9 @@ impl NodeDataset {
         let graph = Graph::from_edges(n, &edges)?;
 
         let spath = p("split.tsv");
-        let text = read(&spath)?;
+        let text = utf8_text(files.split, &spath)?;
         let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
-        for (ln, l) in lines(&text) {
+        for (ln, l) in lines(text) {
             let (node, which) = two_fields(&spath, ln, l)?;
             let node = parse_node(&spath, ln, node, Some(n))?;
             match which.trim() {
@@ -215,7 +272,7 @@ impl NodeDataset {
                     return Err(line_err(
                         &spath,
                         ln,
-                        format!("split must be train, val or test, got {other:?}"),
+                        format!("split must be train, val or test, got {:?}", excerpt(other)),
                     ))
                 }
             }
@@ -240,12 +297,24 @@ impl NodeDataset {
         seed: u64,
     ) -> Result<Self> {
         let (cpath, epath) = (content.as_ref(), cites.as_ref());
-        let text = read(cpath)?;
+        let content = read(cpath)?;
+        let cites = read(epath)?;
+        Self::parse_linqs((&content, cpath), (&cites, epath), seed)
+    }
+
+    /// The data set of LINQS `content` and `cites` files given as bytes, each with the path
+    /// that names it in errors (see [`NodeDataset::load_linqs`]).
+    pub fn parse_linqs(
+        (content, cpath): (&[u8], &Path),
+        (cites, epath): (&[u8], &Path),
+        seed: u64,
+    ) -> Result<Self> {
+        let text = utf8_text(content, cpath)?;
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut rows = Vec::new();
         let mut class_names = Vec::new();
         let mut width = None;
-        for (ln, l) in lines(&text) {
+        for (ln, l) in lines(text) {
             let f: Vec<&str> = l.split_whitespace().collect();
             if f.len() < 2 {
                 return Err(line_err(
@@ -255,6 +324,15 @@ impl NodeDataset {
                 ));
             }
             let w = f.len() - 2;
+            if w > MAX_FEATURES {
+                return Err(line_err(
+                    cpath,
+                    ln,
+                    format!(
+                        "{w} features, more than {MAX_FEATURES} (2^24, the most feature columns a data set may have)"
+                    ),
+                ));
+            }
             match width {
                 None => width = Some(w),
                 Some(w0) if w0 != w => {
@@ -270,7 +348,7 @@ impl NodeDataset {
                 return Err(line_err(
                     cpath,
                     ln,
-                    format!("paper id {:?} appears twice", f[0]),
+                    format!("paper id {:?} appears twice", excerpt(f[0])),
                 ));
             }
             let mut idx = Vec::new();
@@ -282,7 +360,7 @@ impl NodeDataset {
                         return Err(line_err(
                             cpath,
                             ln,
-                            format!("feature {k} is {other:?}, expected 0 or 1"),
+                            format!("feature {k} is {:?}, expected 0 or 1", excerpt(other)),
                         ))
                     }
                 }
@@ -302,17 +380,25 @@ impl NodeDataset {
             .map(|c| classes.binary_search(&c).ok())
             .collect();
         let num_classes = classes.len();
+        if num_classes > MAX_CLASSES {
+            return Err(NablaError::format(
+                cpath,
+                format!(
+                    "{num_classes} distinct class labels, more than {MAX_CLASSES} (2^16, the most classes a data set may have)"
+                ),
+            ));
+        }
         let features = SparseRows::binary(width.unwrap_or(0), &rows)?;
 
-        let text = read(epath)?;
+        let text = utf8_text(cites, epath)?;
         let mut edges = Vec::new();
-        for (ln, l) in lines(&text) {
+        for (ln, l) in lines(text) {
             let f: Vec<&str> = l.split_whitespace().collect();
             if f.len() != 2 {
                 return Err(line_err(
                     epath,
                     ln,
-                    format!("expected <cited> <citing>, got {l:?}"),
+                    format!("expected <cited> <citing>, got {:?}", excerpt(l)),
                 ));
             }
             let node = |s: &str| {
@@ -320,7 +406,7 @@ impl NodeDataset {
                     line_err(
                         epath,
                         ln,
-                        format!("paper id {s:?} is not in {}", cpath.display()),
+                        format!("paper id {:?} is not in {}", excerpt(s), cpath.display()),
                     )
                 })
             };
@@ -517,12 +603,29 @@ mod tests {
 
     #[test]
     fn tsv_loader_errors_name_file_and_line() {
-        let cases: [(&str, &str, &str); 7] = [
-            // Two classes occur (0 and 1000000000000): ids must be 0..1.
+        let cases: [(&str, &str, &str); 10] = [
+            // A class id of 10^12 is refused on its line, before it sizes anything.
             (
                 "labels.tsv",
                 "0\t0\n1\t1000000000000\n2\t0\n3\t-1\n",
-                "labels.tsv: line 2: class 1000000000000 of node 1 is outside the classes 0..1",
+                "labels.tsv: line 2: class 1000000000000 of node 1 is not below 65536",
+            ),
+            // Two classes occur (0 and 5): ids must be 0..1.
+            (
+                "labels.tsv",
+                "0\t0\n1\t5\n2\t0\n3\t-1\n",
+                "labels.tsv: line 2: class 5 of node 1 is outside the classes 0..1",
+            ),
+            // A feature index of 10^12 would be an 8 TB allocation in SparseRows::new.
+            (
+                "features.tsv",
+                "0\t1000000000000\n1\t1\n2\t\n3\t2\n",
+                "features.tsv: line 1: feature index 1000000000000 is not below 16777216",
+            ),
+            (
+                "features.tsv",
+                "0\t0\n1\t16777216\n2\t\n3\t2\n",
+                "features.tsv: line 2: feature index 16777216 is not below 16777216",
             ),
             (
                 "labels.tsv",
@@ -612,6 +715,57 @@ mod tests {
         assert!(
             e.contains("bad.content: line 2: 1 features, but the first line has 2"),
             "{e}"
+        );
+    }
+
+    /// An error about a line of 1 MB quotes 200 bytes of it, in every file of both formats.
+    #[test]
+    fn errors_quote_at_most_200_bytes_of_a_line() {
+        let long = "z".repeat(1 << 20);
+        let d = tempfile::tempdir().unwrap();
+        tiny_tsv(d.path());
+        write(d.path(), "edges.tsv", &format!("0\t1\n{long}\n"));
+        let e = NodeDataset::load_tsv_dir(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("edges.tsv: line 2: expected 2 tab-separated fields")
+                && e.contains("… (1048576 bytes)")
+                && e.len() < 400 + d.path().as_os_str().len(),
+            "{} bytes: {}",
+            e.len(),
+            &e[..300.min(e.len())]
+        );
+        write(d.path(), "edges.tsv", &format!("0\t{long}\n"));
+        let e = NodeDataset::load_tsv_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("is not a node id") && e.len() < 400 + d.path().as_os_str().len());
+        let cites = d.path().join("g.cites");
+        write(d.path(), "g.content", "a\t1\tX\nb\t0\tY\n");
+        write(d.path(), "g.cites", &format!("a\t{long}\n"));
+        let e = NodeDataset::load_linqs(d.path().join("g.content"), &cites, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("g.cites: line 1: paper id \"zzz")
+                && e.len() < 500 + 2 * d.path().as_os_str().len(),
+            "{} bytes",
+            e.len()
+        );
+        std::fs::write(d.path().join("edges.tsv"), b"0\t1\n\xff\t0\n").unwrap();
+        let e = NodeDataset::load_tsv_dir(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("edges.tsv: line 2: not UTF-8 text: byte 0xff at offset 4"),
+            "{e}"
+        );
+        // A LINQS feature that is neither 0 nor 1.
+        let parsed = NodeDataset::parse_linqs(
+            (format!("a\t{long}\tX\n").as_bytes(), Path::new("c.content")),
+            (b"", Path::new("c.cites")),
+            0,
+        );
+        let e = parsed.unwrap_err().to_string();
+        assert!(
+            e.starts_with("format error in c.content: line 1: feature 0 is \"zzz") && e.len() < 400,
+            "{} bytes",
+            e.len()
         );
     }
 

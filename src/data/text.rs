@@ -1,9 +1,27 @@
 //! Character-level text: the vocabulary, the train/held-out split, parallel streams for truncated
 //! BPTT, and a built-in synthetic corpus (strings of the embedded Reber grammar).
 
-use crate::error::Result;
+use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
+use crate::io::excerpt;
+use std::path::Path;
+
+/// The most distinct characters a vocabulary may have (2^16): the vocabulary is the class set
+/// of a character model's output, checked like a class count before it sizes the model.
+pub const MAX_VOCAB: usize = 1 << 16;
+
+/// Reads a text file for a character-level model: UTF-8, an error naming the line and offset
+/// of the first invalid byte otherwise.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| NablaError::io(path, e))?;
+    text_from_bytes(&bytes, path).map(str::to_owned)
+}
+
+/// The bytes of a text file as text (see [`read_text`]); `path` names the file in errors.
+pub fn text_from_bytes<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str> {
+    super::utf8_text(bytes, path)
+}
 
 /// The characters of a text, sorted; a character's index is its token id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +42,14 @@ impl Vocab {
         let chars: Vec<char> = s.chars().collect();
         if chars.is_empty() || chars.windows(2).any(|w| w[0] >= w[1]) {
             return Err(invalid!(
-                "a vocabulary must be non-empty, sorted and without repeats, got {s:?}"
+                "a vocabulary must be non-empty, sorted and without repeats, got {:?}",
+                excerpt(s)
+            ));
+        }
+        if chars.len() > MAX_VOCAB {
+            return Err(invalid!(
+                "a vocabulary of {} characters, more than {MAX_VOCAB} (2^16)",
+                chars.len()
             ));
         }
         Ok(Vocab { chars })
@@ -98,6 +123,12 @@ impl CharCorpus {
             }
         }
         let vocab = Vocab::from_text(text);
+        if vocab.len() > MAX_VOCAB {
+            return Err(invalid!(
+                "the text has {} distinct characters, more than {MAX_VOCAB} (2^16, the most a character model's vocabulary may have)",
+                vocab.len()
+            ));
+        }
         let ids = vocab.encode(text)?;
         let nv = ((n as f64) * val_frac).round() as usize;
         let nt = ((n as f64) * test_frac).round() as usize;
@@ -227,5 +258,40 @@ mod tests {
             assert_eq!(b[1], b[b.len() - 2]);
         }
         assert_eq!(Vocab::from_text(&r).as_string(), "\nBEPSTVX");
+    }
+
+    /// A text of more than 2^16 distinct characters is refused (the vocabulary sizes the
+    /// model's input and output), invalid UTF-8 is an error naming line and offset, and a
+    /// saved vocabulary that is not sorted is quoted in at most 200 bytes.
+    #[test]
+    fn text_limits_and_errors() {
+        let wide: String = (0x100u32..0x100 + 70_000)
+            .filter_map(char::from_u32)
+            .collect();
+        let n = wide.chars().count();
+        assert!(n > MAX_VOCAB, "{n}");
+        let e = CharCorpus::new(&wide, 0.1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "the text has {n} distinct characters, more than 65536"
+            )),
+            "{e}"
+        );
+        let e = Vocab::from_chars(&wide).unwrap_err().to_string();
+        assert!(e.contains("more than 65536"), "{e}");
+        let e = text_from_bytes(b"ab\ncd\n\xc3(", Path::new("t.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.txt: line 3: not UTF-8 text: byte 0xc3 at offset 6"),
+            "{e}"
+        );
+        let unsorted = format!("{}a", "b".repeat(1 << 20));
+        let e = Vocab::from_chars(&unsorted).unwrap_err().to_string();
+        assert!(
+            e.contains("(1048577 bytes)") && e.len() < 400,
+            "{}",
+            e.len()
+        );
     }
 }

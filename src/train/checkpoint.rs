@@ -167,12 +167,27 @@ pub(crate) fn checkpoint_dir(dir: &Path) -> Result<PathBuf> {
 fn read_state(dir: &Path) -> Result<CheckpointState> {
     let p = dir.join(STATE_FILE);
     let bytes = std::fs::read(&p).map_err(|e| NablaError::io(&p, e))?;
-    let st: CheckpointState = serde_json::from_slice(&bytes)
-        .map_err(|e| NablaError::format(&p, format!("not a nabla checkpoint state: {e}")))?;
+    parse_state_bytes(&bytes, &p)
+}
+
+/// The checkpoint state in the bytes of a `state.json`; `path` names the file in errors, which
+/// quote at most [`crate::io::QUOTE_LIMIT`] bytes of it.
+pub fn parse_state_bytes(bytes: &[u8], path: &Path) -> Result<CheckpointState> {
+    use crate::io::excerpt;
+    let st: CheckpointState = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json's message quotes the offending value whole (a string of any length).
+        NablaError::format(
+            path,
+            format!("not a nabla checkpoint state: {}", excerpt(&e.to_string())),
+        )
+    })?;
     if st.format != CHECKPOINT_FORMAT {
         return Err(NablaError::format(
-            &p,
-            format!("format {:?}, expected {CHECKPOINT_FORMAT:?}", st.format),
+            path,
+            format!(
+                "format {:?}, expected {CHECKPOINT_FORMAT:?}",
+                excerpt(&st.format)
+            ),
         ));
     }
     Ok(st)
@@ -417,6 +432,37 @@ pub(crate) fn load_tensors<T: Element>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wrong value of 1 MB in `state.json`, or a `format` of 1 MB: the error quotes at most
+    /// 200 bytes of it.
+    #[test]
+    fn state_errors_quote_at_most_200_bytes() {
+        let p = Path::new("state.json");
+        let long = "9".repeat(1 << 20);
+        let e = parse_state_bytes(format!("{{\"format\":\"{long}\"}}").as_bytes(), p)
+            .unwrap_err()
+            .to_string();
+        // Deserialization stops at the first missing field: the format is never printed whole.
+        assert!(
+            e.contains("state.json") && e.len() < 400,
+            "{} bytes",
+            e.len()
+        );
+        let e = parse_state_bytes(
+            format!("{{\"format\":\"x\",\"step\":\"{long}\"}}").as_bytes(),
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("not a nabla checkpoint state: invalid type: string \"999")
+                && e.contains("(")
+                && e.len() < 400,
+            "{} bytes: {}",
+            e.len(),
+            &e[..300.min(e.len())]
+        );
+    }
 
     /// The lock is exclusive (a second open of the file cannot take it, even in this process),
     /// names the holder's PID, and is free again once the holder is dropped.

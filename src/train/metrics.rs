@@ -83,7 +83,14 @@ pub(crate) fn to_jsonl(records: &[MetricsRecord]) -> Result<String> {
 /// Reads a `metrics.jsonl` file; a malformed line is an error naming the file and line.
 pub fn read_metrics_jsonl(path: impl AsRef<Path>) -> Result<Vec<MetricsRecord>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| NablaError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| NablaError::io(path, e))?;
+    parse_metrics_jsonl(&bytes, path)
+}
+
+/// The records of a `metrics.jsonl` file's bytes (see [`read_metrics_jsonl`]); `path` names
+/// the file in errors, which quote at most [`crate::io::QUOTE_LIMIT`] bytes of a line.
+pub fn parse_metrics_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<MetricsRecord>> {
+    let text = crate::data::utf8_text(bytes, path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         // The final test record is not an evaluation during training: see `read_test_record`.
@@ -91,7 +98,15 @@ pub fn read_metrics_jsonl(path: impl AsRef<Path>) -> Result<Vec<MetricsRecord>> 
             continue;
         }
         let r: MetricsRecord = serde_json::from_str(line).map_err(|e| {
-            NablaError::format(path, format!("line {}: not a metrics record: {e}", i + 1))
+            // serde_json's message quotes the offending value whole (a string of any length).
+            NablaError::format(
+                path,
+                format!(
+                    "line {}: not a metrics record: {}",
+                    i + 1,
+                    crate::io::excerpt(&e.to_string())
+                ),
+            )
         })?;
         out.push(r);
     }
@@ -125,5 +140,25 @@ mod tests {
         std::fs::write(&p, "{\"step\":1}\n").unwrap();
         let e = read_metrics_jsonl(&p).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("m.jsonl"), "{e}");
+    }
+
+    /// serde_json quotes a wrong value whole; the error quotes at most 200 bytes of it.
+    #[test]
+    fn errors_about_long_lines_are_short() {
+        let line = format!("{{\"step\":\"{}\"}}\n", "7".repeat(1 << 20));
+        let e = parse_metrics_jsonl(line.as_bytes(), Path::new("m.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.jsonl: line 1: not a metrics record: invalid type: string \"777")
+                && e.len() < 400,
+            "{} bytes: {}",
+            e.len(),
+            &e[..300.min(e.len())]
+        );
+        let e = parse_metrics_jsonl(b"\n\xff\n", Path::new("m.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2: not UTF-8 text"), "{e}");
     }
 }

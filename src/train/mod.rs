@@ -95,14 +95,15 @@ mod trainer;
 
 pub(crate) use checkpoint::checkpoint_dir;
 pub use checkpoint::{
-    load_checkpoint_state, BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT,
+    load_checkpoint_state, parse_state_bytes, BestRecord, CheckpointState, IntervalState,
+    CHECKPOINT_FORMAT,
 };
 pub use config::{
     fresh_run_dir, run_dirs, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs,
     TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
 };
 pub use final_test::{read_test_record, TestRecord};
-pub use metrics::{read_metrics_jsonl, MetricsRecord};
+pub use metrics::{parse_metrics_jsonl, read_metrics_jsonl, MetricsRecord};
 pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
 pub use progress::format_log_line;
 pub use sampler::{select_rows, BatchSampler};
