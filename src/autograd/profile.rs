@@ -67,8 +67,3 @@ pub fn report() -> Option<String> {
     out.push_str(&format!("{:<34} {total:>10.4} s in all\n", "total"));
     Some(out)
 }
-
-/// Clears the table (tests).
-pub fn reset() {
-    TABLE.lock().unwrap_or_else(|e| e.into_inner()).clear();
-}

@@ -188,39 +188,17 @@ impl WithSimd for GatherRows32<'_> {
     }
 }
 
-/// `o ← o + c ⊙ v` (a product, then a sum: the bits of the per-head [`axpy_row`]).
-#[inline(always)]
-fn mul_add_row<T: Element>(o: &mut [T], c: &[T], v: &[T]) {
-    o.iter_mut()
-        .zip(c)
-        .zip(v)
-        .for_each(|((o, &c), &v)| *o += c * v);
-}
-
-/// Heads at least this wide take their own `axpy_row` in the weighted gather (a full vector).
-const WIDE_HEAD: usize = 16;
-
-/// [`for_each_row_block`] with a scratch value per task, made by `init`.
-fn for_each_row_block_with<T: Element, S>(
-    isa: Isa,
+/// Runs `f(first, rows)` on every block of [`ROW_BLOCK`] `width`-rows of `out` seen as f32
+/// (`first` = the block's first row), in parallel: the f32 fast paths, which dispatch their own
+/// explicit-lane op on each block. `out` must hold f32.
+fn for_each_row_block32<T: Element>(
     out: &mut [T],
     width: usize,
-    init: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, usize, &mut [T]) + Sync,
+    f: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    if width == 0 {
-        return;
-    }
     out.par_chunks_mut(ROW_BLOCK * width)
         .enumerate()
-        .for_each(|(b, blk)| {
-            let mut scratch = init();
-            isa::dispatch_on(isa, || {
-                for (k, o) in blk.chunks_exact_mut(width).enumerate() {
-                    f(&mut scratch, b * ROW_BLOCK + k, o);
-                }
-            })
-        });
+        .for_each(|(b, blk)| f(b * ROW_BLOCK, T::as_f32_mut(blk).expect("one element type")));
 }
 
 /// Runs `f(r, row)` for every `width`-row of `out`, in parallel blocks of [`ROW_BLOCK`] rows,
@@ -262,80 +240,43 @@ pub fn segment_gather_on<T: Element>(
     if weights.is_some_and(|w| w.heads == 0 || !width.is_multiple_of(w.heads)) {
         return;
     }
-    if let (Some(table32), true) = (T::as_f32(table), width > 0) {
-        let weights32 = match weights {
-            Some(w) => match T::as_f32(w.alpha) {
-                Some(alpha) => Some(EdgeWeights {
-                    alpha,
-                    heads: w.heads,
-                    scale: w.scale.as_f64() as f32,
-                }),
-                None => unreachable!("one element type"),
-            },
-            None => None,
-        };
-        out.par_chunks_mut(ROW_BLOCK * width)
-            .enumerate()
-            .for_each(|(b, blk)| {
-                let out = T::as_f32_mut(blk).expect("one element type");
-                isa::dispatch_on(
-                    isa,
-                    GatherRows32 {
-                        out,
-                        first: b * ROW_BLOCK,
-                        width,
-                        seg,
-                        table: table32,
-                        rows,
-                        weights: weights32,
-                    },
-                )
-            });
-        return;
-    }
-    let Some(w) = weights else {
-        for_each_row_block(isa, out, width, |r, o| {
-            seg.for_each(r, |e| {
-                let tr = rows.map_or(e, |rows| rows[e]);
-                add_row(o, &table[tr * width..(tr + 1) * width]);
-            })
+    if let (Some(table), true) = (T::as_f32(table), width > 0) {
+        let weights = weights.map(|w| EdgeWeights {
+            alpha: T::as_f32(w.alpha).expect("one element type"),
+            heads: w.heads,
+            scale: w.scale.as_f64() as f32,
         });
-        return;
-    };
-    let d = width / w.heads;
-    if w.heads == 1 || d >= WIDE_HEAD {
-        for_each_row_block(isa, out, width, |r, o| {
-            seg.for_each(r, |e| {
-                let tr = rows.map_or(e, |rows| rows[e]);
-                let sr = &table[tr * width..(tr + 1) * width];
-                let al = &w.alpha[e * w.heads..(e + 1) * w.heads];
-                for ((oh, sh), &a) in o.chunks_exact_mut(d).zip(sr.chunks_exact(d)).zip(al) {
-                    axpy_row(oh, w.scale * a, sh);
-                }
-            })
+        for_each_row_block32(out, width, |first, out| {
+            let op = GatherRows32 {
+                out,
+                first,
+                width,
+                seg,
+                table,
+                rows,
+                weights,
+            };
+            isa::dispatch_on(isa, op)
         });
         return;
     }
-    // Narrow heads (GAT's 8 heads of 8): a loop of `d` per head runs in the scalar remainder of
-    // a 16-lane vector loop, so each edge's head weights are first spread over a row of the
-    // full width and the row is one `o ← o + c ⊙ v` — the same products and sums, the same bits.
-    for_each_row_block_with(
-        isa,
-        out,
-        width,
-        || vec![T::zero(); width],
-        |coef, r, o| {
-            seg.for_each(r, |e| {
-                let tr = rows.map_or(e, |rows| rows[e]);
-                let sr = &table[tr * width..(tr + 1) * width];
-                let al = &w.alpha[e * w.heads..(e + 1) * w.heads];
-                for (ch, &a) in coef.chunks_exact_mut(d).zip(al) {
-                    ch.fill(w.scale * a);
+    // f64: the plain loops.
+    for_each_row_block(isa, out, width, |r, o| {
+        seg.for_each(r, |e| {
+            let tr = rows.map_or(e, |rows| rows[e]);
+            let sr = &table[tr * width..(tr + 1) * width];
+            match weights {
+                None => add_row(o, sr),
+                Some(w) => {
+                    let d = width / w.heads;
+                    let al = &w.alpha[e * w.heads..(e + 1) * w.heads];
+                    for ((oh, sh), &a) in o.chunks_exact_mut(d).zip(sr.chunks_exact(d)).zip(al) {
+                        axpy_row(oh, w.scale * a, sh);
+                    }
                 }
-                mul_add_row(o, coef, sr);
-            })
-        },
-    );
+            }
+        })
+    });
 }
 
 /// [`segment_gather_on`] on the selected path.
@@ -810,24 +751,19 @@ pub fn spmm_on<T: Element>(
     dense: &[T],
     init: Option<&[T]>,
 ) {
-    if let (Some(dense32), true) = (T::as_f32(dense), width > 0) {
-        let init32 = init.map(|b| T::as_f32(b).expect("one element type"));
-        out.par_chunks_mut(ROW_BLOCK * width)
-            .enumerate()
-            .for_each(|(b, blk)| {
-                let out = T::as_f32_mut(blk).expect("one element type");
-                isa::dispatch_on(
-                    isa,
-                    SpmmRows32 {
-                        out,
-                        first: b * ROW_BLOCK,
-                        width,
-                        x,
-                        dense: dense32,
-                        init: init32,
-                    },
-                )
-            });
+    if let (Some(dense), true) = (T::as_f32(dense), width > 0) {
+        let init = init.map(|b| T::as_f32(b).expect("one element type"));
+        for_each_row_block32(out, width, |first, out| {
+            let op = SpmmRows32 {
+                out,
+                first,
+                width,
+                x,
+                dense,
+                init,
+            };
+            isa::dispatch_on(isa, op)
+        });
         return;
     }
     for_each_row_block(isa, out, width, |r, o| {

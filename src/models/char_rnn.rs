@@ -677,9 +677,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             ..config
         }
     };
-    config.validate()?;
-    config.train_memory(corpus.vocab.len()).check("rnn train")?;
+    // `CharRnn::new` validates the configuration (and that the weights fit) first.
     let model = CharRnn::new(config.clone())?;
+    config.train_memory(corpus.vocab.len()).check("rnn train")?;
     let mut task = CharRnnTask::new(model, corpus)?;
     let tcfg = TrainConfig {
         out_dir: out.clone(),
