@@ -373,12 +373,25 @@ pub fn parse_safetensors<T: Element>(
             }
         };
         if let Some((i, v)) = vals.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            // A finite F64 value read as f32 overflows to ±inf: name the value and the cause.
+            let stored = (info.dtype == Dtype::F64)
+                .then(|| f64::from_le_bytes(d[8 * i..8 * i + 8].try_into().unwrap()))
+                .filter(|s| s.is_finite());
+            let (value, why) = match stored {
+                Some(s) => (
+                    format!("{s:e}"),
+                    format!("beyond the range of {}", T::DTYPE),
+                ),
+                None => (
+                    v.as_f64().to_string(),
+                    "non-finite values are refused (a diverged or corrupt model)".into(),
+                ),
+            };
             return Err(NablaError::format(
                 path,
                 format!(
-                    "tensor {shown} {} holds {} at flat index {i}: non-finite values are refused (a diverged or corrupt model)",
+                    "tensor {shown} {} holds {value} at flat index {i}: {why}",
                     excerpt(&format!("{:?}", info.shape)),
-                    v.as_f64()
                 ),
             ));
         }
@@ -663,6 +676,18 @@ mod tests {
         let msg = e(&bytes);
         assert!(
             msg.contains("tensor b [2] holds inf at flat index 1"),
+            "{msg}"
+        );
+        // A finite F64 value beyond f32's range loads as f64 and is refused as f32, named.
+        let big = Tensor::<f64>::from_f64(&[2], &[1.0, 1e300]).unwrap();
+        let bytes = safetensors_bytes(&[("c".into(), &big)], None).unwrap();
+        assert_eq!(
+            parse_safetensors::<f64>(&bytes, p).unwrap()["c"].data()[1],
+            1e300
+        );
+        let msg = e(&bytes);
+        assert!(
+            msg.contains("tensor c [2] holds 1e300 at flat index 1: beyond the range of f32"),
             "{msg}"
         );
     }
