@@ -971,6 +971,329 @@ pub fn segment_input_grad<T: Element>(
     })
 }
 
+/// BatchNorm's layout of an `(N, C, F)` input: segment `(s, ch)` — channel `ch` of sample
+/// `s` — is the `f` entries from `(s c + ch) f`.
+#[derive(Clone, Copy, Debug)]
+pub struct Channels {
+    pub n: usize,
+    pub c: usize,
+    pub f: usize,
+}
+
+/// [`Sums2`] over the `n` strided segments of one channel in one dispatch. Segments shorter
+/// than a block share the accumulators: their whole vectors add into the same lanes, their
+/// leftover entries into one scalar pair, and both go to f64 before a block would pass
+/// [`BLOCK`] entries — so the bound of the module docs holds, without a dispatch and two
+/// horizontal sums per 16-entry segment. Longer segments are summed one by one.
+struct ChannelSums2<'a, F> {
+    a: &'a [f32],
+    b: &'a [f32],
+    c: &'a [f32],
+    lay: Channels,
+    ch: usize,
+    f: F,
+}
+
+impl<F: Terms2> WithSimd for ChannelSums2<'_, F> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> (f64, f64) {
+        let Channels { n, c, f } = self.lay;
+        let ch = self.ch;
+        fn segment(v: &[f32], o: usize, f: usize) -> &[f32] {
+            &v[o..o + f]
+        }
+        let seg = |v, s: usize| segment(v, (s * c + ch) * f, f);
+        let (mut sa, mut sb) = (0.0f64, 0.0f64);
+        if f >= BLOCK {
+            for s in 0..n {
+                let (a, b, c) = (seg(self.a, s), seg(self.b, s), seg(self.c, s));
+                let (p, q) = Sums2 { a, b, c, f: self.f }.with_simd(simd);
+                sa += p;
+                sb += q;
+            }
+            return (sa, sb);
+        }
+        let one = pulp::Scalar::new();
+        let (mut u, mut v) = (simd.splat_f32s(0.0), simd.splat_f32s(0.0));
+        let (mut tu, mut tv) = (0.0f32, 0.0f32);
+        let mut in_block = 0;
+        for s in 0..n {
+            if in_block + f > BLOCK {
+                sa += simd.reduce_sum_f32s(u) as f64 + tu as f64;
+                sb += simd.reduce_sum_f32s(v) as f64 + tv as f64;
+                (u, v) = (simd.splat_f32s(0.0), simd.splat_f32s(0.0));
+                (tu, tv) = (0.0, 0.0);
+                in_block = 0;
+            }
+            in_block += f;
+            let (ha, ta) = S::as_simd_f32s(seg(self.a, s));
+            let (hb, tb) = S::as_simd_f32s(seg(self.b, s));
+            let (hc, tc) = S::as_simd_f32s(seg(self.c, s));
+            for k in 0..ha.len() {
+                let (p, q) = self.f.terms(simd, ha[k], hb[k], hc[k]);
+                u = simd.add_f32s(u, p);
+                v = simd.add_f32s(v, q);
+            }
+            for j in 0..ta.len() {
+                let (p, q) = self.f.terms(one, ta[j], tb[j], tc[j]);
+                tu += p;
+                tv += q;
+            }
+        }
+        (
+            sa + simd.reduce_sum_f32s(u) as f64 + tu as f64,
+            sb + simd.reduce_sum_f32s(v) as f64 + tv as f64,
+        )
+    }
+}
+
+/// The f64 path of the channel sums: per segment left to right, the segments in order.
+fn channel_sum2_f64<T: Element>(
+    lay: Channels,
+    ch: usize,
+    f: impl Fn(usize) -> (T, T),
+) -> (f64, f64) {
+    let mut acc = (0.0, 0.0);
+    for s in 0..lay.n {
+        let o = (s * lay.c + ch) * lay.f;
+        for i in o..o + lay.f {
+            let (p, q) = f(i);
+            acc = (acc.0 + p.as_f64(), acc.1 + q.as_f64());
+        }
+    }
+    acc
+}
+
+/// `(Σ (x − k), Σ (x − k)²)` over the `n` segments of channel `ch` on `isa`: BatchNorm's
+/// shifted sums, one dispatch per channel.
+pub fn channel_shifted_sums_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    lay: Channels,
+    ch: usize,
+    k: T,
+) -> (f64, f64) {
+    match T::as_f32(x) {
+        Some(a) => isa::dispatch_on(
+            isa,
+            ChannelSums2 {
+                a,
+                b: a,
+                c: a,
+                lay,
+                ch,
+                f: Shifted(k.as_f64() as f32),
+            },
+        ),
+        None => channel_sum2_f64(lay, ch, |i| {
+            let d = x[i] - k;
+            (d, d * d)
+        }),
+    }
+}
+
+/// [`channel_shifted_sums_on`] on the selected path.
+pub fn channel_shifted_sums<T: Element>(x: &[T], lay: Channels, ch: usize, k: T) -> (f64, f64) {
+    channel_shifted_sums_on(isa::selected(), x, lay, ch, k)
+}
+
+/// `(Σ g', Σ g' (x − μ) σ̃⁻¹)` with `g' = m g` (or `g`) over the `n` segments of channel `ch`
+/// on `isa`: BatchNorm's `(dβ, dγ)` of one channel, one dispatch.
+#[allow(clippy::too_many_arguments)]
+pub fn channel_affine_grad_sums_on<T: Element>(
+    isa: Isa,
+    g: &[T],
+    m: Option<&[T]>,
+    x: &[T],
+    lay: Channels,
+    ch: usize,
+    mu: T,
+    rs: T,
+) -> (f64, f64) {
+    match f32_rows(g, m.unwrap_or(g), x) {
+        Some([a, b, c]) => isa::dispatch_on(
+            isa,
+            ChannelSums2 {
+                a,
+                b,
+                c,
+                lay,
+                ch,
+                f: AffineGrad(mu.as_f64() as f32, rs.as_f64() as f32, m.is_some()),
+            },
+        ),
+        None => channel_sum2_f64(lay, ch, |i| {
+            let gi = m.map_or(g[i], |m| g[i] * m[i]);
+            (gi, gi * (x[i] - mu) * rs)
+        }),
+    }
+}
+
+/// [`channel_affine_grad_sums_on`] on the selected path.
+#[allow(clippy::too_many_arguments)]
+pub fn channel_affine_grad_sums<T: Element>(
+    g: &[T],
+    m: Option<&[T]>,
+    x: &[T],
+    lay: Channels,
+    ch: usize,
+    mu: T,
+    rs: T,
+) -> (f64, f64) {
+    channel_affine_grad_sums_on(isa::selected(), g, m, x, lay, ch, mu, rs)
+}
+
+/// `y = x a + c` over whole segments of `f` entries, one dispatch: segment `i` of `x`/`y` is
+/// segment `seg0 + i` of the tensor, channel `(seg0 + i) mod C` with `C = a.len()` (BatchNorm's
+/// forward map, `a = σ̃⁻¹ γ`, `c = β − μ a`). Bit-identical to [`scale_shift`] per segment.
+pub fn channel_scale_shift_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    y: &mut [T],
+    f: usize,
+    seg0: usize,
+    (a, c): (&[T], &[T]),
+) {
+    let chans = a.len().min(c.len());
+    if f == 0 || chans == 0 {
+        return;
+    }
+    if let (Some(xf), Some(yf), Some(af), Some(cf)) =
+        (T::as_f32(x), T::as_f32_mut(y), T::as_f32(a), T::as_f32(c))
+    {
+        struct Segs<'a> {
+            x: &'a [f32],
+            y: &'a mut [f32],
+            f: usize,
+            seg0: usize,
+            a: &'a [f32],
+            c: &'a [f32],
+        }
+        impl WithSimd for Segs<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let chans = self.a.len();
+                for (i, (ys, xs)) in self
+                    .y
+                    .chunks_mut(self.f)
+                    .zip(self.x.chunks(self.f))
+                    .enumerate()
+                {
+                    let ch = (self.seg0 + i) % chans;
+                    let (a, c) = (self.a[ch], self.c[ch]);
+                    ScaleShift { x: xs, y: ys, a, c }.with_simd(s);
+                }
+            }
+        }
+        let (a, c) = (&af[..chans], &cf[..chans]);
+        return isa::dispatch_on(
+            isa,
+            Segs {
+                x: xf,
+                y: yf,
+                f,
+                seg0,
+                a,
+                c,
+            },
+        );
+    }
+    for (i, (ys, xs)) in y.chunks_mut(f).zip(x.chunks(f)).enumerate() {
+        let ch = (seg0 + i) % chans;
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            *y = x * a[ch] + c[ch];
+        }
+    }
+}
+
+/// BatchNorm's input gradient of one channel: `a = σ̃⁻¹ γ`, the batch means `c₁ = S₁/n`,
+/// `c₂ = S₂/n` of the affine gradients (0 in evaluation), and the statistics `μ`, `σ̃⁻¹`.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelGrad<T> {
+    pub a: T,
+    pub c1: T,
+    pub c2: T,
+    pub mu: T,
+    pub rs: T,
+}
+
+/// `dx = a (g − c₁ − x̂ c₂)`, `x̂ = (x − μ) σ̃⁻¹`, over whole segments of `f` entries, one
+/// dispatch; segment `i` is segment `seg0 + i` of the tensor, channel `(seg0 + i) mod C` with
+/// `C = coef.len()`. The same operations in the same order on every path (bit-identical).
+pub fn channel_input_grad_on<T: Element>(
+    isa: Isa,
+    x: &[T],
+    g: &[T],
+    dx: &mut [T],
+    f: usize,
+    seg0: usize,
+    coef: &[ChannelGrad<T>],
+) {
+    if f == 0 || coef.is_empty() {
+        return;
+    }
+    if let (Some(xf), Some(gf), Some(df)) = (T::as_f32(x), T::as_f32(g), T::as_f32_mut(dx)) {
+        struct Segs<'a> {
+            x: &'a [f32],
+            g: &'a [f32],
+            dx: &'a mut [f32],
+            f: usize,
+            seg0: usize,
+            coef: &'a [ChannelGrad<f32>],
+        }
+        impl WithSimd for Segs<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                let chans = self.coef.len();
+                for (i, ds) in self.dx.chunks_mut(self.f).enumerate() {
+                    let o = i * self.f;
+                    let k = self.coef[(self.seg0 + i) % chans];
+                    let (a, c1, c2) = (s.splat_f32s(k.a), s.splat_f32s(k.c1), s.splat_f32s(k.c2));
+                    let (mu, rs) = (s.splat_f32s(k.mu), s.splat_f32s(k.rs));
+                    let (xs, gs) = (&self.x[o..o + ds.len()], &self.g[o..o + ds.len()]);
+                    let mut j = 0;
+                    while j < ds.len() {
+                        let xh = s.mul_f32s(s.sub_f32s(load(s, xs, j), mu), rs);
+                        let h = s.sub_f32s(s.sub_f32s(load(s, gs, j), c1), s.mul_f32s(xh, c2));
+                        store(s, ds, j, s.mul_f32s(a, h));
+                        j += S::F32_LANES;
+                    }
+                }
+            }
+        }
+        let coef: Vec<ChannelGrad<f32>> = coef
+            .iter()
+            .map(|k| ChannelGrad {
+                a: k.a.as_f64() as f32,
+                c1: k.c1.as_f64() as f32,
+                c2: k.c2.as_f64() as f32,
+                mu: k.mu.as_f64() as f32,
+                rs: k.rs.as_f64() as f32,
+            })
+            .collect();
+        let segs = Segs {
+            x: xf,
+            g: gf,
+            dx: df,
+            f,
+            seg0,
+            coef: &coef,
+        };
+        return isa::dispatch_on(isa, segs);
+    }
+    let chans = coef.len();
+    for (i, ds) in dx.chunks_mut(f).enumerate() {
+        let k = coef[(seg0 + i) % chans];
+        let o = i * f;
+        for ((d, &xv), &gv) in ds.iter_mut().zip(&x[o..]).zip(&g[o..]) {
+            *d = k.a * (gv - k.c1 - (xv - k.mu) * k.rs * k.c2);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1100,6 +1423,98 @@ mod tests {
                 close(&got.3, &want.3, "dx", p);
                 close(&got.4, &want.4, "dw", p);
                 close(&got.5, &want.5, "db", p);
+            }
+        }
+    }
+
+    /// BatchNorm's channel kernels on every path, for segment lengths around the lane widths
+    /// and the 256-entry block: the channel sums within the block bound of the exact sums of
+    /// the same f32 terms (they share accumulators across segments); the forward map and the
+    /// input gradient bit-identical to their scalar formulas (elementwise, same order).
+    #[test]
+    fn channel_kernels_on_every_path() {
+        let mut rng = Rng::new(5);
+        for (n, c, f) in [
+            (32, 8, 16),
+            (3, 2, 1),
+            (5, 3, 7),
+            (4, 2, 17),
+            (2, 3, 255),
+            (3, 1, 300),
+            (40, 2, 9),
+        ] {
+            let lay = Channels { n, c, f };
+            let len = n * c * f;
+            let v = |rng: &mut Rng| {
+                (0..len)
+                    .map(|_| 3.0 + rng.normal() as f32)
+                    .collect::<Vec<f32>>()
+            };
+            let (g, x) = (v(&mut rng), v(&mut rng));
+            let m: Vec<f32> = (0..len).map(|i| (i % 3 != 0) as u8 as f32).collect();
+            let (mu, rs) = (2.9f32, 0.7f32);
+            for ch in 0..c {
+                let idx: Vec<usize> = (0..n)
+                    .flat_map(|s| (s * c + ch) * f..(s * c + ch + 1) * f)
+                    .collect();
+                let exact = |t: &dyn Fn(usize) -> (f32, f32)| {
+                    idx.iter()
+                        .fold((0.0, 0.0, 0.0, 0.0), |a: (f64, f64, f64, f64), &i| {
+                            let (p, q) = t(i);
+                            (
+                                a.0 + p as f64,
+                                a.1 + q as f64,
+                                a.2 + (p as f64).abs(),
+                                a.3 + (q as f64).abs(),
+                            )
+                        })
+                };
+                let k = x[ch * f];
+                let sh = exact(&|i| (x[i] - k, (x[i] - k) * (x[i] - k)));
+                let afm = exact(&|i| (g[i] * m[i], g[i] * m[i] * (x[i] - mu) * rs));
+                let tol = |abs: f64| 255.0 * 2f64.powi(-24) * abs + 1e-12 * abs;
+                for isa in isa::detected() {
+                    let got = channel_shifted_sums_on(isa, &x, lay, ch, k);
+                    assert!(
+                        (got.0 - sh.0).abs() <= tol(sh.2) && (got.1 - sh.1).abs() <= tol(sh.3),
+                        "{lay:?} {isa}"
+                    );
+                    let got = channel_affine_grad_sums_on(isa, &g, Some(&m), &x, lay, ch, mu, rs);
+                    assert!(
+                        (got.0 - afm.0).abs() <= tol(afm.2) && (got.1 - afm.1).abs() <= tol(afm.3),
+                        "{lay:?} {isa}"
+                    );
+                }
+                // f64: left to right over the segments in order.
+                let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                let want = idx.iter().fold(0.0, |a, &i| a + (x64[i] - x64[ch * f]));
+                assert_eq!(channel_shifted_sums(&x64, lay, ch, x64[ch * f]).0, want);
+            }
+            let a: Vec<f32> = (0..c).map(|_| rng.normal() as f32).collect();
+            let sh: Vec<f32> = (0..c).map(|_| rng.normal() as f32).collect();
+            let coef: Vec<ChannelGrad<f32>> = (0..c)
+                .map(|ch| ChannelGrad {
+                    a: a[ch],
+                    c1: sh[ch],
+                    c2: 0.3,
+                    mu: 2.0 + ch as f32,
+                    rs: 0.9,
+                })
+                .collect();
+            // From segment 1 on: the channel index starts at seg0.
+            let (xs, gs) = (&x[f..], &g[f..]);
+            for isa in isa::detected() {
+                let mut y = vec![0.0f32; xs.len()];
+                channel_scale_shift_on(isa, xs, &mut y, f, 1, (&a, &sh));
+                let mut dx = vec![0.0f32; xs.len()];
+                channel_input_grad_on(isa, xs, gs, &mut dx, f, 1, &coef);
+                for i in 0..xs.len() {
+                    let ch = (1 + i / f) % c;
+                    assert_eq!(y[i], xs[i] * a[ch] + sh[ch], "{lay:?} {isa} y[{i}]");
+                    let k = coef[ch];
+                    let want = k.a * (gs[i] - k.c1 - (xs[i] - k.mu) * k.rs * k.c2);
+                    assert_eq!(dx[i], want, "{lay:?} {isa} dx[{i}]");
+                }
             }
         }
     }

@@ -28,8 +28,10 @@ use crate::error::Result;
 use crate::kernels::elementwise::mul_in_place;
 use crate::kernels::isa;
 use crate::kernels::norm::{
-    affine_grad_sums, group_norm_backward_rows_on, group_norm_rows_on, layer_norm_backward_rows,
-    layer_norm_rows, normalize_row, scale_shift, segment_input_grad, shifted_sums, Segments,
+    affine_grad_sums, channel_affine_grad_sums, channel_input_grad_on, channel_scale_shift_on,
+    channel_shifted_sums, group_norm_backward_rows_on, group_norm_rows_on,
+    layer_norm_backward_rows, layer_norm_rows, normalize_row, scale_shift, segment_input_grad,
+    shifted_sums, ChannelGrad, Channels, Segments,
 };
 use crate::kernels::PAR_THRESHOLD;
 use crate::tensor::{Element, Tensor};
@@ -970,14 +972,7 @@ fn channel_stats<T: Element>(
             // Shifted sums over all N segments (K = the channel's first value): no division
             // per segment; the cancellation is O(ε (μ − K)²/σ²) as in `row_stats`.
             let k = x[ch * f];
-            let (mut s, mut s2) = (0.0f64, 0.0f64);
-            for smp in 0..n {
-                let o = (smp * c + ch) * f;
-                let xs = &x[o..o + f];
-                let (a, b) = shifted_sums(xs, k);
-                s += a;
-                s2 += b;
-            }
+            let (s, s2) = channel_shifted_sums(x, Channels { n, c, f }, ch, k);
             let cnt = (n * f) as f64;
             let md = s / cnt;
             return (cnt, k.as_f64() + md, (s2 / cnt - md * md).max(0.0));
@@ -1020,23 +1015,32 @@ fn channel_normalize<T: Element>(
     f: usize,
 ) -> Vec<T> {
     let mut y = output_buffer::<T>(x.len());
-    let seg = |s: usize, ys: &mut [T]| {
-        let ch = s % c;
-        let a = rstd[ch] * w[ch];
-        let o = s * f;
-        scale_shift(&x[o..o + f], ys, a, b[ch] - mean[ch] * a);
+    let a: Vec<T> = (0..c).map(|ch| rstd[ch] * w[ch]).collect();
+    let shift: Vec<T> = (0..c).map(|ch| b[ch] - mean[ch] * a[ch]).collect();
+    // `seg0`, `ys`: the first segment of a run of whole segments and their outputs.
+    let run = |seg0: usize, ys: &mut [T]| {
+        let o = seg0 * f;
+        let xs = &x[o..o + ys.len()];
+        channel_scale_shift_on(isa::selected(), xs, ys, f, seg0, (&a, &shift));
         if let Some(m) = mask {
-            mul_in_place(ys, &m[o..o + f]);
+            mul_in_place(ys, &m[o..o + ys.len()]);
         }
     };
-    if x.len() < PAR_THRESHOLD {
-        y.chunks_mut(f).enumerate().for_each(|(s, ys)| seg(s, ys));
-    } else {
-        y.par_chunks_mut(f)
-            .enumerate()
-            .for_each(|(s, ys)| seg(s, ys));
-    }
+    for_segment_runs(&mut y, f, run);
     y
+}
+
+/// Runs `run(seg0, out)` over `out` in runs of whole `f`-entry segments: all of it at once
+/// when small, else in parallel runs of about [`PAR_THRESHOLD`] entries.
+fn for_segment_runs<T: Element>(out: &mut [T], f: usize, run: impl Fn(usize, &mut [T]) + Sync) {
+    if out.len() < PAR_THRESHOLD {
+        run(0, out);
+    } else {
+        let per = (PAR_THRESHOLD / 4 / f).max(1);
+        out.par_chunks_mut(per * f)
+            .enumerate()
+            .for_each(|(i, o)| run(i * per, o));
+    }
 }
 
 /// The fused BatchNorm op; inputs `[x, γ?, β?]`. `batch_stats`: gradients flow through the
@@ -1065,16 +1069,8 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
         let w = affine_or(self.has_w.then(|| ctx.inputs[1]), c, T::one());
         // Per channel: S₁ = Σ m g (= ∂L/∂β), S₂ = Σ m g x̂ (= ∂L/∂γ).
         let sums = |ch: usize| {
-            let (mut s1, mut s2) = (0.0f64, 0.0f64);
             let (mu, rs) = (self.mean[ch], self.rstd[ch]);
-            for s in 0..n {
-                let o = (s * c + ch) * f;
-                let (xs, gs) = (&x[o..o + f], &dy[o..o + f]);
-                let (a, b) = affine_grad_sums(gs, mask.map(|m| &m[o..o + f]), xs, mu, rs);
-                s1 += a;
-                s2 += b;
-            }
-            (s1, s2)
+            channel_affine_grad_sums(dy, mask, x, Channels { n, c, f }, ch, mu, rs)
         };
         let s: Vec<(f64, f64)> = if x.len() < PAR_THRESHOLD {
             (0..c).map(sums).collect()
@@ -1084,37 +1080,34 @@ impl<T: Element> Op<T> for BatchNormOp<T> {
         let mut out = Vec::with_capacity(3);
         if ctx.needs_grad[0] {
             // dx = m σ̃⁻¹ γ (g − S₁/n − x̂ S₂/n) in training, m σ̃⁻¹ γ g in evaluation.
-            let coef: Vec<(T, T)> = (0..c)
+            let coef: Vec<ChannelGrad<T>> = (0..c)
                 .map(|ch| {
                     let cnt = self.count[ch];
-                    if self.batch_stats && cnt > 0.0 {
+                    let (c1, c2) = if self.batch_stats && cnt > 0.0 {
                         (T::c(s[ch].0 / cnt), T::c(s[ch].1 / cnt))
                     } else {
                         (T::zero(), T::zero())
+                    };
+                    let (mu, rs) = (self.mean[ch], self.rstd[ch]);
+                    ChannelGrad {
+                        a: rs * w[ch],
+                        c1,
+                        c2,
+                        mu,
+                        rs,
                     }
                 })
                 .collect();
             let mut dx = output_buffer::<T>(x.len());
-            let seg = |si: usize, ds: &mut [T]| {
-                let ch = si % c;
-                let (mu, rs) = (self.mean[ch], self.rstd[ch]);
-                let a = rs * w[ch];
-                let (c1, c2) = coef[ch];
-                let o = si * f;
-                for ((d, &xv), &g) in ds.iter_mut().zip(&x[o..o + f]).zip(&dy[o..o + f]) {
-                    *d = a * (g - c1 - (xv - mu) * rs * c2);
-                }
+            let run = |seg0: usize, ds: &mut [T]| {
+                let o = seg0 * f;
+                let (xs, gs) = (&x[o..o + ds.len()], &dy[o..o + ds.len()]);
+                channel_input_grad_on(isa::selected(), xs, gs, ds, f, seg0, &coef);
                 if let Some(m) = mask {
-                    ds.iter_mut().zip(&m[o..o + f]).for_each(|(d, &m)| *d *= m);
+                    mul_in_place(ds, &m[o..o + ds.len()]);
                 }
             };
-            if x.len() < PAR_THRESHOLD {
-                dx.chunks_mut(f).enumerate().for_each(|(i, d)| seg(i, d));
-            } else {
-                dx.par_chunks_mut(f)
-                    .enumerate()
-                    .for_each(|(i, d)| seg(i, d));
-            }
+            for_segment_runs(&mut dx, f, run);
             out.push(Some(Tensor::from_parts(ctx.inputs[0].shape().to_vec(), dx)));
         } else {
             out.push(None);
