@@ -142,6 +142,9 @@ fn decoder_limits() -> image::io::Limits {
     l
 }
 
+/// The most pixels one byte of a JPEG file can encode: 64 (an 8×8 block) per bit.
+const JPEG_PIXELS_PER_BYTE: u64 = 512;
+
 /// Decodes PNG or JPEG bytes (format from the magic bytes); `path` names the file in errors.
 /// The size in the header is checked (see [`check_declared_size`]) before any pixel is decoded.
 pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<DecodedImage> {
@@ -181,6 +184,21 @@ pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<DecodedImage> {
             let (w, h) = d.dimensions();
             let bpp = d.color_type().bytes_per_pixel() as u64;
             check_declared_size(kind, (w as u64, h as u64), Some(bpp), path)?;
+            // Each 8×8 block of a full-resolution component costs at least one bit (the
+            // Huffman code of its DC coefficient, baseline or progressive), so n bytes hold at
+            // most 8n blocks, 512n pixels. A header declaring more is a truncated or corrupt
+            // file — the decoder would fill the missing blocks with grey, taking 0.4 s for a
+            // 652-byte "16132x260" JPEG the fuzzer made — refused before decoding.
+            let most = JPEG_PIXELS_PER_BYTE * bytes.len() as u64;
+            if w as u64 * h as u64 > most {
+                return Err(NablaError::format(
+                    path,
+                    format!(
+                        "JPEG header declares {w}x{h} pixels, more than its {} bytes can encode (at most {most}: one bit per 8x8 block); a truncated or corrupt file",
+                        bytes.len()
+                    ),
+                ));
+            }
             d.set_limits(decoder_limits()).map_err(corrupt)?;
             image::DynamicImage::from_decoder(d).map_err(corrupt)?
         }
@@ -593,6 +611,26 @@ mod tests {
             msg.contains("big.jpg") && msg.contains("JPEG header declares 30000x30000 pixels"),
             "{msg}"
         );
+        // Within the side limits but more pixels than the file's bytes can encode: 16000x256
+        // (4.1 M pixels) in a JPEG of a few hundred bytes. A real JPEG of one colour at that
+        // size, most compressible of all, stays under the bound and decodes.
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0x01, 0x00, 0x3E, 0x80]);
+        let msg = decode_image_bytes(&jpeg, Path::new("bomb.jpg"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("bomb.jpg")
+                && msg.contains("JPEG header declares 16000x256 pixels, more than its")
+                && msg.contains("a truncated or corrupt file"),
+            "{msg}"
+        );
+        let mut flat = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut flat)
+            .encode(&vec![77u8; 1024 * 512], 1024, 512, image::ColorType::L8)
+            .unwrap();
+        assert!(flat.len() as u64 * JPEG_PIXELS_PER_BYTE >= 1024 * 512);
+        let img = decode_image_bytes(&flat, Path::new("flat.jpg")).unwrap();
+        assert_eq!((img.width, img.height), (1024, 512));
         // In a folder, the error names the file.
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");

@@ -80,6 +80,12 @@ fn for_each_broadcast(
     }
 }
 
+/// `shape` without its leading axes of size 1 (which broadcasting prepends anyway).
+fn trim_leading_ones(shape: &[usize]) -> &[usize] {
+    let lead = shape.iter().take_while(|&&d| d == 1).count();
+    &shape[lead..]
+}
+
 /// Applies `f` elementwise with broadcasting.
 pub fn broadcast_zip<T: Element>(
     a: &Tensor<T>,
@@ -93,8 +99,9 @@ pub fn broadcast_zip<T: Element>(
     }
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let total: usize = shape.iter().product();
-    // Fast path: b broadcast along leading axes of a (bias add, per-feature scale).
-    if shape == a.shape() && b.numel() > 0 && a.shape().ends_with(b.shape()) {
+    // Fast path: b broadcast along leading axes of a (bias add, per-feature scale, a ViT's
+    // (1, T, D) position embedding added to (B, T, D)).
+    if shape == a.shape() && b.numel() > 0 && a.shape().ends_with(trim_leading_ones(b.shape())) {
         let mut out = vec![T::zero(); total];
         zip_rows_into(a.data(), b.data(), &mut out, f);
         return Ok(Tensor::from_parts(shape, out));
@@ -113,7 +120,7 @@ pub fn reduce_to_shape<T: Element>(g: &Tensor<T>, shape: &[usize]) -> Tensor<T> 
         return g.clone();
     }
     let mut out = vec![T::zero(); shape.iter().product()];
-    if g.shape().ends_with(shape) && !shape.is_empty() {
+    if g.shape().ends_with(trim_leading_ones(shape)) && !shape.is_empty() {
         // Broadcast along leading axes: column sums of g viewed (rows, numel of shape).
         let m = out.len();
         col_sums_into(g.data(), m, &mut out);
@@ -267,5 +274,26 @@ mod tests {
         assert_eq!(r.data(), &[63.0, 66.0]);
         let r = reduce_to_shape(&c, &[3]);
         assert_eq!(r.data(), &[23.0, 43.0, 63.0]);
+        // (2, 2, 3) + (1, 2, 3), a position embedding: the row fast path, with its leading 1
+        // trimmed, and back; the same values as the general broadcast loop.
+        let a = Tensor::<f64>::from_f64(&[2, 2, 3], &(0..12).map(|v| v as f64).collect::<Vec<_>>())
+            .unwrap();
+        let p = Tensor::<f64>::from_f64(&[1, 2, 3], &[0.5, 1.5, 2.5, 3.5, 4.5, 5.5]).unwrap();
+        let c = broadcast_zip(&a, &p, |x, y| x + y).unwrap();
+        assert_eq!(c.shape(), &[2, 2, 3]);
+        let want: Vec<f64> = (0..12).map(|i| i as f64 + 0.5 + (i % 6) as f64).collect();
+        assert_eq!(c.data(), &want[..]);
+        let r = reduce_to_shape(&c, &[1, 2, 3]);
+        assert_eq!(r.shape(), &[1, 2, 3]);
+        let want: Vec<f64> = (0..6).map(|j| want[j] + want[j + 6]).collect();
+        assert_eq!(r.data(), &want[..]);
+        // (1, 1) trims to []: a scalar, which the row path takes as rows of one entry.
+        let s = Tensor::<f64>::from_f64(&[1, 1], &[1.0]).unwrap();
+        let b = Tensor::<f64>::from_f64(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(
+            broadcast_zip(&b, &s, |x, y| x + y).unwrap().data(),
+            &[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+        );
+        assert_eq!(reduce_to_shape(&b, &[1, 1]).data(), &[21.0]);
     }
 }
