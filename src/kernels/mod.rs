@@ -1,6 +1,7 @@
 //! Raw kernels over slices — the one place of hand-written loops. nn/ and ops/ keep the math
 //! (forward and backward derivations) and call these. Each family has a file:
 //!
+//! - [`attention`]: the attention core of one (item, head), forward and backward, fused;
 //! - [`matmul`]: matrix products through `gemm` (transposes as strides);
 //! - [`elementwise`]: exp/sigmoid/tanh/GELU/erf maps and their derivatives;
 //! - [`softmax`]: row softmax, log-softmax, their backward passes, the attention score row;
@@ -21,6 +22,7 @@
 //! with the scalar reference. Parallel (rayon) splits depend on shapes only, never on the thread
 //! count, so results are the same bits on any number of threads.
 
+pub mod attention;
 pub mod dropout;
 pub mod elementwise;
 pub mod isa;

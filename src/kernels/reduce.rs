@@ -22,17 +22,23 @@ impl WithSimd for Sum<'_> {
     type Output = f32;
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> f32 {
-        let (head, tail) = S::as_simd_f32s(self.0);
-        let mut acc = simd.splat_f32s(0.0);
-        for &v in head {
-            acc = simd.add_f32s(acc, v);
-        }
-        let mut s = simd.reduce_sum_f32s(acc);
-        for &v in tail {
-            s += v;
-        }
-        s
+        sum_lanes(simd, self.0)
     }
+}
+
+/// `Σ xᵢ` in the lane order of the module doc, inside an already dispatched SIMD context.
+#[inline(always)]
+pub(super) fn sum_lanes<S: Simd>(simd: S, x: &[f32]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(x);
+    let mut acc = simd.splat_f32s(0.0);
+    for &v in head {
+        acc = simd.add_f32s(acc, v);
+    }
+    let mut s = simd.reduce_sum_f32s(acc);
+    for &v in tail {
+        s += v;
+    }
+    s
 }
 
 struct Dot<'a>(&'a [f32], &'a [f32]);
@@ -75,21 +81,27 @@ impl WithSimd for Max<'_> {
     type Output = f32;
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> f32 {
-        let (head, tail) = S::as_simd_f32s(self.0);
-        let mut acc = simd.splat_f32s(f32::NEG_INFINITY);
-        for &v in head {
-            acc = simd.max_f32s(acc, v);
-        }
-        let mut m = if head.is_empty() {
-            f32::NEG_INFINITY
-        } else {
-            simd.reduce_max_f32s(acc)
-        };
-        for &v in tail {
-            m = m.max(v);
-        }
-        m
+        max_lanes(simd, self.0)
     }
+}
+
+/// `max xᵢ` (`−∞` for an empty row) inside an already dispatched SIMD context.
+#[inline(always)]
+pub(super) fn max_lanes<S: Simd>(simd: S, x: &[f32]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(x);
+    let mut acc = simd.splat_f32s(f32::NEG_INFINITY);
+    for &v in head {
+        acc = simd.max_f32s(acc, v);
+    }
+    let mut m = if head.is_empty() {
+        f32::NEG_INFINITY
+    } else {
+        simd.reduce_max_f32s(acc)
+    };
+    for &v in tail {
+        m = m.max(v);
+    }
+    m
 }
 
 /// `Σ xᵢ` of an f32 row on `isa` (lane order: see the module doc).

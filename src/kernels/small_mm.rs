@@ -107,7 +107,13 @@ impl Cols<'_> {
         let pack = mm.ldb >= 512 && m > R && mm.k > 0;
         // Taken out of the thread-local and put back, not used inside `with`'s closure: code in
         // a closure is compiled without this function's target features (no inlined SIMD).
-        let mut panel = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        // Only a packing block touches the thread-local: a tiny product (an attention head's)
+        // would otherwise pay two thread-local accesses per column block.
+        let mut panel = if pack {
+            PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()))
+        } else {
+            Vec::new()
+        };
         {
             let src = if pack {
                 panel.clear();
@@ -131,7 +137,9 @@ impl Cols<'_> {
                 i0 += 1;
             }
         }
-        PANEL.with(|p| *p.borrow_mut() = panel);
+        if pack {
+            PANEL.with(|p| *p.borrow_mut() = panel);
+        }
     }
 
     #[inline(always)]
@@ -285,6 +293,48 @@ fn small_mm_f32(
             },
         );
     }
+}
+
+/// [`small_mm`] of f32 operands inside an already dispatched SIMD context, on one thread: the
+/// same tiles and the same bits as the dispatched call, for kernels that run many tiny products
+/// (an attention head's) in one dispatch.
+#[inline(always)]
+pub(crate) fn small_mm_simd<S: Simd>(
+    simd: S,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+) {
+    check(m, n, k, a.len(), lda, b.len(), ldb);
+    assert!(
+        m == 0 || n == 0 || (ldc >= n && c.len() >= (m - 1) * ldc + n),
+        "small_mm: C too short for ({m}, {n})"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mm = Mm {
+        m,
+        k,
+        a,
+        lda,
+        b,
+        ldb,
+        accumulate,
+    };
+    let cp = CPtr {
+        ptr: c.as_mut_ptr(),
+        ldc,
+    };
+    Cols {
+        mm: &mm,
+        c: &cp,
+        c0: 0,
+        c1: n,
+    }
+    .with_simd(simd)
 }
 
 /// The definition, one fused multiply-add chain per entry of C (f32), for tests.

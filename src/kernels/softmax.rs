@@ -12,9 +12,10 @@
 
 use super::elementwise::exp_f32;
 use super::isa::{self, Isa};
-use super::reduce::{dot_f32_on, max_f32_on, sum_f32_on};
+use super::reduce::{dot_lanes, max_f32_on, max_lanes, sum_f32_on, sum_lanes};
 use super::PAR_THRESHOLD;
 use crate::tensor::Element;
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// `x ← e^{x − shift}` along an f32 row on `isa`, returning the new values' lane sum; a score
@@ -125,15 +126,29 @@ pub fn log_softmax_rows<T: Element>(x: &mut [T], n: usize) {
 /// Softmax backward of one row, scaled: `dx = α y ⊙ (dy − ⟨y, dy⟩)` on `isa` (`α = 1` for a
 /// plain softmax; the attention core folds its `1/√d` in here).
 pub fn softmax_backward_row_on<T: Element>(isa: Isa, y: &[T], dy: &[T], alpha: T, dx: &mut [T]) {
-    let dot = match (T::as_f32(y), T::as_f32(dy)) {
-        (Some(a), Some(b)) => T::c(dot_f32_on(isa, a, b) as f64),
-        _ => y.iter().zip(dy).fold(T::zero(), |s, (&a, &b)| s + a * b),
-    };
-    isa::dispatch_on(isa, || {
-        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-            *d = y * (g - dot) * alpha;
-        }
-    })
+    if let (Some(y), Some(dy), Some(dx)) = (T::as_f32(y), T::as_f32(dy), T::as_f32_mut(dx)) {
+        let alpha = alpha.as_f64() as f32; // exact: alpha is an f32
+        return isa::dispatch_on(isa, BackwardRow { y, dy, alpha, dx });
+    }
+    let dot = y.iter().zip(dy).fold(T::zero(), |s, (&a, &b)| s + a * b);
+    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+        *d = y * (g - dot) * alpha;
+    }
+}
+
+struct BackwardRow<'a> {
+    y: &'a [f32],
+    dy: &'a [f32],
+    alpha: f32,
+    dx: &'a mut [f32],
+}
+
+impl WithSimd for BackwardRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        softmax_backward_row_simd(simd, self.y, self.dy, self.alpha, self.dx)
+    }
 }
 
 /// Backward of a row-wise softmax: `dx = y ⊙ (dy − Σ_j y_j dy_j)`.
@@ -204,27 +219,99 @@ pub fn scaled_masked_softmax_row_on<T: Element>(
 ) {
     let n = p.len();
     let s = &s[..n];
-    isa::dispatch_on(isa, || match blocked {
+    if let (Some(s), Some(p)) = (T::as_f32(s), T::as_f32_mut(p)) {
+        let alpha = alpha.as_f64() as f32; // exact: alpha is an f32
+        return isa::dispatch_on(
+            isa,
+            ScoreRow {
+                s,
+                alpha,
+                blocked,
+                p,
+            },
+        );
+    }
+    match blocked {
         None => p.iter_mut().zip(s).for_each(|(p, &s)| *p = alpha * s),
         Some(b) => {
             for ((p, &s), &b) in p.iter_mut().zip(s).zip(&b[..n]) {
                 *p = if b { T::neg_infinity() } else { alpha * s };
             }
         }
-    });
-    let mx = match T::as_f32(p) {
-        Some(r) => T::c(max_f32_on(isa, r) as f64),
-        None => p.iter().copied().fold(T::neg_infinity(), T::max),
-    };
+    }
+    let mx = p.iter().copied().fold(T::neg_infinity(), T::max);
     if mx == T::neg_infinity() {
         p.iter_mut().for_each(|x| *x = T::zero());
         return;
     }
-    let sum = match T::as_f32_mut(p) {
-        Some(r) => T::c(exp_shifted_f32_on(isa, r, mx.as_f64() as f32) as f64),
-        None => exp_shifted(p, mx),
-    };
-    scale_on(isa, p, T::one() / sum);
+    let sum = exp_shifted(p, mx);
+    let inv = T::one() / sum;
+    p.iter_mut().for_each(|x| *x *= inv);
+}
+
+struct ScoreRow<'a> {
+    s: &'a [f32],
+    alpha: f32,
+    blocked: Option<&'a [bool]>,
+    p: &'a mut [f32],
+}
+
+impl WithSimd for ScoreRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        scaled_masked_softmax_row_simd(simd, self.s, self.alpha, self.blocked, self.p)
+    }
+}
+
+/// [`scaled_masked_softmax_row_on`] of an f32 row inside an already dispatched SIMD context
+/// (the attention core runs a head's rows in one dispatch). Scores `α s` (blocked: `−∞`), the
+/// row max in lanes, `e^{x − max}` (`−∞` → exactly 0), the lane sum, then one scaling by
+/// `1 / sum`; the max, the numerators and the sum are those of [`exp_shifted_f32_on`].
+#[inline(always)]
+pub(crate) fn scaled_masked_softmax_row_simd<S: Simd>(
+    simd: S,
+    s: &[f32],
+    alpha: f32,
+    blocked: Option<&[bool]>,
+    p: &mut [f32],
+) {
+    let n = p.len();
+    let s = &s[..n];
+    match blocked {
+        None => p.iter_mut().zip(s).for_each(|(p, &s)| *p = alpha * s),
+        Some(b) => {
+            for ((p, &s), &b) in p.iter_mut().zip(s).zip(&b[..n]) {
+                *p = if b { f32::NEG_INFINITY } else { alpha * s };
+            }
+        }
+    }
+    let mx = max_lanes(simd, p);
+    if mx == f32::NEG_INFINITY {
+        p.iter_mut().for_each(|x| *x = 0.0);
+        return;
+    }
+    for x in p.iter_mut() {
+        let e = exp_f32(*x - mx);
+        *x = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+    }
+    let inv = 1.0 / sum_lanes(simd, p);
+    p.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// [`softmax_backward_row_on`] of f32 rows inside an already dispatched SIMD context.
+#[inline(always)]
+pub(crate) fn softmax_backward_row_simd<S: Simd>(
+    simd: S,
+    y: &[f32],
+    dy: &[f32],
+    alpha: f32,
+    dx: &mut [f32],
+) {
+    let dot = dot_lanes(simd, y, dy);
+    for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+        *d = y * (g - dot) * alpha;
+    }
 }
 
 /// [`scaled_masked_softmax_row_on`] on the selected path.

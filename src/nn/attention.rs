@@ -38,8 +38,9 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::reduce::axpy;
-use crate::kernels::softmax::{scaled_masked_softmax_row, softmax_backward_row};
+use crate::kernels::attention::{
+    head_backward, head_forward, HeadGrads, HeadInputs, HeadOut, HeadScratch, MaskRows, Rows,
+};
 use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
 use crate::ops;
 use crate::shape_err;
@@ -79,48 +80,21 @@ impl AttnMask {
         Ok(())
     }
     /// The mask rows of item `b`: (slice, stride between query rows; 0 = same row for all).
-    fn view(&self, b: usize, tq: usize, tk: usize) -> MaskView<'_> {
+    fn view(&self, b: usize, tq: usize, tk: usize) -> MaskRows<'_> {
         match self {
-            AttnMask::KeyPadding(m) => MaskView {
+            AttnMask::KeyPadding(m) => MaskRows {
                 data: &m[b * tk..(b + 1) * tk],
                 row_stride: 0,
             },
-            AttnMask::Dense(m) => MaskView {
+            AttnMask::Dense(m) => MaskRows {
                 data: &m[b * tq * tk..(b + 1) * tq * tk],
                 row_stride: tk,
             },
-            AttnMask::Shared(m) => MaskView {
+            AttnMask::Shared(m) => MaskRows {
                 data: m,
                 row_stride: tk,
             },
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct MaskView<'a> {
-    data: &'a [bool],
-    row_stride: usize,
-}
-
-impl<'a> MaskView<'a> {
-    fn row(&self, i: usize, tk: usize) -> &'a [bool] {
-        &self.data[i * self.row_stride..i * self.row_stride + tk]
-    }
-}
-
-/// Strided row access: row `i` of a (rows, dh) matrix stored with row stride `rs`.
-#[derive(Clone, Copy)]
-struct Rows<'a, T> {
-    buf: &'a [T],
-    rs: usize,
-    dh: usize,
-}
-
-impl<'a, T> Rows<'a, T> {
-    #[inline]
-    fn row(&self, i: usize) -> &'a [T] {
-        &self.buf[i * self.rs..i * self.rs + self.dh]
     }
 }
 
@@ -140,159 +114,6 @@ fn block_rows<T>(buf: &[T], i: usize, rows: usize, dh: usize) -> Rows<'_, T> {
         rs: dh,
         dh,
     }
-}
-
-/// `out (n, w) = C (n, kdim) · M (kdim, w)` with row strides `cs`, `rs`, `os`.
-///
-/// Every product of the attention core is one of these (`S = q Kᵀ` with `Kᵀ` packed, `o = P V`,
-/// `dP = do Vᵀ`, `dq = dS K`, `dk = dSᵀ q`, `dv = Pᵀ do`). For narrow heads (`dh` = 16, `T` = 17
-/// in a small ViT) the register-blocked kernel beats both a dot-product loop (a horizontal sum
-/// per entry) and a `gemm` call (packing and dispatch per 17×17 product): 3–4× gemm, measured.
-#[allow(clippy::too_many_arguments)]
-fn small_matmul<T: Element>(
-    c: &[T],
-    cs: usize,
-    n: usize,
-    kdim: usize,
-    m: &[T],
-    rs: usize,
-    out: &mut [T],
-    os: usize,
-    w: usize,
-) {
-    crate::kernels::small_mm::small_mm((n, w, kdim), (c, cs), (m, rs), (out, os), false);
-}
-
-/// `dst (cols, rows) = srcᵀ` for `src` rows `src.row(r)`, `dst` row stride `ds`.
-#[inline]
-fn transpose_into<T: Element>(src: Rows<'_, T>, rows: usize, dst: &mut [T], ds: usize) {
-    for r in 0..rows {
-        for (c, &x) in src.row(r).iter().enumerate() {
-            dst[c * ds + r] = x;
-        }
-    }
-}
-
-/// Per-thread scratch of the attention core, reused across (item, head) pairs.
-struct HeadScratch<T> {
-    /// `Kᵀ` or `Vᵀ` (dh, tkp) with `tkp` = `tk` rounded up to 8; padding columns stay 0.
-    mt: Vec<T>,
-    /// Scores `S` or `dP` (tq, tkp).
-    s: Vec<T>,
-    tkp: usize,
-    /// `dS` (tq, tk).
-    ds: Vec<T>,
-    /// `Pᵀ` and `dSᵀ` (tk, tq).
-    pt: Vec<T>,
-    dst: Vec<T>,
-}
-
-impl<T: Element> HeadScratch<T> {
-    fn new(tq: usize, tk: usize, dh: usize) -> Self {
-        let tkp = tk.div_ceil(8) * 8;
-        HeadScratch {
-            mt: vec![T::zero(); dh * tkp],
-            s: vec![T::zero(); tq * tkp],
-            tkp,
-            ds: vec![T::zero(); tq * tk],
-            pt: vec![T::zero(); tk * tq],
-            dst: vec![T::zero(); tk * tq],
-        }
-    }
-}
-
-/// One (item, head) forward: fills `p` (tq, tk) and `o` rows (stride `o_rs`, offset 0).
-#[allow(clippy::too_many_arguments)]
-fn head_forward<T: Element>(
-    q: Rows<'_, T>,
-    k: Rows<'_, T>,
-    v: Rows<'_, T>,
-    tq: usize,
-    tk: usize,
-    scale: T,
-    mask: Option<MaskView<'_>>,
-    p: &mut [T],
-    o: &mut [T],
-    o_rs: usize,
-    sc: &mut HeadScratch<T>,
-) {
-    let dh = q.dh;
-    let tkp = sc.tkp;
-    transpose_into(k, tk, &mut sc.mt, tkp);
-    // S = q Kᵀ over the padded width; the padding columns are never read.
-    small_matmul(q.buf, q.rs, tq, dh, &sc.mt, tkp, &mut sc.s, tkp, tkp);
-    for i in 0..tq {
-        // P_i = softmax(scale · S_i) with blocked keys at probability 0 (all blocked: zeros).
-        let blocked = mask.map(|m| m.row(i, tk));
-        scaled_masked_softmax_row(
-            &sc.s[i * tkp..],
-            scale,
-            blocked,
-            &mut p[i * tk..(i + 1) * tk],
-        );
-    }
-    // o = P V
-    small_matmul(p, tk, tq, tk, v.buf, v.rs, o, o_rs, dh);
-}
-
-/// One (item, head) backward. `d` receives dq, dk, dv at offsets `off` = (q, k, v) with row
-/// stride `d_rs`; every one of those rows is overwritten (no need to zero them first).
-#[allow(clippy::too_many_arguments)]
-fn head_backward<T: Element>(
-    q: Rows<'_, T>,
-    k: Rows<'_, T>,
-    v: Rows<'_, T>,
-    tq: usize,
-    tk: usize,
-    scale: T,
-    p: &[T],
-    dout: Rows<'_, T>,
-    gp: Option<&[T]>,
-    d: &mut [T],
-    off: (usize, usize, usize),
-    d_rs: usize,
-    sc: &mut HeadScratch<T>,
-) {
-    let dh = q.dh;
-    let tkp = sc.tkp;
-    transpose_into(v, tk, &mut sc.mt, tkp);
-    // dP = do Vᵀ (+ the gradient reaching P); dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled.
-    small_matmul(dout.buf, dout.rs, tq, dh, &sc.mt, tkp, &mut sc.s, tkp, tkp);
-    for i in 0..tq {
-        let prow = &p[i * tk..(i + 1) * tk];
-        let dprow = &mut sc.s[i * tkp..i * tkp + tk];
-        if let Some(g) = gp {
-            axpy(T::one(), &g[i * tk..(i + 1) * tk], dprow);
-        }
-        softmax_backward_row(prow, dprow, scale, &mut sc.ds[i * tk..(i + 1) * tk]);
-    }
-    // dq = dS K  (scale already folded into dS)
-    small_matmul(&sc.ds, tk, tq, tk, k.buf, k.rs, &mut d[off.0..], d_rs, dh);
-    let pr = Rows {
-        buf: p,
-        rs: tk,
-        dh: tk,
-    };
-    let dsr = Rows {
-        buf: &sc.ds,
-        rs: tk,
-        dh: tk,
-    };
-    transpose_into(pr, tq, &mut sc.pt, tq);
-    transpose_into(dsr, tq, &mut sc.dst, tq);
-    // dv = Pᵀ do ; dk = dSᵀ q
-    small_matmul(
-        &sc.pt,
-        tq,
-        tk,
-        tq,
-        dout.buf,
-        dout.rs,
-        &mut d[off.2..],
-        d_rs,
-        dh,
-    );
-    small_matmul(&sc.dst, tq, tk, tq, q.buf, q.rs, &mut d[off.1..], d_rs, dh);
 }
 
 /// The parameters of one attention layer, as tape variables (timm names in comments).
@@ -389,25 +210,28 @@ impl<T: Element> Op<T> for MhaOp<T> {
                     let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
                     let pb = &self.p[(bi * h + hi) * tt..(bi * h + hi + 1) * tt];
                     let gpb = gp_data.map(|g| &g[(bi * h + hi) * tt..(bi * h + hi + 1) * tt]);
-                    head_backward(
-                        rows(0),
-                        rows(d),
-                        rows(2 * d),
-                        t,
-                        t,
+                    let x = HeadInputs {
+                        q: rows(0),
+                        k: rows(d),
+                        v: rows(2 * d),
                         scale,
-                        pb,
-                        Rows {
+                        mask: None, // masked entries have P = 0, so dS = 0 there
+                    };
+                    let g = HeadGrads {
+                        p: pb,
+                        dout: Rows {
                             buf: &do_b[c..],
                             rs: d,
                             dh,
                         },
-                        gpb,
-                        dblk,
-                        (c, d + c, 2 * d + c),
-                        3 * d,
-                        sc,
-                    );
+                        gp: gpb,
+                    };
+                    let out = HeadOut {
+                        d: &mut *dblk,
+                        off: (c, d + c, 2 * d + c),
+                        rs: 3 * d,
+                    };
+                    head_backward(x, g, out, sc);
                 }
             },
         );
@@ -497,19 +321,14 @@ pub fn multi_head_self_attention<T: Element>(
                 for hi in 0..h {
                     let c = hi * dh;
                     let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
-                    head_forward(
-                        rows(0),
-                        rows(d),
-                        rows(2 * d),
-                        t,
-                        t,
+                    let x = HeadInputs {
+                        q: rows(0),
+                        k: rows(d),
+                        v: rows(2 * d),
                         scale,
-                        mv,
-                        &mut pb[hi * tt..(hi + 1) * tt],
-                        &mut ob[c..],
-                        d,
-                        sc,
-                    );
+                        mask: mv,
+                    };
+                    head_forward(x, &mut pb[hi * tt..(hi + 1) * tt], (&mut ob[c..], d), sc);
                 }
             },
         );
@@ -573,21 +392,24 @@ impl<T: Element> Op<T> for SdpaOp<T> {
             || HeadScratch::new(tq, tk, dh),
             |sc, (i, dblk)| {
                 let r = |buf, rows| block_rows(buf, i, rows, dh);
-                head_backward(
-                    r(q.data(), tq),
-                    r(k.data(), tk),
-                    r(v.data(), tk),
-                    tq,
-                    tk,
+                let x = HeadInputs {
+                    q: r(q.data(), tq),
+                    k: r(k.data(), tk),
+                    v: r(v.data(), tk),
                     scale,
-                    &self.p[i * tt..(i + 1) * tt],
-                    r(dout.data(), tq),
-                    gp.map(|g| &g[i * tt..(i + 1) * tt]),
-                    dblk,
-                    (0, tq * dh, (tq + tk) * dh),
-                    dh,
-                    sc,
-                );
+                    mask: None,
+                };
+                let g = HeadGrads {
+                    p: &self.p[i * tt..(i + 1) * tt],
+                    dout: r(dout.data(), tq),
+                    gp: gp.map(|g| &g[i * tt..(i + 1) * tt]),
+                };
+                let out = HeadOut {
+                    d: dblk,
+                    off: (0, tq * dh, (tq + tk) * dh),
+                    rs: dh,
+                };
+                head_backward(x, g, out, sc);
             },
         );
         let (mut dq, mut dk, mut dvv) = (
@@ -662,19 +484,14 @@ pub fn scaled_dot_product_attention<T: Element>(
                 |sc, (i, (ob, pb))| {
                     let r = |buf, rows| block_rows(buf, i, rows, dh);
                     let mv = mask.map(|m| m.view(i / h, tq, tk));
-                    head_forward(
-                        r(qd, tq),
-                        r(kd, tk),
-                        r(vd, tk),
-                        tq,
-                        tk,
+                    let x = HeadInputs {
+                        q: r(qd, tq),
+                        k: r(kd, tk),
+                        v: r(vd, tk),
                         scale,
-                        mv,
-                        pb,
-                        ob,
-                        dh,
-                        sc,
-                    );
+                        mask: mv,
+                    };
+                    head_forward(x, pb, (ob, dh), sc);
                 },
             );
     }
