@@ -326,6 +326,78 @@ fn mhsa_matches_pytorch_fixtures() {
     }
 }
 
+/// f32 batches that take the lane-batched core (16 (item, head) problems and more, short
+/// sequences: the ViT's shape among them) against the f64 fused op (gradient-checked above):
+/// outputs, probabilities and all gradients within 2e-5·max(1, |f64|), with a key-padding
+/// mask (one item fully padded: its rows 0), a gradient reaching the probabilities, and a
+/// partial last group (5 items · 3 heads = 15 problems).
+#[test]
+fn mhsa_f32_lane_core_matches_f64() {
+    let mut rng = Rng::new(23);
+    for (b, t, d, heads, mask) in [
+        (8, 17, 64, 4, None),
+        (5, 6, 12, 3, Some(padding(&[6, 0, 3, 1, 5], 6))),
+        (3, 9, 16, 8, Some(padding(&[9, 4, 2], 9))),
+    ] {
+        let s64 = store(d, &mut rng, true);
+        let x64 = randn(&[b, t, d], 1.0, &mut rng);
+        let opts = AttnOptions {
+            heads,
+            mask,
+            need_weights: true,
+        };
+        let seed = randn(&[b * t * d + b * heads * t * t], 1.0, &mut Rng::new(4));
+        fn run<T: nabla::Element>(
+            s: &ParamStore<T>,
+            x: &Tensor<T>,
+            seed: &Tensor<T>,
+            opts: &AttnOptions,
+        ) -> Vec<Vec<f64>> {
+            let mut tape = Tape::<T>::new();
+            let xv = tape.input(x.clone());
+            let w = weights(&mut tape, s);
+            let (y, p) = multi_head_self_attention(&mut tape, xv, &w, opts).unwrap();
+            let p = p.unwrap();
+            let (yn, pn) = (tape.value(y).numel(), tape.value(p).numel());
+            let yf = nabla::ops::reshape(&mut tape, y, &[yn]).unwrap();
+            let pf = nabla::ops::reshape(&mut tape, p, &[pn]).unwrap();
+            let out = nabla::ops::concat(&mut tape, &[yf, pf], 0).unwrap();
+            let val = tape.value(out).clone();
+            tape.backward_with(out, seed.clone()).unwrap();
+            let mut g = s.clone();
+            g.zero_grad();
+            tape.accumulate_grads(&mut g).unwrap();
+            let f = |t: &Tensor<T>| t.data().iter().map(|v| v.as_f64()).collect::<Vec<_>>();
+            let mut r = vec![f(&val), f(tape.grad(xv).unwrap())];
+            r.extend(g.iter().map(|p| f(&p.grad)));
+            r
+        }
+        let want = run(&s64, &x64, &seed, &opts);
+        let got = run(
+            &s64.cast::<f32>(),
+            &x64.cast::<f32>(),
+            &seed.cast::<f32>(),
+            &opts,
+        );
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let scale = w.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            let e = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(e <= 2e-5 * scale, "({b},{t},{d},{heads}) output {k}: {e:e}");
+        }
+        if let Some(AttnMask::KeyPadding(m)) = &opts.mask {
+            // An item with every key padded: outputs = the projection bias, probabilities 0.
+            if let Some(bi) = (0..b).find(|&bi| m[bi * t..(bi + 1) * t].iter().all(|&x| x)) {
+                let p0 = b * t * d + bi * heads * t * t;
+                assert!(got[0][p0..p0 + heads * t * t].iter().all(|&x| x == 0.0));
+            }
+        }
+    }
+}
+
 /// The gradient checks, fused-vs-reference and PyTorch fixtures again on every other kernel path this CPU has
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
@@ -336,5 +408,6 @@ fn every_kernel_path() {
         "sdpa_gradcheck_f64_cross_and_masked",
         "sdpa_fully_masked_row_is_zero_and_bad_mask_is_error",
         "mhsa_matches_pytorch_fixtures",
+        "mhsa_f32_lane_core_matches_f64",
     ]);
 }

@@ -2,6 +2,7 @@
 //! (forward and backward derivations) and call these. Each family has a file:
 //!
 //! - [`attention`]: the attention core of one (item, head), forward and backward, fused;
+//! - [`attention_lanes`]: the same core for many short heads at once, one (item, head) per lane;
 //! - [`matmul`]: matrix products through `gemm` (transposes as strides);
 //! - [`elementwise`]: exp/sigmoid/tanh/GELU/erf maps and their derivatives;
 //! - [`softmax`]: row softmax, log-softmax, their backward passes, the attention score row;
@@ -12,6 +13,7 @@
 //! - [`sparse`]: message passing and sparse products — CSR segment gathers (weighted per head,
 //!   or plain sums), per-edge head dots, segment maxima, per-edge row sums, row scatter-adds,
 //!   CSR/CSC × dense products and the segment (edge) softmax;
+//! - [`transpose`]: 16 rows ↔ 16-lane vectors, the layout change of the lane-batched kernels;
 //! - [`peak`]: the machine's ceilings the benchmarks report against — FMA peak and copy
 //!   bandwidth, on one and on all threads.
 //!
@@ -23,6 +25,7 @@
 //! count, so results are the same bits on any number of threads.
 
 pub mod attention;
+pub mod attention_lanes;
 pub mod dropout;
 pub mod elementwise;
 pub mod isa;
@@ -34,6 +37,7 @@ pub mod reduce;
 pub mod small_mm;
 pub mod softmax;
 pub mod sparse;
+pub mod transpose;
 pub use elementwise::{
     exp_f32, gelu, gelu_and_grad, gelu_and_grad_f32, gelu_grad, map_into, normal_cdf, normal_pdf,
     sigmoid, sigmoid_f32, tanh_f32, zip_into, zip_rows_into,

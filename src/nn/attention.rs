@@ -41,6 +41,7 @@ use crate::error::Result;
 use crate::kernels::attention::{
     head_backward, head_forward, HeadGrads, HeadInputs, HeadOut, HeadScratch, MaskRows, Rows,
 };
+use crate::kernels::attention_lanes::{packed_backward, packed_forward, LaneSaved, PackedDims};
 use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
 use crate::ops;
 use crate::shape_err;
@@ -139,7 +140,9 @@ pub struct AttnOptions {
 }
 
 /// Saved state of the fused layer: the projected `qkv` (B·T, 3D), probabilities (B, H, T, T) and
-/// the concatenated head outputs `o` (B·T, D).
+/// the concatenated head outputs `o` (B·T, D) — or, when the core ran lane-batched (f32, short
+/// sequences: [`PackedDims::lanes_pay_off`]), its own lane-layout copy of q, k, v and P instead
+/// of `qkv` and `p`.
 struct MhaOp<T> {
     b: usize,
     t: usize,
@@ -149,6 +152,7 @@ struct MhaOp<T> {
     has_proj_b: bool,
     qkv: Vec<T>,
     p: Vec<T>,
+    lanes: Option<LaneSaved>,
     o: Vec<T>,
 }
 
@@ -196,45 +200,59 @@ impl<T: Element> Op<T> for MhaOp<T> {
             MatLayout::N,
         );
 
-        // Attention core, parallel over items; each item owns its rows of dqkv.
         let mut dqkv = vec![T::zero(); n * 3 * d];
         let tt = t * t;
         let gp_data = gp.map(|g| g.data());
-        dqkv.par_chunks_mut(t * 3 * d).enumerate().for_each_init(
-            || HeadScratch::new(t, t, dh),
-            |sc, (bi, dblk)| {
-                let qkv_b = &self.qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-                let do_b = &dout[bi * t * d..(bi + 1) * t * d];
-                for hi in 0..h {
-                    let c = hi * dh;
-                    let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
-                    let pb = &self.p[(bi * h + hi) * tt..(bi * h + hi + 1) * tt];
-                    let gpb = gp_data.map(|g| &g[(bi * h + hi) * tt..(bi * h + hi + 1) * tt]);
-                    let x = HeadInputs {
-                        q: rows(0),
-                        k: rows(d),
-                        v: rows(2 * d),
-                        scale,
-                        mask: None, // masked entries have P = 0, so dS = 0 there
-                    };
-                    let g = HeadGrads {
-                        p: pb,
-                        dout: Rows {
-                            buf: &do_b[c..],
-                            rs: d,
-                            dh,
-                        },
-                        gp: gpb,
-                    };
-                    let out = HeadOut {
-                        d: &mut *dblk,
-                        off: (c, d + c, 2 * d + c),
-                        rs: 3 * d,
-                    };
-                    head_backward(x, g, out, sc);
-                }
-            },
-        );
+        if let Some(saved) = &self.lanes {
+            // Lane-batched core (f32 only: the forward took it for f32).
+            fn f32s<T: Element>(v: &[T]) -> &[f32] {
+                T::as_f32(v).expect("the lane core runs on f32")
+            }
+            packed_backward(
+                saved,
+                scale.as_f64() as f32,
+                f32s(&dout),
+                gp_data.map(f32s::<T>),
+                T::as_f32_mut(&mut dqkv).expect("f32"),
+            );
+        } else {
+            // Attention core, parallel over items; each item owns its rows of dqkv.
+            dqkv.par_chunks_mut(t * 3 * d).enumerate().for_each_init(
+                || HeadScratch::new(t, t, dh),
+                |sc, (bi, dblk)| {
+                    let qkv_b = &self.qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+                    let do_b = &dout[bi * t * d..(bi + 1) * t * d];
+                    for hi in 0..h {
+                        let c = hi * dh;
+                        let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
+                        let pb = &self.p[(bi * h + hi) * tt..(bi * h + hi + 1) * tt];
+                        let gpb = gp_data.map(|g| &g[(bi * h + hi) * tt..(bi * h + hi + 1) * tt]);
+                        let x = HeadInputs {
+                            q: rows(0),
+                            k: rows(d),
+                            v: rows(2 * d),
+                            scale,
+                            mask: None, // masked entries have P = 0, so dS = 0 there
+                        };
+                        let g = HeadGrads {
+                            p: pb,
+                            dout: Rows {
+                                buf: &do_b[c..],
+                                rs: d,
+                                dh,
+                            },
+                            gp: gpb,
+                        };
+                        let out = HeadOut {
+                            d: &mut *dblk,
+                            off: (c, d + c, 2 * d + c),
+                            rs: 3 * d,
+                        };
+                        head_backward(x, g, out, sc);
+                    }
+                },
+            );
+        }
 
         // Input projection.
         if ctx.needs_grad[1] {
@@ -308,30 +326,48 @@ pub fn multi_head_self_attention<T: Element>(
         3 * d,
     );
     let tt = t * t;
-    let mut p = vec![T::zero(); b * h * tt];
     let mut o = vec![T::zero(); n * d];
-    o.par_chunks_mut(t * d)
-        .zip(p.par_chunks_mut(h * tt))
-        .enumerate()
-        .for_each_init(
-            || HeadScratch::new(t, t, dh),
-            |sc, (bi, (ob, pb))| {
-                let qkv_b = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
-                let mv = opts.mask.as_ref().map(|m| m.view(bi, t, t));
-                for hi in 0..h {
-                    let c = hi * dh;
-                    let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
-                    let x = HeadInputs {
-                        q: rows(0),
-                        k: rows(d),
-                        v: rows(2 * d),
-                        scale,
-                        mask: mv,
-                    };
-                    head_forward(x, &mut pb[hi * tt..(hi + 1) * tt], (&mut ob[c..], d), sc);
-                }
-            },
-        );
+    let dims = PackedDims { b, t, d, heads: h };
+    let mut lanes = None;
+    let mut p = Vec::new();
+    if let (true, Some(qkv32), Some(o32)) =
+        (dims.lanes_pay_off(), T::as_f32(&qkv), T::as_f32_mut(&mut o))
+    {
+        let masks: Option<Vec<MaskRows>> = opts
+            .mask
+            .as_ref()
+            .map(|m| (0..b).map(|bi| m.view(bi, t, t)).collect());
+        let alpha = scale.as_f64() as f32; // exact: an f32
+        let saved = packed_forward(dims, qkv32, alpha, masks.as_deref(), o32);
+        if opts.need_weights {
+            p = T::from_f32_vec(saved.probs_bhtt()).expect("f32");
+        }
+        lanes = Some(saved);
+    } else {
+        p = vec![T::zero(); b * h * tt];
+        o.par_chunks_mut(t * d)
+            .zip(p.par_chunks_mut(h * tt))
+            .enumerate()
+            .for_each_init(
+                || HeadScratch::new(t, t, dh),
+                |sc, (bi, (ob, pb))| {
+                    let qkv_b = &qkv[bi * t * 3 * d..(bi + 1) * t * 3 * d];
+                    let mv = opts.mask.as_ref().map(|m| m.view(bi, t, t));
+                    for hi in 0..h {
+                        let c = hi * dh;
+                        let rows = |off: usize| packed_rows(qkv_b, off + c, d, dh);
+                        let x = HeadInputs {
+                            q: rows(0),
+                            k: rows(d),
+                            v: rows(2 * d),
+                            scale,
+                            mask: mv,
+                        };
+                        head_forward(x, &mut pb[hi * tt..(hi + 1) * tt], (&mut ob[c..], d), sc);
+                    }
+                },
+            );
+    }
     let y = linear_into(
         &o,
         tape.value(w.proj_w).data(),
@@ -348,6 +384,11 @@ pub fn multi_head_self_attention<T: Element>(
     if opts.need_weights {
         outs.push(Tensor::from_parts(vec![b, h, t, t], p.clone()));
     }
+    let (qkv, p) = if lanes.is_some() {
+        (Vec::new(), Vec::new()) // the lane copies are what the backward reads
+    } else {
+        (qkv, p)
+    };
     let op = MhaOp {
         b,
         t,
@@ -358,6 +399,7 @@ pub fn multi_head_self_attention<T: Element>(
         // Inference keeps nothing: the tape drops the op when nothing needs a gradient.
         qkv,
         p,
+        lanes,
         o,
     };
     let vars = tape.record(op, &inputs, outs);
