@@ -233,22 +233,21 @@ fn check(m: usize, n: usize, k: usize, la: usize, lda: usize, lb: usize, ldb: us
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn small_mm_f32(
-    isa: Isa,
+/// Checks the operands of a product and packs them for the tile code; `None` when C is empty.
+fn prepare<'a>(
     (m, n, k): (usize, usize, usize),
-    (a, lda): (&[f32], usize),
-    (b, ldb): (&[f32], usize),
+    (a, lda): (&'a [f32], usize),
+    (b, ldb): (&'a [f32], usize),
     (c, ldc): (&mut [f32], usize),
     accumulate: bool,
-) {
+) -> Option<(Mm<'a>, CPtr)> {
     check(m, n, k, a.len(), lda, b.len(), ldb);
     assert!(
         m == 0 || n == 0 || (ldc >= n && c.len() >= (m - 1) * ldc + n),
         "small_mm: C too short for ({m}, {n})"
     );
     if m == 0 || n == 0 {
-        return;
+        return None;
     }
     let mm = Mm {
         m,
@@ -262,6 +261,21 @@ fn small_mm_f32(
     let cp = CPtr {
         ptr: c.as_mut_ptr(),
         ldc,
+    };
+    Some((mm, cp))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn small_mm_f32(
+    isa: Isa,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+) {
+    let Some((mm, cp)) = prepare((m, n, k), (a, lda), (b, ldb), (c, ldc), accumulate) else {
+        return;
     };
     // Columns split in blocks of 48 (a whole AVX-512 tile width, two AVX2 ones): the split
     // depends on the shape only, and no entry's arithmetic depends on which task computes it.
@@ -307,26 +321,8 @@ pub(crate) fn small_mm_simd<S: Simd>(
     (c, ldc): (&mut [f32], usize),
     accumulate: bool,
 ) {
-    check(m, n, k, a.len(), lda, b.len(), ldb);
-    assert!(
-        m == 0 || n == 0 || (ldc >= n && c.len() >= (m - 1) * ldc + n),
-        "small_mm: C too short for ({m}, {n})"
-    );
-    if m == 0 || n == 0 {
+    let Some((mm, cp)) = prepare((m, n, k), (a, lda), (b, ldb), (c, ldc), accumulate) else {
         return;
-    }
-    let mm = Mm {
-        m,
-        k,
-        a,
-        lda,
-        b,
-        ldb,
-        accumulate,
-    };
-    let cp = CPtr {
-        ptr: c.as_mut_ptr(),
-        ldc,
     };
     Cols {
         mm: &mm,
