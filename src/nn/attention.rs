@@ -382,13 +382,16 @@ pub fn multi_head_self_attention<T: Element>(
     inputs.extend(w.proj_b);
     let mut outs = vec![Tensor::from_parts(vec![b, t, d], y)];
     if opts.need_weights {
-        outs.push(Tensor::from_parts(vec![b, h, t, t], p.clone()));
+        // The lane core's backward reads its own copy of P: hand this one over whole.
+        let probs = if lanes.is_some() {
+            std::mem::take(&mut p)
+        } else {
+            p.clone()
+        };
+        outs.push(Tensor::from_parts(vec![b, h, t, t], probs));
     }
-    let (qkv, p) = if lanes.is_some() {
-        (Vec::new(), Vec::new()) // the lane copies are what the backward reads
-    } else {
-        (qkv, p)
-    };
+    // The lane copies of q, k, v are what the lane core's backward reads.
+    let qkv = if lanes.is_some() { Vec::new() } else { qkv };
     let op = MhaOp {
         b,
         t,
