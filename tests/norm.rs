@@ -6,6 +6,7 @@ mod common;
 
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::nn::norm::{self, RefKind};
+use nabla::nn::{Ctx, Module, VarBuilder};
 use nabla::{Element, ParamStore, Rng, Tape, Tensor, Var};
 use std::collections::BTreeMap;
 
@@ -213,7 +214,13 @@ fn layer_norm_module_vit_shape_and_large_parallel_path() {
     let mut rng = Rng::new(3);
     let (bt, d) = (96, 384);
     let mut store = ParamStore::<f64>::new();
-    let ln = norm::LayerNorm::new(&mut store, "norm", &[d], 1e-6, true).unwrap();
+    let ln = norm::LayerNorm::new(
+        VarBuilder::init(&mut store, &mut Rng::new(0)).pp("norm"),
+        &[d],
+        1e-6,
+        true,
+    )
+    .unwrap();
     store.get_mut(ln.weight.unwrap()).value = randn(&[d], 0.3, &mut rng).map(|v| v + 1.0);
     store.get_mut(ln.bias.unwrap()).value = randn(&[d], 0.3, &mut rng);
     let x = randn(&[2, bt / 2, d], 2.0, &mut rng);
@@ -237,7 +244,7 @@ fn layer_norm_module_vit_shape_and_large_parallel_path() {
             )
             .unwrap()
         } else {
-            ln.forward(&mut tape, &st, xv).unwrap()
+            ln.forward(&mut tape, &st, xv, &mut Ctx::eval()).unwrap()
         };
         tape.backward_with(y, dy.clone()).unwrap();
         tape.accumulate_grads(&mut st).unwrap();
@@ -273,8 +280,14 @@ fn bad_norm_inputs_are_errors() {
     assert!(norm::layer_norm(&mut tape, x, 1, None, None, -1.0, None).is_err());
     let w = tape.input(Tensor::ones(&[6]));
     assert!(norm::layer_norm(&mut tape, x, 1, Some(w), None, 1e-5, None).is_err());
-    let ln = norm::LayerNorm::new(&mut store, "ln", &[4], 1e-5, true).unwrap();
-    assert!(ln.forward(&mut tape, &store, x).is_err());
+    let ln = norm::LayerNorm::new(
+        VarBuilder::init(&mut store, &mut Rng::new(0)).pp("ln"),
+        &[4],
+        1e-5,
+        true,
+    )
+    .unwrap();
+    assert!(ln.forward(&mut tape, &store, x, &mut Ctx::eval()).is_err());
 }
 
 /// BatchNorm in training mode through the module: (y, dx, dweight, dbias, running_mean, running_var).

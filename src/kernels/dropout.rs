@@ -8,9 +8,10 @@ use super::isa::{self, Isa};
 use crate::init::Rng;
 use crate::tensor::Element;
 
-/// `n` entries, each `kept` with probability `p` (`rng.bernoulli(p)`, in order) and 0 otherwise.
-pub fn bernoulli_mask<T: Element>(rng: &mut Rng, n: usize, p: f64, kept: T) -> Vec<T> {
-    bernoulli_select(rng, n, p, kept, T::zero())
+/// A dropout mask of `n` entries: 0 where `rng.bernoulli(drop)` holds (one draw per entry, in
+/// order: PyTorch's `p` is the drop probability), `kept` elsewhere.
+pub fn dropout_mask<T: Element>(rng: &mut Rng, n: usize, drop: f64, kept: T) -> Vec<T> {
+    bernoulli_select(rng, n, drop, T::zero(), kept)
 }
 
 /// `n` entries, `if_true` where `rng.bernoulli(p)` holds (one draw per entry, in order) and
@@ -105,8 +106,8 @@ mod tests {
     fn masks_are_seeded_and_application_is_exact_on_every_path() {
         let n = 10_007;
         let p = 0.7;
-        let a = bernoulli_mask(&mut Rng::new(3), n, p, 1.0f32 / 0.7);
-        let b = bernoulli_mask(&mut Rng::new(3), n, p, 1.0f32 / 0.7);
+        let a = dropout_mask(&mut Rng::new(3), n, 1.0 - p, 1.0f32 / 0.7);
+        let b = dropout_mask(&mut Rng::new(3), n, 1.0 - p, 1.0f32 / 0.7);
         assert_eq!(a, b);
         let kept = a.iter().filter(|&&m| m != 0.0).count() as f64 / n as f64;
         assert!(

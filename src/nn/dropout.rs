@@ -9,11 +9,12 @@
 //! the identity) or `y = x ⊙ R` (non-inverted, the original paper's: evaluation scales by `p`).
 //! Backward: `∂L/∂x = ∂L/∂y ⊙ R / p` (inverted) or `⊙ R`.
 
-use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
 use crate::invalid;
-use crate::kernels::dropout::{apply_mask, bernoulli_mask};
+use crate::kernels::dropout::{apply_mask, dropout_mask};
+use crate::nn::module::{Ctx, Module};
 use crate::tensor::{Element, Tensor};
 
 /// Probability of keeping a unit, in `(0, 1]` (the assignment's `p`).
@@ -63,13 +64,42 @@ impl<T: Element> Op<T> for MaskScale<T> {
     }
 }
 
-/// A dropout layer.
+/// A dropout layer. As a [`Module`] its mode is the forward's [`Ctx`] (training only when both
+/// the context and [`Dropout::training`] say so), its mask drawn from the context's stream.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout {
     pub keep_prob: KeepProb,
     /// Inverted (scale by `1/p` in training) or the original (scale by `p` in evaluation).
     pub inverted: bool,
     pub training: bool,
+}
+
+impl<T: Element> Module<T> for Dropout {
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        _store: &ParamStore<T>,
+        x: Var,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        let training = ctx.train && self.training;
+        if !training || self.keep_prob.keep() == 1.0 {
+            // The identity needs no stream (nor does the non-inverted evaluation scale).
+            return dropout(
+                tape,
+                x,
+                self.keep_prob,
+                self.inverted,
+                false,
+                &mut Rng::new(0),
+            );
+        }
+        let rng = ctx.rng("dropout")?;
+        dropout(tape, x, self.keep_prob, self.inverted, true, rng)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
 }
 
 impl Dropout {
@@ -96,7 +126,9 @@ impl Dropout {
     }
 }
 
-/// Functional dropout: see the module doc.
+/// Functional dropout: see the module doc. Unit `i` is dropped when the `i`-th draw of `rng` is
+/// under the drop probability `1 − p` ([`Rng::bernoulli`]`(1 − p)`, PyTorch's `p`), so a
+/// model's masks do not depend on which of its layers asked.
 pub fn dropout<T: Element>(
     tape: &mut Tape<T>,
     x: Var,
@@ -111,7 +143,7 @@ pub fn dropout<T: Element>(
             return Ok(x);
         }
         let kept = if inverted { T::c(1.0 / p) } else { T::one() };
-        bernoulli_mask(rng, tape.value(x).numel(), p, kept)
+        dropout_mask(rng, tape.value(x).numel(), 1.0 - p, kept)
     } else if inverted || p == 1.0 {
         return Ok(x);
     } else {

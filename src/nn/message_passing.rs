@@ -30,25 +30,7 @@ use crate::ops;
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, shape_err};
 
-/// Pointwise nonlinearity used by updates.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Activation {
-    Identity,
-    Relu,
-    Tanh,
-    Elu,
-}
-
-impl Activation {
-    pub fn apply<T: Element>(self, tape: &mut Tape<T>, x: Var) -> Result<Var> {
-        match self {
-            Activation::Identity => Ok(x),
-            Activation::Relu => ops::relu(tape, x),
-            Activation::Tanh => ops::tanh(tape, x),
-            Activation::Elu => ops::elu(tape, x, 1.0),
-        }
-    }
-}
+pub use crate::nn::activation::Activation;
 
 /// A `Linear`-style parameter pair with PyTorch names `{prefix}.weight (out, in)`, `{prefix}.bias`.
 #[derive(Clone, Copy, Debug)]

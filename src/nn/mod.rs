@@ -1,18 +1,24 @@
 //! Layers: each file holds a fused forward/backward op (the fast path), the module that owns its
 //! parameters, and, for checking, the same computation unrolled into primitive [`crate::ops`].
 
+pub mod activation;
 pub mod attention;
 pub mod dropout;
 pub mod graph_ops;
+pub mod linear;
 pub mod masked_attention;
 pub mod message_passing;
 pub mod mlp;
+pub mod module;
 pub mod norm;
 pub mod patch_embed;
 pub mod rnn;
 pub mod sparse_linear;
 
+pub use activation::Activation;
 pub use dropout::{dropout, Dropout, KeepProb};
+pub use linear::Linear;
+pub use module::{Ctx, Module, Sequential, VarBuilder};
 
 pub use norm::{
     batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,

@@ -25,6 +25,7 @@
 
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
+use crate::init::Init;
 use crate::kernels::elementwise::mul_in_place;
 use crate::kernels::isa;
 use crate::kernels::norm::{
@@ -34,6 +35,7 @@ use crate::kernels::norm::{
     shifted_sums, ChannelGrad, Channels, Segments,
 };
 use crate::kernels::PAR_THRESHOLD;
+use crate::nn::module::{Ctx, Module, VarBuilder};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
 use rayon::prelude::*;
@@ -800,8 +802,8 @@ fn affine_vars<T: Element>(
     )
 }
 
-/// `torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine)`; parameters
-/// `<prefix>.weight`, `<prefix>.bias` of shape `normalized_shape`.
+/// `torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine)`; parameters `weight` (ones)
+/// and `bias` (zeros) of shape `normalized_shape`, under the builder's path.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     pub normalized_shape: Vec<usize>,
@@ -812,8 +814,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new<T: Element>(
-        store: &mut ParamStore<T>,
-        prefix: &str,
+        mut vb: VarBuilder<'_, T>,
         normalized_shape: &[usize],
         eps: f64,
         elementwise_affine: bool,
@@ -824,7 +825,14 @@ impl LayerNorm {
                 "LayerNorm: normalized_shape must be non-empty with positive sizes, got {normalized_shape:?}"
             ));
         }
-        let (weight, bias) = add_affine(store, prefix, normalized_shape, elementwise_affine)?;
+        let (weight, bias) = if elementwise_affine {
+            (
+                Some(vb.get("weight", normalized_shape, Init::Constant(1.0))?),
+                Some(vb.get("bias", normalized_shape, Init::Zeros)?),
+            )
+        } else {
+            (None, None)
+        };
         Ok(LayerNorm {
             normalized_shape: normalized_shape.to_vec(),
             eps,
@@ -832,14 +840,7 @@ impl LayerNorm {
             bias,
         })
     }
-    pub fn forward<T: Element>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-    ) -> Result<Var> {
-        self.forward_masked(tape, store, x, None)
-    }
+    /// With a padding mask (`1` = real entry) over the rows, see [`layer_norm`].
     pub fn forward_masked<T: Element>(
         &self,
         tape: &mut Tape<T>,
@@ -859,6 +860,21 @@ impl LayerNorm {
         }
         let (w, b) = affine_vars(tape, store, self.weight, self.bias);
         layer_norm(tape, x, k, w, b, self.eps, mask)
+    }
+}
+
+impl<T: Element> Module<T> for LayerNorm {
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        self.forward_masked(tape, store, x, None)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        self.weight.into_iter().chain(self.bias).collect()
     }
 }
 

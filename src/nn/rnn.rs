@@ -27,76 +27,14 @@
 use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
-use crate::kernels::elementwise::{
-    relu_backward_in_place, relu_in_place, sigmoid_backward_in_place, sigmoid_in_place,
-    tanh_backward_in_place, tanh_in_place,
-};
 use crate::kernels::reduce::{add_row_bias, axpy, col_sums_into};
-use crate::kernels::{gemm, sigmoid as sigmoid_k, transpose, MatLayout};
+use crate::kernels::{gemm, transpose, MatLayout};
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, ops, shape_err};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Hidden nonlinearity. The assignment's model uses the logistic sigmoid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    #[default]
-    Sigmoid,
-    Tanh,
-    Relu,
-}
-
-impl Activation {
-    #[inline]
-    pub fn f<T: Element>(self, x: T) -> T {
-        match self {
-            Activation::Sigmoid => sigmoid_k(x),
-            Activation::Tanh => x.tanh(),
-            Activation::Relu => x.max(T::zero()),
-        }
-    }
-    /// `σ'(a)` written through the output `h = σ(a)`.
-    #[inline]
-    pub fn grad_from_output<T: Element>(self, h: T) -> T {
-        match self {
-            Activation::Sigmoid => h * (T::one() - h),
-            Activation::Tanh => T::one() - h * h,
-            Activation::Relu => {
-                if h > T::zero() {
-                    T::one()
-                } else {
-                    T::zero()
-                }
-            }
-        }
-    }
-    /// Upper bound of `|σ'|` (¼ for the sigmoid), used in `‖∂h_{t+1}/∂h_t‖ ≤ sup|σ'|·‖U‖`.
-    pub fn max_slope(self) -> f64 {
-        match self {
-            Activation::Sigmoid => 0.25,
-            Activation::Tanh | Activation::Relu => 1.0,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Relu => "relu",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "sigmoid" => Ok(Activation::Sigmoid),
-            "tanh" => Ok(Activation::Tanh),
-            "relu" => Ok(Activation::Relu),
-            _ => Err(invalid!(
-                "unknown activation {s:?} (expected sigmoid, tanh or relu)"
-            )),
-        }
-    }
-}
+pub use crate::nn::activation::Activation;
 
 /// Sizes of one sequence batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -166,26 +104,6 @@ fn fit<T: Element>(v: &mut Vec<T>, n: usize) {
     if v.len() != n {
         v.clear();
         v.resize(n, T::zero());
-    }
-}
-
-/// Applies the activation to a block in place (the kernels' vectorized f32 sigmoid and tanh —
-/// libm's scalar `expf`/`tanhf` were a quarter of a training step —, the exact forms in f64).
-fn activate_in_place<T: Element>(act: Activation, v: &mut [T]) {
-    match act {
-        Activation::Sigmoid => sigmoid_in_place(v),
-        Activation::Tanh => tanh_in_place(v),
-        Activation::Relu => relu_in_place(v),
-    }
-}
-
-/// `g ← g ⊙ σ'(a)` with the derivative written through the output `h = σ(a)`
-/// ([`Activation::grad_from_output`], one kernel per activation).
-fn backprop_activation<T: Element>(act: Activation, g: &mut [T], h: &[T]) {
-    match act {
-        Activation::Sigmoid => sigmoid_backward_in_place(g, h),
-        Activation::Tanh => tanh_backward_in_place(g, h),
-        Activation::Relu => relu_backward_in_place(g, h),
     }
 }
 
@@ -270,7 +188,7 @@ pub fn forward_tm_into<T: Element>(
             cur,
             true,
         );
-        activate_in_place(act, cur);
+        act.forward_in_place(cur);
     }
     // Hoisted readout: Y = H Vᵀ, (T·B, H)·(H, O).
     let y = &mut st.y;
@@ -409,7 +327,7 @@ pub fn backward_tm_into<T: Element>(
             gh[s * bh..(s + 1) * bh].copy_from_slice(gs);
         }
         let hcur = &hs[(s + 1) * bh..(s + 2) * bh];
-        backprop_activation(act, gs, hcur);
+        act.backward_in_place(gs, hcur);
         if s == 0 {
             // ∇_{h_0} = δ_1 U, (B, H)·(H, H)
             gemm(
@@ -737,11 +655,7 @@ pub fn elman_unrolled<T: Element>(
         if let Some(b) = p.b_h {
             a = ops::add(tape, a, b)?;
         }
-        h = match p.activation {
-            Activation::Sigmoid => ops::sigmoid(tape, a)?,
-            Activation::Tanh => ops::tanh(tape, a)?,
-            Activation::Relu => ops::relu(tape, a)?,
-        };
+        h = p.activation.apply(tape, a)?;
         let mut y = ops::matmul_t(tape, h, p.v)?; // (B, O)
         if let Some(b) = p.b_y {
             y = ops::add(tape, y, b)?;
