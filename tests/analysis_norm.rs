@@ -3,7 +3,7 @@
 
 use nabla::analysis::{dropout_identity, min_norm, norm_exercise, padding};
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
-use nabla::nn::{dropout, Dropout, KeepProb};
+use nabla::nn::{dropout, Ctx, Dropout, KeepProb, Module};
 use nabla::{ParamStore, Rng, Tape, Tensor};
 
 #[test]
@@ -132,20 +132,32 @@ fn dropout_keep_probability_modes_and_gradient() {
     let mut tape = Tape::<f64>::new();
     let xv = tape.input(x.clone());
     let inv = Dropout::new(keep);
-    let y = inv.forward(&mut tape, xv, &mut rng).unwrap();
+    let store = ParamStore::new();
+    let y = inv
+        .forward(&mut tape, &store, xv, &mut Ctx::train(&mut rng))
+        .unwrap();
     let yd = tape.value(y).data();
     let kept = yd.iter().filter(|v| **v != 0.0).count() as f64 / 1e5;
     assert!((kept - 0.8).abs() < 0.01, "kept fraction {kept}");
     assert!(yd.iter().all(|&v| v == 0.0 || (v - 2.5).abs() < 1e-12));
     let non = Dropout::non_inverted(keep);
-    let y2 = non.forward(&mut tape, xv, &mut rng).unwrap();
+    let y2 = non
+        .forward(&mut tape, &store, xv, &mut Ctx::train(&mut rng))
+        .unwrap();
     assert!(tape.value(y2).data().iter().all(|&v| v == 0.0 || v == 2.0));
     // Evaluation: identity (inverted) or scale by p (non-inverted).
     let (mut inv_e, mut non_e) = (inv, non);
     inv_e.train(false);
     non_e.train(false);
-    assert_eq!(inv_e.forward(&mut tape, xv, &mut rng).unwrap(), xv);
-    let y3 = non_e.forward(&mut tape, xv, &mut rng).unwrap();
+    assert_eq!(
+        inv_e
+            .forward(&mut tape, &store, xv, &mut Ctx::train(&mut rng))
+            .unwrap(),
+        xv
+    );
+    let y3 = non_e
+        .forward(&mut tape, &store, xv, &mut Ctx::eval())
+        .unwrap();
     assert!(tape
         .value(y3)
         .data()

@@ -9,6 +9,7 @@ use nabla::models::vit::{param_shapes, ForwardOptions, Pool, Vit, VitConfig};
 use nabla::nn::mlp::{mlp, mlp_reference, MlpWeights};
 use nabla::nn::norm::layer_norm;
 use nabla::nn::patch_embed::{patch_embed, EmbedWeights};
+use nabla::nn::Module;
 use nabla::{ops, ParamStore, Rng, Tape, Tensor};
 
 const TOL: f64 = 1e-6;
@@ -392,7 +393,32 @@ fn checkpoint_round_trip_and_bad_inputs() {
     let mut store = ParamStore::<f32>::new();
     let vit = Vit::init(cfg.clone(), &mut store, 1).unwrap();
     // Names follow timm: avg pooling has fc_norm and no norm.
-    let names: Vec<String> = param_shapes(&cfg).into_iter().map(|p| p.0).collect();
+    let names: Vec<String> = param_shapes(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    // The composition gives the names: the module tree's parameters, in order, are the store's.
+    let named: Vec<String> = Module::named_params(&vit, &store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let stored: Vec<String> = store.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(named, names);
+    assert_eq!(stored, names);
+    assert_eq!(
+        names[..4],
+        [
+            "cls_token",
+            "pos_embed",
+            "patch_embed.proj.weight",
+            "patch_embed.proj.bias"
+        ]
+    );
+    assert!(
+        names.contains(&"blocks.1.attn.qkv.weight".to_string()),
+        "{names:?}"
+    );
     assert!(
         names.contains(&"fc_norm.weight".to_string())
             && !names.contains(&"norm.weight".to_string())
@@ -573,6 +599,7 @@ fn num_params_counts_the_built_model() {
         Vit::init(cfg.clone(), &mut store, 0).unwrap();
         assert_eq!(cfg.num_params(), store.num_elements() as f64);
         let shapes: usize = param_shapes(&cfg)
+            .unwrap()
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();

@@ -279,7 +279,7 @@ pub fn finetune_store(
     let mut fresh = ParamStore::<f32>::new();
     Vit::init(new.clone(), &mut fresh, seed)?;
     let mut store = ParamStore::<f32>::new();
-    for (name, shape) in param_shapes(new) {
+    for (name, shape) in param_shapes(new)? {
         let t = if name == "pos_embed" {
             let pos = crate::io::take(tensors, "pos_embed", "checkpoint")?;
             resample_pos_embed(

@@ -39,28 +39,28 @@ pub fn vit_mnist() -> VitConfig {
     }
 }
 
-pub fn count_params(cfg: &VitConfig) -> usize {
-    param_shapes(cfg)
+pub fn count_params(cfg: &VitConfig) -> Result<usize> {
+    Ok(param_shapes(cfg)?
         .iter()
         .map(|(_, s)| s.iter().product::<usize>())
-        .sum()
+        .sum())
 }
 
-fn facts(cfg: &VitConfig) -> serde_json::Value {
-    json!({
+fn facts(cfg: &VitConfig) -> Result<serde_json::Value> {
+    Ok(json!({
         "image_size": cfg.image_size, "patch": cfg.patch, "channels": cfg.in_chans,
         "grid": cfg.grid(), "patches": cfg.num_patches(), "sequence_length": cfg.tokens(),
         "patch_vector": cfg.in_chans * cfg.patch * cfg.patch, "dim": cfg.dim, "depth": cfg.depth,
         "heads": cfg.heads, "mlp_dim": cfg.mlp_dim, "classes": cfg.num_classes,
-        "parameters": count_params(cfg), "forward_gflops_per_image": 2.0 * cfg.forward_macs() / 1e9,
-    })
+        "parameters": count_params(cfg)?, "forward_gflops_per_image": 2.0 * cfg.forward_macs() / 1e9,
+    }))
 }
 
 pub fn vit_facts() -> Result<Entry> {
     let (b, m) = (vit_b16(), vit_mnist());
     b.validate()?;
     m.validate()?;
-    let (pb, pm) = (count_params(&b), count_params(&m));
+    let (pb, pm) = (count_params(&b)?, count_params(&m)?);
     // timm's vit_base_patch16_224 has 86,567,656 parameters.
     let ok = b.num_patches() == 196
         && b.tokens() == 197
@@ -76,7 +76,7 @@ pub fn vit_facts() -> Result<Entry> {
             "a learnable class token makes the sequence N + 1, plus learnable 1-D position embeddings (N + 1)×D.".into(),
             "Each pre-norm block: x + MHSA(LN(x)), x + MLP(LN(x)) with 4D² + 2D·D_mlp weights (+ biases, LN).".into(),
         ],
-        values: json!({"vit_b16_224": facts(&b), "nabla_mnist": facts(&m)}),
+        values: json!({"vit_b16_224": facts(&b)?, "nabla_mnist": facts(&m)?}),
         summary: vec![
             format!("ViT-B/16 @224: {} patches of 16×16×3 = 768 values, sequence length {}, {} parameters ({:.1} M), {:.1} GFLOPs/image", b.num_patches(), b.tokens(), pb, pb as f64 / 1e6, 2.0 * b.forward_macs() / 1e9),
             format!("nabla MNIST ViT @28: {} patches of 7×7, sequence length {}, {} parameters, {:.2} MFLOPs/image", m.num_patches(), m.tokens(), pm, 2.0 * m.forward_macs() / 1e6),

@@ -16,10 +16,11 @@
 use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::error::{NablaError, Result};
 use crate::init::{Init, Rng};
-use crate::nn::attention::{multi_head_self_attention, AttnOptions, MhaWeights};
-use crate::nn::mlp::{mlp, MlpWeights};
-use crate::nn::norm::layer_norm;
-use crate::nn::patch_embed::{patch_embed, EmbedWeights};
+use crate::nn::attention::Attention;
+use crate::nn::mlp::Mlp;
+use crate::nn::norm::LayerNorm;
+use crate::nn::patch_embed::TokenEmbed;
+use crate::nn::{Ctx, Dropout, KeepProb, Linear, Module, VarBuilder};
 use crate::ops;
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, shape_err};
@@ -170,28 +171,89 @@ impl VitConfig {
     }
 }
 
-/// Ids of one block's parameters.
+/// One pre-norm Transformer block (timm `Block`):
+/// `z' = z + drop(attn(norm1(z)))`, `z'' = z' + drop(mlp(norm2(z')))`.
 #[derive(Clone, Debug)]
-struct BlockIds {
-    norm1: (ParamId, ParamId),
-    qkv: (ParamId, ParamId),
-    proj: (ParamId, ParamId),
-    norm2: (ParamId, ParamId),
-    fc1: (ParamId, ParamId),
-    fc2: (ParamId, ParamId),
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    /// timm's `proj_drop` after the attention projection and in the MLP output.
+    pub drop: Dropout,
 }
 
-/// A ViT bound to the parameters of a [`ParamStore`] (timm names).
+impl Block {
+    /// `weight` initializes the attention and MLP weights (timm: truncated normal, std 0.02).
+    pub fn new<T: Element>(
+        mut vb: VarBuilder<'_, T>,
+        cfg: &VitConfig,
+        weight: Init,
+    ) -> Result<Self> {
+        let d = cfg.dim;
+        Ok(Block {
+            norm1: LayerNorm::new(vb.pp("norm1"), &[d], cfg.eps, true)?,
+            attn: Attention::new(vb.pp("attn"), d, cfg.heads, true, weight)?,
+            norm2: LayerNorm::new(vb.pp("norm2"), &[d], cfg.eps, true)?,
+            mlp: Mlp::new(vb.pp("mlp"), d, cfg.mlp_dim, weight)?,
+            drop: Dropout::new(KeepProb::from_torch_drop_prob(cfg.dropout)?),
+        })
+    }
+    /// The block, and its attention probabilities `(B, H, T, T)` when `need_attn`.
+    pub fn forward_with_attn<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        z: Var,
+        ctx: &mut Ctx<'_>,
+        need_attn: bool,
+    ) -> Result<(Var, Option<Var>)> {
+        let h = self.norm1.forward(tape, store, z, ctx)?;
+        let (a, p) = self
+            .attn
+            .forward_with_weights(tape, store, h, None, need_attn)?;
+        let a = self.drop.forward(tape, store, a, ctx)?;
+        let z = ops::add(tape, z, a)?;
+        let h = self.norm2.forward(tape, store, z, ctx)?;
+        let m = self.mlp.forward(tape, store, h, ctx)?;
+        let m = self.drop.forward(tape, store, m, ctx)?;
+        Ok((ops::add(tape, z, m)?, p))
+    }
+}
+
+impl<T: Element> Module<T> for Block {
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        z: Var,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        Ok(self.forward_with_attn(tape, store, z, ctx, false)?.0)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        let mut p = Module::<T>::params(&self.norm1);
+        p.extend(Module::<T>::params(&self.attn));
+        p.extend(Module::<T>::params(&self.norm2));
+        p.extend(Module::<T>::params(&self.mlp));
+        p
+    }
+}
+
+/// A ViT composed of modules; its parameters (timm names, from the composition) live in a
+/// [`ParamStore`].
 #[derive(Clone, Debug)]
 pub struct Vit {
     pub cfg: VitConfig,
-    cls: ParamId,
-    pos: ParamId,
-    patch: (ParamId, ParamId),
-    blocks: Vec<BlockIds>,
+    /// `cls_token`, `pos_embed`, `patch_embed.proj`.
+    pub embed: TokenEmbed,
+    /// `blocks.{i}`.
+    pub blocks: Vec<Block>,
     /// `norm` (token pooling) or `fc_norm` (avg pooling).
-    norm: (ParamId, ParamId),
-    head: (ParamId, ParamId),
+    pub norm: LayerNorm,
+    pub head: Linear,
+    /// timm's `pos_drop`.
+    pub drop: Dropout,
 }
 
 /// What [`Vit::forward`] returns.
@@ -237,122 +299,71 @@ pub struct StepStats {
     pub correct: usize,
 }
 
-/// The timm parameter names and shapes of a configuration, in timm's state-dict order.
-pub fn param_shapes(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, m) = (cfg.dim, cfg.mlp_dim);
-    let mut v: Vec<(String, Vec<usize>)> = vec![
-        ("cls_token".into(), vec![1, 1, d]),
-        ("pos_embed".into(), vec![1, cfg.tokens(), d]),
-        (
-            "patch_embed.proj.weight".into(),
-            vec![d, cfg.in_chans, cfg.patch, cfg.patch],
-        ),
-        ("patch_embed.proj.bias".into(), vec![d]),
-    ];
-    for i in 0..cfg.depth {
-        let p = format!("blocks.{i}.");
-        for (n, s) in [
-            ("norm1.weight", vec![d]),
-            ("norm1.bias", vec![d]),
-            ("attn.qkv.weight", vec![3 * d, d]),
-            ("attn.qkv.bias", vec![3 * d]),
-            ("attn.proj.weight", vec![d, d]),
-            ("attn.proj.bias", vec![d]),
-            ("norm2.weight", vec![d]),
-            ("norm2.bias", vec![d]),
-            ("mlp.fc1.weight", vec![m, d]),
-            ("mlp.fc1.bias", vec![m]),
-            ("mlp.fc2.weight", vec![d, m]),
-            ("mlp.fc2.bias", vec![d]),
-        ] {
-            v.push((format!("{p}{n}"), s));
-        }
-    }
-    let nn = norm_name(cfg.pool);
-    v.push((format!("{nn}.weight"), vec![d]));
-    v.push((format!("{nn}.bias"), vec![d]));
-    v.push(("head.weight".into(), vec![cfg.num_classes, d]));
-    v.push(("head.bias".into(), vec![cfg.num_classes]));
-    v
+/// The timm parameter names and shapes of a configuration, in timm's state-dict order: the
+/// model's own constructor run on a [`VarBuilder::shapes`] (nothing allocated).
+pub fn param_shapes(cfg: &VitConfig) -> Result<Vec<(String, Vec<usize>)>> {
+    let mut shapes = Vec::new();
+    Vit::build::<f32>(cfg.clone(), VarBuilder::shapes(&mut shapes))?;
+    Ok(shapes)
 }
 
 impl Vit {
-    /// Adds freshly initialized parameters (timm's scheme: truncated normal std 0.02 for
-    /// linear weights and `pos_embed`, `cls_token` ~ N(0, 1e-6²), PyTorch's Conv2d default for
-    /// the patch projection, zero biases, unit LayerNorm weights) to `store` and binds them.
-    pub fn init<T: Element>(cfg: VitConfig, store: &mut ParamStore<T>, seed: u64) -> Result<Vit> {
+    /// The model over parameters from `vb` (initialized, loaded or bound). Initializers are
+    /// timm's: truncated normal std 0.02 for linear weights and `pos_embed`, `cls_token` ~
+    /// N(0, 1e-6²), PyTorch's Conv2d default for the patch projection, zero biases, unit
+    /// LayerNorm weights — each declared by the module that owns the parameter.
+    pub fn build<T: Element>(cfg: VitConfig, mut vb: VarBuilder<'_, T>) -> Result<Vit> {
         cfg.validate()?;
-        let mut rng = Rng::new(seed);
         let tn = Init::TruncNormal {
             mean: 0.0,
             std: 0.02,
             a: -0.04,
             b: 0.04,
         };
-        for (name, shape) in param_shapes(&cfg) {
-            let init = if name == "cls_token" {
-                Init::Normal {
-                    mean: 0.0,
-                    std: 1e-6,
-                }
-            } else if name == "patch_embed.proj.weight" || name == "patch_embed.proj.bias" {
-                let fan_in = (cfg.in_chans * cfg.patch * cfg.patch) as f64;
-                let bound = 1.0 / fan_in.sqrt();
-                Init::Uniform {
-                    low: -bound,
-                    high: bound,
-                }
-            } else if name.ends_with("norm1.weight")
-                || name.ends_with("norm2.weight")
-                || name == "norm.weight"
-                || name == "fc_norm.weight"
-            {
-                Init::Constant(1.0)
-            } else if name.ends_with(".bias") {
-                Init::Zeros
-            } else {
-                tn
-            };
-            store.add(name, init.tensor(&shape, &mut rng)?)?;
-        }
-        Vit::bind(cfg, store)
+        let embed = TokenEmbed::new(
+            vb.by_ref(),
+            cfg.in_chans,
+            cfg.patch,
+            cfg.num_patches(),
+            cfg.dim,
+            true,
+            tn,
+        )?;
+        let blocks = {
+            let mut bv = vb.pp("blocks");
+            (0..cfg.depth)
+                .map(|i| Block::new(bv.pp(i), &cfg, tn))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let norm = LayerNorm::new(vb.pp(norm_name(cfg.pool)), &[cfg.dim], cfg.eps, true)?;
+        let head = Linear::with_init(
+            vb.pp("head"),
+            cfg.dim,
+            cfg.num_classes,
+            Some(Init::Zeros),
+            tn,
+        )?;
+        let drop = Dropout::new(KeepProb::from_torch_drop_prob(cfg.dropout)?);
+        Ok(Vit {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            head,
+            drop,
+        })
+    }
+
+    /// Adds freshly initialized parameters to `store` (seeded: the same seed gives the same
+    /// bits) and binds them.
+    pub fn init<T: Element>(cfg: VitConfig, store: &mut ParamStore<T>, seed: u64) -> Result<Vit> {
+        let mut rng = Rng::new(seed);
+        Vit::build(cfg, VarBuilder::init(store, &mut rng))
     }
 
     /// Binds to parameters already in `store`, checking every name and shape.
     pub fn bind<T: Element>(cfg: VitConfig, store: &ParamStore<T>) -> Result<Vit> {
-        cfg.validate()?;
-        for (name, shape) in param_shapes(&cfg) {
-            let p = store.by_name(&name)?;
-            if p.value.shape() != shape.as_slice() {
-                return Err(shape_err!(
-                    "vit",
-                    "parameter {name} has shape {:?}, the configuration needs {:?} ({cfg:?})",
-                    p.value.shape(),
-                    shape
-                ));
-            }
-        }
-        let id = |n: &str| store.find(n).expect("checked above");
-        let pair = |n: &str| (id(&format!("{n}.weight")), id(&format!("{n}.bias")));
-        let blocks = (0..cfg.depth)
-            .map(|i| BlockIds {
-                norm1: pair(&format!("blocks.{i}.norm1")),
-                qkv: pair(&format!("blocks.{i}.attn.qkv")),
-                proj: pair(&format!("blocks.{i}.attn.proj")),
-                norm2: pair(&format!("blocks.{i}.norm2")),
-                fc1: pair(&format!("blocks.{i}.mlp.fc1")),
-                fc2: pair(&format!("blocks.{i}.mlp.fc2")),
-            })
-            .collect();
-        Ok(Vit {
-            cls: id("cls_token"),
-            pos: id("pos_embed"),
-            patch: pair("patch_embed.proj"),
-            blocks,
-            norm: pair(norm_name(cfg.pool)),
-            head: pair("head"),
-            cfg,
-        })
+        Vit::build(cfg, VarBuilder::bind(store))
     }
 
     /// Infers the architecture of a timm state dict from its tensor shapes (heads and pooling
@@ -437,50 +448,9 @@ impl Vit {
         tensors: &BTreeMap<String, Tensor<T>>,
         cfg: VitConfig,
     ) -> Result<(Vit, ParamStore<T>)> {
-        cfg.validate()?;
         let mut store = ParamStore::new();
-        for (name, shape) in param_shapes(&cfg) {
-            let t = tensors
-                .get(&name)
-                .ok_or_else(|| invalid!("checkpoint has no tensor {name:?}"))?;
-            if t.shape() != shape.as_slice() {
-                return Err(shape_err!(
-                    "vit",
-                    "checkpoint tensor {name} has shape {:?}, the flags need {:?}",
-                    t.shape(),
-                    shape
-                ));
-            }
-            store.add(name, t.clone())?;
-        }
-        let vit = Vit::bind(cfg, &store)?;
+        let vit = Vit::build(cfg, VarBuilder::load(&mut store, tensors))?;
         Ok((vit, store))
-    }
-
-    fn dropout<T: Element>(
-        &self,
-        tape: &mut Tape<T>,
-        x: Var,
-        opts: &mut ForwardOptions<'_>,
-    ) -> Result<Var> {
-        let p = self.cfg.dropout;
-        if !opts.train || p == 0.0 {
-            return Ok(x);
-        }
-        let rng = opts
-            .rng
-            .as_deref_mut()
-            .ok_or_else(|| invalid!("dropout in training mode needs an rng"))?;
-        let keep = T::c(1.0 / (1.0 - p));
-        let mask = Tensor::from_fn(tape.shape(x), |_| {
-            if rng.bernoulli(p) {
-                T::zero()
-            } else {
-                keep
-            }
-        });
-        let m = tape.constant(mask);
-        ops::mul(tape, x, m)
     }
 
     /// Token features after the blocks (before the final norm): `(B, 1+N, D)`, and the
@@ -520,45 +490,17 @@ impl Vit {
                 c.image_size
             ));
         }
-        let p = |tape: &mut Tape<T>, id: ParamId| tape.param(store, id);
-        let ew = EmbedWeights {
-            proj_w: p(tape, self.patch.0),
-            proj_b: p(tape, self.patch.1),
-            cls: Some(p(tape, self.cls)),
-            pos: p(tape, self.pos),
+        let mut ctx = Ctx {
+            train: opts.train,
+            rng: opts.rng.as_deref_mut(),
         };
-        let mut z = patch_embed(tape, x, &ew)?; // (B, T, D)
-        z = self.dropout(tape, z, opts)?;
+        let z = self.embed.forward(tape, store, x, &mut ctx)?; // (B, T, D)
+        let mut z = self.drop.forward(tape, store, z, &mut ctx)?;
         let mut attn = Vec::new();
         for b in &self.blocks {
-            let (g, bb) = (p(tape, b.norm1.0), p(tape, b.norm1.1));
-            let h = layer_norm(tape, z, 1, Some(g), Some(bb), c.eps, None)?;
-            let w = MhaWeights {
-                qkv_w: p(tape, b.qkv.0),
-                qkv_b: Some(p(tape, b.qkv.1)),
-                proj_w: p(tape, b.proj.0),
-                proj_b: Some(p(tape, b.proj.1)),
-            };
-            let ao = AttnOptions {
-                heads: c.heads,
-                mask: None,
-                need_weights: opts.need_attn,
-            };
-            let (a, pa) = multi_head_self_attention(tape, h, &w, &ao)?;
+            let (nz, pa) = b.forward_with_attn(tape, store, z, &mut ctx, opts.need_attn)?;
             attn.extend(pa);
-            let a = self.dropout(tape, a, opts)?;
-            z = ops::add(tape, z, a)?;
-            let (g, bb) = (p(tape, b.norm2.0), p(tape, b.norm2.1));
-            let h = layer_norm(tape, z, 1, Some(g), Some(bb), c.eps, None)?;
-            let mw = MlpWeights {
-                fc1_w: p(tape, b.fc1.0),
-                fc1_b: p(tape, b.fc1.1),
-                fc2_w: p(tape, b.fc2.0),
-                fc2_b: p(tape, b.fc2.1),
-            };
-            let m = mlp(tape, h, &mw)?;
-            let m = self.dropout(tape, m, opts)?;
-            z = ops::add(tape, z, m)?;
+            z = nz;
         }
         Ok((z, attn))
     }
@@ -581,11 +523,7 @@ impl Vit {
                 ops::mean(tape, pt, 1, false)?
             }
         };
-        let (g, bb) = (
-            tape.param(store, self.norm.0),
-            tape.param(store, self.norm.1),
-        );
-        layer_norm(tape, pooled, 1, Some(g), Some(bb), self.cfg.eps, None)
+        self.norm.forward(tape, store, pooled, &mut Ctx::eval())
     }
 
     /// Logits `(B, classes)` of images `x (B, C, H, W)`.
@@ -598,11 +536,7 @@ impl Vit {
     ) -> Result<VitOutput> {
         let (z, attn) = self.forward_blocks(tape, store, x, &mut opts)?;
         let f = self.pre_logits(tape, store, z)?;
-        let (w, b) = (
-            tape.param(store, self.head.0),
-            tape.param(store, self.head.1),
-        );
-        let logits = ops::linear(tape, f, w, Some(b))?;
+        let logits = self.head.forward(tape, store, f, &mut Ctx::eval())?;
         Ok(VitOutput { logits, attn })
     }
 
@@ -709,5 +643,32 @@ impl Vit {
         let xv = tape.constant(x.clone());
         let out = self.forward(&mut tape, store, xv, ForwardOptions::default())?;
         Ok(tape.value(out.logits).clone())
+    }
+}
+
+impl<T: Element> Module<T> for Vit {
+    /// Logits `(B, classes)` of images `x (B, C, H, W)`.
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        let opts = ForwardOptions {
+            train: ctx.train,
+            rng: ctx.rng.as_deref_mut(),
+            need_attn: false,
+        };
+        Ok(Vit::forward(self, tape, store, x, opts)?.logits)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        let mut p = Module::<T>::params(&self.embed);
+        for b in &self.blocks {
+            p.extend(Module::<T>::params(b));
+        }
+        p.extend(Module::<T>::params(&self.norm));
+        p.extend(Module::<T>::params(&self.head));
+        p
     }
 }

@@ -36,13 +36,17 @@
 //! The same computation unrolled into primitive ops is [`multi_head_self_attention_reference`];
 //! tests compare the two and check both against finite differences and PyTorch.
 
-use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
+use crate::init::Init;
+use crate::invalid;
 use crate::kernels::attention::{
     head_backward, head_forward, HeadGrads, HeadInputs, HeadOut, HeadScratch, MaskRows, Rows,
 };
 use crate::kernels::attention_lanes::{packed_backward, packed_forward, LaneSaved, PackedDims};
 use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
+use crate::nn::linear::Linear;
+use crate::nn::module::{Ctx, Module, VarBuilder};
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -618,4 +622,81 @@ pub fn multi_head_self_attention_reference<T: Element>(
     let o = ops::reshape(tape, o, &[b, t, d])?;
     let y = ops::linear(tape, o, w.proj_w, w.proj_b)?;
     Ok((y, if opts.need_weights { Some(p) } else { None }))
+}
+
+/// timm's `Attention` as a module: `qkv` (a [`Linear`] D → 3D) and `proj` (D → D) under its
+/// path, the fused [`multi_head_self_attention`] inside.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+}
+
+impl Attention {
+    /// `weight` initializes both weight matrices, biases start at zero (timm's ViT scheme);
+    /// `qkv_bias = false` leaves the input projection without a bias (timm's `qkv_bias`).
+    pub fn new<T: Element>(
+        mut vb: VarBuilder<'_, T>,
+        dim: usize,
+        heads: usize,
+        qkv_bias: bool,
+        weight: Init,
+    ) -> Result<Self> {
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            return Err(invalid!(
+                "attention: dim {dim} is not divisible by {heads} heads"
+            ));
+        }
+        let qkv = Linear::with_init(
+            vb.pp("qkv"),
+            dim,
+            3 * dim,
+            qkv_bias.then_some(Init::Zeros),
+            weight,
+        )?;
+        let proj = Linear::with_init(vb.pp("proj"), dim, dim, Some(Init::Zeros), weight)?;
+        Ok(Attention { qkv, proj, heads })
+    }
+    /// `x (B, T, D)` → `y (B, T, D)` and, with `need_weights`, the probabilities `(B, H, T, T)`.
+    pub fn forward_with_weights<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        mask: Option<AttnMask>,
+        need_weights: bool,
+    ) -> Result<(Var, Option<Var>)> {
+        let (qkv_w, qkv_b) = self.qkv.vars(tape, store);
+        let (proj_w, proj_b) = self.proj.vars(tape, store);
+        let w = MhaWeights {
+            qkv_w,
+            qkv_b,
+            proj_w,
+            proj_b,
+        };
+        let opts = AttnOptions {
+            heads: self.heads,
+            mask,
+            need_weights,
+        };
+        multi_head_self_attention(tape, x, &w, &opts)
+    }
+}
+
+impl<T: Element> Module<T> for Attention {
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        Ok(self.forward_with_weights(tape, store, x, None, false)?.0)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        let mut p = Module::<T>::params(&self.qkv);
+        p.extend(Module::<T>::params(&self.proj));
+        p
+    }
 }

@@ -120,10 +120,6 @@ impl Dropout {
     pub fn train(&mut self, on: bool) {
         self.training = on;
     }
-    /// Applies dropout; the mask `R ~ Bernoulli(p)` is drawn from `rng`.
-    pub fn forward<T: Element>(&self, tape: &mut Tape<T>, x: Var, rng: &mut Rng) -> Result<Var> {
-        dropout(tape, x, self.keep_prob, self.inverted, self.training, rng)
-    }
 }
 
 /// Functional dropout: see the module doc. Unit `i` is dropped when the `i`-th draw of `rng` is

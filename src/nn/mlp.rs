@@ -15,10 +15,13 @@
 //! |ΔΦ| ≤ 1.5e-7 absolute, below f32 resolution of Φ near 1); in f64 (gradient checks) they are
 //! libm's. The reference path is `linear → gelu → linear` in primitive ops.
 
-use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
+use crate::init::Init;
 use crate::kernels::elementwise::{gelu_and_grad, mul_in_place};
 use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
+use crate::nn::linear::Linear;
+use crate::nn::module::{Ctx, Module, VarBuilder};
 
 use crate::ops;
 use crate::shape_err;
@@ -136,4 +139,54 @@ pub fn mlp_reference<T: Element>(tape: &mut Tape<T>, x: Var, w: &MlpWeights) -> 
     let h = ops::linear(tape, x, w.fc1_w, Some(w.fc1_b))?;
     let h = ops::gelu(tape, h)?;
     ops::linear(tape, h, w.fc2_w, Some(w.fc2_b))
+}
+
+/// timm's `Mlp` as a module: `fc1` (D → M) and `fc2` (M → D) under its path, the fused
+/// [`mlp`] inside.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// `weight` initializes both weight matrices, biases start at zero (timm's ViT scheme).
+    pub fn new<T: Element>(
+        mut vb: VarBuilder<'_, T>,
+        dim: usize,
+        hidden: usize,
+        weight: Init,
+    ) -> Result<Self> {
+        let fc1 = Linear::with_init(vb.pp("fc1"), dim, hidden, Some(Init::Zeros), weight)?;
+        let fc2 = Linear::with_init(vb.pp("fc2"), hidden, dim, Some(Init::Zeros), weight)?;
+        Ok(Mlp { fc1, fc2 })
+    }
+}
+
+impl<T: Element> Module<T> for Mlp {
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        let (fc1_w, fc1_b) = self.fc1.vars(tape, store);
+        let (fc2_w, fc2_b) = self.fc2.vars(tape, store);
+        let (Some(fc1_b), Some(fc2_b)) = (fc1_b, fc2_b) else {
+            return Err(crate::invalid!("the fused MLP needs both biases"));
+        };
+        let w = MlpWeights {
+            fc1_w,
+            fc1_b,
+            fc2_w,
+            fc2_b,
+        };
+        mlp(tape, x, &w)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        let mut p = Module::<T>::params(&self.fc1);
+        p.extend(Module::<T>::params(&self.fc2));
+        p
+    }
 }

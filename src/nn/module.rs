@@ -146,6 +146,11 @@ enum Backend<'a, T: Element> {
     },
     /// Parameters already in `store` (a model rebuilt over trained weights).
     Bind { store: &'a ParamStore<T> },
+    /// Only the names and shapes, nothing allocated (a checkpoint checked against a
+    /// configuration, a parameter count); the ids returned are positions in `shapes`.
+    Shapes {
+        shapes: &'a mut Vec<(String, Vec<usize>)>,
+    },
 }
 
 /// Builds a module's parameters under a dotted path (candle's `VarBuilder`).
@@ -176,6 +181,14 @@ impl<'a, T: Element> VarBuilder<'a, T> {
             prefix: String::new(),
         }
     }
+    /// Records each parameter's name and shape instead of creating it: the names and shapes of
+    /// a model, from its constructor (so they are spelled once), without allocating it.
+    pub fn shapes(shapes: &'a mut Vec<(String, Vec<usize>)>) -> Self {
+        VarBuilder {
+            backend: Backend::Shapes { shapes },
+            prefix: String::new(),
+        }
+    }
     /// A builder one level down: `vb.pp("blocks").pp(3)` names `blocks.3.*`.
     pub fn pp(&mut self, name: impl Display) -> VarBuilder<'_, T> {
         let prefix = self.path(&name.to_string());
@@ -189,8 +202,16 @@ impl<'a, T: Element> VarBuilder<'a, T> {
                 tensors,
             },
             Backend::Bind { store } => Backend::Bind { store },
+            Backend::Shapes { shapes } => Backend::Shapes {
+                shapes: &mut **shapes,
+            },
         };
         VarBuilder { backend, prefix }
+    }
+    /// The same builder, reborrowed (for a child module whose parameters sit at this level, like
+    /// the ViT's `cls_token` beside `patch_embed.proj`).
+    pub fn by_ref(&mut self) -> VarBuilder<'_, T> {
+        self.pp("")
     }
     /// The full name of `name` under this builder's path.
     pub fn path(&self, name: &str) -> String {
@@ -231,6 +252,13 @@ impl<'a, T: Element> VarBuilder<'a, T> {
                     .ok_or_else(|| invalid!("no parameter named {full} (shape {shape:?})"))?;
                 check_shape(&full, store.get(id).value.shape(), shape)?;
                 Ok(id)
+            }
+            Backend::Shapes { shapes } => {
+                if shapes.iter().any(|(n, _)| *n == full) {
+                    return Err(invalid!("duplicate parameter name {full}"));
+                }
+                shapes.push((full, shape.to_vec()));
+                Ok(ParamId(shapes.len() - 1))
             }
         }
     }
@@ -307,6 +335,11 @@ mod tests {
             .get("weight", &[2, 3], Init::Zeros)
             .unwrap();
         assert!(vb.get("missing", &[1], Init::Zeros).is_err());
+        let mut shapes = Vec::new();
+        let mut vb = VarBuilder::<f32>::shapes(&mut shapes);
+        vb.pp("a").get("w", &[4, 2], Init::KaimingUniform).unwrap();
+        assert!(vb.pp("a").get("w", &[1], Init::Zeros).is_err());
+        assert_eq!(shapes, [("a.w".to_string(), vec![4, 2])]);
         assert_eq!(
             loaded.by_name("blocks.3.attn.qkv.weight").unwrap().value,
             store.by_name("blocks.3.attn.qkv.weight").unwrap().value

@@ -14,9 +14,11 @@
 //! `db = Σ_rows de`, `dW = deᵀ cols`, `dx = col2im(de W)` (each pixel lies in exactly one patch).
 //! Without a class token (`cls = None`), `z_b = e_b + pos`.
 
-use crate::autograd::{BackwardCtx, Op, Tape, Var};
+use crate::autograd::{BackwardCtx, Op, ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
+use crate::init::Init;
 use crate::kernels::{col_sums, gemm, matmul_into, zip_into, MatLayout};
+use crate::nn::module::{Ctx, Module, VarBuilder};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -270,4 +272,82 @@ pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> 
         &inputs,
         Tensor::from_parts(vec![g.b, tok, d], z),
     ))
+}
+
+/// The ViT's token embedding as a module over the fused [`patch_embed`]: timm's
+/// `patch_embed.proj` (a Conv2d with kernel = stride = P, `weight (D, C, P, P)`, `bias (D)`),
+/// and at the model's root `cls_token (1, 1, D)` and `pos_embed (1, [1+]N, D)`, created in timm's
+/// state-dict order.
+#[derive(Clone, Debug)]
+pub struct TokenEmbed {
+    pub proj_weight: ParamId,
+    pub proj_bias: ParamId,
+    pub cls_token: Option<ParamId>,
+    pub pos_embed: ParamId,
+}
+
+impl TokenEmbed {
+    /// `vb` is the model's root. Initializers: the class token `N(0, 1e-6²)`, the position
+    /// embedding `pos_init` (timm: truncated normal, std 0.02), the projection PyTorch's Conv2d
+    /// default `U(±1/√(C·P·P))` for weight and bias.
+    pub fn new<T: Element>(
+        mut vb: VarBuilder<'_, T>,
+        in_chans: usize,
+        patch: usize,
+        num_patches: usize,
+        dim: usize,
+        class_token: bool,
+        pos_init: Init,
+    ) -> Result<Self> {
+        let cls_token = if class_token {
+            let init = Init::Normal {
+                mean: 0.0,
+                std: 1e-6,
+            };
+            Some(vb.get("cls_token", &[1, 1, dim], init)?)
+        } else {
+            None
+        };
+        let tokens = num_patches + class_token as usize;
+        let pos_embed = vb.get("pos_embed", &[1, tokens, dim], pos_init)?;
+        let bound = 1.0 / ((in_chans * patch * patch).max(1) as f64).sqrt();
+        let u = Init::Uniform {
+            low: -bound,
+            high: bound,
+        };
+        let mut proj = vb.pp("patch_embed.proj");
+        let proj_weight = proj.get("weight", &[dim, in_chans, patch, patch], u)?;
+        let proj_bias = proj.get("bias", &[dim], u)?;
+        Ok(TokenEmbed {
+            proj_weight,
+            proj_bias,
+            cls_token,
+            pos_embed,
+        })
+    }
+}
+
+impl<T: Element> Module<T> for TokenEmbed {
+    /// Images `x (B, C, H, W)` → tokens `(B, [1+]N, D)`.
+    fn forward(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        let w = EmbedWeights {
+            proj_w: tape.param(store, self.proj_weight),
+            proj_b: tape.param(store, self.proj_bias),
+            cls: self.cls_token.map(|c| tape.param(store, c)),
+            pos: tape.param(store, self.pos_embed),
+        };
+        patch_embed(tape, x, &w)
+    }
+    fn params(&self) -> Vec<ParamId> {
+        self.cls_token
+            .into_iter()
+            .chain([self.pos_embed, self.proj_weight, self.proj_bias])
+            .collect()
+    }
 }
