@@ -195,7 +195,7 @@ impl<'a, T: Element> VarBuilder<'a, T> {
         let backend = match &mut self.backend {
             Backend::Init { store, rng } => Backend::Init {
                 store: &mut **store,
-                rng: &mut **rng,
+                rng,
             },
             Backend::Load { store, tensors } => Backend::Load {
                 store: &mut **store,
@@ -203,7 +203,7 @@ impl<'a, T: Element> VarBuilder<'a, T> {
             },
             Backend::Bind { store } => Backend::Bind { store },
             Backend::Shapes { shapes } => Backend::Shapes {
-                shapes: &mut **shapes,
+                shapes,
             },
         };
         VarBuilder { backend, prefix }
