@@ -10,7 +10,7 @@
 //! Run: `cargo run --release --example custom_layer [OUT_DIR]`; tested by `cargo test`.
 
 use nabla::autograd::{BackwardCtx, Op};
-use nabla::nn::{Ctx, LayerNorm, Linear, Module, VarBuilder};
+use nabla::nn::{params_of, Ctx, LayerNorm, Linear, Module, VarBuilder};
 use nabla::optim::{AdamConfig, AdamW};
 use nabla::train::{
     select_rows, BatchSampler, Metrics, ProgressMode, StepOutput, TrainConfig, TrainModel, Trainer,
@@ -84,10 +84,7 @@ impl<T: Element> Module<T> for ResidualMlp {
         ops::add(tape, x, h)
     }
     fn params(&self) -> Vec<ParamId> {
-        let mut p = Module::<T>::params(&self.norm);
-        p.extend(Module::<T>::params(&self.fc1));
-        p.extend(Module::<T>::params(&self.fc2));
-        p
+        params_of::<T>(&[&self.norm, &self.fc1, &self.fc2])
     }
 }
 
@@ -129,12 +126,10 @@ impl<T: Element> Module<T> for SpiralNet {
         self.head.forward(tape, store, h, ctx)
     }
     fn params(&self) -> Vec<ParamId> {
-        let mut p = Module::<T>::params(&self.embed);
-        for b in &self.blocks {
-            p.extend(Module::<T>::params(b));
-        }
-        p.extend(Module::<T>::params(&self.head));
-        p
+        let mut children: Vec<&dyn Module<T>> = vec![&self.embed];
+        children.extend(self.blocks.iter().map(|b| b as &dyn Module<T>));
+        children.push(&self.head);
+        params_of(&children)
     }
 }
 

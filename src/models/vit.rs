@@ -20,7 +20,7 @@ use crate::nn::attention::Attention;
 use crate::nn::mlp::Mlp;
 use crate::nn::norm::LayerNorm;
 use crate::nn::patch_embed::TokenEmbed;
-use crate::nn::{Ctx, Dropout, KeepProb, Linear, Module, VarBuilder};
+use crate::nn::{params_of, Ctx, Dropout, KeepProb, Linear, Module, VarBuilder};
 use crate::ops;
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, shape_err};
@@ -232,11 +232,7 @@ impl<T: Element> Module<T> for Block {
         Ok(self.forward_with_attn(tape, store, z, ctx, false)?.0)
     }
     fn params(&self) -> Vec<ParamId> {
-        let mut p = Module::<T>::params(&self.norm1);
-        p.extend(Module::<T>::params(&self.attn));
-        p.extend(Module::<T>::params(&self.norm2));
-        p.extend(Module::<T>::params(&self.mlp));
-        p
+        params_of::<T>(&[&self.norm1, &self.attn, &self.norm2, &self.mlp])
     }
 }
 
@@ -663,12 +659,9 @@ impl<T: Element> Module<T> for Vit {
         Ok(Vit::forward(self, tape, store, x, opts)?.logits)
     }
     fn params(&self) -> Vec<ParamId> {
-        let mut p = Module::<T>::params(&self.embed);
-        for b in &self.blocks {
-            p.extend(Module::<T>::params(b));
-        }
-        p.extend(Module::<T>::params(&self.norm));
-        p.extend(Module::<T>::params(&self.head));
-        p
+        let mut children: Vec<&dyn Module<T>> = vec![&self.embed];
+        children.extend(self.blocks.iter().map(|b| b as &dyn Module<T>));
+        children.extend([&self.norm as &dyn Module<T>, &self.head]);
+        params_of(&children)
     }
 }

@@ -46,7 +46,7 @@ use crate::kernels::attention::{
 use crate::kernels::attention_lanes::{packed_backward, packed_forward, LaneSaved, PackedDims};
 use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
 use crate::nn::linear::Linear;
-use crate::nn::module::{Ctx, Module, VarBuilder};
+use crate::nn::module::{params_of, Ctx, Module, VarBuilder};
 use crate::ops;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -695,8 +695,6 @@ impl<T: Element> Module<T> for Attention {
         Ok(self.forward_with_weights(tape, store, x, None, false)?.0)
     }
     fn params(&self) -> Vec<ParamId> {
-        let mut p = Module::<T>::params(&self.qkv);
-        p.extend(Module::<T>::params(&self.proj));
-        p
+        params_of::<T>(&[&self.qkv, &self.proj])
     }
 }

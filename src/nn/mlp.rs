@@ -21,7 +21,7 @@ use crate::init::Init;
 use crate::kernels::elementwise::{gelu_and_grad, mul_in_place};
 use crate::kernels::{col_sums, linear_into, matmul_into, MatLayout};
 use crate::nn::linear::Linear;
-use crate::nn::module::{Ctx, Module, VarBuilder};
+use crate::nn::module::{params_of, Ctx, Module, VarBuilder};
 
 use crate::ops;
 use crate::shape_err;
@@ -185,8 +185,6 @@ impl<T: Element> Module<T> for Mlp {
         mlp(tape, x, &w)
     }
     fn params(&self) -> Vec<ParamId> {
-        let mut p = Module::<T>::params(&self.fc1);
-        p.extend(Module::<T>::params(&self.fc2));
-        p
+        params_of::<T>(&[&self.fc1, &self.fc2])
     }
 }

@@ -18,7 +18,7 @@ pub mod sparse_linear;
 pub use activation::Activation;
 pub use dropout::{dropout, Dropout, KeepProb};
 pub use linear::Linear;
-pub use module::{Ctx, Module, Sequential, VarBuilder};
+pub use module::{params_of, Ctx, Module, Sequential, VarBuilder};
 
 pub use norm::{
     batch_norm, group_norm, instance_norm, layer_norm, norm_reference, norm_stats, BatchNorm,

@@ -87,6 +87,12 @@ pub trait Module<T: Element>: Send + Sync {
     }
 }
 
+/// The parameters of a parent's children, in order: what a composed module's
+/// [`Module::params`] returns.
+pub fn params_of<T: Element>(children: &[&dyn Module<T>]) -> Vec<ParamId> {
+    children.iter().flat_map(|c| c.params()).collect()
+}
+
 /// Modules applied one after the other (PyTorch's `nn.Sequential`; children are named `0`, `1`, …
 /// by the caller's `vb.pp(i)`).
 #[derive(Default)]
@@ -202,9 +208,7 @@ impl<'a, T: Element> VarBuilder<'a, T> {
                 tensors,
             },
             Backend::Bind { store } => Backend::Bind { store },
-            Backend::Shapes { shapes } => Backend::Shapes {
-                shapes,
-            },
+            Backend::Shapes { shapes } => Backend::Shapes { shapes },
         };
         VarBuilder { backend, prefix }
     }
