@@ -10,6 +10,14 @@ use nabla::nn::{Ctx, Module, VarBuilder};
 use nabla::{Element, ParamStore, Rng, Tape, Tensor, Var};
 use std::collections::BTreeMap;
 
+/// Training mode without dropout (the norms draw no random numbers).
+fn train_ctx() -> Ctx<'static> {
+    Ctx {
+        train: true,
+        rng: None,
+    }
+}
+
 fn fixture(name: &str) -> Option<BTreeMap<String, Tensor<f64>>> {
     let p = common::shared("fixtures/norm")?.join(format!("{name}.case1.safetensors"));
     Some(nabla::io::load_safetensors::<f64>(&p).unwrap())
@@ -275,7 +283,9 @@ fn bad_norm_inputs_are_errors() {
     let e = norm::group_norm(&mut tape, x, 4, None, None, 1e-5, None).unwrap_err();
     assert!(e.to_string().contains("divide"), "{e}");
     let mut store = ParamStore::<f32>::new();
-    assert!(norm::GroupNorm::new(&mut store, "gn", 4, 6, 1e-5, true).is_err());
+    let mut rng0 = Rng::new(0);
+    let vb = VarBuilder::init(&mut store, &mut rng0);
+    assert!(norm::GroupNorm::new(vb, 4, 6, 1e-5, true).is_err());
     assert!(norm::layer_norm(&mut tape, x, 4, None, None, 1e-5, None).is_err());
     assert!(norm::layer_norm(&mut tape, x, 1, None, None, -1.0, None).is_err());
     let w = tape.input(Tensor::ones(&[6]));
@@ -297,7 +307,15 @@ fn run_bn<T: Element>(
     mask: Option<&Tensor<T>>,
 ) -> Vec<Tensor<T>> {
     let mut store = ParamStore::<T>::new();
-    let mut bn = norm::BatchNorm::<T>::new(&mut store, "bn", 6, 1e-5, Some(0.1), true).unwrap();
+    let mut rng = Rng::new(0);
+    let bn = norm::BatchNorm::<T>::new(
+        VarBuilder::init(&mut store, &mut rng).pp("bn"),
+        6,
+        1e-5,
+        Some(0.1),
+        true,
+    )
+    .unwrap();
     store.get_mut(bn.weight.unwrap()).value = fx["weight"].cast();
     store.get_mut(bn.bias.unwrap()).value = fx["bias"].cast();
     let mut tape = Tape::<T>::new();
@@ -307,7 +325,8 @@ fn run_bn<T: Element>(
         let b = tape.param(&store, bn.bias.unwrap());
         norm::norm_reference(&mut tape, x, RefKind::Batch, Some(w), Some(b), 1e-5, mask).unwrap()
     } else {
-        bn.forward(&mut tape, &store, x, mask).unwrap()
+        bn.forward_masked(&mut tape, &store, x, mask, &train_ctx())
+            .unwrap()
     };
     tape.backward_with(y, fx["dy"].cast()).unwrap();
     tape.accumulate_grads(&mut store).unwrap();
@@ -316,8 +335,8 @@ fn run_bn<T: Element>(
         tape.grad(x).unwrap().clone(),
         store.by_name("bn.weight").unwrap().grad.clone(),
         store.by_name("bn.bias").unwrap().grad.clone(),
-        bn.running_mean.clone(),
-        bn.running_var.clone(),
+        bn.running_mean(),
+        bn.running_var(),
     ]
 }
 
@@ -441,36 +460,50 @@ fn batch_norm_gradcheck_train_eval_masked() {
 fn batch_norm_eval_uses_running_stats_and_4d_layout() {
     let mut rng = Rng::new(5);
     let mut store = ParamStore::<f64>::new();
-    let mut bn = norm::BatchNorm::<f64>::new(&mut store, "bn", 3, 1e-5, None, false).unwrap();
+    let bn = norm::BatchNorm::<f64>::new(
+        VarBuilder::init(&mut store, &mut Rng::new(0)).pp("bn"),
+        3,
+        1e-5,
+        None,
+        false,
+    )
+    .unwrap();
     let x = randn(&[4, 3, 2, 5], 1.0, &mut rng).map(|v| 2.0 * v + 1.0);
     let mut tape = Tape::<f64>::new();
     let xv = tape.input(x.clone());
-    bn.forward(&mut tape, &store, xv, None).unwrap();
+    bn.forward(&mut tape, &store, xv, &mut train_ctx()).unwrap();
     // Cumulative average with one batch: the batch statistics themselves.
     let st = norm::norm_stats(&x, RefKind::Batch, None).unwrap();
+    let (rm, rv) = (bn.running_mean(), bn.running_var());
     for ch in 0..3 {
-        assert!((bn.running_mean.data()[ch] - st.mean[ch]).abs() < 1e-14);
-        assert!((bn.running_var.data()[ch] - st.var[ch] * 40.0 / 39.0).abs() < 1e-13);
+        assert!((rm.data()[ch] - st.mean[ch]).abs() < 1e-14);
+        assert!((rv.data()[ch] - st.var[ch] * 40.0 / 39.0).abs() < 1e-13);
     }
-    bn.train(false);
     let mut tape = Tape::<f64>::no_grad();
     let xv = tape.constant(x.clone());
-    let y = bn.forward(&mut tape, &store, xv, None).unwrap();
+    let y = bn.forward(&mut tape, &store, xv, &mut Ctx::eval()).unwrap();
     let yd = tape.value(y).data();
     for (i, &xi) in x.data().iter().enumerate() {
         let ch = (i / 10) % 3;
-        let want = (xi - bn.running_mean.data()[ch]) / (bn.running_var.data()[ch] + 1e-5).sqrt();
+        let want = (xi - rm.data()[ch]) / (rv.data()[ch] + 1e-5).sqrt();
         assert!((yd[i] - want).abs() < 1e-12);
     }
-    assert_eq!(bn.num_batches_tracked, 1);
+    // Evaluation leaves the statistics alone.
+    assert_eq!(bn.num_batches_tracked(), 1);
+    assert_eq!(bn.running_mean(), rm);
     // A single value per channel cannot be normalized in training.
-    bn.train(true);
     let mut tape = Tape::<f64>::new();
     let one = tape.input(Tensor::zeros(&[1, 3]));
-    assert!(bn.forward(&mut tape, &store, one, None).is_err());
+    assert!(bn
+        .forward(&mut tape, &store, one, &mut train_ctx())
+        .is_err());
     let bad = Tensor::<f64>::ones(&[4, 3, 2]);
     let xv = tape.input(x);
-    assert!(bn.forward(&mut tape, &store, xv, Some(&bad)).is_err());
+    assert!(bn
+        .forward_masked(&mut tape, &store, xv, Some(&bad), &train_ctx())
+        .is_err());
+    // A failed training forward counts no batch.
+    assert_eq!(bn.num_batches_tracked(), 1);
 }
 
 #[test]
