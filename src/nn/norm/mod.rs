@@ -26,7 +26,7 @@
 //! **Files.** One concept each: [`mask`] (expanding a broadcast 0/1 mask), [`layout`] (the
 //! `(N, C, F)` sizes and the row layout shared by LayerNorm, GroupNorm and InstanceNorm),
 //! [`row_norm`] (the fused row-normalization op and `layer_norm`, `group_norm`,
-//! `instance_norm`), [`batch_norm`] (the fused per-channel op), [`reference`] (the same
+//! `instance_norm`), [`batch_norm`](mod@batch_norm) (the fused per-channel op), [`reference`] (the same
 //! normalizations unrolled into primitive ops, for testing), [`modules`] (`LayerNorm`,
 //! `GroupNorm`, `InstanceNorm`), [`batch_norm_module`] (`BatchNorm` with its running
 //! statistics), [`fused`] (one tape-free forward + backward, for benchmarks); [`affine`],

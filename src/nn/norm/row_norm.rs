@@ -15,6 +15,7 @@ use crate::kernels::norm::{
     affine_grad_sums, group_norm_backward_rows_on, group_norm_rows_on, layer_norm_backward_rows,
     layer_norm_rows, normalize_row, scale_shift, segment_input_grad, shifted_sums,
 };
+use crate::kernels::reduce::BIAS_GRAD_BLOCK as BLOCK;
 use crate::kernels::PAR_THRESHOLD;
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
@@ -178,8 +179,8 @@ fn row_backward<T: Element>(
             // LayerNorm fast path (per-element affine, no mask): one kernel call for the
             // task's rows; Σh, Σh·x̂ with h = g γ, then dx and the affine gradients. The
             // affine gradients gather in T partials over ≤ 32 rows (one add per element
-            // instead of a widening add), flushed into the f64 totals.
-            const FLUSH: usize = 32;
+            // instead of a widening add), flushed into the f64 totals: dβ = Σ_rows g is the
+            // bias-gradient kernel's scheme (kernels::reduce::bias_grad_into_on), step by step.
             let (mut dwt, mut dbt) = (vec![T::zero(); na], vec![T::zero(); na]);
             let (xs, gs) = (&x[r0 * l..(r0 + nrows) * l], &dy[r0 * l..(r0 + nrows) * l]);
             let dxs = if need_dx {
@@ -189,7 +190,7 @@ fn row_backward<T: Element>(
             };
             let (ms, rss) = (&mean[r0..r0 + nrows], &rstd[r0..r0 + nrows]);
             let parts = (&mut dwt[..], &mut dbt[..]);
-            layer_norm_backward_rows(xs, gs, w, ms, rss, FLUSH, dxs, parts, (&mut dw, &mut db));
+            layer_norm_backward_rows(xs, gs, w, ms, rss, BLOCK, dxs, parts, (&mut dw, &mut db));
             return (dw, db);
         }
         if mask.is_none() {
