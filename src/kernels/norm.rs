@@ -13,7 +13,7 @@
 //! are bit-identical on every path.
 
 use super::isa::{self, Isa};
-use super::reduce::{add_row, add_row_lanes, flush_partials};
+use super::reduce::{add_lanes_at, add_row, flush_partials};
 use super::{load, store};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
@@ -415,6 +415,7 @@ struct LnBackwardRow<'a> {
     c: (f32, f32),
     dx: Option<&'a mut [f32]>,
     dw: &'a mut [f32],
+    db: &'a mut [f32],
 }
 
 impl WithSimd for LnBackwardRow<'_> {
@@ -423,13 +424,14 @@ impl WithSimd for LnBackwardRow<'_> {
     fn with_simd<S: Simd>(self, s: S) {
         let (mu, rs) = (s.splat_f32s(self.mu), s.splat_f32s(self.rs));
         let (c1, c2) = (s.splat_f32s(self.c.0), s.splat_f32s(self.c.1));
-        let (x, g, w, dw) = (self.x, self.g, self.w, self.dw);
+        let (x, g, w, dw, db) = (self.x, self.g, self.w, self.dw, self.db);
         let mut dx = self.dx;
         let mut i = 0;
         while i < x.len() {
             let (xv, gv) = (load(s, x, i), load(s, g, i));
             let xh = s.mul_f32s(s.sub_f32s(xv, mu), rs);
             store(s, dw, i, s.add_f32s(load(s, dw, i), s.mul_f32s(gv, xh)));
+            add_lanes_at(s, db, i, gv);
             if let Some(dx) = dx.as_deref_mut() {
                 // σ̃⁻¹ (g γ − c₁ − x̂ c₂), as the scalar loop groups it.
                 let h = s.sub_f32s(s.mul_f32s(gv, load(s, w, i)), c1);
@@ -464,17 +466,7 @@ pub fn ln_backward_row<T: Element>(
     {
         let f = |v: T| v.as_f64() as f32;
         let dx = dx.map(|d| T::as_f32_mut(&mut d[..l]).expect("T is f32"));
-        struct WithBias<'a>(LnBackwardRow<'a>, &'a mut [f32]);
-        impl WithSimd for WithBias<'_> {
-            type Output = ();
-            #[inline(always)]
-            fn with_simd<S: Simd>(self, s: S) {
-                let g = self.0.g;
-                self.0.with_simd(s);
-                add_row_lanes(s, g, self.1);
-            }
-        }
-        let row = LnBackwardRow {
+        return isa::dispatch(LnBackwardRow {
             x,
             g,
             w,
@@ -483,8 +475,8 @@ pub fn ln_backward_row<T: Element>(
             c: (f(c1), f(c2)),
             dx,
             dw: dwf,
-        };
-        return isa::dispatch(WithBias(row, dbf));
+            db: dbf,
+        });
     }
     match dx {
         Some(dx) => {
@@ -603,9 +595,9 @@ pub fn layer_norm_backward_rows_on<T: Element>(
                         c,
                         dx: dxr,
                         dw: &mut *dwt,
+                        db: &mut *dbt,
                     }
                     .with_simd(s);
-                    add_row_lanes(s, gr, dbt);
                     if (r + 1) % self.flush == 0 || r + 1 == rows {
                         flush_partials(dwt, self.dw);
                         flush_partials(dbt, self.db);

@@ -15,6 +15,7 @@
 //! f64 rows (the gradient checks) take the plain loops.
 
 use super::isa::{self, Isa};
+use super::{load, store};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
 
@@ -178,6 +179,14 @@ pub(crate) fn add_row_lanes<S: Simd>(simd: S, row: &[f32], acc: &mut [f32]) {
     for (a, &r) in ta.iter_mut().zip(tr) {
         *a += r;
     }
+}
+
+/// The same step for one vector a fused kernel already holds: `acc[i..i + L] ← acc[i..i + L] + v`
+/// (a row's tail through the partial load and store). LayerNorm's backward adds `g` into `dβ`
+/// this way inside its `dx`/`dγ` loop, so the row is read once.
+#[inline(always)]
+pub(crate) fn add_lanes_at<S: Simd>(simd: S, acc: &mut [f32], i: usize, v: S::f32s) {
+    store(simd, acc, i, simd.add_f32s(load(simd, acc, i), v));
 }
 
 /// `accⱼ ← accⱼ + rowⱼ`, the plain loop (the definition of [`add_row_lanes`], and the f64 path).
@@ -417,7 +426,7 @@ mod tests {
     /// block of 32 rows, block totals in f64, the `inner` entries of a column in f64.
     fn bias_grad_definition(g: &[f32], cols: usize, inner: usize) -> Vec<f32> {
         let w = cols * inner;
-        let rows = if w == 0 { 0 } else { g.len() / w };
+        let rows = g.len().checked_div(w).unwrap_or(0);
         let mut total = vec![0.0f64; w];
         for block in (0..rows).step_by(32) {
             let mut part = vec![0.0f32; w];

@@ -199,7 +199,12 @@ impl<T: Element> BatchNorm<T> {
                 ));
             }
         }
-        if let Some(v) = stats.var.data().iter().find(|v| !(v.as_f64() >= 0.0)) {
+        if let Some(v) = stats
+            .var
+            .data()
+            .iter()
+            .find(|v| v.as_f64().is_nan() || v.as_f64() < 0.0)
+        {
             return Err(invalid!(
                 "BatchNorm: running_var must be non-negative, found {v}"
             ));
