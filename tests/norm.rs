@@ -10,6 +10,14 @@ use nabla::nn::{Ctx, Module, VarBuilder};
 use nabla::{Element, ParamStore, Rng, Tape, Tensor, Var};
 use std::collections::BTreeMap;
 
+/// Training mode without dropout (the norms draw no random numbers).
+fn train_ctx() -> Ctx<'static> {
+    Ctx {
+        train: true,
+        rng: None,
+    }
+}
+
 fn fixture(name: &str) -> Option<BTreeMap<String, Tensor<f64>>> {
     let p = common::shared("fixtures/norm")?.join(format!("{name}.case1.safetensors"));
     Some(nabla::io::load_safetensors::<f64>(&p).unwrap())
@@ -275,7 +283,9 @@ fn bad_norm_inputs_are_errors() {
     let e = norm::group_norm(&mut tape, x, 4, None, None, 1e-5, None).unwrap_err();
     assert!(e.to_string().contains("divide"), "{e}");
     let mut store = ParamStore::<f32>::new();
-    assert!(norm::GroupNorm::new(&mut store, "gn", 4, 6, 1e-5, true).is_err());
+    let mut rng0 = Rng::new(0);
+    let vb = VarBuilder::init(&mut store, &mut rng0);
+    assert!(norm::GroupNorm::new(vb, 4, 6, 1e-5, true).is_err());
     assert!(norm::layer_norm(&mut tape, x, 4, None, None, 1e-5, None).is_err());
     assert!(norm::layer_norm(&mut tape, x, 1, None, None, -1.0, None).is_err());
     let w = tape.input(Tensor::ones(&[6]));
@@ -297,7 +307,15 @@ fn run_bn<T: Element>(
     mask: Option<&Tensor<T>>,
 ) -> Vec<Tensor<T>> {
     let mut store = ParamStore::<T>::new();
-    let mut bn = norm::BatchNorm::<T>::new(&mut store, "bn", 6, 1e-5, Some(0.1), true).unwrap();
+    let mut rng = Rng::new(0);
+    let bn = norm::BatchNorm::<T>::new(
+        VarBuilder::init(&mut store, &mut rng).pp("bn"),
+        6,
+        1e-5,
+        Some(0.1),
+        true,
+    )
+    .unwrap();
     store.get_mut(bn.weight.unwrap()).value = fx["weight"].cast();
     store.get_mut(bn.bias.unwrap()).value = fx["bias"].cast();
     let mut tape = Tape::<T>::new();
@@ -307,7 +325,8 @@ fn run_bn<T: Element>(
         let b = tape.param(&store, bn.bias.unwrap());
         norm::norm_reference(&mut tape, x, RefKind::Batch, Some(w), Some(b), 1e-5, mask).unwrap()
     } else {
-        bn.forward(&mut tape, &store, x, mask).unwrap()
+        bn.forward_masked(&mut tape, &store, x, mask, &train_ctx())
+            .unwrap()
     };
     tape.backward_with(y, fx["dy"].cast()).unwrap();
     tape.accumulate_grads(&mut store).unwrap();
@@ -316,8 +335,8 @@ fn run_bn<T: Element>(
         tape.grad(x).unwrap().clone(),
         store.by_name("bn.weight").unwrap().grad.clone(),
         store.by_name("bn.bias").unwrap().grad.clone(),
-        bn.running_mean.clone(),
-        bn.running_var.clone(),
+        bn.running_mean(),
+        bn.running_var(),
     ]
 }
 
@@ -441,36 +460,50 @@ fn batch_norm_gradcheck_train_eval_masked() {
 fn batch_norm_eval_uses_running_stats_and_4d_layout() {
     let mut rng = Rng::new(5);
     let mut store = ParamStore::<f64>::new();
-    let mut bn = norm::BatchNorm::<f64>::new(&mut store, "bn", 3, 1e-5, None, false).unwrap();
+    let bn = norm::BatchNorm::<f64>::new(
+        VarBuilder::init(&mut store, &mut Rng::new(0)).pp("bn"),
+        3,
+        1e-5,
+        None,
+        false,
+    )
+    .unwrap();
     let x = randn(&[4, 3, 2, 5], 1.0, &mut rng).map(|v| 2.0 * v + 1.0);
     let mut tape = Tape::<f64>::new();
     let xv = tape.input(x.clone());
-    bn.forward(&mut tape, &store, xv, None).unwrap();
+    bn.forward(&mut tape, &store, xv, &mut train_ctx()).unwrap();
     // Cumulative average with one batch: the batch statistics themselves.
     let st = norm::norm_stats(&x, RefKind::Batch, None).unwrap();
+    let (rm, rv) = (bn.running_mean(), bn.running_var());
     for ch in 0..3 {
-        assert!((bn.running_mean.data()[ch] - st.mean[ch]).abs() < 1e-14);
-        assert!((bn.running_var.data()[ch] - st.var[ch] * 40.0 / 39.0).abs() < 1e-13);
+        assert!((rm.data()[ch] - st.mean[ch]).abs() < 1e-14);
+        assert!((rv.data()[ch] - st.var[ch] * 40.0 / 39.0).abs() < 1e-13);
     }
-    bn.train(false);
     let mut tape = Tape::<f64>::no_grad();
     let xv = tape.constant(x.clone());
-    let y = bn.forward(&mut tape, &store, xv, None).unwrap();
+    let y = bn.forward(&mut tape, &store, xv, &mut Ctx::eval()).unwrap();
     let yd = tape.value(y).data();
     for (i, &xi) in x.data().iter().enumerate() {
         let ch = (i / 10) % 3;
-        let want = (xi - bn.running_mean.data()[ch]) / (bn.running_var.data()[ch] + 1e-5).sqrt();
+        let want = (xi - rm.data()[ch]) / (rv.data()[ch] + 1e-5).sqrt();
         assert!((yd[i] - want).abs() < 1e-12);
     }
-    assert_eq!(bn.num_batches_tracked, 1);
+    // Evaluation leaves the statistics alone.
+    assert_eq!(bn.num_batches_tracked(), 1);
+    assert_eq!(bn.running_mean(), rm);
     // A single value per channel cannot be normalized in training.
-    bn.train(true);
     let mut tape = Tape::<f64>::new();
     let one = tape.input(Tensor::zeros(&[1, 3]));
-    assert!(bn.forward(&mut tape, &store, one, None).is_err());
+    assert!(bn
+        .forward(&mut tape, &store, one, &mut train_ctx())
+        .is_err());
     let bad = Tensor::<f64>::ones(&[4, 3, 2]);
     let xv = tape.input(x);
-    assert!(bn.forward(&mut tape, &store, xv, Some(&bad)).is_err());
+    assert!(bn
+        .forward_masked(&mut tape, &store, xv, Some(&bad), &train_ctx())
+        .is_err());
+    // A failed training forward counts no batch.
+    assert_eq!(bn.num_batches_tracked(), 1);
 }
 
 #[test]
@@ -596,6 +629,214 @@ fn four_d_layout_group_instance_layer_gradcheck_and_reference() {
     .is_err());
 }
 
+/// `w (x − μ_run)/√(σ²_run + ε) + b` per channel of `(N, C, F)`: BatchNorm's evaluation output.
+fn bn_eval_formula(
+    fx: &BTreeMap<String, Tensor<f64>>,
+    rm: &Tensor<f64>,
+    rv: &Tensor<f64>,
+) -> Tensor<f64> {
+    let x = &fx["x"];
+    let (c, f) = (x.shape()[1], x.shape()[2]);
+    Tensor::from_fn(x.shape(), |i| {
+        let ch = (i / f) % c;
+        let xh = (x.data()[i] - rm.data()[ch]) / (rv.data()[ch] + 1e-5).sqrt();
+        fx["weight"].data()[ch] * xh + fx["bias"].data()[ch]
+    })
+}
+
+/// A forward of `m` on the fixture's `x` in the mode of `ctx`: its output.
+fn bn_forward(
+    bn: &norm::BatchNorm<f64>,
+    store: &ParamStore<f64>,
+    fx: &BTreeMap<String, Tensor<f64>>,
+    ctx: &mut Ctx<'_>,
+) -> Tensor<f64> {
+    let mut tape = Tape::<f64>::no_grad();
+    let x = tape.constant(fx["x"].clone());
+    let y = bn.forward(&mut tape, store, x, ctx).unwrap();
+    tape.value(y).clone()
+}
+
+/// BatchNorm as a module: PyTorch's parameter and buffer names under its path (also through a
+/// `Sequential`), a training forward that reproduces the fixture (output and running statistics,
+/// 1e-10), a checkpoint of parameters + buffers loaded through `VarBuilder::load` whose
+/// evaluation output is `w (x − μ_run)/√(σ²_run + ε) + b` of the fixture's running statistics
+/// (1e-12) and bit-equal to the trained module's, and `Ctx::eval` vs a training `Ctx` switching
+/// the statistics (batch ones update the buffers, running ones leave them alone).
+#[test]
+fn batch_norm_module_buffers_checkpoint_and_modes() {
+    let Some(fx) = fixture("batch_norm") else {
+        return;
+    };
+    let mut store = ParamStore::<f64>::new();
+    let mut rng = Rng::new(0);
+    let bn = {
+        let mut vb = VarBuilder::init(&mut store, &mut rng);
+        let mut feats = vb.pp("features");
+        norm::BatchNorm::<f64>::new(feats.pp(1), 6, 1e-5, Some(0.1), true).unwrap()
+    };
+    let names: Vec<String> = bn.named_params(&store).into_iter().map(|p| p.0).collect();
+    assert_eq!(names, ["features.1.weight", "features.1.bias"]);
+    let bufs = bn.buffers();
+    let bnames: Vec<&str> = bufs.iter().map(|b| b.0.as_str()).collect();
+    assert_eq!(
+        bnames,
+        [
+            "features.1.running_mean",
+            "features.1.running_var",
+            "features.1.num_batches_tracked"
+        ]
+    );
+    assert_eq!(bufs[0].1, Tensor::zeros(&[6]));
+    assert_eq!(bufs[1].1, Tensor::ones(&[6]));
+    assert_eq!(bufs[2].1.shape(), &[] as &[usize]);
+    assert_eq!(bufs[2].1.data(), &[0.0]);
+    store.get_mut(bn.weight.unwrap()).value = fx["weight"].clone();
+    store.get_mut(bn.bias.unwrap()).value = fx["bias"].clone();
+
+    // Training mode: the fixture's output and running statistics.
+    let y = bn_forward(&bn, &store, &fx, &mut train_ctx());
+    assert!(y.max_abs_diff(&fx["y"]).unwrap() <= 1e-10);
+    for (k, name) in ["running_mean", "running_var"].iter().enumerate() {
+        let e = bn.buffers()[k].1.max_abs_diff(&fx[*name]).unwrap();
+        assert!(e <= 1e-10, "{name}: {e:.3e}");
+    }
+    assert_eq!(bn.num_batches_tracked(), 1);
+    let y_eval = bn_forward(&bn, &store, &fx, &mut Ctx::eval());
+
+    // A checkpoint: parameters and buffers by name, as a state dict.
+    let mut ckpt: BTreeMap<String, Tensor<f64>> = store
+        .iter()
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
+    ckpt.extend(nabla::nn::Sequential::new().push(bn.clone()).buffers());
+    assert_eq!(ckpt.len(), 5);
+    let mut store2 = ParamStore::<f64>::new();
+    let loaded = {
+        let mut vb = VarBuilder::load(&mut store2, &ckpt);
+        norm::BatchNorm::<f64>::new(vb.pp("features.1"), 6, 1e-5, Some(0.1), true).unwrap()
+    };
+    assert_eq!(loaded.running_stats(), bn.running_stats());
+    let got = bn_forward(&loaded, &store2, &fx, &mut Ctx::eval());
+    let want = bn_eval_formula(&fx, &fx["running_mean"], &fx["running_var"]);
+    let e = got.max_abs_diff(&want).unwrap();
+    assert!(e <= 1e-12, "eval after load: {e:.3e}");
+    assert_eq!(got, y_eval, "eval output of the loaded module");
+    assert_eq!(
+        loaded.num_batches_tracked(),
+        1,
+        "evaluation updates nothing"
+    );
+
+    // The mode picks the statistics: batch ones (the fixture's training output) or running ones.
+    let y_train = bn_forward(&loaded, &store2, &fx, &mut train_ctx());
+    assert!(y_train.max_abs_diff(&fx["y"]).unwrap() <= 1e-10);
+    assert!(
+        y_train.max_abs_diff(&got).unwrap() > 1e-2,
+        "train and eval outputs coincide"
+    );
+    assert_eq!(loaded.num_batches_tracked(), 2);
+    let st = norm::norm_stats(&fx["x"], RefKind::Batch, None).unwrap();
+    for ch in 0..6 {
+        let rm = 0.9 * fx["running_mean"].data()[ch] + 0.1 * st.mean[ch];
+        assert!((loaded.running_mean().data()[ch] - rm).abs() < 1e-14);
+    }
+
+    // A checkpoint with half the statistics, or a fractional batch count, is refused.
+    let mut half = ckpt.clone();
+    half.remove("features.1.running_var");
+    let mut s3 = ParamStore::<f64>::new();
+    let e = norm::BatchNorm::<f64>::new(
+        VarBuilder::load(&mut s3, &half).pp("features.1"),
+        6,
+        1e-5,
+        None,
+        true,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("features.1.running_var"), "{e}");
+    let mut frac = ckpt.clone();
+    frac.insert("features.1.num_batches_tracked".into(), Tensor::scalar(1.5));
+    let mut s4 = ParamStore::<f64>::new();
+    assert!(norm::BatchNorm::<f64>::new(
+        VarBuilder::load(&mut s4, &frac).pp("features.1"),
+        6,
+        1e-5,
+        None,
+        true
+    )
+    .is_err());
+    let mut s5 = ParamStore::<f64>::new();
+    let mut wrong = ckpt.clone();
+    wrong.insert("features.1.running_mean".into(), Tensor::zeros(&[5]));
+    assert!(norm::BatchNorm::<f64>::new(
+        VarBuilder::load(&mut s5, &wrong).pp("features.1"),
+        6,
+        1e-5,
+        None,
+        true
+    )
+    .is_err());
+}
+
+/// GroupNorm and InstanceNorm as modules loaded from the fixtures' weights under a path:
+/// the fixture outputs through `Module::forward` (1e-10), in either mode.
+#[test]
+fn group_and_instance_norm_modules_match_fixtures() {
+    for (name, groups) in [("group_norm_g2", Some(2)), ("instance_norm", None)] {
+        let Some(fx) = fixture(name) else { return };
+        let ckpt: BTreeMap<String, Tensor<f64>> = [
+            ("m.weight".to_string(), fx["weight"].clone()),
+            ("m.bias".to_string(), fx["bias"].clone()),
+        ]
+        .into();
+        let mut store = ParamStore::<f64>::new();
+        let m: Box<dyn Module<f64>> = {
+            let vb = VarBuilder::load(&mut store, &ckpt);
+            let mut vb = vb;
+            match groups {
+                Some(g) => Box::new(norm::GroupNorm::new(vb.pp("m"), g, 6, 1e-5, true).unwrap()),
+                None => Box::new(norm::InstanceNorm::new(vb.pp("m"), 6, 1e-5, true).unwrap()),
+            }
+        };
+        assert_eq!(m.params().len(), 2);
+        assert!(m.buffers().is_empty());
+        for mut ctx in [Ctx::eval(), train_ctx()] {
+            let mut tape = Tape::<f64>::no_grad();
+            let x = tape.constant(fx["x"].clone());
+            let y = m.forward(&mut tape, &store, x, &mut ctx).unwrap();
+            let e = tape.value(y).max_abs_diff(&fx["y"]).unwrap();
+            assert!(e <= 1e-10, "{name}: {e:.3e}");
+        }
+    }
+}
+
+/// LayerNorm's dβ is the bias-gradient kernel's: in f32, over more rows than one block
+/// (100 rows of 48, one parallel task), the fused backward's bias gradient equals
+/// `kernels::col_sums(dy)` bit for bit.
+#[test]
+fn layer_norm_bias_grad_is_the_bias_grad_kernel() {
+    let mut rng = Rng::new(13);
+    let (rows, d) = (100, 48);
+    let x: Tensor<f32> = randn(&[rows, d], 1.0, &mut rng).cast();
+    let dy: Tensor<f32> = randn(&[rows, d], 1.0, &mut rng).cast();
+    let mut store = ParamStore::<f32>::new();
+    let ln = norm::LayerNorm::new(
+        VarBuilder::init(&mut store, &mut Rng::new(0)).pp("ln"),
+        &[d],
+        1e-5,
+        true,
+    )
+    .unwrap();
+    let mut tape = Tape::<f32>::new();
+    let xv = tape.input(x);
+    let y = ln.forward(&mut tape, &store, xv, &mut Ctx::eval()).unwrap();
+    tape.backward_with(y, dy.clone()).unwrap();
+    tape.accumulate_grads(&mut store).unwrap();
+    let db = &store.by_name("ln.bias").unwrap().grad;
+    assert_eq!(db.data(), &nabla::kernels::col_sums(dy.data(), d)[..]);
+}
+
 /// The PyTorch fixtures, gradient checks and fused-vs-reference tests again on every other kernel path this CPU has
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
@@ -611,5 +852,8 @@ fn every_kernel_path() {
         "batch_norm_eval_uses_running_stats_and_4d_layout",
         "fused_forward_backward_equals_tape_path",
         "four_d_layout_group_instance_layer_gradcheck_and_reference",
+        "batch_norm_module_buffers_checkpoint_and_modes",
+        "group_and_instance_norm_modules_match_fixtures",
+        "layer_norm_bias_grad_is_the_bias_grad_kernel",
     ]);
 }

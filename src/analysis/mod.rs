@@ -5,6 +5,7 @@ pub mod dropout_identity;
 pub mod influence;
 pub mod min_norm;
 pub mod norm_exercise;
+pub mod norm_stats;
 pub mod padding;
 pub mod rnn;
 pub mod transformers_as_gnns;

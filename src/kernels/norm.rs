@@ -13,6 +13,7 @@
 //! are bit-identical on every path.
 
 use super::isa::{self, Isa};
+use super::reduce::{add_lanes_at, add_row, flush_partials};
 use super::{load, store};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
@@ -430,7 +431,7 @@ impl WithSimd for LnBackwardRow<'_> {
             let (xv, gv) = (load(s, x, i), load(s, g, i));
             let xh = s.mul_f32s(s.sub_f32s(xv, mu), rs);
             store(s, dw, i, s.add_f32s(load(s, dw, i), s.mul_f32s(gv, xh)));
-            store(s, db, i, s.add_f32s(load(s, db, i), gv));
+            add_lanes_at(s, db, i, gv);
             if let Some(dx) = dx.as_deref_mut() {
                 // σ̃⁻¹ (g γ − c₁ − x̂ c₂), as the scalar loop groups it.
                 let h = s.sub_f32s(s.mul_f32s(gv, load(s, w, i)), c1);
@@ -443,7 +444,9 @@ impl WithSimd for LnBackwardRow<'_> {
 }
 
 /// LayerNorm's backward row (no mask): with `x̂ = (x − μ) σ̃⁻¹`,
-/// `dγ += g x̂`, `dβ += g`, and, when `dx` is given, `dx = σ̃⁻¹ (g γ − c₁ − x̂ c₂)`.
+/// `dγ += g x̂`, `dβ += g` (the bias-gradient step of [`crate::kernels::reduce`], so `dβ` over
+/// the rows is the one bias-gradient kernel's), and, when `dx` is given,
+/// `dx = σ̃⁻¹ (g γ − c₁ − x̂ c₂)`.
 #[allow(clippy::too_many_arguments)]
 pub fn ln_backward_row<T: Element>(
     x: &[T],
@@ -482,17 +485,16 @@ pub fn ln_backward_row<T: Element>(
                 let (xv, gv) = (x[i], g[i]);
                 let xh = (xv - mu) * rs;
                 dw[i] += gv * xh;
-                db[i] += gv;
                 dx[i] = rs * (gv * w[i] - c1 - xh * c2);
             }
         }
         None => {
             for i in 0..l {
                 dw[i] += g[i] * ((x[i] - mu) * rs);
-                db[i] += g[i];
             }
         }
     }
+    add_row(g, db);
 }
 
 /// LayerNorm's backward over contiguous rows (no mask): per row `c₁ = mean(h)`,
@@ -536,12 +538,6 @@ pub fn layer_norm_backward_rows_on<T: Element>(
     }
     let l = x.len() / rows;
     let flush = flush.max(1);
-    let add = |tot: &mut [f64], part: &mut [T]| {
-        for (a, t) in tot.iter_mut().zip(part.iter_mut()) {
-            *a += t.as_f64();
-            *t = T::zero();
-        }
-    };
     let f32_dx = match dx.as_deref_mut() {
         Some(d) => T::as_f32_mut(d).map(Some),
         None => Some(None),
@@ -590,7 +586,6 @@ pub fn layer_norm_backward_rows_on<T: Element>(
                     .with_simd(s);
                     let c = ((s1 * inv_l) as f32, (s2 * inv_l) as f32);
                     let dxr = dx.as_deref_mut().map(|d| &mut d[r * l..(r + 1) * l]);
-                    let (dw, db) = (&mut *dwt, &mut *dbt);
                     LnBackwardRow {
                         x: xr,
                         g: gr,
@@ -599,19 +594,13 @@ pub fn layer_norm_backward_rows_on<T: Element>(
                         rs,
                         c,
                         dx: dxr,
-                        dw,
-                        db,
+                        dw: &mut *dwt,
+                        db: &mut *dbt,
                     }
                     .with_simd(s);
                     if (r + 1) % self.flush == 0 || r + 1 == rows {
-                        for (a, t) in self.dw.iter_mut().zip(dwt.iter_mut()) {
-                            *a += *t as f64;
-                            *t = 0.0;
-                        }
-                        for (a, t) in self.db.iter_mut().zip(dbt.iter_mut()) {
-                            *a += *t as f64;
-                            *t = 0.0;
-                        }
+                        flush_partials(dwt, self.dw);
+                        flush_partials(dbt, self.db);
                     }
                 }
             }
@@ -645,8 +634,8 @@ pub fn layer_norm_backward_rows_on<T: Element>(
         let dxr = dx.as_deref_mut().map(|d| &mut d[r * l..(r + 1) * l]);
         ln_backward_row(xr, gr, w, mu, rs, c, dxr, dwt, dbt);
         if (r + 1) % flush == 0 || r + 1 == rows {
-            add(dw, dwt);
-            add(db, dbt);
+            flush_partials(dwt, dw);
+            flush_partials(dbt, db);
         }
     }
 }

@@ -7,12 +7,15 @@
 //! `< L` entries are added one by one. The scalar path (`L = 1`) is the plain left-to-right
 //! loop, the definition. Paths therefore differ by rounding only; for `n` terms each result is
 //! within `(n − 1)·2⁻²⁴·Σ|tᵢ|` of the exact sum (the classic bound for any summation order),
-//! which the tests assert. Maxima are exact on every path. Column sums add the rows in order
-//! down each column, so they are bit-identical on every path (and independent of threads).
+//! which the tests assert. Maxima are exact on every path. Column sums — the one bias-gradient
+//! kernel, [`bias_grad_into_on`] — add the rows in order down each column (in blocks of
+//! [`BIAS_GRAD_BLOCK`] rows flushed into f64), so they are bit-identical on every path (and
+//! independent of threads).
 //!
 //! f64 rows (the gradient checks) take the plain loops.
 
 use super::isa::{self, Isa};
+use super::{load, store};
 use crate::tensor::Element;
 use pulp::{Simd, WithSimd};
 
@@ -158,20 +161,133 @@ pub fn axpy<T: Element>(alpha: T, x: &[T], y: &mut [T]) {
     axpy_on(isa::selected(), alpha, x, y)
 }
 
-/// Column sums of a `(rows, cols)` buffer into `out` (resized to `cols`): `outⱼ = Σᵢ gᵢⱼ`, the
-/// gradient of a bias broadcast over rows. Rows are added in order, so the result is the same
-/// on every path and thread count. `cols = 0` gives an empty vector.
-pub fn col_sums_into_on<T: Element>(isa: Isa, g: &[T], cols: usize, out: &mut Vec<T>) {
+/// Rows a bias-gradient partial (in the element type) takes before it is added into the f64
+/// totals: an f32 partial holds at most 32 terms, whatever the number of rows.
+pub const BIAS_GRAD_BLOCK: usize = 32;
+
+/// `accⱼ ← accⱼ + rowⱼ` in explicit lanes, inside an already dispatched SIMD context: the step
+/// of every bias gradient (fused kernels, LayerNorm's backward, call it on each row they hold).
+/// Each lane adds one entry into one accumulator, so every path gives the scalar path's bits.
+#[inline(always)]
+pub(crate) fn add_row_lanes<S: Simd>(simd: S, row: &[f32], acc: &mut [f32]) {
+    let n = row.len().min(acc.len());
+    let (hr, tr) = S::as_simd_f32s(&row[..n]);
+    let (ha, ta) = S::as_mut_simd_f32s(&mut acc[..n]);
+    for (a, &r) in ha.iter_mut().zip(hr) {
+        *a = simd.add_f32s(*a, r);
+    }
+    for (a, &r) in ta.iter_mut().zip(tr) {
+        *a += r;
+    }
+}
+
+/// The same step for one vector a fused kernel already holds: `acc[i..i + L] ← acc[i..i + L] + v`
+/// (a row's tail through the partial load and store). LayerNorm's backward adds `g` into `dβ`
+/// this way inside its `dx`/`dγ` loop, so the row is read once.
+#[inline(always)]
+pub(crate) fn add_lanes_at<S: Simd>(simd: S, acc: &mut [f32], i: usize, v: S::f32s) {
+    store(simd, acc, i, simd.add_f32s(load(simd, acc, i), v));
+}
+
+/// `accⱼ ← accⱼ + rowⱼ`, the plain loop (the definition of [`add_row_lanes`], and the f64 path).
+#[inline(always)]
+pub fn add_row<T: Element>(row: &[T], acc: &mut [T]) {
+    acc.iter_mut().zip(row).for_each(|(a, &r)| *a += r);
+}
+
+/// `totalⱼ ← totalⱼ + partⱼ` in f64 and `partⱼ ← 0`: a bias-gradient partial flushed after
+/// [`BIAS_GRAD_BLOCK`] rows and after the last.
+#[inline(always)]
+pub fn flush_partials<T: Element>(part: &mut [T], total: &mut [f64]) {
+    for (t, p) in total.iter_mut().zip(part.iter_mut()) {
+        *t += p.as_f64();
+        *p = T::zero();
+    }
+}
+
+/// The rows of a bias gradient in one dispatch: [`add_row_lanes`] per row, flushed every
+/// [`BIAS_GRAD_BLOCK`] rows.
+struct BiasRows<'a> {
+    g: &'a [f32],
+    part: &'a mut [f32],
+    total: &'a mut [f64],
+}
+
+impl WithSimd for BiasRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let w = self.part.len();
+        for (r, row) in self.g.chunks_exact(w).enumerate() {
+            add_row_lanes(simd, row, self.part);
+            if (r + 1) % BIAS_GRAD_BLOCK == 0 {
+                flush_partials(self.part, self.total);
+            }
+        }
+        flush_partials(self.part, self.total);
+    }
+}
+
+/// **The bias-gradient kernel.** The gradient of a bias of `cols` entries broadcast over the
+/// `rows` leading and `inner` trailing entries of `g (rows, cols, inner)`:
+/// `outⱼ = Σᵢ Σₖ g[i, j, k]`, into `out` (resized to `cols`). `inner = 1` is a bias over rows
+/// (`Linear`, attention, MLP: `db = Σ_rows dy`); `inner = F` a per-channel bias of
+/// `(N, C, F)` (`(C, 1, …)` broadcast).
+///
+/// Order, the same on every path and thread count (the definition): the rows are added in
+/// order, entry by entry, into partials in `T`; after every [`BIAS_GRAD_BLOCK`] rows and after
+/// the last, the partials are added into f64 totals; the `inner` totals of a column are added
+/// left to right in f64 and rounded to `T` once. Every addition is vertical (one entry into one
+/// accumulator), so the SIMD paths give the scalar path's bits, and an f32 result is within
+/// `(32 + inner)·2⁻²⁴·Σ|gᵢⱼₖ|` of the exact sum at any number of rows.
+pub fn bias_grad_into_on<T: Element>(
+    isa: Isa,
+    g: &[T],
+    (cols, inner): (usize, usize),
+    out: &mut Vec<T>,
+) {
     out.clear();
     out.resize(cols, T::zero());
-    if cols == 0 {
+    let w = cols * inner;
+    if w == 0 {
         return;
     }
-    isa::dispatch_on(isa, || {
-        for row in g.chunks_exact(cols) {
-            out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+    let mut part = vec![T::zero(); w];
+    let mut total = vec![0.0f64; w];
+    match (T::as_f32(g), T::as_f32_mut(&mut part)) {
+        (Some(gf), Some(pf)) => isa::dispatch_on(
+            isa,
+            BiasRows {
+                g: gf,
+                part: pf,
+                total: &mut total,
+            },
+        ),
+        _ => {
+            for (r, row) in g.chunks_exact(w).enumerate() {
+                add_row(row, &mut part);
+                if (r + 1) % BIAS_GRAD_BLOCK == 0 {
+                    flush_partials(&mut part, &mut total);
+                }
+            }
+            flush_partials(&mut part, &mut total);
         }
-    })
+    }
+    for (o, t) in out.iter_mut().zip(total.chunks_exact(inner)) {
+        *o = T::c(t.iter().fold(0.0f64, |s, &v| s + v));
+    }
+}
+
+/// [`bias_grad_into_on`] on the selected path.
+pub fn bias_grad_into<T: Element>(g: &[T], cols_inner: (usize, usize), out: &mut Vec<T>) {
+    bias_grad_into_on(isa::selected(), g, cols_inner, out)
+}
+
+/// Column sums of a `(rows, cols)` buffer into `out`: `outⱼ = Σᵢ gᵢⱼ`, the gradient of a bias
+/// broadcast over rows — [`bias_grad_into_on`] with `inner = 1`. `cols = 0` gives an empty
+/// vector.
+pub fn col_sums_into_on<T: Element>(isa: Isa, g: &[T], cols: usize, out: &mut Vec<T>) {
+    bias_grad_into_on(isa, g, (cols, 1), out)
 }
 
 /// [`col_sums_into_on`] on the selected path.
@@ -179,7 +295,7 @@ pub fn col_sums_into<T: Element>(g: &[T], cols: usize, out: &mut Vec<T>) {
     col_sums_into_on(isa::selected(), g, cols, out)
 }
 
-/// Column sums of a `(rows, cols)` buffer as a new vector: see [`col_sums_into_on`].
+/// Column sums of a `(rows, cols)` buffer as a new vector: see [`bias_grad_into_on`].
 pub fn col_sums<T: Element>(g: &[T], cols: usize) -> Vec<T> {
     let mut out = Vec::new();
     col_sums_into(g, cols, &mut out);
@@ -306,34 +422,89 @@ mod tests {
         }
     }
 
-    /// Column sums and the bias broadcast are bit-identical on every path and equal the plain
-    /// loops; f64 takes the same loops.
-    #[test]
-    fn col_sums_and_bias_rows_are_exact_on_every_path() {
-        let mut rng = Rng::new(9);
-        for (rows, cols) in [(1, 1), (3, 7), (17, 33), (64, 16), (5, 0)] {
-            let g = row(&mut rng, rows * cols);
-            let mut want = vec![0.0f32; cols];
-            for r in g
-                .chunks_exact(cols.max(1))
-                .take(if cols == 0 { 0 } else { rows })
-            {
-                for (w, &v) in want.iter_mut().zip(r) {
-                    *w += v;
+    /// The definition of the bias-gradient order, written out independently: f32 partials per
+    /// block of 32 rows, block totals in f64, the `inner` entries of a column in f64.
+    fn bias_grad_definition(g: &[f32], cols: usize, inner: usize) -> Vec<f32> {
+        let w = cols * inner;
+        let rows = g.len().checked_div(w).unwrap_or(0);
+        let mut total = vec![0.0f64; w];
+        for block in (0..rows).step_by(32) {
+            let mut part = vec![0.0f32; w];
+            for r in block..(block + 32).min(rows) {
+                for j in 0..w {
+                    part[j] += g[r * w + j];
                 }
+            }
+            for j in 0..w {
+                total[j] += part[j] as f64;
+            }
+        }
+        (0..cols)
+            .map(|c| total[c * inner..(c + 1) * inner].iter().sum::<f64>() as f32)
+            .collect()
+    }
+
+    /// The bias-gradient kernel is bit-identical on every path and equals its written-out
+    /// definition (rows up to 1000, so many blocks are flushed), lies within
+    /// `(32 + inner)·2⁻²⁴·Σ|g|` of the exact sum, and the bias broadcast adds rows; f64 takes
+    /// the same order.
+    #[test]
+    fn bias_grad_and_bias_rows_are_exact_on_every_path() {
+        let mut rng = Rng::new(9);
+        let shapes = [
+            (1, 1, 1),
+            (3, 7, 1),
+            (17, 33, 1),
+            (64, 16, 1),
+            (5, 0, 1),
+            (1000, 7, 1),
+            (33, 6, 5),
+            (4, 3, 17),
+            (0, 4, 2),
+        ];
+        for (rows, cols, inner) in shapes {
+            let g = row(&mut rng, rows * cols * inner);
+            let want = bias_grad_definition(&g, cols, inner);
+            let mut exact = vec![0.0f64; cols];
+            let mut abs = vec![0.0f64; cols];
+            for (i, &v) in g.iter().enumerate() {
+                exact[(i / inner.max(1)) % cols.max(1)] += v as f64;
+                abs[(i / inner.max(1)) % cols.max(1)] += (v as f64).abs();
             }
             for isa in isa::detected() {
                 let mut out = vec![9.0f32; 3];
-                col_sums_into_on(isa, &g, cols, &mut out);
-                assert_eq!(out, want, "{rows}×{cols} on {isa}");
+                bias_grad_into_on(isa, &g, (cols, inner), &mut out);
+                assert_eq!(out, want, "{rows}×{cols}×{inner} on {isa}");
+                let bound = (32 + inner) as f64 * 2f64.powi(-24);
+                for c in 0..cols {
+                    let e = (out[c] as f64 - exact[c]).abs();
+                    assert!(
+                        e <= bound * abs[c] + 1e-30,
+                        "{rows}×{cols}×{inner} col {c}: {e:e}"
+                    );
+                }
+                if inner == 1 {
+                    col_sums_into_on(isa, &g, cols, &mut out);
+                    assert_eq!(out, want, "col_sums {rows}×{cols} on {isa}");
+                }
             }
-            let bias = row(&mut rng, cols);
-            let mut buf = g.clone();
-            add_row_bias(&mut buf, &bias);
-            for (i, v) in buf.iter().enumerate() {
-                assert_eq!(*v, g[i] + bias[i % cols]);
+            if inner == 1 && cols > 0 {
+                let bias = row(&mut rng, cols);
+                let mut buf = g.clone();
+                add_row_bias(&mut buf, &bias);
+                for (i, v) in buf.iter().enumerate() {
+                    assert_eq!(*v, g[i] + bias[i % cols]);
+                }
             }
         }
+        // f64: the same order (2 columns × 2 inner entries over 40 rows of small integers, exact).
+        let g: Vec<f64> = (0..160).map(|i| (i % 7) as f64).collect();
+        let mut out = Vec::new();
+        bias_grad_into_on(Isa::Scalar, &g, (2, 2), &mut out);
+        let want: Vec<f64> = (0..2)
+            .map(|c| (0..160).filter(|i| (i / 2) % 2 == c).map(|i| g[i]).sum())
+            .collect();
+        assert_eq!(out, want);
         let g64 = vec![1.0f64, 2.0, 3.0, 4.0];
         assert_eq!(col_sums(&g64, 2), vec![4.0, 6.0]);
         assert_eq!(sum(&g64), 10.0);

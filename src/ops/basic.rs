@@ -2,7 +2,8 @@
 
 use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
-use crate::kernels::{col_sums_into, zip_into, zip_rows_into};
+use crate::kernels::reduce::bias_grad_into;
+use crate::kernels::{zip_into, zip_rows_into};
 use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 
@@ -120,10 +121,10 @@ pub fn reduce_to_shape<T: Element>(g: &Tensor<T>, shape: &[usize]) -> Tensor<T> 
         return g.clone();
     }
     let mut out = vec![T::zero(); shape.iter().product()];
-    if g.shape().ends_with(trim_leading_ones(shape)) && !shape.is_empty() {
-        // Broadcast along leading axes: column sums of g viewed (rows, numel of shape).
-        let m = out.len();
-        col_sums_into(g.data(), m, &mut out);
+    if let Some(view) = bias_view(g.shape(), shape) {
+        // A bias broadcast over leading and trailing axes (`(D)` over `(…, D)`, a per-channel
+        // `(C, 1, 1)` over `(N, C, H, W)`): the bias-gradient kernel.
+        bias_grad_into(g.data(), view, &mut out);
         return Tensor::from_parts(shape.to_vec(), out);
     }
     let s = bstrides(shape, g.shape());
@@ -131,6 +132,27 @@ pub fn reduce_to_shape<T: Element>(g: &Tensor<T>, shape: &[usize]) -> Tensor<T> 
     let gd = g.data();
     for_each_broadcast(g.shape(), &s, &zero, |o, i, _| out[i] += gd[o]);
     Tensor::from_parts(shape.to_vec(), out)
+}
+
+/// `(cols, inner)` when `shape`, broadcast to `gs`, is one contiguous run of `gs`'s axes with
+/// ones before and after it (then `g` is `(rows, cols, inner)` with the bias along `cols`).
+fn bias_view(gs: &[usize], shape: &[usize]) -> Option<(usize, usize)> {
+    let s = trim_leading_ones(shape);
+    if s.len() > gs.len() {
+        return None;
+    }
+    // `shape` right-aligned against `gs`, ones in front.
+    let pad = gs.len() - s.len();
+    let at = |a: usize| if a < pad { 1 } else { s[a - pad] };
+    let kept: Vec<usize> = (0..gs.len()).filter(|&a| at(a) != 1).collect();
+    let (a0, a1) = match (kept.first(), kept.last()) {
+        (Some(&a0), Some(&a1)) => (a0, a1 + 1),
+        _ => (gs.len(), gs.len()),
+    };
+    if (a0..a1).any(|a| at(a) != gs[a]) {
+        return None;
+    }
+    Some((gs[a0..a1].iter().product(), gs[a1..].iter().product()))
 }
 
 #[derive(Clone, Copy)]
@@ -295,5 +317,36 @@ mod tests {
             &[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
         );
         assert_eq!(reduce_to_shape(&b, &[1, 1]).data(), &[21.0]);
+    }
+
+    /// A per-channel bias `(C, 1, 1)` over `(N, C, H, W)` takes the bias-gradient kernel with
+    /// trailing entries; a shape with a gap, `(C, 1, W)`, the general loop; both give the
+    /// explicit sums (small integers: exact in any order).
+    #[test]
+    fn reduce_to_per_channel_and_gapped_shapes() {
+        let (n, c, h, w) = (3, 4, 2, 5);
+        let g = Tensor::<f64>::from_fn(&[n, c, h, w], |i| ((i * 7) % 11) as f64 - 5.0);
+        let at = |i: usize| g.data()[i];
+        let r = reduce_to_shape(&g, &[c, 1, 1]);
+        assert_eq!(r.shape(), &[c, 1, 1]);
+        for ch in 0..c {
+            let want: f64 = (0..g.numel())
+                .filter(|i| (i / (h * w)) % c == ch)
+                .map(at)
+                .sum();
+            assert_eq!(r.data()[ch], want, "channel {ch}");
+        }
+        assert_eq!(bias_view(&[n, c, h, w], &[c, 1, 1]), Some((c, h * w)));
+        assert_eq!(bias_view(&[n, c, h, w], &[c, 1, w]), None);
+        let r = reduce_to_shape(&g, &[c, 1, w]);
+        for ch in 0..c {
+            for x in 0..w {
+                let want: f64 = (0..g.numel())
+                    .filter(|i| (i / (h * w)) % c == ch && i % w == x)
+                    .map(at)
+                    .sum();
+                assert_eq!(r.data()[ch * w + x], want);
+            }
+        }
     }
 }
