@@ -1,13 +1,14 @@
 //! `nabla rnn …` and `nabla bench rnn`: the Elman RNN's external gradient interface, its
 //! gradient-flow analysis, the character-level language model, and the training-step benchmark.
 
+use crate::analysis::gated;
 use crate::analysis::rnn::{self as an, RnnProblem};
 use crate::bench::{self, BenchResult};
 use crate::cli::BenchCommon;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
-use crate::nn::rnn::{Activation, ElmanWeights, RnnWorkspace};
+use crate::nn::rnn::{Activation, CellKind, ElmanWeights, RnnWorkspace};
 use crate::outln;
 use crate::tensor::Tensor;
 use clap::{Args, Subcommand};
@@ -31,7 +32,13 @@ pub enum RnnCommand {
 
 #[derive(Args, Debug)]
 pub struct GradArgs {
-    /// safetensors with W (hidden, input), U (hidden, hidden), V (output, hidden), optional h0 (batch, hidden).
+    /// Recurrent cell: elman (W, U, V), lstm or gru (PyTorch's weight_ih, weight_hh, bias_ih,
+    /// bias_hh, and a readout V).
+    #[arg(long, default_value = "elman")]
+    pub cell: CellKind,
+    /// safetensors with W (hidden, input), U (hidden, hidden), V (output, hidden), optional h0
+    /// (batch, hidden); for lstm/gru weight_ih (G·hidden, input), weight_hh (G·hidden, hidden),
+    /// bias_ih, bias_hh (G·hidden), V (output, hidden), optional h0 (and c0 for lstm).
     #[arg(long)]
     pub params: PathBuf,
     /// safetensors with x (batch, time, input) and z (batch, time, output).
@@ -79,14 +86,22 @@ fn grad(a: &GradArgs) -> Result<()> {
     if a.truncate == Some(0) {
         return Err(invalid!("--truncate must be at least 1"));
     }
-    let p = an::load_problem(&a.params, &a.batch)?;
-    let v = an::grad_json(&p, a.truncate)?;
+    let (v, d) = match a.cell {
+        CellKind::Elman => {
+            let p = an::load_problem(&a.params, &a.batch)?;
+            (an::grad_json(&p, a.truncate)?, p.dims()?)
+        }
+        cell => {
+            let p = gated::load_problem(cell, &a.params, &a.batch)?;
+            (gated::grad_json(&p, a.truncate)?, p.dims()?)
+        }
+    };
     if a.json {
         outln!("{v}")?;
     } else {
-        let d = p.dims()?;
         outln!(
-            "batch {} time {} input {} hidden {} output {}{}",
+            "{} batch {} time {} input {} hidden {} output {}{}",
+            a.cell,
             d.batch,
             d.seq_len,
             d.input,

@@ -20,6 +20,7 @@ use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
 use crate::kernels::log_softmax_rows;
+use crate::nn::module::VarBuilder;
 use crate::nn::rnn::{Activation, ElmanRnn, ElmanRnnConfig, ForwardState, TbpttSchedule};
 use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig};
@@ -119,8 +120,7 @@ impl CharRnn {
         let mut store = ParamStore::new();
         let mut rng = Rng::new(config.seed);
         let rnn = ElmanRnn::new(
-            &mut store,
-            "rnn.",
+            VarBuilder::init(&mut store, &mut rng).pp("rnn"),
             ElmanRnnConfig {
                 input: vocab.len(),
                 hidden: config.hidden,
@@ -128,7 +128,6 @@ impl CharRnn {
                 activation: config.activation,
                 bias: true,
             },
-            &mut rng,
         )?;
         Ok(CharRnn {
             config,
@@ -157,7 +156,9 @@ impl CharRnn {
         let mut tape = Tape::<f32>::no_grad();
         let x = tape.constant(self.one_hot(ids, batch));
         let h = tape.constant(h0.clone());
-        let out = self.rnn.forward(&mut tape, &self.store, x, Some(h), None)?;
+        let out = self
+            .rnn
+            .forward_seq(&mut tape, &self.store, x, Some(h), None)?;
         Ok((tape.value(out.y).clone(), (*out.states).clone()))
     }
 
@@ -425,7 +426,7 @@ impl TrainModel<f32> for CharRnnTask {
         let out = self
             .model
             .rnn
-            .forward(&mut tape, &self.model.store, x, Some(h0), None)?;
+            .forward_seq(&mut tape, &self.model.store, x, Some(h0), None)?;
         self.peak_state_floats = self.peak_state_floats.max(out.states.hs.len());
         let logits = reshape(&mut tape, out.y, &[batch * len, v])?; // (B·len, V)
         let loss = cross_entropy(
