@@ -651,3 +651,94 @@ fn every_kernel_path() {
         "f32_fused_matches_f64",
     ]);
 }
+
+/// `rnn analyze --cell`: the three series on a small delay task, and their sanity: at t = T
+/// the total gradient is the last step's own term (equal series there), the Elman series is
+/// the single-cell analysis', everything finite, and a late error shrinks going back in time.
+#[test]
+fn cell_comparison_has_three_sensible_series() {
+    use nabla::analysis::rnn as an;
+    let (b, t, lag, h) = (3, 20, 4, 6);
+    let c = an::compare_cells(&CellKind::ALL, b, t, lag, h, 0.9, 2).unwrap();
+    assert_eq!(
+        c.cells.iter().map(|f| f.cell).collect::<Vec<_>>(),
+        ["elman", "lstm", "gru"]
+    );
+    let p = an::delay_problem(b, t, lag, h, 0.9, 2).unwrap();
+    let elman = an::grad_h_norms(&p).unwrap();
+    for f in &c.cells {
+        assert_eq!(f.grad_h_norm.len(), t, "{}", f.cell);
+        assert_eq!(f.last_loss_grad_h_norm.len(), t);
+        assert!(f.loss.is_finite() && f.loss > 0.0);
+        let (tot, last) = (&f.grad_h_norm, &f.last_loss_grad_h_norm);
+        assert!(tot.iter().chain(last).all(|v| v.is_finite() && *v >= 0.0));
+        assert!(
+            (tot[t - 1] - last[t - 1]).abs() <= 1e-12 * tot[t - 1],
+            "{}: {} vs {}",
+            f.cell,
+            tot[t - 1],
+            last[t - 1]
+        );
+        assert!(last[0] < last[t - 1], "{}: {last:?}", f.cell);
+        let want = last[t - 1 - lag] / last[t - 1];
+        assert!((f.ratio_over_lag - want).abs() <= 1e-12 * want);
+    }
+    for (a, e) in c.cells[0].grad_h_norm.iter().zip(&elman) {
+        assert!((a - e).abs() <= 1e-12 * e);
+    }
+    assert!(an::compare_cells(&[], b, t, lag, h, 0.9, 2).is_err());
+    // The CLI writes the same comparison.
+    let out = std::env::temp_dir().join(format!("rnn-gated-analyze-{}", std::process::id()));
+    let (code, _, err) = nabla_bin(&[
+        "rnn",
+        "analyze",
+        "--cell",
+        "lstm,gru",
+        "--batch-size",
+        "3",
+        "--seq-len",
+        "20",
+        "--lag",
+        "4",
+        "--hidden",
+        "6",
+        "--seed",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cells.json")).unwrap()).unwrap();
+    let cells = j["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    assert_eq!(cells[0]["cell"], "lstm");
+    assert_eq!(
+        cells[0]["grad_h_norm"].as_array().unwrap().len(),
+        20,
+        "{cells:?}"
+    );
+    let got = cells[1]["last_loss_grad_h_norm"][0].as_f64().unwrap();
+    let want = c.cells[2].last_loss_grad_h_norm[0];
+    assert!((got - want).abs() <= 1e-12 * want);
+    assert!(out.join("cells.svg").exists());
+    assert!(
+        !out.join("analysis.json").exists(),
+        "no elman, no Elman analysis"
+    );
+    let (code, _, err) = nabla_bin(&[
+        "rnn",
+        "analyze",
+        "--cell",
+        "lstm",
+        "--params",
+        "p",
+        "--batch",
+        "b",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("delay-line"), "{err}");
+    std::fs::remove_dir_all(&out).ok();
+}

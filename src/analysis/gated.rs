@@ -256,6 +256,28 @@ impl<T: Element> GatedWeights<T> {
             false,
         );
     }
+    /// Forward only from a zero state: the readout `y (B, T, O)`.
+    pub fn outputs(&self, x: &Tensor<T>) -> Result<Tensor<T>> {
+        if x.ndim() != 3 {
+            return Err(shape_err!(
+                "gated_rnn",
+                "x must be (batch, time, input), got {:?}",
+                x.shape()
+            ));
+        }
+        let o = self.v.dim(0);
+        let zs = [x.dim(0), x.dim(1), o];
+        let d = self.check(x, &Tensor::zeros(&zs), None, None)?;
+        let x_tm = swap01(x.data(), d.batch, d.seq_len, d.input);
+        let zero = vec![T::zero(); d.batch * d.hidden];
+        let (mut st, mut row, mut y) = (CellState::default(), Vec::new(), Vec::new());
+        self.cell_forward(d, &x_tm, &zero, &zero, &mut st, &mut row);
+        self.readout(d, &st, &mut y);
+        Ok(Tensor::from_parts(
+            zs.to_vec(),
+            swap01(&y, d.seq_len, d.batch, d.output),
+        ))
+    }
     /// Loss and its (exact or chunked-truncated) gradients into `ws`; returns the loss.
     pub fn mse_bptt_ws(
         &self,

@@ -54,6 +54,11 @@ pub struct GradArgs {
 
 #[derive(Args, Debug)]
 pub struct AnalyzeArgs {
+    /// Cells to compare on the built-in delay-line task (comma-separated or repeated):
+    /// ‖∇_{h_t}L‖ over t side by side in cells.svg / cells.json. The Elman analysis
+    /// (analysis.json / analysis.svg) runs when elman is among them.
+    #[arg(long, value_delimiter = ',', default_value = "elman,lstm,gru")]
+    pub cell: Vec<CellKind>,
     /// Weights as for `rnn grad` (with --batch); without them, the built-in delay-line example.
     #[arg(long, requires = "batch")]
     pub params: Option<PathBuf>,
@@ -75,7 +80,7 @@ pub struct AnalyzeArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output folder: analysis.json and analysis.svg (and analysis.png with --png).
+    /// Output folder: analysis.json, analysis.svg, cells.json, cells.svg (and PNGs with --png).
     #[arg(long, default_value = "rnn-analysis")]
     pub out: PathBuf,
     #[arg(long)]
@@ -120,12 +125,55 @@ fn grad(a: &GradArgs) -> Result<()> {
 }
 
 fn analyze(a: &AnalyzeArgs) -> Result<()> {
+    let gated = a.cell.iter().any(|&c| c != CellKind::Elman);
+    if a.params.is_some() && gated {
+        return Err(invalid!(
+            "--params holds Elman weights (W, U, V): the lstm/gru comparison runs on the built-in delay-line task; drop --params or use --cell elman"
+        ));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
+    if a.cell.len() > 1 || gated {
+        let c = an::compare_cells(
+            &a.cell,
+            a.batch_size,
+            a.seq_len,
+            a.lag,
+            a.hidden,
+            a.gain,
+            a.seed,
+        )?;
+        let jpath = a.out.join("cells.json");
+        let text =
+            serde_json::to_string_pretty(&c).map_err(|e| NablaError::Other(e.to_string()))?;
+        crate::io::atomic_write(&jpath, text.as_bytes())?;
+        let spath = a.out.join("cells.svg");
+        an::plot_cells(&c, &spath)?;
+        if a.png {
+            an::plot_cells(&c, &a.out.join("cells.png"))?;
+        }
+        for f in &c.cells {
+            let lt = &f.last_loss_grad_h_norm;
+            outln!(
+                "{:>5}: loss {:.6}  ‖∇h_t L_T‖ t=T {:.4e}, t=T−{} {:.4e} (ratio {:.3e}), t=1 {:.4e}",
+                f.cell,
+                f.loss,
+                lt.last().copied().unwrap_or(0.0),
+                c.lag,
+                lt.get(c.seq_len - 1 - c.lag).copied().unwrap_or(0.0),
+                f.ratio_over_lag,
+                lt.first().copied().unwrap_or(0.0)
+            )?;
+        }
+        outln!("wrote {} and {}", jpath.display(), spath.display())?;
+        if !a.cell.contains(&CellKind::Elman) {
+            return Ok(());
+        }
+    }
     let p: RnnProblem = match (&a.params, &a.batch) {
         (Some(pp), Some(bp)) => an::load_problem(pp, bp)?,
         _ => an::delay_problem(a.batch_size, a.seq_len, a.lag, a.hidden, a.gain, a.seed)?,
     };
     let res = an::analyze(&p, &a.ks)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
     let jpath = a.out.join("analysis.json");
     let text = serde_json::to_string_pretty(&res).map_err(|e| NablaError::Other(e.to_string()))?;
     crate::io::atomic_write(&jpath, text.as_bytes())?;
