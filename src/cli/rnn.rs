@@ -1,7 +1,7 @@
 //! `nabla rnn …` and `nabla bench rnn`: the Elman RNN's external gradient interface, its
 //! gradient-flow analysis, the character-level language model, and the training-step benchmark.
 
-use crate::analysis::gated;
+use crate::analysis::gated::{self, GatedWeights, GatedWorkspace};
 use crate::analysis::rnn::{self as an, RnnProblem};
 use crate::bench::{self, BenchResult};
 use crate::cli::BenchCommon;
@@ -212,6 +212,10 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
 pub struct BenchRnnArgs {
     #[command(flatten)]
     pub common: BenchCommon,
+    /// Recurrent cell: elman (the assignment's sigmoid RNN), lstm or gru (PyTorch's cells with a
+    /// linear readout); compare with `scripts/bench_rnn.py --cell …` (torch.nn.LSTM / GRU).
+    #[arg(long, default_value = "elman")]
+    pub cell: CellKind,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     #[arg(long, default_value_t = 64)]
@@ -254,12 +258,20 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         a.input as f64,
         a.output as f64,
     );
+    let g = a.cell.gates() as f64;
     for &h in &a.hidden {
         let h = h as f64;
+        // Gated cells keep per step the gates (G·H), states and cell states, and their
+        // gradients; the Elman RNN 4·H.
+        let per_step = if a.cell == CellKind::Elman {
+            4.0 * h
+        } else {
+            2.0 * g * h + 5.0 * h
+        };
         crate::memory::Estimate::new()
-            .f32s("weights and gradients", 2.0 * (h * i + h * h + o * h))
+            .f32s("weights and gradients", 2.0 * (g * h * (i + h) + o * h))
             .f32s("the batch", b * t * (i + o))
-            .f32s("the tape", b * t * (4.0 * h + 2.0 * o))
+            .f32s("the tape", b * t * (per_step + 2.0 * o))
             .check(&format!("bench rnn --hidden {h}"))?;
     }
     let mut out = Vec::new();
@@ -272,23 +284,45 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
     });
     for &h in &a.hidden {
         let mut rng = Rng::new(a.seed);
-        let mut w =
+        // Elman: the assignment's sigmoid RNN; lstm/gru: PyTorch's cells at their default init.
+        let mut elman =
             ElmanWeights::<f32>::random(a.input, h, a.output, Activation::Sigmoid, 1.0, &mut rng);
+        let mut gated = match a.cell {
+            CellKind::Elman => None,
+            cell => Some(GatedWeights::<f32>::random(
+                cell, a.input, h, a.output, &mut rng,
+            )?),
+        };
         let x = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.input], |_| rng.normal() as f32);
         let z = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.output], |_| rng.normal() as f32);
         let mut err = None;
         // Buffers reused across steps, as a training loop holds them.
         let mut ws = RnnWorkspace::new();
+        let mut gws = GatedWorkspace::default();
         let mut cpu = Vec::new();
+        let name = match a.cell {
+            CellKind::Elman => "rnn_train_step",
+            CellKind::Lstm => "lstm_train_step",
+            CellKind::Gru => "gru_train_step",
+        };
+        let activation = match a.cell {
+            CellKind::Elman => "sigmoid",
+            _ => "gates",
+        };
         let mut r = bench::run(
-            "rnn_train_step",
-            json!({"batch": a.batch, "input": a.input, "hidden": h, "output": a.output,
-                   "seq_len": a.seq_len, "truncate": a.truncate, "activation": "sigmoid",
-                   "dtype": "f32", "threads": rayon::current_num_threads()}),
+            name,
+            json!({"cell": a.cell.name(), "batch": a.batch, "input": a.input, "hidden": h,
+                   "output": a.output, "seq_len": a.seq_len, "truncate": a.truncate,
+                   "activation": activation, "dtype": "f32",
+                   "threads": rayon::current_num_threads()}),
             &a.common.options(),
             || {
                 let c0 = thread_cpu_s();
-                if let Err(e) = w.sgd_step_ws(&mut ws, &x, &z, None, 1e-6, a.truncate) {
+                let res = match gated.as_mut() {
+                    None => elman.sgd_step_ws(&mut ws, &x, &z, None, 1e-6, a.truncate),
+                    Some(w) => w.sgd_step_ws(&mut gws, &x, &z, 1e-6, a.truncate),
+                };
+                if let Err(e) = res {
                     err = Some(e);
                 }
                 if let (Some(c0), Some(c1)) = (c0, thread_cpu_s()) {
@@ -299,8 +333,10 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         if let Some(e) = err {
             return Err(e);
         }
-        // Multiply-adds per step: forward 2·T·B·H·(I + H + O), backward twice that.
-        let flops = 6.0 * (a.seq_len * a.batch * h * (a.input + h + a.output)) as f64;
+        // Multiply-adds per step: forward 2·T·B·H·(G·(I + H) + O) with G gate blocks (1 for
+        // the Elman RNN, 4 LSTM, 3 GRU), backward twice that.
+        let gates = a.cell.gates();
+        let flops = 6.0 * (a.seq_len * a.batch * h * (gates * (a.input + h) + a.output)) as f64;
         r.extra
             .insert("gflops".into(), json!(flops / r.median_s / 1e9));
         r.extra.insert("fma_peak_gflops".into(), json!(peak));
