@@ -380,6 +380,33 @@ fn modules_use_pytorch_names_and_load_by_them() {
     assert!(e.to_string().contains("input = 3"), "{e}");
     let mut vb = VarBuilder::init(&mut store, &mut rng);
     assert!(Lstm::new(vb.pp("bad"), 0, 4, true).is_err());
+    // The Elman RNN on the same machinery: dotted names, a Module whose output is y (B, T, O).
+    let mut es = ParamStore::<f64>::new();
+    let cfg = nabla::nn::rnn::ElmanRnnConfig {
+        input: 3,
+        hidden: 4,
+        output: 2,
+        activation: nabla::nn::Activation::Tanh,
+        bias: true,
+    };
+    let mut vb = VarBuilder::init(&mut es, &mut rng);
+    let e = nabla::nn::rnn::ElmanRnn::new(vb.pp("enc").pp("rnn"), cfg).unwrap();
+    let names: Vec<_> = es.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            "enc.rnn.W",
+            "enc.rnn.U",
+            "enc.rnn.V",
+            "enc.rnn.b_h",
+            "enc.rnn.b_y"
+        ]
+    );
+    assert_eq!(Module::<f64>::params(&e).len(), 5);
+    let mut tape = Tape::new();
+    let x = tape.constant(randn(&[2, 5, 3], 1.0, &mut rng));
+    let y = e.forward(&mut tape, &es, x, &mut Ctx::eval()).unwrap();
+    assert_eq!(tape.shape(y), [2, 5, 2]);
 }
 
 // ---------------------------------------------------------------- fixtures and `nabla rnn grad`

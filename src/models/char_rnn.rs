@@ -1,6 +1,8 @@
-//! Character-level language model: one-hot characters → Elman RNN (tanh or sigmoid, with
-//! biases) → linear readout → softmax cross-entropy, trained by Williams & Peng's TBPTT(k1, k2)
-//! over `batch` parallel streams of the text, with gradient-norm clipping and Adam.
+//! Character-level language model: one-hot characters → a recurrent cell (`--cell`: the Elman
+//! RNN, tanh or sigmoid, with biases and its own readout; or an LSTM / GRU with a linear readout
+//! `head`, see [`crate::models::char_cell`]) → softmax cross-entropy, trained by Williams &
+//! Peng's TBPTT(k1, k2) over `batch` parallel streams of the text, with gradient-norm clipping
+//! and Adam.
 //!
 //! Streaming: every `k1` steps, the window of the last `k2` steps is run forward from the
 //! (detached) state at its start with the current weights, and the losses of its last `k1`
@@ -10,9 +12,10 @@
 //! Training runs on the shared [`crate::train::Trainer`] through [`CharRnnTask`]: progress bar or
 //! plain logs, `metrics.jsonl` (`val_loss` in nats and `val_bpc` in bits per character),
 //! atomic checkpoints in `OUT/checkpoint/` (weights `rnn.W`, `rnn.U`, `rnn.V`, `rnn.b_h`,
-//! `rnn.b_y`, the carried state `state.h`, the Adam moments, and the [`CharRnnConfig`] as the
-//! model config in `state.json`), exact `--resume`, NaN stop, SIGINT/SIGTERM/SIGHUP and
-//! `--time-limit` stops with a checkpoint, `best/` on the validation loss, and a plot at the end.
+//! `rnn.b_y` — or `rnn.weight_ih`, `rnn.weight_hh`, `rnn.bias_ih`, `rnn.bias_hh`, `head.weight`,
+//! `head.bias` —, the carried state `state.h` (and the LSTM's `state.c`), the Adam moments, and
+//! the [`CharRnnConfig`] as the model config in `state.json`), exact `--resume`, NaN stop,
+//! SIGINT/SIGTERM/SIGHUP and `--time-limit` stops with a checkpoint, `best/` on the validation loss, and a plot at the end.
 
 use crate::autograd::{ParamStore, Tape};
 use crate::data::text::{embedded_reber, CharCorpus, CharStreams, Vocab};
