@@ -9,6 +9,7 @@ fn args(out: &Path) -> TrainArgs {
     TrainArgs {
         text: None,
         hidden: 24,
+        cell: Default::default(),
         activation: "tanh".into(),
         k1: 8,
         k2: 12,

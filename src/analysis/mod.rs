@@ -2,6 +2,8 @@
 //! reproductions call them); their plots are drawn by [`crate::plot`].
 
 pub mod dropout_identity;
+pub mod elman;
+pub mod gated;
 pub mod influence;
 pub mod min_norm;
 pub mod norm_exercise;

@@ -6,11 +6,12 @@
 //! Everything works on an [`RnnProblem`] (weights + one batch) in f64, and is cheap on the small
 //! examples of the exercises.
 
+use crate::analysis::gated::GatedWeights;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::io;
 use crate::nn::rnn::{
-    forward_tm, mse_grad, swap01, Activation, BackwardOptions, ElmanWeights, SeqDims,
+    forward_tm, mse_grad, swap01, Activation, BackwardOptions, CellKind, ElmanWeights, SeqDims,
 };
 use crate::tensor::Tensor;
 use crate::{invalid, shape_err};
@@ -526,6 +527,182 @@ pub fn plot(a: &RnnAnalysis, path: &Path) -> Result<()> {
                     Series::new("cosine", ks(|t| t.cosine), Mark::LinePoints),
                     Series::new("relative error", ks(|t| t.rel_error), Mark::LinePoints),
                 ],
+            },
+        ],
+    )
+}
+
+/// Gradient flow of one cell on the delay-line task: how the gradient reaching `h_t` decays
+/// going back in time.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellFlow {
+    pub cell: &'static str,
+    pub loss: f64,
+    /// `‖∇_{h_t}L‖` (Frobenius over the batch), t = 1..T: every step's loss and the recursion.
+    pub grad_h_norm: Vec<f64>,
+    /// `‖∇_{h_t}L_T‖`, t = 1..T: the gradient of the last step's loss alone, i.e. how much of
+    /// a late error signal survives the way back to step t — the vanishing-gradient curve.
+    pub last_loss_grad_h_norm: Vec<f64>,
+    /// `‖∇_{h_{T−lag}}L_T‖ / ‖∇_{h_T}L_T‖`: what survives over the task's delay.
+    pub ratio_over_lag: f64,
+}
+
+/// The three cells side by side on the same delay-line task: the Elman RNN of
+/// [`delay_problem`], an LSTM and a GRU with PyTorch's default initialization `U(±1/√hidden)`
+/// drawn from the same seed; same `x`, `z`, sizes (input 1, output 1).
+#[derive(Clone, Debug, Serialize)]
+pub struct CellComparison {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub lag: usize,
+    pub hidden: usize,
+    pub seed: u64,
+    pub cells: Vec<CellFlow>,
+}
+
+fn frob_per_step(v: &[f64], bh: usize) -> Vec<f64> {
+    v.chunks(bh.max(1))
+        .map(|c| c.iter().map(|x| x * x).sum::<f64>().sqrt())
+        .collect()
+}
+
+/// `∇_{h_t}L` for the total loss and for the last step's loss alone, `(T, B, H)` each, of the
+/// Elman problem `p`.
+fn elman_flows(p: &RnnProblem) -> Result<(f64, Vec<f64>, Vec<f64>)> {
+    use crate::nn::rnn::backward_tm;
+    let d = p.dims()?;
+    let wr = p.weights.as_ref();
+    let x_tm = swap01(p.x.data(), d.batch, d.seq_len, d.input);
+    let z_tm = swap01(p.z.data(), d.batch, d.seq_len, d.output);
+    let h0 =
+        p.h0.as_ref()
+            .map_or_else(|| vec![0.0; d.batch * d.hidden], |h| h.data().to_vec());
+    let st = forward_tm(&wr, d, &x_tm, &h0);
+    let (loss, mut gy) = mse_grad(&st.y, &z_tm);
+    let opts = BackwardOptions {
+        keep_grad_h: true,
+        ..Default::default()
+    };
+    let all = backward_tm(&wr, &x_tm, &st, &gy, None, &opts)
+        .grad_h
+        .unwrap_or_default();
+    let bo = d.batch * d.output;
+    let last = d.seq_len.saturating_sub(1) * bo;
+    gy[..last].iter_mut().for_each(|g| *g = 0.0);
+    let lt = backward_tm(&wr, &x_tm, &st, &gy, None, &opts)
+        .grad_h
+        .unwrap_or_default();
+    Ok((loss, all, lt))
+}
+
+/// Runs the comparison for `cells` on `delay_problem(batch, seq_len, lag, hidden, gain, seed)`.
+pub fn compare_cells(
+    cells: &[CellKind],
+    batch: usize,
+    seq_len: usize,
+    lag: usize,
+    hidden: usize,
+    gain: f64,
+    seed: u64,
+) -> Result<CellComparison> {
+    if cells.is_empty() {
+        return Err(invalid!("--cell needs at least one of elman, lstm, gru"));
+    }
+    let p = delay_problem(batch, seq_len, lag, hidden, gain, seed)?;
+    let bh = batch * hidden;
+    let mut out = Vec::new();
+    for &cell in cells {
+        let (loss, all, last) = match cell {
+            CellKind::Elman => elman_flows(&p)?,
+            _ => {
+                let w = GatedWeights::<f64>::random(cell, 1, hidden, 1, &mut Rng::new(seed))?;
+                let opts = BackwardOptions {
+                    keep_grad_h: true,
+                    ..Default::default()
+                };
+                let g = w.mse_bptt(&p.x, &p.z, None, None, &opts)?;
+                // The last step's loss alone: targets equal to the outputs elsewhere (zero
+                // residual), so only step T's error is backpropagated.
+                let mut zl = p.z.clone();
+                let y = w.outputs(&p.x)?;
+                let (t, o) = (seq_len, 1);
+                for b in 0..batch {
+                    for s in 0..t - 1 {
+                        let k = (b * t + s) * o;
+                        zl.data_mut()[k] = y.data()[k];
+                    }
+                }
+                let gl = w.mse_bptt(&p.x, &zl, None, None, &opts)?;
+                let gh = |g: &crate::analysis::gated::GatedBptt<f64>| {
+                    g.grad_h
+                        .as_ref()
+                        .map(|t| t.data().to_vec())
+                        .unwrap_or_default()
+                };
+                (g.loss, gh(&g), gh(&gl))
+            }
+        };
+        if !loss.is_finite() {
+            return Err(NablaError::NonFinite(format!("{cell}: the loss is {loss}")));
+        }
+        let lt = frob_per_step(&last, bh);
+        let end = lt.last().copied().unwrap_or(0.0);
+        let at_lag = lt.get(seq_len - 1 - lag).copied().unwrap_or(0.0);
+        out.push(CellFlow {
+            cell: cell.name(),
+            loss,
+            grad_h_norm: frob_per_step(&all, bh),
+            last_loss_grad_h_norm: lt,
+            ratio_over_lag: if end > 0.0 { at_lag / end } else { 0.0 },
+        });
+    }
+    Ok(CellComparison {
+        batch,
+        seq_len,
+        lag,
+        hidden,
+        seed,
+        cells: out,
+    })
+}
+
+/// The cells side by side: `‖∇_{h_t}L_T‖` (the last step's error going back) and `‖∇_{h_t}L‖`,
+/// log scale, one series per cell. SVG or PNG by the file extension.
+pub fn plot_cells(c: &CellComparison, path: &Path) -> Result<()> {
+    use crate::plot::{write_charts, Axis, Chart, Mark, Series};
+    let t_end = c.seq_len.max(1) as f64;
+    let series = |f: fn(&CellFlow) -> &Vec<f64>| -> Vec<Series> {
+        c.cells
+            .iter()
+            .map(|cf| {
+                // A zero cannot go on a log axis (an exactly vanished gradient): left out.
+                let pts = f(cf)
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v > 0.0)
+                    .map(|(i, &v)| ((i + 1) as f64, v))
+                    .collect();
+                Series::new(cf.cell, pts, Mark::LinePoints)
+            })
+            .collect()
+    };
+    write_charts(
+        path,
+        &[
+            Chart {
+                title: format!(
+                    "Last step's error going back (T = {}, lag {}, H = {})",
+                    c.seq_len, c.lag, c.hidden
+                ),
+                x: Axis::new("time step t").integer().range(1.0, t_end),
+                y: Axis::new("‖∇h_t L_T‖ (gradient norm, log scale)").log(),
+                series: series(|f| &f.last_loss_grad_h_norm),
+            },
+            Chart {
+                title: "Total gradient reaching each state".into(),
+                x: Axis::new("time step t").integer().range(1.0, t_end),
+                y: Axis::new("‖∇h_t L‖ (gradient norm, log scale)").log(),
+                series: series(|f| &f.grad_h_norm),
             },
         ],
     )

@@ -1,13 +1,14 @@
 //! `nabla rnn …` and `nabla bench rnn`: the Elman RNN's external gradient interface, its
 //! gradient-flow analysis, the character-level language model, and the training-step benchmark.
 
+use crate::analysis::gated::{self, GatedWeights, GatedWorkspace};
 use crate::analysis::rnn::{self as an, RnnProblem};
 use crate::bench::{self, BenchResult};
 use crate::cli::BenchCommon;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
-use crate::nn::rnn::{Activation, ElmanWeights, RnnWorkspace};
+use crate::nn::rnn::{Activation, CellKind, ElmanWeights, RnnWorkspace};
 use crate::outln;
 use crate::tensor::Tensor;
 use clap::{Args, Subcommand};
@@ -31,7 +32,13 @@ pub enum RnnCommand {
 
 #[derive(Args, Debug)]
 pub struct GradArgs {
-    /// safetensors with W (hidden, input), U (hidden, hidden), V (output, hidden), optional h0 (batch, hidden).
+    /// Recurrent cell: elman (W, U, V), lstm or gru (PyTorch's weight_ih, weight_hh, bias_ih,
+    /// bias_hh, and a readout V).
+    #[arg(long, default_value = "elman")]
+    pub cell: CellKind,
+    /// safetensors with W (hidden, input), U (hidden, hidden), V (output, hidden), optional h0
+    /// (batch, hidden); for lstm/gru weight_ih (G·hidden, input), weight_hh (G·hidden, hidden),
+    /// bias_ih, bias_hh (G·hidden), V (output, hidden), optional h0 (and c0 for lstm).
     #[arg(long)]
     pub params: PathBuf,
     /// safetensors with x (batch, time, input) and z (batch, time, output).
@@ -47,6 +54,11 @@ pub struct GradArgs {
 
 #[derive(Args, Debug)]
 pub struct AnalyzeArgs {
+    /// Cells to compare on the built-in delay-line task (comma-separated or repeated):
+    /// ‖∇_{h_t}L‖ over t side by side in cells.svg / cells.json. The Elman analysis
+    /// (analysis.json / analysis.svg) runs when elman is among them.
+    #[arg(long, value_delimiter = ',', default_value = "elman,lstm,gru")]
+    pub cell: Vec<CellKind>,
     /// Weights as for `rnn grad` (with --batch); without them, the built-in delay-line example.
     #[arg(long, requires = "batch")]
     pub params: Option<PathBuf>,
@@ -68,7 +80,7 @@ pub struct AnalyzeArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output folder: analysis.json and analysis.svg (and analysis.png with --png).
+    /// Output folder: analysis.json, analysis.svg, cells.json, cells.svg (and PNGs with --png).
     #[arg(long, default_value = "rnn-analysis")]
     pub out: PathBuf,
     #[arg(long)]
@@ -79,14 +91,22 @@ fn grad(a: &GradArgs) -> Result<()> {
     if a.truncate == Some(0) {
         return Err(invalid!("--truncate must be at least 1"));
     }
-    let p = an::load_problem(&a.params, &a.batch)?;
-    let v = an::grad_json(&p, a.truncate)?;
+    let (v, d) = match a.cell {
+        CellKind::Elman => {
+            let p = an::load_problem(&a.params, &a.batch)?;
+            (an::grad_json(&p, a.truncate)?, p.dims()?)
+        }
+        cell => {
+            let p = gated::load_problem(cell, &a.params, &a.batch)?;
+            (gated::grad_json(&p, a.truncate)?, p.dims()?)
+        }
+    };
     if a.json {
         outln!("{v}")?;
     } else {
-        let d = p.dims()?;
         outln!(
-            "batch {} time {} input {} hidden {} output {}{}",
+            "{} batch {} time {} input {} hidden {} output {}{}",
+            a.cell,
             d.batch,
             d.seq_len,
             d.input,
@@ -105,12 +125,55 @@ fn grad(a: &GradArgs) -> Result<()> {
 }
 
 fn analyze(a: &AnalyzeArgs) -> Result<()> {
+    let gated = a.cell.iter().any(|&c| c != CellKind::Elman);
+    if a.params.is_some() && gated {
+        return Err(invalid!(
+            "--params holds Elman weights (W, U, V): the lstm/gru comparison runs on the built-in delay-line task; drop --params or use --cell elman"
+        ));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
+    if a.cell.len() > 1 || gated {
+        let c = an::compare_cells(
+            &a.cell,
+            a.batch_size,
+            a.seq_len,
+            a.lag,
+            a.hidden,
+            a.gain,
+            a.seed,
+        )?;
+        let jpath = a.out.join("cells.json");
+        let text =
+            serde_json::to_string_pretty(&c).map_err(|e| NablaError::Other(e.to_string()))?;
+        crate::io::atomic_write(&jpath, text.as_bytes())?;
+        let spath = a.out.join("cells.svg");
+        an::plot_cells(&c, &spath)?;
+        if a.png {
+            an::plot_cells(&c, &a.out.join("cells.png"))?;
+        }
+        for f in &c.cells {
+            let lt = &f.last_loss_grad_h_norm;
+            outln!(
+                "{:>5}: loss {:.6}  ‖∇h_t L_T‖ t=T {:.4e}, t=T−{} {:.4e} (ratio {:.3e}), t=1 {:.4e}",
+                f.cell,
+                f.loss,
+                lt.last().copied().unwrap_or(0.0),
+                c.lag,
+                lt.get(c.seq_len - 1 - c.lag).copied().unwrap_or(0.0),
+                f.ratio_over_lag,
+                lt.first().copied().unwrap_or(0.0)
+            )?;
+        }
+        outln!("wrote {} and {}", jpath.display(), spath.display())?;
+        if !a.cell.contains(&CellKind::Elman) {
+            return Ok(());
+        }
+    }
     let p: RnnProblem = match (&a.params, &a.batch) {
         (Some(pp), Some(bp)) => an::load_problem(pp, bp)?,
         _ => an::delay_problem(a.batch_size, a.seq_len, a.lag, a.hidden, a.gain, a.seed)?,
     };
     let res = an::analyze(&p, &a.ks)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
     let jpath = a.out.join("analysis.json");
     let text = serde_json::to_string_pretty(&res).map_err(|e| NablaError::Other(e.to_string()))?;
     crate::io::atomic_write(&jpath, text.as_bytes())?;
@@ -149,6 +212,10 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
 pub struct BenchRnnArgs {
     #[command(flatten)]
     pub common: BenchCommon,
+    /// Recurrent cell: elman (the assignment's sigmoid RNN), lstm or gru (PyTorch's cells with a
+    /// linear readout); compare with `scripts/bench_rnn.py --cell …` (torch.nn.LSTM / GRU).
+    #[arg(long, default_value = "elman")]
+    pub cell: CellKind,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     #[arg(long, default_value_t = 64)]
@@ -191,12 +258,20 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         a.input as f64,
         a.output as f64,
     );
+    let g = a.cell.gates() as f64;
     for &h in &a.hidden {
         let h = h as f64;
+        // Gated cells keep per step the gates (G·H), states and cell states, and their
+        // gradients; the Elman RNN 4·H.
+        let per_step = if a.cell == CellKind::Elman {
+            4.0 * h
+        } else {
+            2.0 * g * h + 5.0 * h
+        };
         crate::memory::Estimate::new()
-            .f32s("weights and gradients", 2.0 * (h * i + h * h + o * h))
+            .f32s("weights and gradients", 2.0 * (g * h * (i + h) + o * h))
             .f32s("the batch", b * t * (i + o))
-            .f32s("the tape", b * t * (4.0 * h + 2.0 * o))
+            .f32s("the tape", b * t * (per_step + 2.0 * o))
             .check(&format!("bench rnn --hidden {h}"))?;
     }
     let mut out = Vec::new();
@@ -209,23 +284,45 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
     });
     for &h in &a.hidden {
         let mut rng = Rng::new(a.seed);
-        let mut w =
+        // Elman: the assignment's sigmoid RNN; lstm/gru: PyTorch's cells at their default init.
+        let mut elman =
             ElmanWeights::<f32>::random(a.input, h, a.output, Activation::Sigmoid, 1.0, &mut rng);
+        let mut gated = match a.cell {
+            CellKind::Elman => None,
+            cell => Some(GatedWeights::<f32>::random(
+                cell, a.input, h, a.output, &mut rng,
+            )?),
+        };
         let x = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.input], |_| rng.normal() as f32);
         let z = Tensor::<f32>::from_fn(&[a.batch, a.seq_len, a.output], |_| rng.normal() as f32);
         let mut err = None;
         // Buffers reused across steps, as a training loop holds them.
         let mut ws = RnnWorkspace::new();
+        let mut gws = GatedWorkspace::default();
         let mut cpu = Vec::new();
+        let name = match a.cell {
+            CellKind::Elman => "rnn_train_step",
+            CellKind::Lstm => "lstm_train_step",
+            CellKind::Gru => "gru_train_step",
+        };
+        let activation = match a.cell {
+            CellKind::Elman => "sigmoid",
+            _ => "gates",
+        };
         let mut r = bench::run(
-            "rnn_train_step",
-            json!({"batch": a.batch, "input": a.input, "hidden": h, "output": a.output,
-                   "seq_len": a.seq_len, "truncate": a.truncate, "activation": "sigmoid",
-                   "dtype": "f32", "threads": rayon::current_num_threads()}),
+            name,
+            json!({"cell": a.cell.name(), "batch": a.batch, "input": a.input, "hidden": h,
+                   "output": a.output, "seq_len": a.seq_len, "truncate": a.truncate,
+                   "activation": activation, "dtype": "f32",
+                   "threads": rayon::current_num_threads()}),
             &a.common.options(),
             || {
                 let c0 = thread_cpu_s();
-                if let Err(e) = w.sgd_step_ws(&mut ws, &x, &z, None, 1e-6, a.truncate) {
+                let res = match gated.as_mut() {
+                    None => elman.sgd_step_ws(&mut ws, &x, &z, None, 1e-6, a.truncate),
+                    Some(w) => w.sgd_step_ws(&mut gws, &x, &z, 1e-6, a.truncate),
+                };
+                if let Err(e) = res {
                     err = Some(e);
                 }
                 if let (Some(c0), Some(c1)) = (c0, thread_cpu_s()) {
@@ -236,8 +333,10 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
         if let Some(e) = err {
             return Err(e);
         }
-        // Multiply-adds per step: forward 2·T·B·H·(I + H + O), backward twice that.
-        let flops = 6.0 * (a.seq_len * a.batch * h * (a.input + h + a.output)) as f64;
+        // Multiply-adds per step: forward 2·T·B·H·(G·(I + H) + O) with G gate blocks (1 for
+        // the Elman RNN, 4 LSTM, 3 GRU), backward twice that.
+        let gates = a.cell.gates();
+        let flops = 6.0 * (a.seq_len * a.batch * h * (gates * (a.input + h) + a.output)) as f64;
         r.extra
             .insert("gflops".into(), json!(flops / r.median_s / 1e9));
         r.extra.insert("fma_peak_gflops".into(), json!(peak));

@@ -14,6 +14,7 @@
 //!   or plain sums), per-edge head dots, segment maxima, per-edge row sums, row scatter-adds,
 //!   CSR/CSC × dense products and the segment (edge) softmax;
 //! - [`transpose`]: 16 rows ↔ 16-lane vectors, the layout change of the lane-batched kernels;
+//! - [`rnn`]: the recurrent ops' layout changes, squared-error loss and LSTM/GRU gate updates;
 //! - [`peak`]: the machine's ceilings the benchmarks report against — FMA peak and copy
 //!   bandwidth, on one and on all threads.
 //!
@@ -34,6 +35,7 @@ pub mod norm;
 pub mod optim;
 pub mod peak;
 pub mod reduce;
+pub mod rnn;
 pub mod small_mm;
 pub mod softmax;
 pub mod sparse;

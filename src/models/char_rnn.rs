@@ -1,6 +1,8 @@
-//! Character-level language model: one-hot characters → Elman RNN (tanh or sigmoid, with
-//! biases) → linear readout → softmax cross-entropy, trained by Williams & Peng's TBPTT(k1, k2)
-//! over `batch` parallel streams of the text, with gradient-norm clipping and Adam.
+//! Character-level language model: one-hot characters → a recurrent cell (`--cell`: the Elman
+//! RNN, tanh or sigmoid, with biases and its own readout; or an LSTM / GRU with a linear readout
+//! `head`, see [`crate::models::char_cell`]) → softmax cross-entropy, trained by Williams &
+//! Peng's TBPTT(k1, k2) over `batch` parallel streams of the text, with gradient-norm clipping
+//! and Adam.
 //!
 //! Streaming: every `k1` steps, the window of the last `k2` steps is run forward from the
 //! (detached) state at its start with the current weights, and the losses of its last `k1`
@@ -10,9 +12,10 @@
 //! Training runs on the shared [`crate::train::Trainer`] through [`CharRnnTask`]: progress bar or
 //! plain logs, `metrics.jsonl` (`val_loss` in nats and `val_bpc` in bits per character),
 //! atomic checkpoints in `OUT/checkpoint/` (weights `rnn.W`, `rnn.U`, `rnn.V`, `rnn.b_h`,
-//! `rnn.b_y`, the carried state `state.h`, the Adam moments, and the [`CharRnnConfig`] as the
-//! model config in `state.json`), exact `--resume`, NaN stop, SIGINT/SIGTERM/SIGHUP and
-//! `--time-limit` stops with a checkpoint, `best/` on the validation loss, and a plot at the end.
+//! `rnn.b_y` — or `rnn.weight_ih`, `rnn.weight_hh`, `rnn.bias_ih`, `rnn.bias_hh`, `head.weight`,
+//! `head.bias` —, the carried state `state.h` (and the LSTM's `state.c`), the Adam moments, and
+//! the [`CharRnnConfig`] as the model config in `state.json`), exact `--resume`, NaN stop,
+//! SIGINT/SIGTERM/SIGHUP and `--time-limit` stops with a checkpoint, `best/` on the validation loss, and a plot at the end.
 
 use crate::autograd::{ParamStore, Tape};
 use crate::data::text::{embedded_reber, CharCorpus, CharStreams, Vocab};
@@ -20,7 +23,9 @@ use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
 use crate::kernels::log_softmax_rows;
-use crate::nn::rnn::{Activation, ElmanRnn, ElmanRnnConfig, ForwardState, TbpttSchedule};
+use crate::models::char_cell::{CharCell, SeqStates, StreamState};
+use crate::nn::module::VarBuilder;
+use crate::nn::rnn::{Activation, CellKind, TbpttSchedule};
 use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig};
 use crate::outln;
@@ -55,6 +60,14 @@ pub struct CharRnnConfig {
     /// `None` = the built-in Reber corpus.
     pub text: Option<String>,
     pub text_chars: usize,
+    /// The recurrent cell; omitted from the JSON for the Elman RNN so runs saved before it
+    /// existed still resume.
+    #[serde(default, skip_serializing_if = "is_elman")]
+    pub cell: CellKind,
+}
+
+fn is_elman(c: &CellKind) -> bool {
+    *c == CellKind::Elman
 }
 
 impl CharRnnConfig {
@@ -78,11 +91,10 @@ impl CharRnnConfig {
             .check("the character model")
     }
 
-    /// Parameters of an Elman RNN from a vocabulary of `v` characters to itself:
-    /// `W (H, V)`, `U (H, H)`, `b (H)`, `V (V, H)`, `c (V)`.
+    /// Parameters of the model from a vocabulary of `v` characters to itself
+    /// ([`CharCell::num_params`]).
     fn num_params(&self, v: f64) -> f64 {
-        let h = self.hidden as f64;
-        2.0 * v * h + h * h + h + v
+        CharCell::num_params(self.cell, v, self.hidden as f64)
     }
 
     /// The memory of one TBPTT(k1, k2) update with Adam: the weights with their gradients,
@@ -95,7 +107,7 @@ impl CharRnnConfig {
             .f32s("weights and optimizer state", 5.0 * self.num_params(v))
             .f32s(
                 format!("the k2 = {}-step window", self.k2),
-                (self.k2 as f64 + 1.0) * b * (4.0 * v + 3.0 * h),
+                (self.k2 as f64 + 1.0) * b * (4.0 * v + CharCell::floats_per_step(self.cell, h)),
             )
     }
 }
@@ -104,11 +116,12 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
-/// The model: an [`ElmanRnn`] whose input and output are the vocabulary.
+/// The model: a recurrent cell ([`CharCell`]: Elman, LSTM or GRU) whose input and output are
+/// the vocabulary.
 pub struct CharRnn {
     pub config: CharRnnConfig,
     pub vocab: Vocab,
-    pub rnn: ElmanRnn,
+    pub rnn: CharCell,
     pub store: ParamStore<f32>,
 }
 
@@ -118,17 +131,12 @@ impl CharRnn {
         let vocab = Vocab::from_chars(&config.vocab)?;
         let mut store = ParamStore::new();
         let mut rng = Rng::new(config.seed);
-        let rnn = ElmanRnn::new(
-            &mut store,
-            "rnn.",
-            ElmanRnnConfig {
-                input: vocab.len(),
-                hidden: config.hidden,
-                output: vocab.len(),
-                activation: config.activation,
-                bias: true,
-            },
-            &mut rng,
+        let rnn = CharCell::new(
+            VarBuilder::init(&mut store, &mut rng),
+            config.cell,
+            vocab.len(),
+            config.hidden,
+            config.activation,
         )?;
         Ok(CharRnn {
             config,
@@ -147,18 +155,21 @@ impl CharRnn {
         Tensor::new(&[batch, ids.len() / batch, v], x).expect("sizes agree")
     }
 
-    /// Forward without gradient over `ids (B·T)` from `h0 (B, H)`: logits `(B, T, V)` and states.
+    /// Forward without gradient over `ids (B·T)` from `state`: logits `(B, T, V)` and states.
     pub fn forward_nograd(
         &self,
         ids: &[usize],
         batch: usize,
-        h0: &Tensor<f32>,
-    ) -> Result<(Tensor<f32>, ForwardState<f32>)> {
+        state: &StreamState,
+    ) -> Result<(Tensor<f32>, SeqStates)> {
         let mut tape = Tape::<f32>::no_grad();
         let x = tape.constant(self.one_hot(ids, batch));
-        let h = tape.constant(h0.clone());
-        let out = self.rnn.forward(&mut tape, &self.store, x, Some(h), None)?;
-        Ok((tape.value(out.y).clone(), (*out.states).clone()))
+        let (y, states) = self.rnn.forward(&mut tape, &self.store, x, state)?;
+        Ok((tape.value(y).clone(), states))
+    }
+    /// The zero state of `batch` streams.
+    pub fn zero_state(&self, batch: usize) -> StreamState {
+        StreamState::zeros(self.config.cell, batch, self.config.hidden)
     }
 
     /// Mean cross-entropy (nats per character) of `ids` read as `batch` contiguous segments, each
@@ -170,7 +181,7 @@ impl CharRnn {
         let b = batch.clamp(1, (ids.len() - 1).max(1));
         let seg = (ids.len() - 1) / b;
         let v = self.vocab.len();
-        let mut h = Tensor::zeros(&[b, self.config.hidden]);
+        let mut h = self.zero_state(b);
         let (mut total, mut count) = (0.0f64, 0usize);
         let mut s = 0;
         while s < seg {
@@ -188,7 +199,7 @@ impl CharRnn {
                 total -= row[t] as f64;
             }
             count += y.len();
-            h = st.state(e - s);
+            h = st.at(e - s);
             s = e;
         }
         let nats = total / count as f64;
@@ -212,9 +223,8 @@ impl CharRnn {
         }
         let v = self.vocab.len();
         let mut rng = Rng::new(seed);
-        let (logits, st) =
-            self.forward_nograd(&ids, 1, &Tensor::zeros(&[1, self.config.hidden]))?;
-        let mut h = st.state(ids.len());
+        let (logits, st) = self.forward_nograd(&ids, 1, &self.zero_state(1))?;
+        let mut h = st.at(ids.len());
         let mut last: Vec<f32> = logits.data()[(ids.len() - 1) * v..].to_vec();
         let mut out = String::new();
         for _ in 0..len {
@@ -241,7 +251,7 @@ impl CharRnn {
             };
             out.push(self.vocab.char(next));
             let (lg, st) = self.forward_nograd(&[next], 1, &h)?;
-            h = st.state(1);
+            h = st.at(1);
             last = lg.into_data();
         }
         Ok(out)
@@ -259,6 +269,9 @@ pub struct TrainArgs {
     pub text: Option<PathBuf>,
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
+    /// Recurrent cell: elman, lstm or gru.
+    #[arg(long, default_value = "elman")]
+    pub cell: CellKind,
     /// Hidden nonlinearity: tanh, sigmoid or relu.
     #[arg(long, default_value = "tanh")]
     pub activation: String,
@@ -346,8 +359,9 @@ fn json_err(e: serde_json::Error) -> NablaError {
     NablaError::Other(format!("JSON: {e}"))
 }
 
-/// Name of the carried stream state in checkpoints.
+/// Names of the carried stream state in checkpoints (`state.c`: the LSTM's cell state).
 const STATE_H: &str = "state.h";
+const STATE_C: &str = "state.c";
 
 /// Streaming TBPTT(k1, k2) training of a [`CharRnn`] as a [`TrainModel`] for the shared
 /// [`Trainer`].
@@ -363,8 +377,8 @@ pub struct CharRnnTask {
     pub corpus: CharCorpus,
     streams: CharStreams,
     sched: TbpttSchedule,
-    /// State at the start of the next window, `(B, H)`.
-    pub h: Tensor<f32>,
+    /// State at the start of the next window, `(B, H)` (and the LSTM's `c`).
+    pub state: StreamState,
     /// Largest window state seen, in floats: `(k2 + 1)·batch·hidden` at most.
     pub peak_state_floats: usize,
 }
@@ -374,13 +388,13 @@ impl CharRnnTask {
         let c = &model.config;
         let sched = TbpttSchedule::new(c.k1, c.k2)?;
         let streams = CharStreams::new(corpus.train.len(), c.batch)?;
-        let h = Tensor::zeros(&[c.batch, c.hidden]);
+        let state = model.zero_state(c.batch);
         Ok(CharRnnTask {
             model,
             corpus,
             streams,
             sched,
-            h,
+            state,
             peak_state_floats: 0,
         })
     }
@@ -421,13 +435,12 @@ impl TrainModel<f32> for CharRnnTask {
         let v = self.model.vocab.len();
         let mut tape = Tape::<f32>::new();
         let x = tape.constant(self.model.one_hot(&xi, batch));
-        let h0 = tape.constant(self.h.clone());
-        let out = self
+        let (y, states) = self
             .model
             .rnn
-            .forward(&mut tape, &self.model.store, x, Some(h0), None)?;
-        self.peak_state_floats = self.peak_state_floats.max(out.states.hs.len());
-        let logits = reshape(&mut tape, out.y, &[batch * len, v])?; // (B·len, V)
+            .forward(&mut tape, &self.model.store, x, &self.state)?;
+        self.peak_state_floats = self.peak_state_floats.max(states.floats());
+        let logits = reshape(&mut tape, y, &[batch * len, v])?; // (B·len, V)
         let loss = cross_entropy(
             &mut tape,
             logits,
@@ -446,7 +459,7 @@ impl TrainModel<f32> for CharRnnTask {
         tape.accumulate_grads(&mut self.model.store)?;
         // The next window starts k2 − k1 steps before the next update's end.
         let next = self.sched.window_ending(end + k1, end);
-        self.h = out.states.state(next.start - win.start);
+        self.state = states.at(next.start - win.start);
         Ok(StepOutput::new(lv, batch * k1))
     }
     fn evaluate(&mut self) -> Result<Metrics> {
@@ -469,28 +482,44 @@ impl TrainModel<f32> for CharRnnTask {
         serde_json::to_value(&self.model.config).expect("the config serializes")
     }
     fn state_tensors(&self) -> Vec<(String, Tensor<f32>)> {
-        vec![(STATE_H.into(), self.h.clone())]
+        let mut v = vec![(STATE_H.into(), self.state.h.clone())];
+        v.extend(self.state.c.clone().map(|c| (STATE_C.into(), c)));
+        v
     }
     fn load_state_tensors(&mut self, tensors: &BTreeMap<String, Tensor<f32>>) -> Result<()> {
-        let h = tensors
-            .get(STATE_H)
-            .ok_or_else(|| invalid!("the checkpoint has no {STATE_H} (carried stream state)"))?;
-        check_state_h(h, &self.model.config)?;
-        self.h = h.clone();
+        self.state = stream_state(tensors, &self.model.config)?;
         Ok(())
     }
 }
 
-fn check_state_h(h: &Tensor<f32>, c: &CharRnnConfig) -> Result<()> {
+fn check_state(name: &str, h: &Tensor<f32>, c: &CharRnnConfig) -> Result<()> {
     if h.shape() != [c.batch, c.hidden] {
         return Err(invalid!(
-            "{STATE_H} has shape {:?}, expected (batch, hidden) = [{}, {}]",
+            "{name} has shape {:?}, expected (batch, hidden) = [{}, {}]",
             h.shape(),
             c.batch,
             c.hidden
         ));
     }
-    h.check_finite(STATE_H)
+    h.check_finite(name)
+}
+
+/// The carried state from a checkpoint's tensors: `state.h`, and `state.c` for the LSTM.
+fn stream_state(tensors: &BTreeMap<String, Tensor<f32>>, c: &CharRnnConfig) -> Result<StreamState> {
+    let get = |name: &str| -> Result<Tensor<f32>> {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| invalid!("the checkpoint has no {name} (carried stream state)"))?;
+        check_state(name, t, c)?;
+        Ok(t.clone())
+    };
+    Ok(StreamState {
+        h: get(STATE_H)?,
+        c: match c.cell {
+            CellKind::Lstm => Some(get(STATE_C)?),
+            _ => None,
+        },
+    })
 }
 
 /// A loaded checkpoint.
@@ -500,6 +529,8 @@ pub struct Checkpoint {
     pub step: u64,
     /// Carried stream state `(B, H)`.
     pub h: Tensor<f32>,
+    /// The LSTM's carried cell state `(B, H)`.
+    pub c: Option<Tensor<f32>>,
     /// Adam moments (empty for a `best/` folder, which holds weights only).
     pub optim_state: BTreeMap<String, Tensor<f32>>,
     pub state: CheckpointState,
@@ -552,8 +583,8 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         t.check_finite(&format!("{} in {}", p.name, file.display()))?;
         p.value = t.clone();
     }
-    let h = crate::io::take(&tensors, STATE_H, &file)?.clone();
-    check_state_h(&h, &model.config).map_err(|e| NablaError::format(&file, e.to_string()))?;
+    let st = stream_state(&tensors, &model.config)
+        .map_err(|e| NablaError::format(&file, e.to_string()))?;
     let of = dir.join("optimizer.safetensors");
     let optim_state = if of.is_file() {
         crate::io::load_safetensors::<f32>(&of)?
@@ -563,7 +594,8 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint {
         model,
         step: state.step,
-        h,
+        h: st.h,
+        c: st.c,
         optim_state,
         state,
     })
@@ -653,6 +685,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
             test_frac: a.test_frac,
             text: None,
             text_chars: 0,
+            cell: a.cell,
         }
     };
     let (text, text_name) = load_text(&a.text, config.seed)?;

@@ -1,5 +1,6 @@
 //! Whole models built from [`crate::nn`] layers, with their training and inference entry points.
 
+pub mod char_cell;
 pub mod char_rnn;
 pub mod gnn;
 pub mod gnn_bench;
