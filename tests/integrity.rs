@@ -385,6 +385,7 @@ fn identical_runs_write_identical_checkpoint_bytes() {
                 .unwrap();
         v["wall_time_s"] = 0.into();
         v["train_config"]["out_dir"] = "".into();
+        v["train_config"]["command"]["out"] = "".into();
         v["interval"]["wall_s"] = 0.into();
         for m in v["metrics"].as_array_mut().unwrap() {
             m["wall_time_s"] = 0.into();

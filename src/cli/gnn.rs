@@ -31,6 +31,9 @@ pub enum GnnCommand {
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(
+    after_help = "Defaults of gnn train, the papers' settings: --optim adam; gcn --epochs 200 --patience 50 --lr 0.01, gat/transformer/dense --epochs 1000 --patience 100 --lr 0.005; --weight-decay 5e-4 (L2); --schedule constant; evaluation every epoch; --monitor val_acc; --out runs/gnn-<model>."
+)]
 pub struct GnnTrainArgs {
     /// Data folder: the TSV format (features/labels/edges/split.tsv) or LINQS (*.content +
     /// *.cites). Without it, a built-in contextual stochastic block model.

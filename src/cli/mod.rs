@@ -68,6 +68,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Version, CPU, kernel paths (NABLA_ISA), FMA peak, copy bandwidth and the measured f32

@@ -29,7 +29,7 @@ pub enum RnnCommand {
     Analyze(AnalyzeArgs),
     /// Trains the character-level language model with TBPTT(k1, k2) on the shared trainer
     /// (default Adam 2e-3, gradient clipping at 5, 2000 updates, best/ on val_loss).
-    Train(RnnTrainArgs),
+    Train(Box<RnnTrainArgs>),
     /// Samples text from a trained character-level model.
     Sample(SampleArgs),
 }
@@ -82,6 +82,9 @@ pub struct AnalyzeArgs {
 
 /// `nabla rnn train` flags: the model and data, then the shared trainer and optimizer flags.
 #[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(
+    after_help = "Defaults of rnn train: --steps 2000, --optim adam --lr 2e-3 --weight-decay 0, --schedule constant, --clip-grad-norm 5, --eval-every 200, --monitor val_loss (with a validation part), --out runs/char-rnn."
+)]
 pub struct RnnTrainArgs {
     /// Text file (UTF-8). Without it, a built-in corpus of embedded-Reber-grammar strings.
     #[arg(long)]

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(
+    after_help = "Defaults of vit train: --epochs 20, --optim adamw --lr 2e-3 --weight-decay 0.05, --warmup 300 then --schedule cosine to --min-lr = 1% of --lr, evaluation every epoch, --monitor val_acc, --out runs/vit."
+)]
 pub struct VitTrainArgs {
     /// Data folder (MNIST-style IDX, CIFAR-10/100 binaries, PNG/JPEG folders by class:
     /// train/<class>/ [+ test/<class>/] or <class>/); the built-in synthetic shapes if omitted.
