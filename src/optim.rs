@@ -510,172 +510,82 @@ pub fn clip_grad_norm<T: Element>(params: &mut ParamStore<T>, max_norm: f64) -> 
 // Learning-rate schedules
 // ---------------------------------------------------------------------------------------------
 
-/// A learning rate as a function of the 0-based step index.
-#[derive(Clone, Debug, PartialEq)]
+/// The learning rate of 0-based step `s` of a run of `total` steps, as a function of the
+/// optimizer's base rate `η` (what `--lr` sets). The one schedule type of nabla: the
+/// [`crate::train::Trainer`] calls [`LrSchedule::lr`] before every step.
+///
+/// A linear warm-up over the first `W` steps, `η (s + 1)/W`, precedes every schedule; after it
+/// `s' = s − W` counts from the end of the warm-up over `n = total − W` steps:
+/// - `Constant`: `η`.
+/// - `Step`: `η γ^⌊s'/step_size⌋` (PyTorch `StepLR`).
+/// - `Cosine`: `η_min + (η − η_min)(1 + cos(π s'/n))/2` for `s' < n`, then `η_min` (PyTorch
+///   `CosineAnnealingLR` with `T_max = n`; with `W > 0`, timm's warm-up + cosine).
+/// - `Linear`: `η + (η_min − η)·min(s'/n, 1)`, a linear decay to `η_min`.
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum LrSchedule {
-    /// `η` always.
-    Constant { lr: f64 },
-    /// `η γ^⌊s / step_size⌋` (PyTorch `StepLR`).
+    #[default]
+    Constant,
     Step {
-        lr: f64,
-        step_size: usize,
+        step_size: u64,
         gamma: f64,
     },
-    /// `η_min + (η − η_min)(1 + cos(π s / T))/2` for `s ≤ T`, then `η_min` (PyTorch
-    /// `CosineAnnealingLR` with `T_max = total_steps`).
     Cosine {
-        lr: f64,
-        total_steps: usize,
         min_lr: f64,
     },
-    /// Linear warm-up `η (s + 1)/W` for `s < W`, then cosine from `η` to `η_min` over the
-    /// remaining `T − W` steps (with `min_lr = lr` it is warm-up then constant).
-    WarmupCosine {
-        lr: f64,
-        warmup_steps: usize,
-        total_steps: usize,
+    Linear {
         min_lr: f64,
     },
 }
 
 impl LrSchedule {
-    /// Checks the parameters; every constructor below calls it.
+    /// Checks the parameters (the base rate is the optimizer's to check).
     pub fn validate(&self) -> Result<()> {
-        let pos = |lr: f64| -> Result<()> { check_lr_init(lr, "learning-rate schedule") };
         match *self {
-            LrSchedule::Constant { lr } => pos(lr),
-            LrSchedule::Step {
-                lr,
-                step_size,
-                gamma,
-            } => {
-                pos(lr)?;
+            LrSchedule::Constant => Ok(()),
+            LrSchedule::Step { step_size, gamma } => {
                 if step_size == 0 {
-                    return Err(invalid!("step schedule: step_size must be >= 1"));
+                    return Err(invalid!(
+                        "step schedule: --step-size must be >= 1, got {step_size}"
+                    ));
                 }
                 if !(gamma.is_finite() && gamma > 0.0) {
                     return Err(invalid!(
-                        "step schedule: gamma must be positive, got {gamma}"
+                        "step schedule: --gamma must be positive and finite, got {gamma}"
                     ));
                 }
                 Ok(())
             }
-            LrSchedule::Cosine {
-                lr,
-                total_steps,
-                min_lr,
-            } => {
-                pos(lr)?;
-                if total_steps == 0 {
-                    return Err(invalid!("cosine schedule: total_steps must be >= 1"));
-                }
-                check_nonneg(min_lr, "min_lr", "cosine schedule")?;
-                if min_lr > lr {
-                    return Err(invalid!("cosine schedule: min_lr {min_lr} exceeds lr {lr}"));
-                }
-                Ok(())
-            }
-            LrSchedule::WarmupCosine {
-                lr,
-                warmup_steps,
-                total_steps,
-                min_lr,
-            } => {
-                pos(lr)?;
-                if warmup_steps > total_steps || total_steps == 0 {
-                    return Err(invalid!(
-                        "warm-up cosine schedule: needs warmup_steps <= total_steps and total_steps >= 1, got {warmup_steps} and {total_steps}"
-                    ));
-                }
-                check_nonneg(min_lr, "min_lr", "warm-up cosine schedule")?;
-                if min_lr > lr {
-                    return Err(invalid!(
-                        "warm-up cosine schedule: min_lr {min_lr} exceeds lr {lr}"
-                    ));
-                }
-                Ok(())
+            LrSchedule::Cosine { min_lr } | LrSchedule::Linear { min_lr } => {
+                check_nonneg(min_lr, "--min-lr", "learning-rate schedule")
             }
         }
     }
-    pub fn constant(lr: f64) -> Result<Self> {
-        let s = LrSchedule::Constant { lr };
-        s.validate()?;
-        Ok(s)
-    }
-    pub fn step(lr: f64, step_size: usize, gamma: f64) -> Result<Self> {
-        let s = LrSchedule::Step {
-            lr,
-            step_size,
-            gamma,
-        };
-        s.validate()?;
-        Ok(s)
-    }
-    pub fn cosine(lr: f64, total_steps: usize, min_lr: f64) -> Result<Self> {
-        let s = LrSchedule::Cosine {
-            lr,
-            total_steps,
-            min_lr,
-        };
-        s.validate()?;
-        Ok(s)
-    }
-    pub fn warmup_cosine(
-        lr: f64,
-        warmup_steps: usize,
-        total_steps: usize,
-        min_lr: f64,
-    ) -> Result<Self> {
-        let s = LrSchedule::WarmupCosine {
-            lr,
-            warmup_steps,
-            total_steps,
-            min_lr,
-        };
-        s.validate()?;
-        Ok(s)
-    }
-    /// The base (peak) learning rate.
-    pub fn base_lr(&self) -> f64 {
-        match *self {
-            LrSchedule::Constant { lr }
-            | LrSchedule::Step { lr, .. }
-            | LrSchedule::Cosine { lr, .. }
-            | LrSchedule::WarmupCosine { lr, .. } => lr,
+
+    /// The rate of 0-based step `step` of `total`, from the base rate `base`, after `warmup`
+    /// linear warm-up steps.
+    pub fn lr(&self, base: f64, step: u64, total: u64, warmup: u64) -> f64 {
+        if step < warmup {
+            return base * (step + 1) as f64 / warmup as f64;
         }
-    }
-    /// Learning rate for 0-based step `step`.
-    pub fn lr_at(&self, step: usize) -> f64 {
-        let cos = |lr: f64, min_lr: f64, s: usize, t: usize| -> f64 {
-            if s >= t {
-                return min_lr;
-            }
-            min_lr
-                + (lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * s as f64 / t as f64).cos())
-        };
+        let s = step - warmup;
+        let n = total.saturating_sub(warmup);
         match *self {
-            LrSchedule::Constant { lr } => lr,
-            LrSchedule::Step {
-                lr,
-                step_size,
-                gamma,
-            } => lr * gamma.powi((step / step_size.max(1)) as i32),
-            LrSchedule::Cosine {
-                lr,
-                total_steps,
-                min_lr,
-            } => cos(lr, min_lr, step, total_steps),
-            LrSchedule::WarmupCosine {
-                lr,
-                warmup_steps,
-                total_steps,
-                min_lr,
-            } => {
-                if step < warmup_steps {
-                    lr * (step + 1) as f64 / warmup_steps as f64
-                } else {
-                    cos(lr, min_lr, step - warmup_steps, total_steps - warmup_steps)
+            LrSchedule::Constant => base,
+            LrSchedule::Step { step_size, gamma } => {
+                base * gamma.powi((s / step_size.max(1)).min(i32::MAX as u64) as i32)
+            }
+            LrSchedule::Cosine { min_lr } => {
+                if s >= n {
+                    return min_lr;
                 }
+                min_lr
+                    + (base - min_lr)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * s as f64 / n as f64).cos())
+            }
+            LrSchedule::Linear { min_lr } => {
+                base + (min_lr - base) * (s as f64 / n.max(1) as f64).min(1.0)
             }
         }
     }

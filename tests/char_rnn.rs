@@ -1,37 +1,47 @@
 //! The character-level Elman language model: learning, TBPTT memory, resume, sampling, bad input.
 mod common;
 
-use nabla::models::char_rnn::{load_checkpoint, train, CharRnn, TrainArgs};
-use nabla::train::{read_metrics_jsonl, read_test_record, PlotFormat};
+use nabla::models::char_rnn::{load_checkpoint, CharRnn, CharTrainConfig, TrainReport};
+use nabla::optim::{Adam, AdamConfig};
+use nabla::train::{read_metrics_jsonl, read_test_record, Mode, ProgressMode, TrainConfig};
 use std::path::Path;
 
-fn args(out: &Path) -> TrainArgs {
-    TrainArgs {
-        text: None,
-        hidden: 24,
-        cell: Default::default(),
-        activation: "tanh".into(),
-        k1: 8,
-        k2: 12,
-        batch: 8,
-        steps: 150,
-        time_limit: 0.0,
+/// The model and data, the trainer's settings and Adam's rate of a test run.
+struct Args {
+    c: CharTrainConfig,
+    tc: TrainConfig,
+    lr: f64,
+}
+
+fn args(out: &Path) -> Args {
+    Args {
+        c: CharTrainConfig {
+            text: None,
+            hidden: 24,
+            cell: Default::default(),
+            activation: "tanh".into(),
+            k1: 8,
+            k2: 12,
+            batch: 8,
+            val_frac: 0.05,
+            test_frac: 0.05,
+        },
+        tc: TrainConfig {
+            out_dir: out.to_path_buf(),
+            seed: 1,
+            max_steps: Some(150),
+            eval_every: 50,
+            clip_grad_norm: Some(5.0),
+            monitor: Some(("val_loss".into(), Mode::Min)),
+            progress: ProgressMode::Quiet,
+            ..TrainConfig::default()
+        },
         lr: 1e-2,
-        clip: 5.0,
-        seed: 1,
-        val_frac: 0.05,
-        test_frac: 0.05,
-        patience: None,
-        eval_every: 50,
-        checkpoint_every: 0,
-        log_every: 50,
-        out: Some(out.to_path_buf()),
-        resume: None,
-        overwrite: false,
-        quiet: true,
-        plain: false,
-        plot: PlotFormat::Svg,
     }
+}
+
+fn train(a: &Args) -> nabla::Result<TrainReport> {
+    nabla::models::char_rnn::train(&a.c, a.tc.clone(), Adam::new(AdamConfig::new(a.lr))?)
 }
 
 #[test]
@@ -115,15 +125,15 @@ fn resume_continues_exactly() {
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
     let mut a = args(d1.path());
-    a.steps = 12;
-    a.eval_every = 6;
+    a.tc.max_steps = Some(12);
+    a.tc.eval_every = 6;
     train(&a).unwrap();
     let mut b = args(d2.path());
-    b.steps = 6;
-    b.eval_every = 6;
+    b.tc.max_steps = Some(6);
+    b.tc.eval_every = 6;
     train(&b).unwrap();
-    b.steps = 12;
-    b.resume = Some(None);
+    b.tc.max_steps = Some(12);
+    b.tc.resume = Some(d2.path().to_path_buf());
     train(&b).unwrap();
     let (x, y) = (
         load_checkpoint(d1.path()).unwrap(),
@@ -158,30 +168,30 @@ fn bad_input_is_a_clear_error() {
         std::fs::write(&p, s).unwrap();
         p
     };
-    a.text = Some(write("empty.txt", ""));
+    a.c.text = Some(write("empty.txt", ""));
     assert!(train(&a).unwrap_err().to_string().contains("0 characters"));
-    a.text = Some(write("one.txt", "x"));
+    a.c.text = Some(write("one.txt", "x"));
     assert!(train(&a).unwrap_err().to_string().contains("1 character"));
-    a.text = Some(dir.path().join("missing.txt"));
+    a.c.text = Some(dir.path().join("missing.txt"));
     assert!(train(&a).unwrap_err().to_string().contains("missing.txt"));
-    a.text = None;
-    a.k1 = 10;
-    a.k2 = 5;
+    a.c.text = None;
+    a.c.k1 = 10;
+    a.c.k2 = 5;
     let e = train(&a).unwrap_err().to_string();
     assert!(e.contains("k2 >= k1"), "{e}");
-    a.k2 = 10;
-    a.activation = "softsign".into();
+    a.c.k2 = 10;
+    a.c.activation = "softsign".into();
     assert!(train(&a).unwrap_err().to_string().contains("softsign"));
-    a.activation = "tanh".into();
+    a.c.activation = "tanh".into();
     // A step size so large that the logits overflow: the loss becomes non-finite.
     a.lr = 1e38;
-    a.steps = 20;
+    a.tc.max_steps = Some(20);
     let e = train(&a).unwrap_err().to_string();
     assert!(e.contains("non-finite"), "{e}");
     // A half-written (truncated) checkpoint is refused with the path in the message.
     let good = tempfile::tempdir().unwrap();
     let mut g = args(good.path());
-    g.steps = 2;
+    g.tc.max_steps = Some(2);
     train(&g).unwrap();
     let p = good.path().join("checkpoint").join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
@@ -193,7 +203,7 @@ fn bad_input_is_a_clear_error() {
     assert!(e.contains("--resume"), "{e}");
     // Resume without a checkpoint.
     let mut r = args(&dir.path().join("none"));
-    r.resume = Some(None);
+    r.tc.resume = Some(dir.path().join("none"));
     assert!(train(&r).is_err());
     let _ = CharRnn::new; // the model type is public for other tools
 }
@@ -236,6 +246,30 @@ fn cli_train_and_sample() {
             .chars()
             .count(),
         22
+    );
+    // --resume DIR takes the run's flags (hidden 8, batch 2, the Adam rate, …): given only
+    // --steps it extends the run; a model flag typed with another value is refused.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["rnn", "train", "--steps", "5", "--resume"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(load_checkpoint(&out).unwrap().step, 5);
+    assert_eq!(load_checkpoint(&out).unwrap().model.config.hidden, 8);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args([
+            "rnn", "train", "--hidden", "9", "--optim", "sgd", "--resume",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--hidden: the run has 8, this command line 9")
+            && err.contains("--optim: the run has adam, this command line sgd"),
+        "{err}"
     );
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
         .args(["rnn", "train", "--k1", "9", "--k2", "3", "--steps", "1"])

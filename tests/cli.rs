@@ -290,7 +290,7 @@ fn a_closed_stdout_ends_every_command_with_141_and_no_message() {
         vec!["bench", "matmul", "--min-time", "0", "--warmup", "0"],
         vec!["rnn", "sample", "--checkpoint", run_s, "--len", "500000"],
         vec![
-            "rnn", "train", "--resume", "--steps", "15", "--quiet", "--out", run_s,
+            "rnn", "train", "--resume", run_s, "--steps", "15", "--quiet",
         ],
         vec!["gnn", "influence", "--out", influence.to_str().unwrap()],
     ];

@@ -232,6 +232,19 @@ fn train_writes_a_run_folder_and_resume_continues_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 
+    // The run's model and seed come back from the run; other values are refused by name.
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["gnn", "train", "--model", "gcn", "--seed", "4", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("--model: the run has gat, this command line gcn")
+            && e.contains("--seed: the run has 3, this command line 4"),
+        "{e}"
+    );
     let (r6, err) = train(&["--epochs", "6", "--resume", run.to_str().unwrap()]);
     assert!(err.contains("resumed from"), "{err}");
     assert!(!err.contains("eval step=3/6"), "{err}");

@@ -65,7 +65,7 @@ fn saved_vit_configs_are_validated_before_use() {
         "64",
         "--eval-limit",
         "32",
-        "--no-bar",
+        "--plain",
         "--out",
         run.to_str().unwrap(),
     ]);
@@ -148,7 +148,12 @@ fn saved_char_rnn_configs_are_validated_before_use() {
     );
     let b = dir.path().join("b63");
     copy_run(&run, &b);
+    // The run's flags (what --resume builds from) and its model config, both edited.
     edit_state(&b, |mc| mc["batch"] = huge.clone());
+    let p = b.join("checkpoint/state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["train_config"]["command"]["batch"] = huge.clone();
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
     let o = nabla(&[
         "rnn",
         "train",
@@ -168,7 +173,7 @@ fn impossible_flags_are_refused_at_start() {
     let out = out.to_str().unwrap();
     refused(
         &nabla(&[
-            "vit", "train", "--dim", "0", "--steps", "1", "--no-bar", "--out", out,
+            "vit", "train", "--dim", "0", "--steps", "1", "--plain", "--out", out,
         ]),
         "embedding dim must be positive",
     );
@@ -214,7 +219,7 @@ fn runs_that_need_more_memory_than_available_are_refused_with_the_number() {
     // ViT: 6 blocks of dim 1024 are 76 M parameters, ×5 with gradients and AdamW = 1.4 GiB.
     let o = nabla_env(
         &[
-            "vit", "train", "--dim", "1024", "--heads", "8", "--steps", "1", "--no-bar", "--out",
+            "vit", "train", "--dim", "1024", "--heads", "8", "--steps", "1", "--plain", "--out",
             out,
         ],
         &lim,

@@ -167,23 +167,43 @@ fn clip_grad_norm_matches_torch_formula() {
     assert!((store.get(b).grad.data()[0] - 4.0 * c).abs() < 1e-15);
 }
 
+/// The one schedule ([`LrSchedule::lr`], what the trainer calls): PyTorch's `StepLR` and
+/// `CosineAnnealingLR` (`T_max` = the steps after the warm-up), timm's linear warm-up, exact
+/// values at the boundaries (1e-15) and in between (1e-12).
 #[test]
 fn lr_schedules() {
-    let c = LrSchedule::constant(0.1).unwrap();
-    assert_eq!(c.lr_at(1000), 0.1);
-    let s = LrSchedule::step(1.0, 10, 0.5).unwrap();
-    assert_eq!((s.lr_at(9), s.lr_at(10), s.lr_at(25)), (1.0, 0.5, 0.25));
-    let cos = LrSchedule::cosine(1.0, 100, 0.0).unwrap();
-    assert!((cos.lr_at(0) - 1.0).abs() < 1e-15);
-    assert!((cos.lr_at(50) - 0.5).abs() < 1e-12);
-    assert!(cos.lr_at(100).abs() < 1e-15 && cos.lr_at(500) == 0.0);
-    let w = LrSchedule::warmup_cosine(1.0, 10, 110, 0.1).unwrap();
-    assert!((w.lr_at(0) - 0.1).abs() < 1e-15);
-    assert!((w.lr_at(4) - 0.5).abs() < 1e-15);
-    assert!((w.lr_at(9) - 1.0).abs() < 1e-15);
-    assert!((w.lr_at(10) - 1.0).abs() < 1e-15);
-    assert!((w.lr_at(60) - 0.55).abs() < 1e-12);
-    assert!((w.lr_at(110) - 0.1).abs() < 1e-15);
+    let c = LrSchedule::Constant;
+    assert_eq!(c.lr(0.1, 1000, 10, 0), 0.1);
+    let s = LrSchedule::Step {
+        step_size: 10,
+        gamma: 0.5,
+    };
+    assert_eq!(
+        (
+            s.lr(1.0, 9, 100, 0),
+            s.lr(1.0, 10, 100, 0),
+            s.lr(1.0, 25, 100, 0)
+        ),
+        (1.0, 0.5, 0.25)
+    );
+    let cos = LrSchedule::Cosine { min_lr: 0.0 };
+    assert!((cos.lr(1.0, 0, 100, 0) - 1.0).abs() < 1e-15);
+    assert!((cos.lr(1.0, 50, 100, 0) - 0.5).abs() < 1e-12);
+    assert!(cos.lr(1.0, 100, 100, 0).abs() < 1e-15 && cos.lr(1.0, 500, 100, 0) == 0.0);
+    let w = LrSchedule::Cosine { min_lr: 0.1 };
+    assert!((w.lr(1.0, 0, 110, 10) - 0.1).abs() < 1e-15);
+    assert!((w.lr(1.0, 4, 110, 10) - 0.5).abs() < 1e-15);
+    assert!((w.lr(1.0, 9, 110, 10) - 1.0).abs() < 1e-15);
+    assert!((w.lr(1.0, 10, 110, 10) - 1.0).abs() < 1e-15);
+    assert!((w.lr(1.0, 60, 110, 10) - 0.55).abs() < 1e-12);
+    assert!((w.lr(1.0, 110, 110, 10) - 0.1).abs() < 1e-15);
+    // Warm-up then constant; the step schedule counts from the end of the warm-up.
+    assert!((c.lr(0.1, 1, 10, 4) - 0.05).abs() < 1e-15);
+    assert_eq!(s.lr(1.0, 14, 100, 5), 1.0);
+    assert_eq!(s.lr(1.0, 15, 100, 5), 0.5);
+    let lin = LrSchedule::Linear { min_lr: 0.2 };
+    assert!((lin.lr(1.0, 5, 10, 0) - 0.6).abs() < 1e-12);
+    assert!((lin.lr(1.0, 20, 10, 0) - 0.2).abs() < 1e-15);
 }
 
 #[test]
@@ -209,9 +229,19 @@ fn bad_optimizer_arguments_are_errors() {
     })
     .is_err());
     assert!(AdamW::<f32>::new(AdamConfig::new(-1e-3)).is_err());
-    assert!(LrSchedule::constant(0.0).is_err());
-    assert!(LrSchedule::step(0.1, 0, 0.5).is_err());
-    assert!(LrSchedule::warmup_cosine(0.1, 20, 10, 0.0).is_err());
+    assert!(LrSchedule::Step {
+        step_size: 0,
+        gamma: 0.5
+    }
+    .validate()
+    .is_err());
+    assert!(LrSchedule::Step {
+        step_size: 3,
+        gamma: f64::NAN
+    }
+    .validate()
+    .is_err());
+    assert!(LrSchedule::Cosine { min_lr: -1.0 }.validate().is_err());
     // A negative rate set later is refused at the step.
     let mut opt = Adam::<f32>::new(AdamConfig::new(1e-3)).unwrap();
     opt.set_lr(-1.0);

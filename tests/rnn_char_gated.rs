@@ -2,13 +2,15 @@
 //! text, its checkpoint records the cell (PyTorch's names under `rnn.`, the readout `head.`,
 //! and the LSTM's carried `state.c`), and resume is exact.
 
-use nabla::models::char_rnn::{load_checkpoint, train, TrainArgs};
+use nabla::models::char_rnn::{load_checkpoint, CharTrainConfig, TrainReport};
 use nabla::nn::rnn::CellKind;
-use nabla::train::PlotFormat;
+use nabla::optim::{Adam, AdamConfig};
+use nabla::train::{Mode, PlotFormat, ProgressMode, TrainConfig};
 use std::path::Path;
 
-fn args(out: &Path, text: &Path, cell: CellKind) -> TrainArgs {
-    TrainArgs {
+/// The model and data of a test run, and the trainer's settings (Adam at 1e-2).
+fn args(out: &Path, text: &Path, cell: CellKind) -> (CharTrainConfig, TrainConfig) {
+    let c = CharTrainConfig {
         text: Some(text.to_path_buf()),
         hidden: 16,
         cell,
@@ -16,24 +18,26 @@ fn args(out: &Path, text: &Path, cell: CellKind) -> TrainArgs {
         k1: 8,
         k2: 12,
         batch: 4,
-        steps: 60,
-        time_limit: 0.0,
-        lr: 1e-2,
-        clip: 5.0,
-        seed: 3,
         val_frac: 0.1,
         test_frac: 0.0,
-        patience: None,
+    };
+    let tc = TrainConfig {
+        out_dir: out.to_path_buf(),
+        seed: 3,
+        max_steps: Some(60),
         eval_every: 20,
-        checkpoint_every: 0,
         log_every: 20,
-        out: Some(out.to_path_buf()),
-        resume: None,
-        overwrite: false,
-        quiet: true,
-        plain: false,
+        clip_grad_norm: Some(5.0),
+        monitor: Some(("val_loss".into(), Mode::Min)),
+        progress: ProgressMode::Quiet,
         plot: PlotFormat::None,
-    }
+        ..TrainConfig::default()
+    };
+    (c, tc)
+}
+
+fn train(a: &(CharTrainConfig, TrainConfig)) -> nabla::Result<TrainReport> {
+    nabla::models::char_rnn::train(&a.0, a.1.clone(), Adam::new(AdamConfig::new(1e-2))?)
 }
 
 fn tiny_text(dir: &Path) -> std::path::PathBuf {
@@ -78,10 +82,10 @@ fn gated_char_models_learn_and_resume_exactly() {
         assert_eq!(s.chars().count(), 20);
         // Resume: 30 steps, then 30 more from the checkpoint, equals 60 in one go.
         let mut b = args(&d2, &text, cell);
-        b.steps = 30;
+        b.1.max_steps = Some(30);
         train(&b).unwrap();
-        b.steps = 60;
-        b.resume = Some(None);
+        b.1.max_steps = Some(60);
+        b.1.resume = Some(d2.clone());
         train(&b).unwrap();
         let y = load_checkpoint(&d2).unwrap();
         assert_eq!(y.step, 60);

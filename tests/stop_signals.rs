@@ -85,7 +85,9 @@ fn sigterm_checkpoints_exits_143_and_resume_is_bit_identical() {
 
     // Resume to s + 7 updates; an uninterrupted run of s + 7 updates ends with the same bits.
     let end = s + 7;
-    let o = rnn_train(&stopped, end, &["--resume"]).output().unwrap();
+    let o = rnn_train(&stopped, end, &["--resume", stopped.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = rnn_train(&full, end, &[]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -152,7 +152,7 @@ fn bad_inputs_fail_cleanly() {
         "20",
         "--batch",
         "32",
-        "--no-bar",
+        "--plain",
     ]);
     assert_eq!(code, 0, "{err}");
     let ckpt = ok.join("checkpoint/model.safetensors");
@@ -229,7 +229,7 @@ fn bad_inputs_fail_cleanly() {
         "20",
         "--batch",
         "32",
-        "--no-bar",
+        "--plain",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("4x4 → 5x5"), "{err}");
@@ -306,7 +306,7 @@ fn train_only_folder_then_predict_every_input_kind() {
         "0.01",
         "--crop-pad",
         "0",
-        "--no-bar",
+        "--plain",
     ];
     // A validation split as large as the data: a clear error before training.
     let mut a = common.to_vec();
@@ -532,7 +532,7 @@ fn vit_train_reports_test_acc_once() {
         "16",
         "--batch",
         "2",
-        "--no-bar",
+        "--plain",
     ]);
     assert_eq!(code, 0, "{err}");
     // 4 training images: the last one (a tenth, at least 1) validates.
@@ -615,7 +615,7 @@ fn fashion_mnist_class_names_from_training_to_prediction() {
         "16",
         "--batch",
         "32",
-        "--no-bar",
+        "--plain",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -688,4 +688,111 @@ fn fashion_mnist_class_names_from_training_to_prediction() {
     assert_eq!(code, 0, "{err}");
     let named = NAMES.iter().filter(|n| out.contains(*n)).count();
     assert_eq!(named, 3, "top-3 names expected in: {out}");
+}
+
+/// `--resume DIR` restores the run's own configuration (issue 16): `vit train --out R --epochs 1
+/// --seed 3` then `vit train --resume R --epochs 2` continues the run with seed 3 (its data
+/// statistics, initialization and batch order) instead of refusing it; a flag typed again with
+/// another value is refused naming both values; a run stopped early (`--time-limit`) and
+/// resumed with nothing but `--resume R` ends byte-identical to one that never stopped.
+#[test]
+fn resume_restores_the_runs_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = [
+        "--patch",
+        "7",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--mlp-dim",
+        "16",
+        "--batch",
+        "16",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "32",
+        "--warmup",
+        "2",
+        "--quiet",
+    ];
+    let vit = |extra: &[&str]| {
+        let mut a = vec!["vit", "train"];
+        a.extend_from_slice(extra);
+        nabla_out(&a)
+    };
+    let step = |run: &Path| -> u64 {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("checkpoint/state.json")).unwrap())
+                .unwrap();
+        st["step"].as_u64().unwrap()
+    };
+    let r = tmp.path().join("r");
+    let rs = r.to_str().unwrap();
+    let mut first = vec!["--out", rs, "--epochs", "1", "--seed", "3"];
+    first.extend_from_slice(&tiny);
+    let (code, _, err) = vit(&first);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(step(&r), 4); // 64 images / batch 16
+    let (code, _, err) = vit(&["--resume", rs, "--epochs", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(step(&r), 8);
+    // The run's own value typed again is fine; another one is refused, naming both.
+    let (code, _, err) = vit(&["--resume", rs, "--seed", "4", "--dim", "32"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--seed: the run has 3, this command line 4")
+            && err.contains("--dim: the run has 16, this command line 32"),
+        "{err}"
+    );
+    let (code, _, err) = vit(&["--resume", rs, "--seed", "3", "--epochs", "3", "--plain"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(step(&r), 12);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["train"]["seed"], 3);
+    assert_eq!(cfg["train"]["command"]["epochs"], 3);
+    assert_eq!(cfg["train"]["command"]["optim"], "adamw");
+
+    // Stopped by the time limit (after step 0 or a few), resumed with the run's flags alone.
+    let full = tmp.path().join("full");
+    let stopped = tmp.path().join("stopped");
+    let mut a = vec![
+        "--out",
+        full.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--seed",
+        "5",
+    ];
+    a.extend_from_slice(&tiny);
+    let (code, _, err) = vit(&a);
+    assert_eq!(code, 0, "{err}");
+    let mut a = vec![
+        "--out",
+        stopped.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--seed",
+        "5",
+    ];
+    a.extend_from_slice(&tiny);
+    a.extend(["--time-limit", "0.001", "--checkpoint-every", "1"]);
+    let (code, out, err) = vit(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("time limit"), "{out}");
+    assert!(step(&stopped) < 12);
+    let (code, _, err) = vit(&["--resume", stopped.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(step(&stopped), 12);
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(full.join("checkpoint").join(f)).unwrap()
+                == std::fs::read(stopped.join("checkpoint").join(f)).unwrap(),
+            "{f} differs after the resume"
+        );
+    }
 }

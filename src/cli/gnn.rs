@@ -2,14 +2,16 @@
 //! `nabla bench gnn` lives with the other benchmarks in `cli/mod.rs`.
 
 use crate::analysis::influence::{chain_influence, influence, plot_influence};
+use crate::cli::resume::{self, Typed};
 use crate::data::planetoid::NodeDataset;
 use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::models::gnn::{GnnConfig, GnnKind};
 use crate::models::gnn_train::train_node_classifier;
 use crate::outln;
-use crate::train::{Mode, OptimDefaults, OptimizerKind};
+use crate::train::{Mode, OptimDefaults, OptimizerKind, TrainDefaults};
 use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +30,10 @@ pub enum GnnCommand {
     Influence(InfluenceArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(
+    after_help = "Defaults of gnn train, the papers' settings: --optim adam; gcn --epochs 200 --patience 50 --lr 0.01, gat/transformer/dense --epochs 1000 --patience 100 --lr 0.005; --weight-decay 5e-4 (L2); --schedule constant; evaluation every epoch; --monitor val_acc; --out runs/gnn-<model>."
+)]
 pub struct GnnTrainArgs {
     /// Data folder: the TSV format (features/labels/edges/split.tsv) or LINQS (*.content +
     /// *.cites). Without it, a built-in contextual stochastic block model.
@@ -47,9 +52,11 @@ pub struct GnnTrainArgs {
     // setting, --monitor val_acc, evaluation every epoch, --out runs/gnn-<model> (or the first
     // free runs/gnn-<model>-N; --overwrite replaces it).
     #[command(flatten)]
+    #[serde(flatten)]
     pub train: crate::train::TrainArgs,
     // Optimizer flags; default Adam with the paper's rate and weight decay.
     #[command(flatten)]
+    #[serde(flatten)]
     pub optim: crate::train::OptimArgs,
 }
 
@@ -113,24 +120,35 @@ pub fn load_dataset(dir: Option<&Path>, seed: u64) -> Result<NodeDataset> {
     }
 }
 
-fn train(a: &GnnTrainArgs) -> Result<()> {
+fn train(a: &GnnTrainArgs, typed: &Typed) -> Result<()> {
+    let mut a = a.clone();
+    if let Some(dir) = a.train.resume.clone() {
+        a = resume::restore(&a, typed, &dir, &["json"])?;
+    }
     let kind = GnnKind::parse(&a.model)?;
     if a.seeds == 0 {
         return Err(invalid!("--seeds must be at least 1"));
     }
-    let ds = load_dataset(a.data.as_deref(), a.train.seed)?;
     let cfg = GnnConfig::paper(kind);
-    let mut targs = a.train.clone();
-    targs.epochs.get_or_insert(cfg.epochs as u64);
-    targs.patience.get_or_insert(cfg.patience as u64);
-    let default_out = format!("runs/gnn-{}", kind.name());
-    targs.resolve_default_out(&default_out);
     let optim_defaults = OptimDefaults {
         kind: OptimizerKind::Adam,
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
     };
+    a.optim.fill_defaults(optim_defaults);
+    let default_out = format!("runs/gnn-{}", kind.name());
+    let defaults = TrainDefaults {
+        epochs: Some(cfg.epochs as u64),
+        patience: Some(cfg.patience as u64),
+        monitor: Some(("val_acc".into(), Mode::Max)),
+        ..TrainDefaults::new(&default_out)
+    };
+    a.train
+        .fill_defaults(&defaults, a.optim.lr.unwrap_or(cfg.lr));
     a.optim.build::<f32>(optim_defaults)?;
+    let command = serde_json::to_value(&a).map_err(|e| invalid!("flags: {e}"))?;
+    let ds = load_dataset(a.data.as_deref(), a.train.seed)?;
+    let targs = a.train.clone();
     if !a.json {
         outln!(
             "{}: {} nodes, {} edges, {} features, {} classes, split {}/{}/{}; model {}",
@@ -160,9 +178,14 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
                 base.unwrap_or_else(|| PathBuf::from(&default_out))
                     .join(&sub),
             );
-            t.resume = t.resume.map(|r| r.join(&sub));
+            // A seed the interrupted command never reached starts afresh.
+            t.resume = t
+                .resume
+                .map(|r| r.join(&sub))
+                .filter(|r| crate::train::checkpoint_dir(r).is_ok());
         }
-        let tc = t.config(&default_out, Some(("val_acc", Mode::Max)), 0)?;
+        let mut tc = t.config(&default_out)?;
+        tc.command = Some(command.clone());
         let r = train_node_classifier(&ds, &cfg, &tc, a.optim.build::<f32>(optim_defaults)?)?;
         if a.json {
             outln!(
@@ -295,9 +318,9 @@ fn influence_cmd(a: &InfluenceArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cmd: &GnnCommand) -> Result<()> {
+pub fn run(cmd: &GnnCommand, typed: &Typed) -> Result<()> {
     match cmd {
-        GnnCommand::Train(a) => train(a),
+        GnnCommand::Train(a) => train(a, typed),
         GnnCommand::Influence(a) => influence_cmd(a),
     }
 }

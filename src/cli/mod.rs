@@ -11,6 +11,7 @@ use serde_json::json;
 
 pub mod gnn;
 pub mod plot;
+pub mod resume;
 pub mod rnn;
 pub mod vit;
 pub mod vit_predict;
@@ -67,6 +68,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Version, CPU, kernel paths (NABLA_ISA), FMA peak, copy bandwidth and the measured f32
@@ -313,8 +316,9 @@ pub fn non_finite_flag(cmd: &clap::Command, m: &clap::ArgMatches) -> Option<Stri
     non_finite_flag(cmd.find_subcommand(name)?, sub)
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs a parsed command line; `typed` names the flags given on it (what `--resume DIR` checks
+/// against the run's own, see [`resume`]).
+pub fn run(cli: Cli, typed: &resume::Typed) -> Result<()> {
     match cli.command {
         Command::Info { json } => info(json),
         Command::Plot(a) => plot::run(&a),
@@ -324,7 +328,7 @@ pub fn run(cli: Cli) -> Result<()> {
             format,
             out,
         } => reproduce(json, only.as_deref(), format, out),
-        Command::Vit(c) => vit::run(c),
+        Command::Vit(c) => vit::run(c, typed),
         Command::Bench(BenchCommand::Vit(a)) => {
             let cfg = crate::models::vit::VitConfig {
                 image_size: a.image_size,
@@ -345,7 +349,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             print_bench(&[r], a.common.json)
         }
-        Command::Gnn(c) => gnn::run(&c),
+        Command::Gnn(c) => gnn::run(&c, typed),
         Command::Bench(BenchCommand::Gnn(a)) => {
             let kind = crate::models::gnn::GnnKind::parse(&a.model)?;
             print_bench(
@@ -356,7 +360,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Matmul(c)) => {
             print_bench(&bench::bench_matmul(&c.options()), c.json)
         }
-        Command::Rnn(c) => rnn::run(c),
+        Command::Rnn(c) => rnn::run(c, typed),
         Command::Bench(BenchCommand::Rnn(a)) => print_bench(&rnn::bench_rnn(&a)?, a.common.json),
         Command::Bench(BenchCommand::Norm(a)) => norm::run_bench(&a),
     }
@@ -389,6 +393,7 @@ pub fn main() -> i32 {
         return 1;
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let typed = resume::Typed::from_matches(&matches);
     // A bad NABLA_ISA is an error before any kernel runs (never an illegal instruction).
     if let Err(e) = crate::kernels::isa::init() {
         errln!("error: {e}");
@@ -399,8 +404,8 @@ pub fn main() -> i32 {
     // for a while after each parallel section — three busy threads on two cores.
     let pool = rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build();
     let result = match pool {
-        Ok(pool) => pool.install(|| run(cli)),
-        Err(_) => run(cli),
+        Ok(pool) => pool.install(|| run(cli, &typed)),
+        Err(_) => run(cli, &typed),
     };
     if let Some(table) = crate::autograd::profile::report() {
         errln!("{table}");

@@ -4,14 +4,18 @@
 use crate::analysis::gated::{self, GatedWeights, GatedWorkspace};
 use crate::analysis::rnn::{self as an, RnnProblem};
 use crate::bench::{self, BenchResult};
+use crate::cli::resume::{self, Typed};
 use crate::cli::BenchCommon;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
+use crate::models::char_rnn::CharTrainConfig;
 use crate::nn::rnn::{Activation, CellKind, ElmanWeights, RnnWorkspace};
 use crate::outln;
 use crate::tensor::Tensor;
+use crate::train::{Mode, OptimDefaults, OptimizerKind, TrainDefaults};
 use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -24,10 +28,11 @@ pub enum RnnCommand {
     /// Gradient flow through time: ‖∇_{h_t}L‖ per t, ‖U‖₂ and the ¼‖U‖ Jacobian bound, and the
     /// bias of truncated BPTT for a list of k; JSON + plot.
     Analyze(AnalyzeArgs),
-    /// Trains the character-level language model with TBPTT(k1, k2), Adam and gradient clipping.
-    Train(crate::models::char_rnn::TrainArgs),
+    /// Trains the character-level language model with TBPTT(k1, k2) on the shared trainer
+    /// (default Adam 2e-3, gradient clipping at 5, 2000 updates, best/ on val_loss).
+    Train(Box<RnnTrainArgs>),
     /// Samples text from a trained character-level model.
-    Sample(crate::models::char_rnn::SampleArgs),
+    Sample(SampleArgs),
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +90,127 @@ pub struct AnalyzeArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub png: bool,
+}
+
+/// `nabla rnn train` flags: the model and data, then the shared trainer and optimizer flags.
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(
+    after_help = "Defaults of rnn train: --steps 2000, --optim adam --lr 2e-3 --weight-decay 0, --schedule constant, --clip-grad-norm 5, --eval-every 200, --monitor val_loss (with a validation part), --out runs/char-rnn."
+)]
+pub struct RnnTrainArgs {
+    /// Text file (UTF-8). Without it, a built-in corpus of embedded-Reber-grammar strings.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    /// Recurrent cell: elman, lstm or gru (PyTorch's gated cells; --activation is the Elman's).
+    #[arg(long, default_value = "elman")]
+    pub cell: CellKind,
+    /// Hidden nonlinearity: tanh, sigmoid or relu.
+    #[arg(long, default_value = "tanh")]
+    pub activation: String,
+    /// Update every k1 steps...
+    #[arg(long, default_value_t = 25)]
+    pub k1: usize,
+    /// ...backpropagating through the last k2 steps (k2 >= k1).
+    #[arg(long, default_value_t = 25)]
+    pub k2: usize,
+    /// Parallel streams of the text.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Fraction of the text held out for validation (just before the test tail): it selects
+    /// best/ (lowest val_loss) and drives --patience.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_frac: f64,
+    /// Fraction of the text held out at its end for the test, evaluated once after training on
+    /// best/ (test_loss, test_bpc); 0 = no test.
+    #[arg(long, default_value_t = 0.05)]
+    pub test_frac: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: crate::train::TrainArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub optim: crate::train::OptimArgs,
+}
+
+/// `nabla rnn sample` flags.
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// checkpoint.safetensors written by `nabla rnn train` (or its folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "")]
+    pub prime: String,
+    #[arg(long, default_value_t = 500)]
+    pub len: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Run folder of `nabla rnn train` without `--out`.
+pub const DEFAULT_OUT: &str = "runs/char-rnn";
+
+/// The character model's optimizer defaults: Adam, 2e-3, no weight decay.
+pub const OPTIM_DEFAULTS: OptimDefaults = OptimDefaults {
+    kind: OptimizerKind::Adam,
+    lr: 2e-3,
+    weight_decay: 0.0,
+};
+
+/// The character model's trainer defaults: 2000 updates, validation every 200, clipping at 5,
+/// best/ on val_loss (when there is a validation part).
+pub fn train_defaults(val_frac: f64) -> TrainDefaults {
+    TrainDefaults {
+        steps: Some(2000),
+        eval_every: 200,
+        clip_grad_norm: Some(5.0),
+        monitor: (val_frac > 0.0).then(|| ("val_loss".to_string(), Mode::Min)),
+        ..TrainDefaults::new(DEFAULT_OUT)
+    }
+}
+
+fn train(a: &RnnTrainArgs, typed: &Typed) -> Result<()> {
+    let mut a = a.clone();
+    if let Some(dir) = a.train.resume.clone() {
+        a = resume::restore(&a, typed, &dir, &[])?;
+    }
+    a.optim.fill_defaults(OPTIM_DEFAULTS);
+    let lr = a.optim.lr.unwrap_or(OPTIM_DEFAULTS.lr);
+    a.train.fill_defaults(&train_defaults(a.val_frac), lr);
+    let opt = a.optim.build::<f32>(OPTIM_DEFAULTS)?;
+    let mut tc = a.train.config(DEFAULT_OUT)?;
+    tc.command = Some(serde_json::to_value(&a).map_err(|e| invalid!("flags: {e}"))?);
+    let c = CharTrainConfig {
+        text: a.text.clone(),
+        hidden: a.hidden,
+        cell: a.cell,
+        activation: a.activation.clone(),
+        k1: a.k1,
+        k2: a.k2,
+        batch: a.batch,
+        val_frac: a.val_frac,
+        test_frac: a.test_frac,
+    };
+    let r = crate::models::char_rnn::train(&c, tc, opt)?;
+    outln!(
+        "{}",
+        serde_json::to_string(&r).map_err(|e| NablaError::Other(format!("JSON: {e}")))?
+    )?;
+    Ok(())
+}
+
+fn sample(a: &SampleArgs) -> Result<()> {
+    // The sample is built in memory, then printed: up to 4 bytes per character.
+    crate::memory::Estimate::new()
+        .elements("the sampled text", a.len as f64, 4)
+        .check("rnn sample")?;
+    let ck = crate::models::char_rnn::load_checkpoint(&a.checkpoint)?;
+    let s = ck.model.sample(&a.prime, a.len, a.temperature, a.seed)?;
+    outln!("{}{}", a.prime, s)?;
+    Ok(())
 }
 
 fn grad(a: &GradArgs) -> Result<()> {
@@ -360,11 +486,11 @@ pub fn bench_rnn(a: &BenchRnnArgs) -> Result<Vec<BenchResult>> {
     Ok(out)
 }
 
-pub fn run(cmd: RnnCommand) -> Result<()> {
+pub fn run(cmd: RnnCommand, typed: &Typed) -> Result<()> {
     match cmd {
         RnnCommand::Grad(a) => grad(&a),
         RnnCommand::Analyze(a) => analyze(&a),
-        RnnCommand::Train(a) => crate::models::char_rnn::train_cli(&a),
-        RnnCommand::Sample(a) => crate::models::char_rnn::sample_cli(&a),
+        RnnCommand::Train(a) => train(&a, typed),
+        RnnCommand::Sample(a) => sample(&a),
     }
 }

@@ -6,22 +6,23 @@ use crate::analysis::vit_attention::{
 use crate::data::{self, BatchOptions};
 use crate::error::{NablaError, Result};
 use crate::invalid;
-use crate::models::vit::{argmax, ForwardOptions, Pool, Vit, VitConfig};
+use crate::models::vit::{argmax, ForwardOptions, Pool};
+use crate::models::vit_task::{evaluate, load_model, saved_batch_options};
 use crate::outln;
 use crate::tensor::Tensor;
-use crate::{ParamStore, Tape};
+use crate::Tape;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum VitCommand {
     /// Top-k classes with probabilities of PNG/JPEG images, an IDX file or a safetensors `x`,
     /// with the run's own normalization and class names.
     Predict(crate::cli::vit_predict::PredictArgs),
-    /// Train a ViT (AdamW, warm-up + cosine, per-epoch validation, checkpoints, resume).
-    Train(Box<crate::cli::vit_train::TrainArgs>),
+    /// Train a ViT (AdamW, warm-up + cosine, per-epoch validation, checkpoints, --resume DIR),
+    /// or fine-tune one at another resolution (--finetune-from).
+    Train(Box<crate::cli::vit_train::VitTrainArgs>),
     /// Test accuracy and loss of a checkpoint on a data set.
     Eval(EvalArgs),
     /// Mean attention distance per head/layer (JSON + SVG plot) and attention-rollout PNGs.
@@ -68,81 +69,6 @@ pub struct AnalyzeArgs {
     pub rollouts: usize,
 }
 
-/// Locates the weights file and the saved configuration of a checkpoint argument: a
-/// `.safetensors` file (with `state.json` next to it if it is a nabla checkpoint) or a nabla
-/// checkpoint / run folder.
-pub fn resolve_checkpoint(p: &Path) -> Result<(PathBuf, Option<VitConfig>)> {
-    let file = if p.is_dir() {
-        let c = [
-            p.join("model.safetensors"),
-            p.join("checkpoint/model.safetensors"),
-        ]
-        .into_iter()
-        .find(|f| f.is_file())
-        .ok_or_else(|| invalid!("{}: no model.safetensors in this folder", p.display()))?;
-        c
-    } else {
-        p.to_path_buf()
-    };
-    let state = file.with_file_name("state.json");
-    let mut cfg = None;
-    if state.is_file() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&state).map_err(|e| NablaError::io(&state, e))?)
-                .map_err(|e| NablaError::format(&state, e.to_string()))?;
-        if let Some(mc) = v.get("model_config").and_then(|m| m.get("vit")) {
-            // A saved configuration is checked as a whole before any of its sizes is used.
-            let c = serde_json::from_value::<VitConfig>(mc.clone())
-                .map_err(|e| NablaError::format(&state, format!("model_config.vit: {e}")))?;
-            c.validate()
-                .map_err(|e| NablaError::format(&state, format!("model_config.vit: {e}")))?;
-            cfg = Some(c);
-        }
-    }
-    Ok((file, cfg))
-}
-
-/// Loads a model: the saved configuration when there is one (flags must agree with it),
-/// otherwise the architecture inferred from shapes plus `--heads`/`--pool`.
-pub fn load_model(
-    ckpt: &Path,
-    heads: Option<usize>,
-    pool: Option<Pool>,
-) -> Result<(Vit, ParamStore<f32>)> {
-    let (file, saved) = resolve_checkpoint(ckpt)?;
-    let tensors: BTreeMap<String, Tensor<f32>> = crate::io::load_safetensors(&file)?;
-    let cfg = match saved {
-        Some(mut c) => {
-            if let Some(h) = heads {
-                if h != c.heads {
-                    return Err(invalid!(
-                        "--heads {h} does not match the checkpoint's {} heads",
-                        c.heads
-                    ));
-                }
-            }
-            if let Some(p) = pool {
-                c.pool = p;
-            }
-            c.dropout = 0.0;
-            c
-        }
-        None => {
-            let h = heads.ok_or_else(|| {
-                invalid!(
-                    "{}: --heads is needed (the head count is not visible in the tensor shapes)",
-                    file.display()
-                )
-            })?;
-            Vit::infer_config(&tensors, h, pool.unwrap_or(Pool::Cls))?
-        }
-    };
-    Vit::from_tensors(&tensors, cfg).map_err(|e| match e {
-        NablaError::Shape { msg, .. } => invalid!("{}: {msg}", file.display()),
-        other => other,
-    })
-}
-
 /// Normalization of the model's training data (saved config) or of the data's own statistics.
 fn batch_options(ds: &data::ImageDataset, image_size: usize) -> BatchOptions {
     let (mean, std) = ds.channel_stats();
@@ -153,60 +79,6 @@ fn batch_options(ds: &data::ImageDataset, image_size: usize) -> BatchOptions {
         crop_pad: 0,
         hflip: false,
     }
-}
-
-/// Accuracy and mean loss of `vit` on `ds` (no gradients kept).
-pub fn evaluate(
-    vit: &Vit,
-    store: &ParamStore<f32>,
-    ds: &data::ImageDataset,
-    opts: &BatchOptions,
-    batch: usize,
-) -> Result<(f64, f64)> {
-    if ds.channels != vit.cfg.in_chans {
-        return Err(invalid!(
-            "{} has {}-channel images, the model expects {} channels",
-            ds.name,
-            ds.channels,
-            vit.cfg.in_chans
-        ));
-    }
-    if ds.num_classes > vit.cfg.num_classes {
-        return Err(invalid!(
-            "{} has {} classes, the model's head has {}",
-            ds.name,
-            ds.num_classes,
-            vit.cfg.num_classes
-        ));
-    }
-    let (mut correct, mut loss) = (0usize, 0.0f64);
-    let idx: Vec<usize> = (0..ds.len()).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let (x, y) = data::make_batch(ds, chunk, opts, None)?;
-        let mut tape = Tape::<f32>::no_grad();
-        let xv = tape.constant(x);
-        let out = vit.forward(&mut tape, store, xv, ForwardOptions::default())?;
-        let l = crate::ops::cross_entropy(&mut tape, out.logits, &y, &Default::default())?;
-        loss += tape.value(l).item() as f64 * chunk.len() as f64;
-        let c = vit.cfg.num_classes;
-        for (r, &t) in tape.value(out.logits).data().chunks(c).zip(&y) {
-            correct += (argmax(r) == t) as usize;
-        }
-    }
-    if ds.is_empty() {
-        return Err(invalid!("{}: no images to evaluate", ds.name));
-    }
-    let n = ds.len() as f64;
-    // Non-finite logits (weights that overflow on this data) make the loss NaN and argmax
-    // meaningless: an error, never an accuracy printed with exit status 0.
-    if !loss.is_finite() {
-        return Err(NablaError::NonFinite(format!(
-            "the mean loss of the model on {} is {}: its logits are not finite",
-            ds.name,
-            loss / n
-        )));
-    }
-    Ok((correct as f64 / n, loss / n))
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {
@@ -225,7 +97,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
     vit.cfg
         .memory(a.batch.min(test.len()), false)
         .check("vit eval")?;
-    let opts = crate::cli::vit_train::saved_batch_options(&a.checkpoint)
+    let opts = saved_batch_options(&a.checkpoint)
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
     let t0 = std::time::Instant::now();
     let (acc, loss) = evaluate(&vit, &store, &test, &opts, a.batch)?;
@@ -254,7 +126,7 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     let test = splits
         .test_or_err("vit analyze")?
         .take(a.images.max(a.rollouts).max(1));
-    let opts = crate::cli::vit_train::saved_batch_options(&a.checkpoint)
+    let opts = saved_batch_options(&a.checkpoint)
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
     std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
     let (grid, patch, depth, heads) = (vit.cfg.grid(), vit.cfg.patch, vit.cfg.depth, vit.cfg.heads);
@@ -372,10 +244,10 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cmd: VitCommand) -> Result<()> {
+pub fn run(cmd: VitCommand, typed: &crate::cli::resume::Typed) -> Result<()> {
     match cmd {
         VitCommand::Predict(a) => crate::cli::vit_predict::predict(&a),
-        VitCommand::Train(a) => crate::cli::vit_train::train(&a),
+        VitCommand::Train(a) => crate::cli::vit_train::train(&a, typed),
         VitCommand::Eval(a) => eval(&a),
         VitCommand::Analyze(a) => analyze(&a),
     }

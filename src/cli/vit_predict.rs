@@ -8,14 +8,13 @@
 //! size and normalized with the mean/std that the run trained with (saved in the checkpoint's
 //! `state.json`) — the same path as `vit eval`'s batches. Class names come from the run too.
 
-use crate::cli::vit::load_model;
-use crate::cli::vit_train::{saved_batch_options, saved_classes};
 use crate::data::image_folder::{decode_image_bytes, sniff_image, DecodedImage};
 use crate::data::{idx, resize_and_normalize, BatchOptions};
 use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::kernels::log_softmax_rows;
 use crate::models::vit::Pool;
+use crate::models::vit_task::{load_model, saved_batch_options, saved_classes};
 use crate::tensor::Tensor;
 use crate::{errln, outln};
 use clap::Args;

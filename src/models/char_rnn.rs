@@ -13,7 +13,7 @@
 //! plain logs, `metrics.jsonl` (`val_loss` in nats and `val_bpc` in bits per character),
 //! atomic checkpoints in `OUT/checkpoint/` (weights `rnn.W`, `rnn.U`, `rnn.V`, `rnn.b_h`,
 //! `rnn.b_y` — or `rnn.weight_ih`, `rnn.weight_hh`, `rnn.bias_ih`, `rnn.bias_hh`, `head.weight`,
-//! `head.bias` —, the carried state `state.h` (and the LSTM's `state.c`), the Adam moments, and
+//! `head.bias` —, the carried state `state.h` (and the LSTM's `state.c`), the optimizer state, and
 //! the [`CharRnnConfig`] as the model config in `state.json`), exact `--resume`, NaN stop,
 //! SIGINT/SIGTERM/SIGHUP and `--time-limit` stops with a checkpoint, `best/` on the validation loss, and a plot at the end.
 
@@ -27,14 +27,11 @@ use crate::models::char_cell::{CharCell, SeqStates, StreamState};
 use crate::nn::module::VarBuilder;
 use crate::nn::rnn::{Activation, CellKind, TbpttSchedule};
 use crate::ops::{cross_entropy, reshape, CrossEntropyOptions};
-use crate::optim::{Adam, AdamConfig};
-use crate::outln;
+use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 use crate::train::{
-    load_checkpoint_state, run_dirs, CheckpointState, EarlyStopping, Metrics, Mode, PlotFormat,
-    ProgressMode, StepOutput, TrainConfig, TrainModel, Trainer,
+    load_checkpoint_state, CheckpointState, Metrics, StepOutput, TrainConfig, TrainModel, Trainer,
 };
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -258,105 +255,28 @@ impl CharRnn {
     }
 }
 
-/// Run folder of `nabla rnn train` without `--out`.
-pub const DEFAULT_OUT: &str = "runs/char-rnn";
-
-/// `nabla rnn train` flags.
-#[derive(Args, Debug, Clone)]
-pub struct TrainArgs {
-    /// Text file (UTF-8). Without it, a built-in corpus of embedded-Reber-grammar strings.
-    #[arg(long)]
+/// The model and data of a training run (`nabla rnn train`'s model flags); the trainer's
+/// settings (length, seed, clipping, schedule, run folder, …) are a [`TrainConfig`] and the
+/// optimizer is the caller's ([`train`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CharTrainConfig {
+    /// Text file (UTF-8). Without it, a built-in corpus of embedded-Reber-grammar strings
+    /// (drawn from the run's seed).
     pub text: Option<PathBuf>,
-    #[arg(long, default_value_t = 256)]
     pub hidden: usize,
     /// Recurrent cell: elman, lstm or gru.
-    #[arg(long, default_value = "elman")]
     pub cell: CellKind,
     /// Hidden nonlinearity: tanh, sigmoid or relu.
-    #[arg(long, default_value = "tanh")]
     pub activation: String,
-    /// Update every k1 steps...
-    #[arg(long, default_value_t = 25)]
+    /// Update every k1 steps, backpropagating through the last k2 (k2 >= k1).
     pub k1: usize,
-    /// ...backpropagating through the last k2 steps (k2 >= k1).
-    #[arg(long, default_value_t = 25)]
     pub k2: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Parallel streams of the text.
     pub batch: usize,
-    /// Number of updates (with --time-limit, whichever comes first).
-    #[arg(long, default_value_t = 2000)]
-    pub steps: u64,
-    /// Stop after this many seconds of training, with a checkpoint (0 = no limit).
-    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
-    pub time_limit: f64,
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
-    /// Clip the global gradient norm to this value.
-    #[arg(long, default_value_t = 5.0)]
-    pub clip: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Fraction of the text held out for validation (just before the test tail): it selects
-    /// best/ (lowest val_loss) and drives --patience.
-    #[arg(long, default_value_t = 0.05)]
+    /// Fraction of the text held out for validation (just before the test tail).
     pub val_frac: f64,
-    /// Fraction of the text held out at its end for the test, evaluated once after training on
-    /// best/ (test_loss, test_bpc); 0 = no test.
-    #[arg(long, default_value_t = 0.05)]
+    /// Fraction of the text held out at its end for the test (0 = no test).
     pub test_frac: f64,
-    /// Stop after this many evaluations without a lower val_loss (default: train to the end).
-    #[arg(long)]
-    pub patience: Option<u64>,
-    /// Validate (and checkpoint) every this many updates.
-    #[arg(long, default_value_t = 200)]
-    pub eval_every: u64,
-    /// Checkpoint every N updates (0 = automatically, every 30 s of training or less often if
-    /// writing takes over 2% of the time); always at the end and on SIGINT/SIGTERM/SIGHUP.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub checkpoint_every: u64,
-    /// Plain training log line every this many updates.
-    #[arg(long, default_value_t = 50)]
-    pub log_every: u64,
-    /// Run folder (the shared trainer's layout): checkpoint/, best/, config.json,
-    /// metrics.jsonl, metrics.svg. Default: runs/char-rnn, or the first free runs/char-rnn-N.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Continue a run from its checkpoint: the run in DIR, or in --out (runs/char-rnn) without
-    /// one (model settings come from the checkpoint).
-    #[arg(long, value_name = "DIR", num_args = 0..=1)]
-    pub resume: Option<Option<PathBuf>>,
-    /// Start afresh even if --out already holds a checkpoint.
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Only errors on stderr.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Plain log lines even on a terminal (no progress bar).
-    #[arg(long)]
-    pub plain: bool,
-    /// Loss/metric plot written at the end.
-    #[arg(long, value_enum, default_value_t = PlotFormat::Svg)]
-    pub plot: PlotFormat,
-}
-
-/// `nabla rnn sample` flags.
-#[derive(Args, Debug, Clone)]
-pub struct SampleArgs {
-    /// checkpoint.safetensors written by `nabla rnn train` (or its folder).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    #[arg(long, default_value = "")]
-    pub prime: String,
-    #[arg(long, default_value_t = 500)]
-    pub len: usize,
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-fn json_err(e: serde_json::Error) -> NablaError {
-    NablaError::Other(format!("JSON: {e}"))
 }
 
 /// Names of the carried stream state in checkpoints (`state.c`: the LSTM's cell state).
@@ -632,117 +552,44 @@ fn load_text(text: &Option<PathBuf>, seed: u64) -> Result<(String, Option<String
     }
 }
 
-/// Trains per the flags on the shared [`Trainer`] (progress bar or plain logs, metrics.jsonl,
-/// atomic checkpoints with exact resume, NaN stop, stop signals, plot); returns the summary.
-pub fn train(a: &TrainArgs) -> Result<TrainReport> {
-    TbpttSchedule::new(a.k1, a.k2)?;
-    if a.batch == 0 {
+/// Trains the model of `c` on the shared [`Trainer`] with `tc` (its seed initializes the
+/// weights and draws the built-in corpus; its `clip_grad_norm` and `opt`'s rate are recorded in
+/// the [`CharRnnConfig`]): progress bar or plain logs, metrics.jsonl, atomic checkpoints with
+/// exact resume, NaN stop, stop signals, plot. Returns the summary.
+pub fn train<O: Optimizer<f32>>(
+    c: &CharTrainConfig,
+    tc: TrainConfig,
+    opt: O,
+) -> Result<TrainReport> {
+    TbpttSchedule::new(c.k1, c.k2)?;
+    if c.batch == 0 {
         return Err(invalid!("--batch must be at least 1"));
     }
-    if a.clip.is_nan() || a.clip <= 0.0 {
-        return Err(invalid!("--clip must be positive, got {}", a.clip));
-    }
-    if a.eval_every == 0 || a.log_every == 0 {
-        return Err(invalid!("--eval-every and --log-every must be at least 1"));
-    }
-    if !(a.time_limit >= 0.0 && a.time_limit.is_finite()) {
-        return Err(invalid!(
-            "--time-limit must be a finite number of seconds >= 0 (0 = no limit), got {}",
-            a.time_limit
-        ));
-    }
-    let (out, resume) = run_dirs(
-        a.out.as_deref(),
-        a.resume.as_ref().map(Option::as_deref),
-        a.overwrite,
-        DEFAULT_OUT,
-    );
-    let activation = Activation::parse(&a.activation)?;
-    let config = if let Some(from) = &resume {
-        // The model settings (and the text seed of the built-in corpus) come from the run.
-        let st = load_checkpoint_state(from)?;
-        let c = serde_json::from_value::<CharRnnConfig>(st.model_config).map_err(|e| {
-            invalid!(
-                "--resume: {} does not hold a `nabla rnn train` run: {e}",
-                from.display()
-            )
-        })?;
-        c.validate()
-            .map_err(|e| invalid!("--resume: the model_config of {}: {e}", from.display()))?;
-        c
-    } else {
-        CharRnnConfig {
-            vocab: String::new(),
-            hidden: a.hidden,
-            activation,
-            k1: a.k1,
-            k2: a.k2,
-            batch: a.batch,
-            lr: a.lr,
-            clip: a.clip,
-            seed: a.seed,
-            val_frac: a.val_frac,
-            test_frac: a.test_frac,
-            text: None,
-            text_chars: 0,
-            cell: a.cell,
-        }
-    };
-    let (text, text_name) = load_text(&a.text, config.seed)?;
-    let corpus = CharCorpus::with_test(&text, config.val_frac, config.test_frac)?;
-    let config = if let Some(from) = &resume {
-        if config.vocab != corpus.vocab.as_string() || config.text_chars != text.chars().count() {
-            return Err(invalid!(
-                "--resume: the run in {} was trained on another text ({} characters, vocabulary of {}), this one has {} characters and {}",
-                from.display(),
-                config.text_chars,
-                config.vocab.chars().count(),
-                text.chars().count(),
-                corpus.vocab.len()
-            ));
-        }
-        config
-    } else {
-        CharRnnConfig {
-            vocab: corpus.vocab.as_string(),
-            text: text_name,
-            text_chars: text.chars().count(),
-            ..config
-        }
+    tc.validate()?;
+    let activation = Activation::parse(&c.activation)?;
+    let (text, text_name) = load_text(&c.text, tc.seed)?;
+    let corpus = CharCorpus::with_test(&text, c.val_frac, c.test_frac)?;
+    let config = CharRnnConfig {
+        vocab: corpus.vocab.as_string(),
+        hidden: c.hidden,
+        activation,
+        k1: c.k1,
+        k2: c.k2,
+        batch: c.batch,
+        lr: opt.lr(),
+        clip: tc.clip_grad_norm.unwrap_or(0.0),
+        seed: tc.seed,
+        val_frac: c.val_frac,
+        test_frac: c.test_frac,
+        text: text_name,
+        text_chars: text.chars().count(),
+        cell: c.cell,
     };
     // `CharRnn::new` validates the configuration (and that the weights fit) first.
     let model = CharRnn::new(config.clone())?;
     config.train_memory(corpus.vocab.len()).check("rnn train")?;
     let mut task = CharRnnTask::new(model, corpus)?;
-    let tcfg = TrainConfig {
-        out_dir: out.clone(),
-        resume,
-        overwrite: a.overwrite,
-        seed: config.seed,
-        max_steps: Some(a.steps),
-        eval_every: a.eval_every,
-        log_every: a.log_every,
-        checkpoint_every: a.checkpoint_every,
-        time_limit_s: (a.time_limit > 0.0).then_some(a.time_limit),
-        clip_grad_norm: Some(config.clip),
-        // best/ and early stopping follow the validation loss (when there is a validation part).
-        monitor: (config.val_frac > 0.0).then(|| ("val_loss".to_string(), Mode::Min)),
-        early_stopping: a.patience.map(|patience| EarlyStopping {
-            patience,
-            min_delta: 0.0,
-        }),
-        progress: if a.quiet {
-            ProgressMode::Quiet
-        } else if a.plain {
-            ProgressMode::Plain
-        } else {
-            ProgressMode::Auto
-        },
-        plot: a.plot,
-        handle_signals: true,
-        ..TrainConfig::default()
-    };
-    let summary = Trainer::new(tcfg, Adam::new(AdamConfig::new(config.lr))?).fit(&mut task)?;
+    let summary = Trainer::new(tc, opt).fit(&mut task)?;
     // The last evaluation is the final state unless the run was interrupted between two; then
     // the loss since that evaluation comes from the checkpoint's running interval.
     let st = load_checkpoint_state(&summary.checkpoint)?;
@@ -772,21 +619,4 @@ pub fn train(a: &TrainArgs) -> Result<TrainReport> {
         peak_state_floats: task.peak_state_floats,
         run_dir: summary.run_dir,
     })
-}
-
-pub fn train_cli(a: &TrainArgs) -> Result<()> {
-    let r = train(a)?;
-    outln!("{}", serde_json::to_string(&r).map_err(json_err)?)?;
-    Ok(())
-}
-
-pub fn sample_cli(a: &SampleArgs) -> Result<()> {
-    // The sample is built in memory, then printed: up to 4 bytes per character.
-    crate::memory::Estimate::new()
-        .elements("the sampled text", a.len as f64, 4)
-        .check("rnn sample")?;
-    let ck = load_checkpoint(&a.checkpoint)?;
-    let s = ck.model.sample(&a.prime, a.len, a.temperature, a.seed)?;
-    outln!("{}{}", a.prime, s)?;
-    Ok(())
 }

@@ -8,3 +8,4 @@ pub mod gnn_train;
 pub mod resample;
 pub mod vit;
 pub mod vit_bench;
+pub mod vit_task;

@@ -33,61 +33,7 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
-/// Learning rate as a multiple of the optimizer's base rate, per 0-based step `s` of `total`.
-///
-/// A linear warm-up over the first `warmup` steps (`lr = base·(s+1)/warmup`) precedes every
-/// schedule; `s'` below counts from the end of the warm-up, `n = total − warmup`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum LrSchedule {
-    /// `base`.
-    #[default]
-    Constant,
-    /// `base · gamma^⌊s'/step_size⌋` (PyTorch `StepLR`).
-    Step { step_size: u64, gamma: f64 },
-    /// `min + (base − min)·(1 + cos(π s'/n))/2` (PyTorch `CosineAnnealingLR`, `T_max = n`).
-    Cosine { min_lr: f64 },
-    /// `base + (min − base)·s'/n`, a linear decay to `min_lr`.
-    Linear { min_lr: f64 },
-}
-
-impl LrSchedule {
-    /// The rate of 0-based step `step` of `total`, computed by [`crate::optim::LrSchedule`]
-    /// (the formulas live there, checked against PyTorch) except the linear decay.
-    pub fn lr(&self, base: f64, step: u64, total: u64, warmup: u64) -> f64 {
-        use crate::optim::LrSchedule as S;
-        let (s, t, w) = (step as usize, total as usize, warmup as usize);
-        match *self {
-            // Warm-up then cosine from `base` to `base` = warm-up then constant.
-            LrSchedule::Constant if warmup == 0 => S::Constant { lr: base }.lr_at(s),
-            LrSchedule::Constant => S::WarmupCosine {
-                lr: base,
-                warmup_steps: w,
-                total_steps: t.max(w),
-                min_lr: base,
-            }
-            .lr_at(s),
-            LrSchedule::Cosine { min_lr } => S::WarmupCosine {
-                lr: base,
-                warmup_steps: w,
-                total_steps: t.max(w),
-                min_lr,
-            }
-            .lr_at(s),
-            _ if step < warmup => base * (step + 1) as f64 / warmup as f64,
-            LrSchedule::Step { step_size, gamma } => S::Step {
-                lr: base,
-                step_size: step_size as usize,
-                gamma,
-            }
-            .lr_at(s - w),
-            LrSchedule::Linear { min_lr } => {
-                let n = total.saturating_sub(warmup).max(1) as f64;
-                base + (min_lr - base) * ((step - warmup) as f64 / n).min(1.0)
-            }
-        }
-    }
-}
+pub use crate::optim::LrSchedule;
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -155,6 +101,11 @@ pub struct TrainConfig {
     /// caller's process keeps its own signal handling; every `train` command turns it on.
     #[serde(alias = "handle_sigint")]
     pub handle_signals: bool,
+    /// The flags of the command that started the run, every default filled in (`nabla … train`
+    /// saves them here, so they are in every checkpoint's `state.json`): `--resume DIR`
+    /// restores the run's own configuration from them. `None` for library callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<serde_json::Value>,
 }
 
 /// Automatic checkpoints ([`TrainConfig::checkpoint_every`] = 0) are at least this many seconds
@@ -186,6 +137,7 @@ impl Default for TrainConfig {
             progress: ProgressMode::Auto,
             plot: PlotFormat::Svg,
             handle_signals: false,
+            command: None,
         }
     }
 }
@@ -226,20 +178,7 @@ impl TrainConfig {
                 ));
             }
         }
-        if let LrSchedule::Step { step_size, gamma } = self.schedule {
-            if step_size == 0 || !(gamma > 0.0 && gamma.is_finite()) {
-                return Err(invalid!(
-                    "step schedule needs step_size > 0 and gamma > 0, got {step_size} and {gamma}"
-                ));
-            }
-        }
-        if let LrSchedule::Cosine { min_lr } | LrSchedule::Linear { min_lr } = self.schedule {
-            if !(min_lr >= 0.0 && min_lr.is_finite()) {
-                return Err(invalid!(
-                    "--min-lr must be a finite number >= 0, got {min_lr}"
-                ));
-            }
-        }
+        self.schedule.validate()?;
         if let Some(es) = &self.early_stopping {
             // NaN would make every comparison false: the first evaluation would stay the best.
             if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
@@ -288,28 +227,26 @@ pub fn fresh_run_dir(default: &Path) -> PathBuf {
 }
 
 /// The run folder of a `train` command and the folder it resumes from, if any: `--out`, else the
-/// folder of `--resume DIR`, else the command's `default` folder — as it is with `--resume` or
-/// `--overwrite` alone (they name it on purpose), otherwise [`fresh_run_dir`] of it. `resume` is
-/// `Some(None)` for a bare `--resume` (continue the run folder itself).
+/// folder of `--resume DIR`, else the command's `default` folder — as it is with `--overwrite`
+/// (it names it on purpose), otherwise [`fresh_run_dir`] of it.
 pub fn run_dirs(
     out: Option<&Path>,
-    resume: Option<Option<&Path>>,
+    resume: Option<&Path>,
     overwrite: bool,
     default: &str,
 ) -> (PathBuf, Option<PathBuf>) {
     let out_dir = match (out, resume) {
         (Some(o), _) => o.to_path_buf(),
-        (None, Some(Some(r))) => r.to_path_buf(),
-        (None, Some(None)) => PathBuf::from(default),
+        (None, Some(r)) => r.to_path_buf(),
         (None, None) if overwrite => PathBuf::from(default),
         (None, None) => fresh_run_dir(Path::new(default)),
     };
-    let resume = resume.map(|r| r.map_or_else(|| out_dir.clone(), Path::to_path_buf));
-    (out_dir, resume)
+    (out_dir, resume.map(Path::to_path_buf))
 }
 
 /// Schedule names of `--schedule`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     Constant,
     Step,
@@ -317,32 +254,76 @@ pub enum ScheduleKind {
     Linear,
 }
 
-/// The flags every `nabla <model> train` command shares: `#[command(flatten)] train: TrainArgs`.
-#[derive(Args, Debug, Clone)]
+/// A command's defaults for the [`TrainArgs`] the user does not give.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainDefaults {
+    /// Run folder without `--out` (the first free `DEFAULT-N` when it holds a run).
+    pub out: String,
+    /// Length of training when neither `--steps` nor `--epochs` is given.
+    pub steps: Option<u64>,
+    pub epochs: Option<u64>,
+    /// `--eval-every` (0 = once per epoch).
+    pub eval_every: u64,
+    pub schedule: ScheduleKind,
+    pub warmup: u64,
+    /// `--min-lr` as a multiple of the base rate (e.g. 0.01: decay to 1% of `--lr`).
+    pub min_lr_ratio: f64,
+    pub clip_grad_norm: Option<f64>,
+    pub monitor: Option<(String, Mode)>,
+    pub patience: Option<u64>,
+}
+
+impl TrainDefaults {
+    /// Constant rate, no warm-up, no clipping, nothing monitored, evaluation per epoch.
+    pub fn new(out: impl Into<String>) -> Self {
+        TrainDefaults {
+            out: out.into(),
+            steps: None,
+            epochs: None,
+            eval_every: 0,
+            schedule: ScheduleKind::Constant,
+            warmup: 0,
+            min_lr_ratio: 0.0,
+            clip_grad_norm: None,
+            monitor: None,
+            patience: None,
+        }
+    }
+}
+
+/// The flags every `nabla <model> train` command shares: `#[command(flatten)] train: TrainArgs`
+/// (with `#[serde(flatten)]`, so a command's flags serialize as one flat object keyed by clap's
+/// argument ids — what `--resume` compares). Flags without a default here take the command's
+/// [`TrainDefaults`] ([`TrainArgs::fill_defaults`]).
+#[derive(Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "Training")]
 pub struct TrainArgs {
-    /// Run folder: config.json, metrics.jsonl, checkpoint/, best/, plots.
-    #[arg(long)]
+    /// Run folder: config.json, metrics.jsonl, checkpoint/, best/, plots [default: runs/<model>,
+    /// or the first free runs/<model>-N].
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in this folder from its checkpoint (exactly: same result as no stop).
+    /// Continue the run in DIR from its checkpoint, with the run's own configuration (model,
+    /// data, seed, schedule, optimizer); flags given again must agree, except --steps/--epochs
+    /// (extend the run) and the output flags. The result is the same as without a stop.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Start afresh even if the run folder already holds a checkpoint.
     #[arg(long)]
     pub overwrite: bool,
-    /// Seed of every random choice (initialization, batches, dropout).
+    /// Seed of every random choice (initialization, data, batches, dropout).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Optimizer steps.
+    /// Optimizer steps [default per command].
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Passes over the training data.
+    /// Passes over the training data (with --steps, the shorter wins) [default per command].
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Evaluate every N steps (0 = every epoch).
-    #[arg(long)]
+    /// Evaluate every N steps (0 = every epoch) [default per command].
+    #[arg(long, value_name = "N")]
     pub eval_every: Option<u64>,
     /// A progress line every N steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_name = "N")]
     pub log_every: u64,
     /// Checkpoint every N steps (0 = automatically, every 30 s of training or less often if
     /// writing takes over 2% of the time); always at the end and on SIGINT/SIGTERM/SIGHUP.
@@ -351,38 +332,39 @@ pub struct TrainArgs {
     /// Stop after this many seconds of training, with a checkpoint (exit status 0).
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
-    /// Learning-rate schedule after the warm-up.
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
-    pub schedule: ScheduleKind,
-    /// Linear warm-up steps.
-    #[arg(long, default_value_t = 0)]
-    pub warmup: u64,
-    /// Final learning rate of the cosine and linear schedules.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_lr: f64,
+    /// Learning-rate schedule after the warm-up [default per command].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Linear warm-up steps [default per command].
+    #[arg(long, value_name = "STEPS")]
+    pub warmup: Option<u64>,
+    /// Final learning rate of the cosine and linear schedules [default per command].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
     /// Step schedule: multiply by --gamma every --step-size steps.
     #[arg(long, default_value_t = 1000)]
     pub step_size: u64,
     #[arg(long, default_value_t = 0.1)]
     pub gamma: f64,
-    /// Clip the global gradient norm to this value.
-    #[arg(long)]
+    /// Clip the global gradient norm to this value [default per command].
+    #[arg(long, value_name = "NORM")]
     pub clip_grad_norm: Option<f64>,
-    /// Validation metric for the best checkpoint and early stopping, e.g. val_acc.
-    #[arg(long)]
+    /// Validation metric for best/ and early stopping, e.g. val_acc [default per command].
+    #[arg(long, value_name = "METRIC")]
     pub monitor: Option<String>,
-    /// Whether the monitored metric should go down or up.
+    /// Whether the monitored metric should go down or up [default: from its name].
     #[arg(long, value_enum)]
     pub monitor_mode: Option<Mode>,
     /// Stop after this many evaluations without improvement of the monitored metric.
     #[arg(long)]
     pub patience: Option<u64>,
+    /// Smallest change of the monitored metric that counts as an improvement.
     #[arg(long, default_value_t = 0.0)]
     pub min_delta: f64,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Plain log lines even on a terminal.
+    /// Plain log lines even on a terminal (no progress bar).
     #[arg(long)]
     pub plain: bool,
     /// Plot written at the end of training.
@@ -391,50 +373,64 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// Without `--out`, `--resume` or `--overwrite`: sets `--out` to [`fresh_run_dir`] of the
-    /// command's default folder (once, before a command derives per-seed folders from it).
-    pub fn resolve_default_out(&mut self, default_out: &str) {
+    /// Fills what the user left open with the command's defaults (`base_lr` for
+    /// [`TrainDefaults::min_lr_ratio`]): afterwards the flags say everything about the run.
+    pub fn fill_defaults(&mut self, d: &TrainDefaults, base_lr: f64) {
+        if self.steps.is_none() && self.epochs.is_none() {
+            self.steps = d.steps;
+            self.epochs = d.epochs;
+        }
+        self.eval_every.get_or_insert(d.eval_every);
+        self.schedule.get_or_insert(d.schedule);
+        self.warmup.get_or_insert(d.warmup);
+        let schedule = self.schedule;
+        if matches!(schedule, Some(ScheduleKind::Cosine | ScheduleKind::Linear)) {
+            self.min_lr.get_or_insert(d.min_lr_ratio * base_lr);
+        }
+        if self.clip_grad_norm.is_none() {
+            self.clip_grad_norm = d.clip_grad_norm;
+        }
+        if self.monitor.is_none() {
+            if let Some((name, mode)) = &d.monitor {
+                self.monitor = Some(name.clone());
+                self.monitor_mode.get_or_insert(*mode);
+            }
+        }
+        if let Some(name) = &self.monitor {
+            let mode = guess_mode(name);
+            self.monitor_mode.get_or_insert(mode);
+        }
+        if self.patience.is_none() {
+            self.patience = d.patience;
+        }
         if self.out.is_none() && self.resume.is_none() && !self.overwrite {
-            self.out = Some(fresh_run_dir(Path::new(default_out)));
+            // Chosen once, before a command derives per-seed folders from it.
+            self.out = Some(fresh_run_dir(Path::new(&d.out)));
         }
     }
-    /// The configuration, with the command's defaults for what the user did not give:
-    /// `default_out` (e.g. `runs/vit`), `default_monitor` (e.g. `("val_acc", Mode::Max)`) and
-    /// `default_eval_every`.
-    pub fn config(
-        &self,
-        default_out: &str,
-        default_monitor: Option<(&str, Mode)>,
-        default_eval_every: u64,
-    ) -> Result<TrainConfig> {
+
+    /// The trainer configuration of these flags (after [`TrainArgs::fill_defaults`]; what is
+    /// still open takes the plain defaults: constant rate, no warm-up, nothing monitored).
+    pub fn config(&self, default_out: &str) -> Result<TrainConfig> {
         let (out_dir, resume) = run_dirs(
             self.out.as_deref(),
-            self.resume.as_deref().map(Some),
+            self.resume.as_deref(),
             self.overwrite,
             default_out,
         );
-        let monitor = match (&self.monitor, default_monitor) {
-            (Some(name), _) => {
-                let mode = self.monitor_mode.unwrap_or_else(|| guess_mode(name));
-                Some((name.clone(), mode))
-            }
-            (None, Some((name, mode))) => {
-                Some((name.to_string(), self.monitor_mode.unwrap_or(mode)))
-            }
-            (None, None) => None,
-        };
-        let schedule = match self.schedule {
+        let monitor = self.monitor.as_ref().map(|name| {
+            let mode = self.monitor_mode.unwrap_or_else(|| guess_mode(name));
+            (name.clone(), mode)
+        });
+        let min_lr = self.min_lr.unwrap_or(0.0);
+        let schedule = match self.schedule.unwrap_or(ScheduleKind::Constant) {
             ScheduleKind::Constant => LrSchedule::Constant,
             ScheduleKind::Step => LrSchedule::Step {
                 step_size: self.step_size,
                 gamma: self.gamma,
             },
-            ScheduleKind::Cosine => LrSchedule::Cosine {
-                min_lr: self.min_lr,
-            },
-            ScheduleKind::Linear => LrSchedule::Linear {
-                min_lr: self.min_lr,
-            },
+            ScheduleKind::Cosine => LrSchedule::Cosine { min_lr },
+            ScheduleKind::Linear => LrSchedule::Linear { min_lr },
         };
         let cfg = TrainConfig {
             out_dir,
@@ -443,12 +439,12 @@ impl TrainArgs {
             seed: self.seed,
             max_steps: self.steps,
             epochs: self.epochs,
-            eval_every: self.eval_every.unwrap_or(default_eval_every),
+            eval_every: self.eval_every.unwrap_or(0),
             log_every: self.log_every,
             checkpoint_every: self.checkpoint_every,
             time_limit_s: self.time_limit,
             schedule,
-            warmup_steps: self.warmup,
+            warmup_steps: self.warmup.unwrap_or(0),
             clip_grad_norm: self.clip_grad_norm,
             monitor,
             early_stopping: self.patience.map(|patience| EarlyStopping {
@@ -464,14 +460,33 @@ impl TrainArgs {
             },
             plot: self.plot,
             handle_signals: true,
+            command: None,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 }
 
+/// The flags of [`TrainArgs`] that belong to one session, not to the run: they never come
+/// from the run folder on `--resume` and may differ from the run's (the output and where it
+/// goes, how often it is written, the session's time limit). `--steps` and `--epochs` come
+/// from the run unless given again, which extends (or shortens) the run.
+pub const SESSION_FLAGS: &[&str] = &[
+    "out",
+    "resume",
+    "overwrite",
+    "log_every",
+    "checkpoint_every",
+    "time_limit",
+    "quiet",
+    "plain",
+    "plot",
+];
+/// The length flags: restored from the run, may be given again to change its length.
+pub const LENGTH_FLAGS: &[&str] = &["steps", "epochs"];
+
 /// Losses, errors and perplexities go down; everything else (accuracy, F1) goes up.
-fn guess_mode(name: &str) -> Mode {
+pub fn guess_mode(name: &str) -> Mode {
     let n = name.to_ascii_lowercase();
     if ["loss", "err", "ppl", "perplexity", "mse", "bpc"]
         .iter()
@@ -537,5 +552,31 @@ mod tests {
         assert_eq!(guess_mode("val_acc"), Mode::Max);
         assert!(Mode::Min.improves(0.5, 0.6, 0.0));
         assert!(!Mode::Max.improves(0.5, 0.6, 0.0));
+    }
+
+    #[test]
+    fn defaults_fill_what_is_open() {
+        let mut d = TrainDefaults::new("runs/x");
+        d.epochs = Some(20);
+        d.schedule = ScheduleKind::Cosine;
+        d.warmup = 300;
+        d.min_lr_ratio = 0.01;
+        d.monitor = Some(("val_acc".into(), Mode::Max));
+        let mut a = TrainArgs {
+            out: Some("o".into()),
+            steps: Some(5),
+            log_every: 50,
+            ..Default::default()
+        };
+        a.fill_defaults(&d, 2e-3);
+        // A given length replaces the default one entirely.
+        assert_eq!((a.steps, a.epochs), (Some(5), None));
+        assert_eq!(a.schedule, Some(ScheduleKind::Cosine));
+        assert_eq!(a.min_lr, Some(2e-5));
+        assert_eq!(a.warmup, Some(300));
+        assert_eq!(a.monitor_mode, Some(Mode::Max));
+        let c = a.config("runs/x").unwrap();
+        assert_eq!(c.schedule, LrSchedule::Cosine { min_lr: 2e-5 });
+        assert_eq!(c.monitor, Some(("val_acc".to_string(), Mode::Max)));
     }
 }

@@ -62,13 +62,16 @@
 //! }
 //! ```
 //!
-//! Command lines flatten [`TrainArgs`] (`#[command(flatten)] train: TrainArgs`) and call
-//! [`TrainArgs::config`]: `--out`, `--resume`, `--overwrite`, `--seed`, `--steps`/`--epochs`,
-//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--time-limit`, `--schedule`, `--warmup`, `--min-lr`,
-//! `--clip-grad-norm`, `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`. They may also
-//! flatten [`OptimArgs`] and call [`OptimArgs::build`] for `--optimizer sgd|adam|adamw --lr
-//! --weight-decay …` ([`AnyOptimizer`]). Any [`crate::optim::Optimizer`] works directly
-//! ([`TrainOptimizer`] is the same trait under its earlier name; no adapter is needed).
+//! Command lines flatten [`TrainArgs`] (`#[command(flatten)] train: TrainArgs`), fill the
+//! command's defaults ([`TrainArgs::fill_defaults`] with a [`TrainDefaults`]) and call
+//! [`TrainArgs::config`]: `--out`, `--resume DIR`, `--overwrite`, `--seed`, `--steps`/`--epochs`,
+//! `--eval-every`, `--log-every`, `--checkpoint-every`, `--time-limit`, `--schedule`, `--warmup`,
+//! `--min-lr`, `--clip-grad-norm`, `--monitor`, `--patience`, `--quiet`, `--plain`, `--plot`.
+//! They flatten [`OptimArgs`] as well and call [`OptimArgs::build`] for `--optim sgd|adam|adamw
+//! --lr --weight-decay --momentum --nesterov --betas --eps` ([`AnyOptimizer`]). Any
+//! [`crate::optim::Optimizer`] works directly ([`TrainOptimizer`] is the same trait under its
+//! earlier name; no adapter is needed). The run's learning rate follows the one
+//! [`LrSchedule`] (`crate::optim::LrSchedule`, re-exported here).
 //!
 //! # Run folder
 //!
@@ -99,8 +102,9 @@ pub use checkpoint::{
     CHECKPOINT_FORMAT,
 };
 pub use config::{
-    fresh_run_dir, run_dirs, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode, TrainArgs,
-    TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
+    fresh_run_dir, guess_mode, run_dirs, EarlyStopping, LrSchedule, Mode, PlotFormat, ProgressMode,
+    ScheduleKind, TrainArgs, TrainConfig, TrainDefaults, AUTO_CHECKPOINT_INTERVAL_S,
+    AUTO_CHECKPOINT_IO_SHARE, LENGTH_FLAGS, SESSION_FLAGS,
 };
 pub use final_test::{read_test_record, TestRecord};
 pub use metrics::{parse_metrics_jsonl, read_metrics_jsonl, MetricsRecord};

@@ -3,12 +3,15 @@
 
 use crate::autograd::ParamStore;
 use crate::error::Result;
+use crate::invalid;
 use crate::optim::{Adam, AdamConfig, AdamW, Optimizer, Sgd, SgdConfig};
 use crate::tensor::{Element, Tensor};
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
     Adam,
@@ -23,17 +26,18 @@ pub struct OptimDefaults {
     pub weight_decay: f64,
 }
 
-/// `--optimizer sgd|adam|adamw --lr --weight-decay --momentum --nesterov --beta1 --beta2 --eps`
-/// (`#[command(flatten)] optim: OptimArgs`).
-#[derive(Args, Debug, Clone)]
+/// `--optim sgd|adam|adamw --lr --weight-decay --momentum --nesterov --betas B1,B2 --eps`
+/// (`#[command(flatten)] #[serde(flatten)] optim: OptimArgs`).
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "Optimizer")]
 pub struct OptimArgs {
-    /// Update rule (PyTorch semantics).
+    /// Update rule (PyTorch semantics) [default per command].
     #[arg(long, value_enum)]
-    pub optimizer: Option<OptimizerKind>,
-    /// Base learning rate (the schedule scales from it).
+    pub optim: Option<OptimizerKind>,
+    /// Base learning rate (the schedule scales from it) [default per command].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// SGD/Adam: L2 added to the gradient; AdamW: decoupled decay.
+    /// SGD/Adam: L2 added to the gradient; AdamW: decoupled decay [default per command].
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// SGD momentum.
@@ -42,26 +46,56 @@ pub struct OptimArgs {
     /// SGD Nesterov momentum.
     #[arg(long)]
     pub nesterov: bool,
-    #[arg(long, default_value_t = 0.9)]
-    pub beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
-    pub beta2: f64,
+    /// Adam/AdamW decay rates of the first and second moment.
+    #[arg(long, value_delimiter = ',', value_name = "B1,B2", default_values_t = [0.9, 0.999])]
+    pub betas: Vec<f64>,
+    /// Adam/AdamW denominator term.
     #[arg(long, default_value_t = 1e-8)]
     pub eps: f64,
 }
 
+impl Default for OptimArgs {
+    fn default() -> Self {
+        OptimArgs {
+            optim: None,
+            lr: None,
+            weight_decay: None,
+            momentum: 0.9,
+            nesterov: false,
+            betas: vec![0.9, 0.999],
+            eps: 1e-8,
+        }
+    }
+}
+
 impl OptimArgs {
+    /// Fills the optimizer, rate and weight decay the user did not give with the command's.
+    pub fn fill_defaults(&mut self, d: OptimDefaults) {
+        self.optim.get_or_insert(d.kind);
+        self.lr.get_or_insert(d.lr);
+        self.weight_decay.get_or_insert(d.weight_decay);
+    }
+
     /// The optimizer, validated (a non-positive rate or bad beta is an error naming it).
     pub fn build<T: Element>(&self, d: OptimDefaults) -> Result<AnyOptimizer<T>> {
         let lr = self.lr.unwrap_or(d.lr);
         let weight_decay = self.weight_decay.unwrap_or(d.weight_decay);
+        let betas = match self.betas[..] {
+            [b1, b2] => (b1, b2),
+            _ => {
+                return Err(invalid!(
+                    "--betas takes two numbers, B1,B2, got {:?}",
+                    self.betas
+                ))
+            }
+        };
         let adam = AdamConfig {
             lr,
-            betas: (self.beta1, self.beta2),
+            betas,
             eps: self.eps,
             weight_decay,
         };
-        Ok(match self.optimizer.unwrap_or(d.kind) {
+        Ok(match self.optim.unwrap_or(d.kind) {
             OptimizerKind::Sgd => AnyOptimizer::Sgd(Sgd::new(SgdConfig {
                 lr,
                 momentum: self.momentum,
@@ -135,15 +169,16 @@ mod tests {
             weight_decay: 0.05,
         };
         let c = Cli::try_parse_from(["x", "--steps", "5"]).unwrap();
+        assert_eq!(c.optim, OptimArgs::default());
         let o = c.optim.build::<f32>(d).unwrap();
         assert!(matches!(o, AnyOptimizer::AdamW(_)));
         assert_eq!(o.lr(), 1e-3);
-        let c = Cli::try_parse_from(["x", "--optimizer", "sgd", "--lr", "0.5", "--quiet"]).unwrap();
+        let c = Cli::try_parse_from(["x", "--optim", "sgd", "--lr", "0.5", "--quiet"]).unwrap();
         assert!(matches!(
             c.optim.build::<f32>(d).unwrap(),
             AnyOptimizer::Sgd(_)
         ));
-        let cfg = c.train.config("runs/x", None, 10);
+        let cfg = c.train.config("runs/x");
         assert!(cfg.unwrap_err().to_string().contains("--steps"));
         let c = Cli::try_parse_from(["x", "--lr=-1"]).unwrap();
         assert!(c
@@ -152,5 +187,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("learning rate"));
+        let c = Cli::try_parse_from(["x", "--optim", "adam", "--betas", "0.8,0.99"]).unwrap();
+        assert_eq!(c.optim.betas, [0.8, 0.99]);
+        let c = Cli::try_parse_from(["x", "--betas", "1.5,0.99"]).unwrap();
+        assert!(c
+            .optim
+            .build::<f32>(d)
+            .unwrap_err()
+            .to_string()
+            .contains("beta1"));
+        let c = Cli::try_parse_from(["x", "--betas", "0.9"]).unwrap();
+        assert!(c
+            .optim
+            .build::<f32>(d)
+            .unwrap_err()
+            .to_string()
+            .contains("--betas"));
     }
 }

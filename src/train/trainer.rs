@@ -881,6 +881,8 @@ fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Strin
         "progress",
         "handle_sigint",
         "handle_signals",
+        // The command's flags: a `train` command compares them itself before resuming.
+        "command",
     ];
     match (old.as_object(), new.as_object()) {
         (Some(a), Some(b)) => b
