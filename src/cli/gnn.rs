@@ -5,7 +5,7 @@ use crate::analysis::influence::{chain_influence, influence, plot_influence};
 use crate::data::planetoid::NodeDataset;
 use crate::error::{NablaError, Result};
 use crate::invalid;
-use crate::models::gnn::{GnnConfig, GnnKind};
+use crate::models::gnn::{Aggr, GnnConfig, GnnKind};
 use crate::models::gnn_train::train_node_classifier;
 use crate::outln;
 use crate::train::{Mode, OptimDefaults, OptimizerKind};
@@ -37,6 +37,10 @@ pub struct GnnTrainArgs {
     /// gcn | gat | transformer | dense
     #[arg(long, default_value = "gcn")]
     pub model: String,
+    /// Aggregation of the message-passing layers: gcn (normalized sum, GCN's default) | add |
+    /// mean | max for --model gcn; attention (the default) for gat and transformer.
+    #[arg(long)]
+    pub aggr: Option<String>,
     /// Number of runs, seeds seed, seed+1, … (each in OUT/seed-<seed> when more than one).
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
@@ -119,7 +123,10 @@ fn train(a: &GnnTrainArgs) -> Result<()> {
         return Err(invalid!("--seeds must be at least 1"));
     }
     let ds = load_dataset(a.data.as_deref(), a.train.seed)?;
-    let cfg = GnnConfig::paper(kind);
+    let mut cfg = GnnConfig::paper(kind);
+    if let Some(a) = &a.aggr {
+        cfg.aggr = Aggr::parse(a)?;
+    }
     let mut targs = a.train.clone();
     targs.epochs.get_or_insert(cfg.epochs as u64);
     targs.patience.get_or_insert(cfg.patience as u64);
