@@ -879,6 +879,47 @@ mod tests {
         );
     }
 
+    /// A layer bound to a graph is a `Module`: the same numbers as the layer, all its
+    /// parameters (in creation order), and training mode draws the attention dropout from the
+    /// context's stream (same seed, same output; evaluation needs no stream).
+    #[test]
+    fn a_layer_on_a_graph_is_a_module() {
+        let g = graph();
+        let mut rng = Rng::new(3);
+        let mut store = ParamStore::<f64>::new();
+        let layer = MessagePassing::transformer(
+            VarBuilder::init(&mut store, &mut rng).pp("conv"),
+            3,
+            2,
+            2,
+            0.5,
+        )
+        .unwrap();
+        let names: Vec<_> = layer
+            .params()
+            .iter()
+            .map(|&id| store.get(id).name.clone())
+            .collect();
+        let all: Vec<_> = store.iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, all);
+        assert_eq!(names[0], "conv.lin_query.weight");
+        let x = randn(&[5, 3], 1.0, &mut rng);
+        let run = |ctx: &mut Ctx<'_>| {
+            let mut tape = Tape::<f64>::no_grad();
+            let h = tape.constant(x.clone());
+            let y = layer.on(&g).forward(&mut tape, &store, h, ctx).unwrap();
+            tape.value(y).clone()
+        };
+        let mut tape = Tape::<f64>::no_grad();
+        let h = tape.constant(x.clone());
+        let direct = layer.forward(&mut tape, &store, &g, h).unwrap();
+        assert_eq!(&run(&mut Ctx::eval()), tape.value(direct));
+        let (mut r1, mut r2) = (Rng::new(9), Rng::new(9));
+        let t1 = run(&mut Ctx::train(&mut r1));
+        assert_eq!(t1, run(&mut Ctx::train(&mut r2)));
+        assert!(t1.max_abs_diff(tape.value(direct)).unwrap() > 1e-6);
+    }
+
     #[test]
     fn bad_shapes_are_errors() {
         let g = graph();
