@@ -78,6 +78,8 @@ pub struct Graph {
     orig: Arc<Vec<usize>>,
     /// Rows = sources; cached so that its by-source grouping is built once.
     source_index: EdgeIndex,
+    /// [`Graph::gcn_norm`], computed on first use (a GCN layer reads it every forward).
+    gcn_norm: Arc<OnceLock<Vec<f64>>>,
 }
 
 impl Graph {
@@ -129,6 +131,7 @@ impl Graph {
             num_edge_types,
             orig: Arc::new(order),
             source_index: EdgeIndex::new(src, num_nodes)?,
+            gcn_norm: Arc::new(OnceLock::new()),
         })
     }
 
@@ -271,11 +274,13 @@ impl Graph {
     }
     /// The GCN weights `1/√(deg(i)·deg(j))` of every edge (degrees = in-degrees, which are the
     /// degrees of `Â = A + I` when the graph is symmetric and has its self loops).
-    pub fn gcn_norm(&self) -> Vec<f64> {
-        let deg = self.in_degrees();
-        (0..self.num_edges())
-            .map(|e| 1.0 / ((deg[self.dst[e]] * deg[self.src()[e]]) as f64).sqrt())
-            .collect()
+    pub fn gcn_norm(&self) -> &[f64] {
+        self.gcn_norm.get_or_init(|| {
+            let deg = self.in_degrees();
+            (0..self.num_edges())
+                .map(|e| 1.0 / ((deg[self.dst[e]] * deg[self.src()[e]]) as f64).sqrt())
+                .collect()
+        })
     }
     /// Hop distance from every node `j` to `target` along directed edges `j → … → target`
     /// (`None` if unreachable): after L rounds of message passing, exactly the nodes with

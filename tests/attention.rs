@@ -152,6 +152,69 @@ fn mhsa_fused_matches_reference_path() {
     }
 }
 
+/// The one mask polarity (`AttnMask`: `true` = blocked, PyTorch's): on the fused op and on the
+/// reference, every blocked (query, key) pair gets probability exactly 0, every row of allowed
+/// keys sums to 1, and the two paths agree.
+#[test]
+fn mask_true_means_blocked_on_both_paths() {
+    let mut rng = Rng::new(21);
+    let (b, t, d, heads) = (2, 4, 6, 2);
+    let s = store(d, &mut rng, true);
+    let x = randn(&[b, t, d], 1.0, &mut rng);
+    let dense: Vec<bool> = (0..b * t * t)
+        .map(|i| (i * 7 + i / 5) % 3 == 0 && i % t != (i / t) % t)
+        .collect();
+    let shared: Vec<bool> = (0..t * t).map(|i| i % t > i / t).collect(); // causal
+    for mask in [
+        padding(&[2, 3], t),
+        AttnMask::Dense(dense),
+        AttnMask::Shared(shared),
+    ] {
+        let blocked = |bi: usize, i: usize, j: usize| match &mask {
+            AttnMask::KeyPadding(m) => m[bi * t + j],
+            AttnMask::Dense(m) => m[(bi * t + i) * t + j],
+            AttnMask::Shared(m) => m[i * t + j],
+        };
+        let opts = AttnOptions {
+            heads,
+            mask: Some(mask.clone()),
+            need_weights: true,
+        };
+        let mut probs = Vec::new();
+        for reference in [false, true] {
+            let mut tape = Tape::<f64>::no_grad();
+            let w = weights(&mut tape, &s);
+            let xv = tape.constant(x.clone());
+            let (_, p) = if reference {
+                multi_head_self_attention_reference(&mut tape, xv, &w, &opts).unwrap()
+            } else {
+                multi_head_self_attention(&mut tape, xv, &w, &opts).unwrap()
+            };
+            let p = tape.value(p.unwrap()).clone(); // (B, H, T, T)
+            for bi in 0..b {
+                for h in 0..heads {
+                    for i in 0..t {
+                        let row = &p.data()[((bi * heads + h) * t + i) * t..][..t];
+                        for (j, &pij) in row.iter().enumerate() {
+                            if blocked(bi, i, j) {
+                                assert_eq!(pij, 0.0, "{mask:?} ({bi}, {h}, {i}, {j})");
+                            } else {
+                                assert!(pij > 0.0, "{mask:?} ({bi}, {h}, {i}, {j})");
+                            }
+                        }
+                        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+                    }
+                }
+            }
+            probs.push(p);
+        }
+        assert!(
+            probs[0].max_abs_diff(&probs[1]).unwrap() < 1e-12,
+            "{mask:?}"
+        );
+    }
+}
+
 #[test]
 fn sdpa_gradcheck_f64_cross_and_masked() {
     let mut rng = Rng::new(5);

@@ -8,30 +8,25 @@ mod common;
 use nabla::autograd::{ParamStore, Tape};
 use nabla::graph::Graph;
 use nabla::init::Rng;
-use nabla::nn::attention::{multi_head_self_attention, AttnMask, AttnOptions, MhaWeights};
-use nabla::nn::masked_attention::{dense_self_attention, AttentionParams};
-use nabla::nn::message_passing::{Aggregation, LinearParams, Message, MessagePassing, Update};
+use nabla::nn::masked_attention::{dense_attention, graph_mask, AttentionParams, DensePath};
+use nabla::nn::message_passing::{Aggregation, Message, MessagePassing, NodeInput, Update};
+use nabla::nn::{Linear, VarBuilder};
 use nabla::{Element, Tensor};
 
-fn params_of(layer: &MessagePassing) -> AttentionParams {
-    let (Message::Linear(value), Aggregation::Attention { heads, query, key }, Update::Linear(out)) =
-        (&layer.message, &layer.aggregation, &layer.update)
-    else {
-        panic!("not an attention layer")
-    };
-    AttentionParams {
-        query: *query,
-        key: *key,
-        value: *value,
-        out: *out,
-        heads: *heads,
-    }
+fn attention_layer(
+    store: &mut ParamStore<f64>,
+    dim: usize,
+    heads: usize,
+    rng: &mut Rng,
+) -> MessagePassing {
+    MessagePassing::attention(VarBuilder::init(store, rng).pp("attn"), dim, heads).unwrap()
 }
 
 /// Max |a − b| / max(1, |b|) over forward output, input gradient and every parameter gradient,
-/// between message passing and (a) dense attention unrolled into primitive ops, (b) the fused
-/// dense multi-head attention op of `nn::attention` (weights packed by a differentiable concat,
-/// so the gradients reach the same parameters).
+/// between message passing and the one dense attention of `nn::attention` with the graph's
+/// non-edges masked (`AttnMask`, `true` = blocked): (a) its reference unrolled into primitive
+/// ops, (b) the fused op (weights packed by a differentiable concat, so the gradients reach the
+/// same parameters).
 fn compare<T: Element>(
     graph: &Graph,
     tokens: usize,
@@ -40,50 +35,36 @@ fn compare<T: Element>(
     seed: u64,
 ) -> (f64, f64) {
     let mut rng = Rng::new(seed);
-    let store64 = {
-        let mut s = ParamStore::<f64>::new();
-        MessagePassing::attention(&mut s, "attn", dim, heads, &mut rng).unwrap();
-        s
-    };
+    let mut store64 = ParamStore::<f64>::new();
+    let layer = attention_layer(&mut store64, dim, heads, &mut rng);
     let store: ParamStore<T> = store64.cast();
-    let mut st = ParamStore::<f64>::new();
-    let layer = MessagePassing::attention(&mut st, "attn", dim, heads, &mut Rng::new(0)).unwrap();
-    let p = params_of(&layer);
+    let p = AttentionParams::of(&layer).unwrap();
     let x = Tensor::<T>::from_fn(&[tokens, dim], |_| T::c(rng.normal()));
     let dy = Tensor::<T>::from_fn(&[tokens, dim], |_| T::c(rng.normal()));
-    let mut mask = vec![false; tokens * tokens];
-    for e in 0..graph.num_edges() {
-        mask[graph.dst()[e] * tokens + graph.src()[e]] = true;
-    }
+    let mask = graph_mask(graph);
     let run = |mode: usize| {
         let mut tape = Tape::<T>::new();
         let xv = tape.input(x.clone());
         let y = match mode {
             0 => layer.forward(&mut tape, &store, graph, xv).unwrap(),
-            1 => dense_self_attention(&mut tape, &store, &p, xv, Some(&mask)).unwrap(),
-            _ => {
-                let pv = |t: &mut Tape<T>, id| t.param(&store, id);
-                let ws = [p.query.weight, p.key.weight, p.value.weight].map(|id| pv(&mut tape, id));
-                let bs =
-                    [p.query.bias, p.key.bias, p.value.bias].map(|id| pv(&mut tape, id.unwrap()));
-                let qkv_w = nabla::ops::concat(&mut tape, &ws, 0).unwrap();
-                let qkv_b = nabla::ops::concat(&mut tape, &bs, 0).unwrap();
-                let w = MhaWeights {
-                    qkv_w,
-                    qkv_b: Some(qkv_b),
-                    proj_w: pv(&mut tape, p.out.weight),
-                    proj_b: Some(pv(&mut tape, p.out.bias.unwrap())),
-                };
-                let blocked: Vec<bool> = mask.iter().map(|m| !m).collect();
-                let opts = AttnOptions {
-                    heads: p.heads,
-                    mask: Some(AttnMask::Shared(blocked)),
-                    need_weights: false,
-                };
-                let x3 = nabla::ops::reshape(&mut tape, xv, &[1, tokens, dim]).unwrap();
-                let (y, _) = multi_head_self_attention(&mut tape, x3, &w, &opts).unwrap();
-                nabla::ops::reshape(&mut tape, y, &[tokens, dim]).unwrap()
-            }
+            1 => dense_attention(
+                &mut tape,
+                &store,
+                &p,
+                xv,
+                Some(mask.clone()),
+                DensePath::Reference,
+            )
+            .unwrap(),
+            _ => dense_attention(
+                &mut tape,
+                &store,
+                &p,
+                xv,
+                Some(mask.clone()),
+                DensePath::Fused,
+            )
+            .unwrap(),
         };
         tape.backward_with(y, dy.clone()).unwrap();
         let mut g = store.clone();
@@ -166,7 +147,7 @@ fn attention_gradchecks() {
     let g = Graph::chain(4).with_self_loops();
     let mut rng = Rng::new(9);
     let mut store = ParamStore::<f64>::new();
-    let layer = MessagePassing::attention(&mut store, "attn", 4, 2, &mut rng).unwrap();
+    let layer = attention_layer(&mut store, 4, 2, &mut rng);
     let x = nabla::gradcheck::randn(&[4, 4], 1.0, &mut rng);
     let rep = nabla::gradcheck::check_gradients(&store, &[x], &Default::default(), |t, p, v| {
         layer.forward(t, p, &g, v[0])
@@ -202,30 +183,36 @@ fn matches_pytorch_multihead_attention_fixtures() {
         let (b, t, d, heads) = (2, 5, 8, 2);
         let win = get("in_proj_weight");
         let bin = get("in_proj_bias");
-        let mut store = ParamStore::<f64>::new();
-        let mut lin = |name: &str, k: usize| {
-            LinearParams::from_values(
-                &mut store,
-                name,
+        // PyTorch's packed in_proj split into the q, k, v projections: a state dict loaded
+        // through the modules' own constructors.
+        let mut tensors = std::collections::BTreeMap::new();
+        for (k, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            tensors.insert(
+                format!("{name}.weight"),
                 win.slice_rows(k * d, (k + 1) * d).unwrap(),
-                Some(bin.slice_rows(k * d, (k + 1) * d).unwrap()),
-            )
-            .unwrap()
-        };
-        let (q, k, v) = (lin("q_proj", 0), lin("k_proj", 1), lin("v_proj", 2));
-        let out = LinearParams::from_values(
-            &mut store,
-            "out_proj",
-            get("out_proj.weight"),
-            Some(get("out_proj.bias")),
-        )
-        .unwrap();
+            );
+            tensors.insert(
+                format!("{name}.bias"),
+                bin.slice_rows(k * d, (k + 1) * d).unwrap(),
+            );
+        }
+        tensors.insert("out_proj.weight".to_string(), get("out_proj.weight"));
+        tensors.insert("out_proj.bias".to_string(), get("out_proj.bias"));
+        let mut store = ParamStore::<f64>::new();
+        let mut vb = VarBuilder::load(&mut store, &tensors);
+        let (q, k, v, out) = (
+            Linear::new(vb.pp("q_proj"), d, d, true).unwrap(),
+            Linear::new(vb.pp("k_proj"), d, d, true).unwrap(),
+            Linear::new(vb.pp("v_proj"), d, d, true).unwrap(),
+            Linear::new(vb.pp("out_proj"), d, d, true).unwrap(),
+        );
         let layer = MessagePassing::new(
             Message::Linear(v),
             Aggregation::Attention {
                 heads,
                 query: q,
                 key: k,
+                dropout: 0.0,
             },
             Update::Linear(out),
         );
@@ -254,7 +241,7 @@ fn matches_pytorch_multihead_attention_fixtures() {
         let xc = t2.constant(tape.value(xv).clone());
         let a = layer
             .aggregation
-            .attention_weights(&mut t2, &store, &g, xc)
+            .attention_weights(&mut t2, &store, &g, NodeInput::Dense(xc), None)
             .unwrap()
             .unwrap();
         let want = get("attn_weights");

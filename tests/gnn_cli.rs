@@ -319,6 +319,64 @@ fn default_run_folder_is_never_replaced_silently() {
     assert_eq!(cfg["train"]["seed"], 5);
 }
 
+/// `gnn train --aggr` reaches the model: each of the GCN's aggregations trains, is recorded in
+/// config.json and gives its own numbers; a model that aggregates by attention refuses the
+/// others, and an unknown name is an error naming the choices.
+#[test]
+fn aggr_flag_selects_the_aggregation() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tsv(&data);
+    let mut losses = Vec::new();
+    for aggr in ["gcn", "add", "mean", "max"] {
+        let out = d.path().join(aggr);
+        let o = Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .args([
+                "gnn", "train", "--epochs", "3", "--plain", "--json", "--aggr", aggr,
+            ])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{aggr}: {err}");
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let r: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["model"]["aggr"], aggr, "{cfg}");
+        let loss = r["final_train_loss"].as_f64().unwrap();
+        assert!(
+            !losses.contains(&loss),
+            "{aggr}: the same loss as another aggregation"
+        );
+        losses.push(loss);
+    }
+    let (code, err) = nabla(&[
+        "gnn",
+        "train",
+        "--model",
+        "gat",
+        "--aggr",
+        "max",
+        "--epochs",
+        "1",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--aggr max: the gat model aggregates by attention"),
+        "{err}"
+    );
+    let (code, err) = nabla(&["gnn", "train", "--aggr", "median", "--epochs", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown aggregation \"median\""), "{err}");
+}
+
 /// The Planetoid TSV loader on Cora reproduces the counts of ../shared/data/README.md.
 #[test]
 fn cora_tsv_matches_the_readme_counts() {

@@ -15,9 +15,9 @@ use crate::error::Result;
 use crate::graph::Graph;
 use crate::init::Rng;
 use crate::invalid;
-use crate::nn::message_passing::{
-    Activation, Aggregation, LinearParams, Message, MessagePassing, Update,
-};
+use crate::nn::linear::Linear;
+use crate::nn::message_passing::{Activation, Aggregation, Message, MessagePassing, Update};
+use crate::nn::module::VarBuilder;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -96,22 +96,11 @@ pub fn influence(
     let mut store = ParamStore::<f64>::new();
     let mut stack = Vec::new();
     for l in 0..layers {
-        let m = LinearParams::new(
-            &mut store,
-            &format!("layers.{l}.message"),
-            hidden,
-            hidden,
-            false,
-            &mut rng,
-        )?;
-        let u = LinearParams::new(
-            &mut store,
-            &format!("layers.{l}.update"),
-            2 * hidden,
-            hidden,
-            true,
-            &mut rng,
-        )?;
+        let mut vb = VarBuilder::init(&mut store, &mut rng);
+        let mut layers = vb.pp("layers");
+        let mut layer = layers.pp(l);
+        let m = Linear::new(layer.pp("message"), hidden, hidden, false)?;
+        let u = Linear::new(layer.pp("update"), 2 * hidden, hidden, true)?;
         stack.push(MessagePassing::new(
             Message::Linear(m),
             Aggregation::Mean,

@@ -1,10 +1,68 @@
-//! Exercises 2.2 and 2.3 computed *through* the message-passing layer (not by hand).
+//! Exercises 2.2 and 2.3 computed *through* the message-passing layer (not by hand), and
+//! Transformer attention as the special case of message passing on a complete graph — the same
+//! layer, the same numbers ([`attention_difference`]).
 
 use crate::autograd::{ParamStore, Tape};
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::nn::message_passing::{Activation, Aggregation, Message, MessagePassing, Update};
+use crate::init::Rng;
+use crate::nn::masked_attention::{dense_attention, graph_mask, AttentionParams, DensePath};
+use crate::nn::message_passing::{
+    Activation, Aggregation, Message, MessagePassing, NodeInput, Update,
+};
+use crate::nn::module::{Ctx, VarBuilder};
 use crate::tensor::Tensor;
+
+/// How far attention as message passing is from dense attention with the same parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionDifference {
+    /// Max |Δ| against the one dense reference (`multi_head_self_attention_reference`).
+    pub reference: f64,
+    /// Max |Δ| against the fused op (`multi_head_self_attention`).
+    pub fused: f64,
+}
+
+/// Attention as message passing on `graph` (nodes = tokens; `None` = the complete graph with
+/// self loops) against dense multi-head self-attention with the same weights and the graph's
+/// non-edges masked (`AttnMask`: `true` = blocked), in f64.
+pub fn attention_difference(
+    tokens: usize,
+    dim: usize,
+    heads: usize,
+    seed: u64,
+    graph: Option<&Graph>,
+) -> Result<AttentionDifference> {
+    let mut rng = Rng::new(seed);
+    let mut store = ParamStore::<f64>::new();
+    let mp = MessagePassing::attention(
+        VarBuilder::init(&mut store, &mut rng).pp("attn"),
+        dim,
+        heads,
+    )?;
+    let x = Tensor::from_fn(&[tokens, dim], |_| rng.normal());
+    let complete = Graph::complete(tokens, true);
+    let (graph, mask) = match graph {
+        Some(g) => (g, Some(graph_mask(g))),
+        None => (&complete, None),
+    };
+    let p = AttentionParams::of(&mp)?;
+    let mut tape = Tape::<f64>::no_grad();
+    let xv = tape.constant(x);
+    let y_mp = mp.forward(&mut tape, &store, graph, xv)?;
+    let y_ref = dense_attention(
+        &mut tape,
+        &store,
+        &p,
+        xv,
+        mask.clone(),
+        DensePath::Reference,
+    )?;
+    let y_fused = dense_attention(&mut tape, &store, &p, xv, mask, DensePath::Fused)?;
+    Ok(AttentionDifference {
+        reference: tape.value(y_mp).max_abs_diff(tape.value(y_ref))?,
+        fused: tape.value(y_mp).max_abs_diff(tape.value(y_fused))?,
+    })
+}
 
 /// What exercise 2.2 asks for, with the intermediate values.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,10 +97,17 @@ pub fn exercise_2_2() -> Result<Exercise22> {
     let mut tape = Tape::<f64>::no_grad();
     let hv = tape.constant(h);
     let out = layer.forward(&mut tape, &store, &graph, hv)?;
-    let (table, index) = layer.message.table(&mut tape, &store, &graph, hv)?;
-    let agg = layer
-        .aggregation
-        .aggregate(&mut tape, &store, &graph, hv, table, &index)?;
+    let x = NodeInput::Dense(hv);
+    let (table, index) = layer.message.table(&mut tape, &store, &graph, x)?;
+    let agg = layer.aggregation.aggregate(
+        &mut tape,
+        &store,
+        &graph,
+        x,
+        table,
+        &index,
+        &mut Ctx::eval(),
+    )?;
     let o = tape.value(out).data();
     let a = tape.value(agg).data();
     Ok(Exercise22 {
@@ -76,6 +141,43 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(r.self_term, 0.0);
+    }
+
+    /// On the complete graph and on a sparse graph (masked), message passing equals both dense
+    /// paths; without the self loops it does not (the check can fail).
+    #[test]
+    fn attention_is_message_passing_on_the_complete_graph() {
+        let d = attention_difference(5, 4, 2, 1, None).unwrap();
+        assert!(d.reference < 1e-12 && d.fused < 1e-12, "{d:?}");
+        let sparse = Graph::from_edges(5, &[(1, 0), (2, 0), (0, 1), (3, 2), (4, 2), (0, 4)])
+            .unwrap()
+            .with_self_loops();
+        let d = attention_difference(5, 4, 2, 2, Some(&sparse)).unwrap();
+        assert!(d.reference < 1e-12 && d.fused < 1e-12, "{d:?}");
+        // The same layer on the complete graph without self loops is not unmasked attention.
+        let no_loops = Graph::complete(5, false);
+        let mut rng = Rng::new(1);
+        let mut store = ParamStore::<f64>::new();
+        let mp = MessagePassing::attention(VarBuilder::init(&mut store, &mut rng).pp("attn"), 4, 2)
+            .unwrap();
+        let x = Tensor::from_fn(&[5, 4], |_| rng.normal());
+        let p = AttentionParams::of(&mp).unwrap();
+        let mut tape = Tape::<f64>::no_grad();
+        let xv = tape.constant(x);
+        let y = mp.forward(&mut tape, &store, &no_loops, xv).unwrap();
+        let dense = dense_attention(&mut tape, &store, &p, xv, None, DensePath::Reference).unwrap();
+        assert!(tape.value(y).max_abs_diff(tape.value(dense)).unwrap() > 1e-3);
+        // With its mask (the diagonal blocked) it is again the same numbers.
+        let masked = dense_attention(
+            &mut tape,
+            &store,
+            &p,
+            xv,
+            Some(graph_mask(&no_loops)),
+            DensePath::Reference,
+        )
+        .unwrap();
+        assert!(tape.value(y).max_abs_diff(tape.value(masked)).unwrap() < 1e-12);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::cli::resume::{self, Typed};
 use crate::data::planetoid::NodeDataset;
 use crate::error::{NablaError, Result};
 use crate::invalid;
-use crate::models::gnn::{GnnConfig, GnnKind};
+use crate::models::gnn::{Aggr, GnnConfig, GnnKind};
 use crate::models::gnn_train::train_node_classifier;
 use crate::outln;
 use crate::train::{Mode, OptimDefaults, OptimizerKind, TrainDefaults};
@@ -42,6 +42,10 @@ pub struct GnnTrainArgs {
     /// gcn | gat | transformer | dense
     #[arg(long, default_value = "gcn")]
     pub model: String,
+    /// Aggregation of the message-passing layers: gcn (normalized sum, GCN's default) | add |
+    /// mean | max for --model gcn; attention (the default) for gat and transformer.
+    #[arg(long)]
+    pub aggr: Option<String>,
     /// Number of runs, seeds seed, seed+1, … (each in OUT/seed-<seed> when more than one).
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
@@ -129,7 +133,10 @@ fn train(a: &GnnTrainArgs, typed: &Typed) -> Result<()> {
     if a.seeds == 0 {
         return Err(invalid!("--seeds must be at least 1"));
     }
-    let cfg = GnnConfig::paper(kind);
+    let mut cfg = GnnConfig::paper(kind);
+    if let Some(g) = &a.aggr {
+        cfg.aggr = Aggr::parse(g)?;
+    }
     let optim_defaults = OptimDefaults {
         kind: OptimizerKind::Adam,
         lr: cfg.lr,

@@ -3,27 +3,35 @@
 //! root/skip weight, as PyG's `TransformerConv`), plus a dense-attention model (every node attends
 //! to every node — the complete graph, O(N²)) used as the cost baseline of `nabla bench gnn`.
 //!
-//! All of them read sparse bag-of-words features through [`sparse_linear`] and aggregate with the
-//! fused kernels of [`crate::nn::graph_ops`] on the graph with self loops.
-//! - GCN: `H¹ = ReLU(Â X W₁ + b₁)`, `Z = Â H¹ W₂ + b₂`, `Â = D^{-1/2}(A+I)D^{-1/2}`.
+//! Each graph model is two [`MessagePassing`] layers (`convs.0`, `convs.1`, PyG's names inside:
+//! `convs.0.lin.weight`, `convs.0.att_src`, `convs.1.lin_query.bias`, …) on the graph with self
+//! loops; the first reads the sparse bag-of-words features (`sparse_linear`), and the layers'
+//! aggregations are the fused kernels of [`crate::nn::graph_ops`].
+//! - GCN: `H¹ = ReLU(Agg(X W₁) + b₁)`, `Z = Agg(H¹ W₂) + b₂`, with `Agg` = `Â = D^{-1/2}(A+I)D^{-1/2}`
+//!   by default ([`Aggr::Gcn`]), or a plain sum, mean or max over `N(i) ∪ {i}` (`--aggr`).
 //! - GAT layer: `z = W h`; `e_ji = LeakyReLU_{0.2}(a_srcᵀ z_j + a_dstᵀ z_i)` per head;
 //!   `α = softmax_{j∈N(i)} e`; `h_i' = Σ_j α_ji z_j + b` (heads concatenated, then ELU).
 //! - Transformer layer: `α = softmax_{j∈N(i)} (W_q h_i)·(W_k h_j)/√d`, `h_i' = W_s h_i + Σ_j α_ji W_v h_j`.
 //!
-//! Dropout is inverted dropout by a constant mask multiplied in (so its backward is the mask).
+//! Dropout is `nn::dropout` (inverted; a unit is dropped where `rng.bernoulli(p)`, `p` PyTorch's
+//! drop probability) on the features (only their nonzeros: [`SparseRows::dropout`]), the hidden
+//! states and the attention weights, in training mode ([`Ctx::train`]).
 
 use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::init::{Init, Rng};
+use crate::init::Rng;
 use crate::invalid;
-use crate::nn::attention::{multi_head_self_attention, AttnOptions, MhaWeights};
-use crate::nn::graph_ops::{edge_add, edge_dot, edge_softmax, head_scores, weighted_aggregate};
-use crate::nn::masked_attention::AttentionParams;
-use crate::nn::message_passing::LinearParams;
-use crate::nn::sparse_linear::{sparse_linear, SparseRows};
-use crate::ops;
-use crate::tensor::{Element, Tensor};
+use crate::nn::activation::Activation;
+use crate::nn::dropout::KeepProb;
+use crate::nn::linear::Linear;
+use crate::nn::masked_attention::{dense_attention, AttentionParams, DensePath};
+use crate::nn::message_passing::{
+    linear_of, train_dropout, Aggregation, MessagePassing, NodeInput,
+};
+use crate::nn::module::{Ctx, VarBuilder};
+use crate::nn::sparse_linear::SparseRows;
+use crate::tensor::Element;
 
 /// Which model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +62,52 @@ impl GnnKind {
             GnnKind::Dense => "dense",
         }
     }
+    /// The aggregations this model can be built with (the first is its paper's).
+    pub fn aggregations(self) -> &'static [Aggr] {
+        match self {
+            GnnKind::Gcn => &[Aggr::Gcn, Aggr::Add, Aggr::Mean, Aggr::Max],
+            GnnKind::Gat | GnnKind::Transformer | GnnKind::Dense => &[Aggr::Attention],
+        }
+    }
+}
+
+/// The aggregation of a model's message-passing layers (`gnn train --aggr`, PyG's `aggr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggr {
+    /// GCN's symmetric normalization `Σ_j h_j/√(d_i d_j)` ([`Aggregation::Gcn`]).
+    Gcn,
+    /// `Σ_j h_j` (PyG's `aggr="add"`).
+    Add,
+    /// `mean_j h_j`.
+    Mean,
+    /// elementwise `max_j h_j`.
+    Max,
+    /// The model's softmax attention weights (GAT's additive, the Transformer's dot product).
+    Attention,
+}
+
+impl Aggr {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "gcn" => Ok(Aggr::Gcn),
+            "add" | "sum" => Ok(Aggr::Add),
+            "mean" => Ok(Aggr::Mean),
+            "max" => Ok(Aggr::Max),
+            "attention" => Ok(Aggr::Attention),
+            other => Err(invalid!(
+                "unknown aggregation {other:?}: expected gcn, add, mean, max or attention"
+            )),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggr::Gcn => "gcn",
+            Aggr::Add => "add",
+            Aggr::Mean => "mean",
+            Aggr::Max => "max",
+            Aggr::Attention => "attention",
+        }
+    }
 }
 
 /// Hyper-parameters (defaults: the papers' Cora settings).
@@ -67,6 +121,8 @@ pub struct GnnConfig {
     pub dropout: f64,
     /// Dropout on the attention weights (GAT, Transformer).
     pub attn_dropout: f64,
+    /// The aggregation of the message-passing layers (must be one of `kind.aggregations()`).
+    pub aggr: Aggr,
     pub lr: f64,
     pub weight_decay: f64,
     pub epochs: usize,
@@ -76,6 +132,7 @@ pub struct GnnConfig {
 
 impl GnnConfig {
     pub fn paper(kind: GnnKind) -> Self {
+        let aggr = kind.aggregations()[0];
         match kind {
             GnnKind::Gcn => GnnConfig {
                 kind,
@@ -83,28 +140,19 @@ impl GnnConfig {
                 heads: 1,
                 dropout: 0.5,
                 attn_dropout: 0.0,
+                aggr,
                 lr: 0.01,
                 weight_decay: 5e-4,
                 epochs: 200,
                 patience: 50,
             },
-            GnnKind::Gat => GnnConfig {
+            GnnKind::Gat | GnnKind::Transformer | GnnKind::Dense => GnnConfig {
                 kind,
                 hidden: 8,
                 heads: 8,
                 dropout: 0.6,
                 attn_dropout: 0.6,
-                lr: 0.005,
-                weight_decay: 5e-4,
-                epochs: 1000,
-                patience: 100,
-            },
-            GnnKind::Transformer | GnnKind::Dense => GnnConfig {
-                kind,
-                hidden: 8,
-                heads: 8,
-                dropout: 0.6,
-                attn_dropout: 0.6,
+                aggr,
                 lr: 0.005,
                 weight_decay: 5e-4,
                 epochs: 1000,
@@ -121,8 +169,6 @@ pub struct GraphInput {
     pub features: SparseRows,
     /// Symmetric graph with self loops.
     pub graph: Graph,
-    /// (E, 1) GCN weights `1/√(d_i d_j)` in CSR order.
-    pub gcn_weights: Vec<f64>,
 }
 
 impl GraphInput {
@@ -135,51 +181,29 @@ impl GraphInput {
             ));
         }
         let graph = graph.symmetric().with_self_loops();
-        let gcn_weights = graph.gcn_norm();
+        // The GCN weights are computed once here, not in the first timed epoch.
+        graph.gcn_norm();
         Ok(GraphInput {
             features: features.row_normalized(),
             graph,
-            gcn_weights,
         })
     }
 }
 
-/// One GAT layer's parameters: `{p}.lin.weight (H·F, in)`, `{p}.att_src (H, F)`,
-/// `{p}.att_dst`, `{p}.bias (H·F)`.
-#[derive(Clone, Copy, Debug)]
-struct GatLayer {
-    weight: ParamId,
-    att_src: ParamId,
-    att_dst: ParamId,
-    bias: ParamId,
-    heads: usize,
-    out: usize,
-}
-
-/// One graph-Transformer layer: `{p}.lin_query/key/value/skip` (`Linear`s).
-#[derive(Clone, Copy, Debug)]
-struct TransformerLayer {
-    query: LinearParams,
-    key: LinearParams,
-    value: LinearParams,
-    skip: LinearParams,
-    heads: usize,
-}
-
+// One value per model: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Layers {
-    Gcn {
-        w1: ParamId,
-        b1: ParamId,
-        w2: ParamId,
-        b2: ParamId,
+    /// Two message-passing layers with `act` between them.
+    Convs {
+        convs: [MessagePassing; 2],
+        act: Activation,
     },
-    Gat(GatLayer, GatLayer),
-    Transformer(TransformerLayer, TransformerLayer),
+    /// `input` (Linear) → ELU → attention over all nodes (residual) → ELU → `head` (Linear).
     Dense {
-        input: LinearParams,
+        input: Linear,
         attn: AttentionParams,
-        head: LinearParams,
+        head: Linear,
     },
 }
 
@@ -190,148 +214,14 @@ pub struct GnnModel {
     layers: Layers,
 }
 
-fn glorot<T: Element>(
-    shape: &[usize],
-    fan_in: usize,
-    fan_out: usize,
-    rng: &mut Rng,
-) -> Result<Tensor<T>> {
-    let b = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    Init::Uniform { low: -b, high: b }.tensor(shape, rng)
-}
-
-fn gat_layer<T: Element>(
-    store: &mut ParamStore<T>,
-    p: &str,
-    input: usize,
-    heads: usize,
-    out: usize,
-    rng: &mut Rng,
-) -> Result<GatLayer> {
-    Ok(GatLayer {
-        weight: store.add(
-            format!("{p}.lin.weight"),
-            glorot(&[heads * out, input], input, heads * out, rng)?,
-        )?,
-        att_src: store.add(
-            format!("{p}.att_src"),
-            glorot(&[heads, out], heads, out, rng)?,
-        )?,
-        att_dst: store.add(
-            format!("{p}.att_dst"),
-            glorot(&[heads, out], heads, out, rng)?,
-        )?,
-        bias: store.add(format!("{p}.bias"), Tensor::zeros(&[heads * out]))?,
-        heads,
-        out,
-    })
-}
-
-fn transformer_layer<T: Element>(
-    store: &mut ParamStore<T>,
-    p: &str,
-    input: usize,
-    heads: usize,
-    out: usize,
-    rng: &mut Rng,
-) -> Result<TransformerLayer> {
-    let mut mk =
-        |n: &str| LinearParams::new(store, &format!("{p}.{n}"), input, heads * out, true, rng);
-    Ok(TransformerLayer {
-        query: mk("lin_query")?,
-        key: mk("lin_key")?,
-        value: mk("lin_value")?,
-        skip: mk("lin_skip")?,
-        heads,
-    })
-}
-
-/// An inverted-dropout mask `(shape)` with entries 0 or `1/(1−p)`.
-pub fn dropout_mask<T: Element>(shape: &[usize], p: f64, rng: &mut Rng) -> Tensor<T> {
-    let s = T::c(1.0 / (1.0 - p));
-    let n = shape.iter().product();
-    Tensor::from_parts(
-        shape.to_vec(),
-        crate::kernels::dropout::bernoulli_select(rng, n, p, T::zero(), s),
-    )
-}
-
-fn dropout<T: Element>(tape: &mut Tape<T>, x: Var, p: f64, rng: Option<&mut Rng>) -> Result<Var> {
-    match rng {
-        Some(rng) if p > 0.0 => {
-            let m = tape.constant(dropout_mask(tape.shape(x), p, rng));
-            ops::mul(tape, x, m)
-        }
-        _ => Ok(x),
-    }
-}
-
-/// Dense self-attention over all nodes with the fused op of `nn::attention` (the Transformer's
-/// fast path); the separate q/k/v weights are packed by a differentiable concat.
-fn fused_dense_attention<T: Element>(
-    tape: &mut Tape<T>,
-    store: &ParamStore<T>,
-    p: &AttentionParams,
-    h: Var,
-) -> Result<Var> {
-    let (n, d) = (tape.shape(h)[0], tape.shape(h)[1]);
-    let ws: Vec<Var> = [p.query, p.key, p.value]
-        .iter()
-        .map(|l| tape.param(store, l.weight))
-        .collect();
-    let qkv_w = ops::concat(tape, &ws, 0)?;
-    let bs: Option<Vec<Var>> = [p.query, p.key, p.value]
-        .iter()
-        .map(|l| l.bias.map(|b| tape.param(store, b)))
-        .collect();
-    let qkv_b = match bs {
-        Some(bs) => Some(ops::concat(tape, &bs, 0)?),
-        None => None,
-    };
-    let w = MhaWeights {
-        qkv_w,
-        qkv_b,
-        proj_w: tape.param(store, p.out.weight),
-        proj_b: p.out.bias.map(|b| tape.param(store, b)),
-    };
-    let opts = AttnOptions {
-        heads: p.heads,
-        mask: None,
-        need_weights: false,
-    };
-    let x3 = ops::reshape(tape, h, &[1, n, d])?;
-    let (y, _) = multi_head_self_attention(tape, x3, &w, &opts)?;
-    ops::reshape(tape, y, &[n, d])
-}
-
-/// Linear map of either the sparse features (first layer) or a dense state.
-enum In<'a> {
-    Sparse(&'a SparseRows),
-    Dense(Var),
-}
-
-fn lin<T: Element>(
-    tape: &mut Tape<T>,
-    store: &ParamStore<T>,
-    x: &In,
-    w: ParamId,
-    b: Option<ParamId>,
-) -> Result<Var> {
-    let wv = tape.param(store, w);
-    let bv = b.map(|b| tape.param(store, b));
-    match x {
-        In::Sparse(s) => sparse_linear(tape, s, wv, bv),
-        In::Dense(v) => ops::linear(tape, *v, wv, bv),
-    }
-}
-
 impl GnnModel {
-    pub fn new<T: Element>(
-        store: &mut ParamStore<T>,
+    /// Builds the model under `vb` (initializes, loads or binds its parameters, named
+    /// `convs.{0,1}.*` — `input`, `attn.*`, `head` for the dense model).
+    pub fn build<T: Element>(
+        mut vb: VarBuilder<'_, T>,
         config: GnnConfig,
         in_dim: usize,
         classes: usize,
-        rng: &mut Rng,
     ) -> Result<Self> {
         if config.hidden == 0 || config.heads == 0 || classes == 0 || in_dim == 0 {
             return Err(invalid!(
@@ -347,154 +237,139 @@ impl GnnModel {
                 config.attn_dropout
             ));
         }
+        let allowed = config.kind.aggregations();
+        if !allowed.contains(&config.aggr) {
+            let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+            return Err(invalid!(
+                "--aggr {}: the {} model aggregates by {} (gcn takes gcn, add, mean or max)",
+                config.aggr.name(),
+                config.kind.name(),
+                names.join(", ")
+            ));
+        }
         let (h, k) = (config.hidden, config.heads);
+        let p = config.attn_dropout;
         let layers = match config.kind {
-            GnnKind::Gcn => Layers::Gcn {
-                w1: store.add("conv1.lin.weight", glorot(&[h, in_dim], in_dim, h, rng)?)?,
-                b1: store.add("conv1.bias", Tensor::zeros(&[h]))?,
-                w2: store.add("conv2.lin.weight", glorot(&[classes, h], h, classes, rng)?)?,
-                b2: store.add("conv2.bias", Tensor::zeros(&[classes]))?,
-            },
-            GnnKind::Gat => Layers::Gat(
-                gat_layer(store, "conv1", in_dim, k, h, rng)?,
-                gat_layer(store, "conv2", k * h, 1, classes, rng)?,
-            ),
-            GnnKind::Transformer => Layers::Transformer(
-                transformer_layer(store, "conv1", in_dim, k, h, rng)?,
-                transformer_layer(store, "conv2", k * h, 1, classes, rng)?,
-            ),
+            GnnKind::Gcn => {
+                let aggregation = || match config.aggr {
+                    Aggr::Add => Aggregation::Sum,
+                    Aggr::Mean => Aggregation::Mean,
+                    Aggr::Max => Aggregation::Max,
+                    _ => Aggregation::Gcn,
+                };
+                let mut c = vb.pp("convs");
+                Layers::Convs {
+                    convs: [
+                        MessagePassing::gcn(c.pp(0), in_dim, h, aggregation())?,
+                        MessagePassing::gcn(c.pp(1), h, classes, aggregation())?,
+                    ],
+                    act: Activation::Relu,
+                }
+            }
+            GnnKind::Gat => {
+                let mut c = vb.pp("convs");
+                Layers::Convs {
+                    convs: [
+                        MessagePassing::gat(c.pp(0), in_dim, k, h, p)?,
+                        MessagePassing::gat(c.pp(1), k * h, 1, classes, p)?,
+                    ],
+                    act: Activation::Elu,
+                }
+            }
+            GnnKind::Transformer => {
+                let mut c = vb.pp("convs");
+                Layers::Convs {
+                    convs: [
+                        MessagePassing::transformer(c.pp(0), in_dim, k, h, p)?,
+                        MessagePassing::transformer(c.pp(1), k * h, 1, classes, p)?,
+                    ],
+                    act: Activation::Elu,
+                }
+            }
             GnnKind::Dense => {
                 let d = h * k;
-                let input = LinearParams::new(store, "input", in_dim, d, true, rng)?;
-                let mut mk =
-                    |n: &str| LinearParams::new(store, &format!("attn.{n}"), d, d, true, rng);
-                let attn = AttentionParams {
-                    query: mk("q_proj")?,
-                    key: mk("k_proj")?,
-                    value: mk("v_proj")?,
-                    out: mk("out_proj")?,
-                    heads: k,
-                };
-                let head = LinearParams::new(store, "head", d, classes, true, rng)?;
+                let input = Linear::new(vb.pp("input"), in_dim, d, true)?;
+                let attn = AttentionParams::of(&MessagePassing::attention(vb.pp("attn"), d, k)?)?;
+                let head = Linear::new(vb.pp("head"), d, classes, true)?;
                 Layers::Dense { input, attn, head }
             }
         };
         Ok(GnnModel { config, layers })
     }
 
-    /// Logits `(N, classes)`. With `rng` (training) dropout is applied; without, it is not.
+    /// A freshly initialized model (parameters drawn from `rng` into `store`).
+    pub fn new<T: Element>(
+        store: &mut ParamStore<T>,
+        config: GnnConfig,
+        in_dim: usize,
+        classes: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        Self::build(VarBuilder::init(store, rng), config, in_dim, classes)
+    }
+
+    /// Every parameter, in creation order.
+    pub fn params(&self) -> Vec<ParamId> {
+        let lp = |l: &Linear| std::iter::once(l.weight).chain(l.bias);
+        match &self.layers {
+            Layers::Convs { convs, .. } => convs.iter().flat_map(|c| c.params()).collect(),
+            Layers::Dense { input, attn, head } => lp(input)
+                .chain(lp(&attn.query))
+                .chain(lp(&attn.key))
+                .chain(lp(&attn.value))
+                .chain(lp(&attn.out))
+                .chain(lp(head))
+                .collect(),
+        }
+    }
+
+    /// The message-passing layers (empty for the dense model).
+    pub fn convs(&self) -> &[MessagePassing] {
+        match &self.layers {
+            Layers::Convs { convs, .. } => convs,
+            Layers::Dense { .. } => &[],
+        }
+    }
+
+    /// Logits `(N, classes)`. In training mode (`ctx.train`) dropout is applied, its masks drawn
+    /// from `ctx`'s stream in a fixed order (features, then per layer attention, hidden states).
     pub fn forward<T: Element>(
         &self,
         tape: &mut Tape<T>,
         store: &ParamStore<T>,
         input: &GraphInput,
-        mut rng: Option<&mut Rng>,
+        ctx: &mut Ctx<'_>,
     ) -> Result<Var> {
         let c = &self.config;
         let g = &input.graph;
-        let x = match rng.as_deref_mut() {
-            Some(r) if c.dropout > 0.0 => input.features.dropout(c.dropout, r),
-            _ => input.features.clone(),
+        let x = if ctx.train && c.dropout > 0.0 {
+            let keep = KeepProb::from_torch_drop_prob(c.dropout)?;
+            input.features.dropout(keep, ctx.rng("feature dropout")?)
+        } else {
+            input.features.clone()
         };
         match &self.layers {
-            Layers::Gcn { w1, b1, w2, b2 } => {
-                let a = tape.constant(Tensor::from_fn(&[g.num_edges(), 1], |e| {
-                    T::c(input.gcn_weights[e])
-                }));
-                let h = lin(tape, store, &In::Sparse(&x), *w1, None)?; // (N, hidden)
-                let h = weighted_aggregate(tape, g, g.source_index(), h, a)?;
-                let b1 = tape.param(store, *b1);
-                let h = ops::add(tape, h, b1)?;
-                let h = ops::relu(tape, h)?;
-                let h = dropout(tape, h, c.dropout, rng.as_deref_mut())?;
-                let h = lin(tape, store, &In::Dense(h), *w2, None)?; // (N, classes)
-                let h = weighted_aggregate(tape, g, g.source_index(), h, a)?;
-                let b2 = tape.param(store, *b2);
-                ops::add(tape, h, b2)
-            }
-            Layers::Gat(l1, l2) => {
-                let h = self.gat(tape, store, g, l1, &In::Sparse(&x), rng.as_deref_mut())?;
-                let h = ops::elu(tape, h, 1.0)?;
-                let h = dropout(tape, h, c.dropout, rng.as_deref_mut())?;
-                self.gat(tape, store, g, l2, &In::Dense(h), rng)
-            }
-            Layers::Transformer(l1, l2) => {
-                let h =
-                    self.transformer(tape, store, g, l1, &In::Sparse(&x), rng.as_deref_mut())?;
-                let h = ops::elu(tape, h, 1.0)?;
-                let h = dropout(tape, h, c.dropout, rng.as_deref_mut())?;
-                self.transformer(tape, store, g, l2, &In::Dense(h), rng)
+            Layers::Convs { convs, act } => {
+                let h = convs[0].propagate(tape, store, g, NodeInput::Sparse(&x), ctx)?;
+                let h = act.apply(tape, h)?;
+                let h = train_dropout(tape, h, c.dropout, ctx)?;
+                convs[1].propagate(tape, store, g, NodeInput::Dense(h), ctx)
             }
             Layers::Dense {
                 input: inp,
                 attn,
                 head,
             } => {
-                let h = lin(tape, store, &In::Sparse(&x), inp.weight, inp.bias)?;
-                let h = ops::elu(tape, h, 1.0)?;
-                let h = dropout(tape, h, c.dropout, rng.as_deref_mut())?;
-                let a = fused_dense_attention(tape, store, attn, h)?;
-                let h = ops::add(tape, h, a)?;
-                let h = ops::elu(tape, h, 1.0)?;
-                let h = dropout(tape, h, c.dropout, rng)?;
-                head.forward(tape, store, h)
+                let h = linear_of(tape, store, inp, NodeInput::Sparse(&x))?;
+                let h = Activation::Elu.apply(tape, h)?;
+                let h = train_dropout(tape, h, c.dropout, ctx)?;
+                let a = dense_attention(tape, store, attn, h, None, DensePath::Fused)?;
+                let h = crate::ops::add(tape, h, a)?;
+                let h = Activation::Elu.apply(tape, h)?;
+                let h = train_dropout(tape, h, c.dropout, ctx)?;
+                linear_of(tape, store, head, NodeInput::Dense(h))
             }
         }
-    }
-
-    fn gat<T: Element>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        g: &Graph,
-        l: &GatLayer,
-        x: &In,
-        rng: Option<&mut Rng>,
-    ) -> Result<Var> {
-        let n = g.num_nodes();
-        let z = lin(tape, store, x, l.weight, None)?; // (N, H·F)
-        let z3 = ops::reshape(tape, z, &[n, l.heads, l.out])?; // (N, H, F)
-        let score = |tape: &mut Tape<T>, a: ParamId| -> Result<Var> {
-            let av = tape.param(store, a); // (H, F)
-            head_scores(tape, z3, av) // (N, H): Σ_f z[n,h,f] a[h,f]
-        };
-        let (es, ed) = (score(tape, l.att_src)?, score(tape, l.att_dst)?);
-        let e = edge_add(tape, g, es, ed)?; // (E, H)
-        let e = ops::leaky_relu(tape, e, 0.2)?;
-        let alpha = edge_softmax(tape, g, e)?;
-        let alpha = dropout(tape, alpha, self.config.attn_dropout, rng)?;
-        let h = weighted_aggregate(tape, g, g.source_index(), z, alpha)?; // (N, H·F)
-        let b = tape.param(store, l.bias);
-        ops::add(tape, h, b)
-    }
-
-    fn transformer<T: Element>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        g: &Graph,
-        l: &TransformerLayer,
-        x: &In,
-        rng: Option<&mut Rng>,
-    ) -> Result<Var> {
-        let q = lin(tape, store, x, l.query.weight, l.query.bias)?; // (N, H·F)
-        let k = lin(tape, store, x, l.key.weight, l.key.bias)?;
-        let v = lin(tape, store, x, l.value.weight, l.value.bias)?;
-        let s = lin(tape, store, x, l.skip.weight, l.skip.bias)?;
-        let d = tape.shape(q)[1] / l.heads;
-        let sc = edge_dot(
-            tape,
-            g,
-            g.source_index(),
-            q,
-            k,
-            l.heads,
-            1.0 / (d as f64).sqrt(),
-        )?;
-        let alpha = edge_softmax(tape, g, sc)?;
-        let alpha = dropout(tape, alpha, self.config.attn_dropout, rng)?;
-        let h = weighted_aggregate(tape, g, g.source_index(), v, alpha)?;
-        ops::add(tape, h, s)
     }
 }
 
@@ -502,6 +377,7 @@ impl GnnModel {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, GradCheckOptions};
+    use crate::tensor::Tensor;
 
     fn tiny() -> (GraphInput, Vec<usize>) {
         let rows: Vec<Vec<usize>> = (0..6).map(|i| vec![i % 5, (i * 3 + 1) % 5]).collect();
@@ -533,10 +409,126 @@ mod tests {
                 }
             }
             let rep = check_gradients(&store, &[], &GradCheckOptions::default(), |t, p, _| {
-                model.forward(t, p, &input, None)
+                model.forward(t, p, &input, &mut Ctx::eval())
             })
             .unwrap();
             assert!(rep.max_rel_error < 1e-6, "{kind:?}: {:?}", rep.per_tensor);
+        }
+    }
+
+    /// Every aggregation the GCN takes reaches the model: each gradchecks, and each gives
+    /// different logits.
+    #[test]
+    fn every_gcn_aggregation_gradchecks_and_differs() {
+        let (input, _) = tiny();
+        let mut outs: Vec<Tensor<f64>> = Vec::new();
+        for &aggr in GnnKind::Gcn.aggregations() {
+            let mut cfg = GnnConfig::paper(GnnKind::Gcn);
+            cfg.hidden = 3;
+            cfg.aggr = aggr;
+            let mut store = ParamStore::<f64>::new();
+            let model = GnnModel::new(&mut store, cfg, 5, 3, &mut Rng::new(1)).unwrap();
+            for p in store.iter_mut() {
+                if p.name.ends_with("bias") {
+                    p.value = p.value.map(|_| 0.1);
+                }
+            }
+            let rep = check_gradients(&store, &[], &GradCheckOptions::default(), |t, p, _| {
+                model.forward(t, p, &input, &mut Ctx::eval())
+            })
+            .unwrap();
+            assert!(rep.max_rel_error < 1e-6, "{aggr:?}: {:?}", rep.per_tensor);
+            let mut tape = Tape::<f64>::no_grad();
+            let y = model
+                .forward(&mut tape, &store, &input, &mut Ctx::eval())
+                .unwrap();
+            let y = tape.value(y).clone();
+            for (o, a) in outs.iter().zip(GnnKind::Gcn.aggregations()) {
+                assert!(o.max_abs_diff(&y).unwrap() > 1e-6, "{aggr:?} = {a:?}");
+            }
+            outs.push(y);
+        }
+        // A model that aggregates by attention refuses the others, naming what it takes.
+        let mut cfg = GnnConfig::paper(GnnKind::Gat);
+        cfg.aggr = Aggr::Max;
+        let e = GnnModel::new(&mut ParamStore::<f64>::new(), cfg, 5, 3, &mut Rng::new(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--aggr max") && e.contains("attention"), "{e}");
+        assert!(Aggr::parse("median").is_err());
+    }
+
+    /// The parameters are named by the module structure, PyG's names inside each layer, in
+    /// creation order, and `params()` lists them all.
+    #[test]
+    fn parameters_have_pyg_names() {
+        let names = |kind| {
+            let mut store = ParamStore::<f64>::new();
+            let m =
+                GnnModel::new(&mut store, GnnConfig::paper(kind), 5, 3, &mut Rng::new(1)).unwrap();
+            let ids: Vec<String> = m
+                .params()
+                .iter()
+                .map(|&id| store.get(id).name.clone())
+                .collect();
+            let all: Vec<String> = store.iter().map(|p| p.name.clone()).collect();
+            assert_eq!(ids, all, "{kind:?}");
+            all
+        };
+        assert_eq!(
+            names(GnnKind::Gcn),
+            [
+                "convs.0.lin.weight",
+                "convs.0.bias",
+                "convs.1.lin.weight",
+                "convs.1.bias"
+            ]
+        );
+        assert_eq!(
+            names(GnnKind::Gat)[..4],
+            [
+                "convs.0.lin.weight",
+                "convs.0.att_src",
+                "convs.0.att_dst",
+                "convs.0.bias"
+            ]
+        );
+        let t = names(GnnKind::Transformer);
+        assert_eq!(t[0], "convs.0.lin_query.weight");
+        assert_eq!(t[7], "convs.0.lin_skip.bias");
+        assert_eq!(t.len(), 16);
+        let d = names(GnnKind::Dense);
+        assert_eq!(d[2], "attn.q_proj.weight");
+        assert_eq!(d.last().unwrap(), "head.bias");
+    }
+
+    /// The first layer on the sparse features gives the numbers of the same layer on the dense
+    /// matrix, for each kind of layer.
+    #[test]
+    fn sparse_input_equals_dense_input() {
+        let (input, _) = tiny();
+        for kind in [GnnKind::Gcn, GnnKind::Gat, GnnKind::Transformer] {
+            let mut cfg = GnnConfig::paper(kind);
+            cfg.hidden = 3;
+            cfg.heads = 2;
+            let mut store = ParamStore::<f64>::new();
+            let model = GnnModel::new(&mut store, cfg, 5, 3, &mut Rng::new(4)).unwrap();
+            let conv = &model.convs()[0];
+            let mut tape = Tape::<f64>::no_grad();
+            let g = &input.graph;
+            let s = conv
+                .propagate(
+                    &mut tape,
+                    &store,
+                    g,
+                    NodeInput::Sparse(&input.features),
+                    &mut Ctx::eval(),
+                )
+                .unwrap();
+            let xd = tape.constant(input.features.to_dense());
+            let d = conv.forward(&mut tape, &store, g, xd).unwrap();
+            let e = tape.value(s).max_abs_diff(tape.value(d)).unwrap();
+            assert!(e < 1e-12, "{kind:?}: {e}");
         }
     }
 
@@ -553,7 +545,7 @@ mod tests {
         let model = GnnModel::new(&mut store, cfg, 5, 3, &mut Rng::new(2)).unwrap();
         let rep = check_gradients(&store, &[], &GradCheckOptions::default(), |t, p, _| {
             let mut r = Rng::new(5);
-            model.forward(t, p, &input, Some(&mut r))
+            model.forward(t, p, &input, &mut Ctx::train(&mut r))
         })
         .unwrap();
         assert!(rep.max_rel_error < 1e-6, "{:?}", rep.per_tensor);

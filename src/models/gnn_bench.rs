@@ -15,6 +15,7 @@ use crate::data::planetoid::NodeDataset;
 use crate::error::Result;
 use crate::init::Rng;
 use crate::models::gnn::{GnnConfig, GnnKind, GnnModel, GraphInput};
+use crate::nn::module::Ctx;
 use crate::ops::{self, CrossEntropyOptions};
 use crate::optim::{Adam, AdamConfig, Optimizer};
 use serde_json::json;
@@ -37,7 +38,7 @@ pub fn bench_gnn(kind: GnnKind, opts: &BenchOptions) -> Result<Vec<BenchResult>>
     let mut tape_bytes = 0;
     let mut epoch = || -> Result<()> {
         let mut tape = Tape::<f32>::new();
-        let logits = model.forward(&mut tape, &store, &input, Some(&mut rng))?;
+        let logits = model.forward(&mut tape, &store, &input, &mut Ctx::train(&mut rng))?;
         let z = ops::gather_rows(&mut tape, logits, &ds.train)?;
         let loss = ops::cross_entropy(&mut tape, z, &y, &CrossEntropyOptions::default())?;
         tape.backward(loss)?;

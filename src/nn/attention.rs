@@ -52,7 +52,11 @@ use crate::shape_err;
 use crate::tensor::{Element, Tensor};
 use rayon::prelude::*;
 
-/// Which (query, key) pairs are blocked. `true` = blocked (PyTorch's boolean-mask convention).
+/// Which (query, key) pairs are blocked — the crate's one attention-mask convention, PyTorch's
+/// for a boolean `attn_mask` / `key_padding_mask` of `nn.MultiheadAttention`: `true` = query `i`
+/// may **not** attend to key `j` (score `−∞`, probability exactly 0), `false` = it may. Every
+/// dense attention here (the fused op, [`multi_head_self_attention_reference`],
+/// [`scaled_dot_product_attention`], `nn::masked_attention`'s graph masks) reads it so.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttnMask {
     /// `key_padding_mask` (B, Tk): `true` = that key is padding and is ignored by every query.

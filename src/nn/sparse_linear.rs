@@ -5,7 +5,8 @@
 //! Backward (X is data, so only W and b): `∂L/∂W[:,f] = Σ_{i : f ∈ nz(i)} X[i,f] G[i,:]ᵀ`,
 //! computed per feature column from the transposed (CSC) copy — parallel, no atomics;
 //! `∂L/∂b = Σ_i G[i,:]`.
-//! Dropout on `X` only touches its nonzeros, so [`SparseRows::dropout`] is exact.
+//! Dropout on `X` only touches its nonzeros, so [`SparseRows::dropout`] is exact (and it is
+//! `nn::dropout`'s decision rule and mask kernel).
 //!
 //! Both products are the sparse × dense kernel [`crate::kernels::sparse::spmm`] (the CSC copy
 //! read as rows, its values through their CSR positions); the bias gradient is
@@ -15,7 +16,9 @@ use crate::autograd::{BackwardCtx, Op, Tape, Var};
 use crate::error::Result;
 use crate::init::Rng;
 use crate::kernels::col_sums;
+use crate::kernels::dropout::{apply_mask, dropout_mask};
 use crate::kernels::sparse::{spmm, CsrView};
+use crate::nn::dropout::KeepProb;
 use crate::tensor::{Element, Tensor};
 use crate::{invalid, shape_err};
 use std::sync::Arc;
@@ -131,18 +134,16 @@ impl SparseRows {
         }
     }
 
-    /// Inverted dropout on the nonzeros: each is kept with probability `1 − p` and scaled by
-    /// `1/(1 − p)` (the zeros of `X` are unaffected by any mask).
-    pub fn dropout(&self, p: f64, rng: &mut Rng) -> Self {
-        if p <= 0.0 {
+    /// Inverted dropout on the nonzeros, `nn::dropout`'s rule and kernel
+    /// ([`crate::kernels::dropout::dropout_mask`]): nonzero `k` (in CSR order) is dropped where
+    /// the `k`-th draw gives `rng.bernoulli(1 − keep)` and kept scaled by `1/keep` otherwise. The
+    /// zeros of `X` are unaffected by any mask, so this equals dropout on the dense matrix.
+    pub fn dropout(&self, keep: KeepProb, rng: &mut Rng) -> Self {
+        if keep.keep() == 1.0 {
             return self.clone();
         }
-        let s = 1.0 / (1.0 - p);
-        let values = self
-            .values
-            .iter()
-            .map(|&v| if rng.bernoulli(p) { 0.0 } else { v * s })
-            .collect();
+        let mask: Vec<f64> = dropout_mask(rng, self.nnz(), keep.drop_prob(), 1.0 / keep.keep());
+        let values = apply_mask(&self.values, &mask);
         SparseRows {
             values: Arc::new(values),
             ..self.clone()
@@ -258,6 +259,43 @@ mod tests {
     use super::*;
     use crate::autograd::ParamStore;
     use crate::gradcheck::{check_gradients, randn, GradCheckOptions};
+
+    /// The feature dropout makes `nn::dropout`'s decisions, one draw per nonzero in CSR order:
+    /// dropped where `rng.bernoulli(p)` (PyTorch's p), kept ×1/(1 − p).
+    #[test]
+    fn dropout_is_the_one_dropout_rule_on_the_nonzeros() {
+        let rows: Vec<Vec<(usize, f64)>> = (0..50)
+            .map(|i| {
+                (0..7)
+                    .filter(|c| (i + c) % 3 != 0)
+                    .map(|c| (c, 0.5 + c as f64))
+                    .collect()
+            })
+            .collect();
+        let x = SparseRows::new(7, &rows).unwrap();
+        for p in [0.5, 0.6, 0.25] {
+            let d = x.dropout(
+                KeepProb::from_torch_drop_prob(p).unwrap(),
+                &mut Rng::new(11),
+            );
+            let mut r = Rng::new(11);
+            let want: Vec<f64> = x
+                .values
+                .iter()
+                .map(|&v| {
+                    if r.bernoulli(p) {
+                        0.0
+                    } else {
+                        v * (1.0 / (1.0 - p))
+                    }
+                })
+                .collect();
+            assert_eq!(d.values.as_ref(), &want, "p = {p}");
+            assert!(want.contains(&0.0) && want.iter().any(|&v| v != 0.0));
+        }
+        let same = x.dropout(KeepProb::new(1.0).unwrap(), &mut Rng::new(1));
+        assert_eq!(same.values, x.values);
+    }
 
     #[test]
     fn sparse_linear_matches_dense_and_gradcheck() {
