@@ -139,7 +139,7 @@ impl BenchCommon {
 pub enum BenchCommand {
     /// f32 GFLOP/s: squares 64…1024 and the RNN step 32×256·256×256, 1 and all threads.
     Matmul(BenchCommon),
-    /// Seconds per Elman RNN training step (forward + BPTT + SGD), f32.
+    /// Seconds per RNN training step (forward + BPTT + SGD), f32: the Elman cell, or `--cell lstm|gru`.
     Rnn(rnn::BenchRnnArgs),
     /// Forward+backward of BatchNorm/LayerNorm/InstanceNorm/GroupNorm, bytes moved and the
     /// fraction of copy bandwidth reached.
