@@ -71,21 +71,6 @@ impl LayerNorm {
     }
 }
 
-impl<T: Element> Module<T> for LayerNorm {
-    fn forward(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        _ctx: &mut Ctx<'_>,
-    ) -> Result<Var> {
-        self.forward_masked(tape, store, x, None)
-    }
-    fn params(&self) -> Vec<ParamId> {
-        affine_ids(self.weight, self.bias)
-    }
-}
-
 /// `torch.nn.GroupNorm(num_groups, num_channels, eps, affine)`; per-channel `weight` (ones)
 /// and `bias` (zeros) of shape `(num_channels)`.
 #[derive(Clone, Debug)]
@@ -134,21 +119,6 @@ impl GroupNorm {
     }
 }
 
-impl<T: Element> Module<T> for GroupNorm {
-    fn forward(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        _ctx: &mut Ctx<'_>,
-    ) -> Result<Var> {
-        self.forward_masked(tape, store, x, None)
-    }
-    fn params(&self) -> Vec<ParamId> {
-        affine_ids(self.weight, self.bias)
-    }
-}
-
 /// `torch.nn.InstanceNorm1d/2d(num_features, eps, affine, track_running_stats=False)`;
 /// per-channel `weight` (ones) and `bias` (zeros) of shape `(num_features)` when `affine`.
 #[derive(Clone, Debug)]
@@ -192,17 +162,25 @@ impl InstanceNorm {
     }
 }
 
-impl<T: Element> Module<T> for InstanceNorm {
-    fn forward(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        _ctx: &mut Ctx<'_>,
-    ) -> Result<Var> {
-        self.forward_masked(tape, store, x, None)
-    }
-    fn params(&self) -> Vec<ParamId> {
-        affine_ids(self.weight, self.bias)
-    }
+/// The row norms as modules: the forward is the unmasked `forward_masked`, the parameters the
+/// optional affine pair.
+macro_rules! row_norm_module {
+    ($($name:ident),*) => {$(
+        impl<T: Element> Module<T> for $name {
+            fn forward(
+                &self,
+                tape: &mut Tape<T>,
+                store: &ParamStore<T>,
+                x: Var,
+                _ctx: &mut Ctx<'_>,
+            ) -> Result<Var> {
+                self.forward_masked(tape, store, x, None)
+            }
+            fn params(&self) -> Vec<ParamId> {
+                affine_ids(self.weight, self.bias)
+            }
+        }
+    )*};
 }
+
+row_norm_module!(LayerNorm, GroupNorm, InstanceNorm);
