@@ -205,14 +205,15 @@ impl TrainModel<f32> for SpiralTask {
     fn params_mut(&mut self) -> &mut ParamStore<f32> {
         &mut self.store
     }
-    fn train_step(&mut self, step: u64, _rng: &mut Rng) -> Result<StepOutput> {
+    fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput> {
         let idx = self.sampler.batch(step); // a function of the step: exact resume
         let mut tape = Tape::new();
         let xb = tape.constant(select_rows(&self.x, &idx)?); // (B, 2)
         let yb: Vec<usize> = idx.iter().map(|&i| self.y[i]).collect();
+        // Training mode: dropout, had the model any, draws from the trainer's checkpointed stream.
         let logits = self
             .net
-            .forward(&mut tape, &self.store, xb, &mut Ctx::eval())?;
+            .forward(&mut tape, &self.store, xb, &mut Ctx::train(rng))?;
         let loss = ops::cross_entropy(&mut tape, logits, &yb, &Default::default())?;
         tape.backward(loss)?;
         tape.accumulate_grads(&mut self.store)?;

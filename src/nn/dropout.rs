@@ -64,14 +64,43 @@ impl<T: Element> Op<T> for MaskScale<T> {
     }
 }
 
-/// A dropout layer. As a [`Module`] its mode is the forward's [`Ctx`] (training only when both
-/// the context and [`Dropout::training`] say so), its mask drawn from the context's stream.
+/// A dropout layer. Its mode is the forward's [`Ctx`] (`ctx.train`), its mask drawn from the
+/// context's stream, as every layer's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout {
     pub keep_prob: KeepProb,
     /// Inverted (scale by `1/p` in training) or the original (scale by `p` in evaluation).
     pub inverted: bool,
-    pub training: bool,
+}
+
+impl Dropout {
+    /// Inverted dropout.
+    pub fn new(keep_prob: KeepProb) -> Self {
+        Dropout {
+            keep_prob,
+            inverted: true,
+        }
+    }
+    pub fn non_inverted(keep_prob: KeepProb) -> Self {
+        Dropout {
+            inverted: false,
+            ..Self::new(keep_prob)
+        }
+    }
+    /// Dropout in the context's mode: a stream is needed only in training with `p < 1`.
+    pub fn apply<T: Element>(&self, tape: &mut Tape<T>, x: Var, ctx: &mut Ctx<'_>) -> Result<Var> {
+        if !ctx.train || self.keep_prob.keep() == 1.0 {
+            return eval_dropout(tape, x, self.keep_prob, self.inverted);
+        }
+        dropout(
+            tape,
+            x,
+            self.keep_prob,
+            self.inverted,
+            true,
+            ctx.rng("dropout")?,
+        )
+    }
 }
 
 impl<T: Element> Module<T> for Dropout {
@@ -82,44 +111,33 @@ impl<T: Element> Module<T> for Dropout {
         x: Var,
         ctx: &mut Ctx<'_>,
     ) -> Result<Var> {
-        let training = ctx.train && self.training;
-        if !training || self.keep_prob.keep() == 1.0 {
-            // The identity needs no stream (nor does the non-inverted evaluation scale).
-            return dropout(
-                tape,
-                x,
-                self.keep_prob,
-                self.inverted,
-                false,
-                &mut Rng::new(0),
-            );
-        }
-        let rng = ctx.rng("dropout")?;
-        dropout(tape, x, self.keep_prob, self.inverted, true, rng)
+        self.apply(tape, x, ctx)
     }
     fn params(&self) -> Vec<ParamId> {
         Vec::new()
     }
 }
 
-impl Dropout {
-    /// Inverted dropout in training mode.
-    pub fn new(keep_prob: KeepProb) -> Self {
-        Dropout {
-            keep_prob,
-            inverted: true,
-            training: true,
-        }
+/// Evaluation mode (and `p = 1`): the identity for inverted dropout, the scale by `p` for the
+/// original; no random draws.
+fn eval_dropout<T: Element>(
+    tape: &mut Tape<T>,
+    x: Var,
+    keep_prob: KeepProb,
+    inverted: bool,
+) -> Result<Var> {
+    let p = keep_prob.keep();
+    if inverted || p == 1.0 {
+        return Ok(x);
     }
-    pub fn non_inverted(keep_prob: KeepProb) -> Self {
-        Dropout {
-            inverted: false,
-            ..Self::new(keep_prob)
-        }
-    }
-    pub fn train(&mut self, on: bool) {
-        self.training = on;
-    }
+    scale_by_mask(tape, x, vec![T::c(p); tape.value(x).numel()])
+}
+
+fn scale_by_mask<T: Element>(tape: &mut Tape<T>, x: Var, mask: Vec<T>) -> Result<Var> {
+    let xv = tape.value(x);
+    let y = apply_mask(xv.data(), &mask);
+    let y = Tensor::new(xv.shape(), y)?;
+    Ok(tape.record1(MaskScale { mask }, &[x], y))
 }
 
 /// Functional dropout: see the module doc. Unit `i` is dropped when the `i`-th draw of `rng` is
@@ -134,19 +152,10 @@ pub fn dropout<T: Element>(
     rng: &mut Rng,
 ) -> Result<Var> {
     let p = keep_prob.keep();
-    let mask: Vec<T> = if training {
-        if p == 1.0 {
-            return Ok(x);
-        }
-        let kept = if inverted { T::c(1.0 / p) } else { T::one() };
-        dropout_mask(rng, tape.value(x).numel(), 1.0 - p, kept)
-    } else if inverted || p == 1.0 {
-        return Ok(x);
-    } else {
-        vec![T::c(p); tape.value(x).numel()]
-    };
-    let xv = tape.value(x);
-    let y = apply_mask(xv.data(), &mask);
-    let y = Tensor::new(xv.shape(), y)?;
-    Ok(tape.record1(MaskScale { mask }, &[x], y))
+    if !training || p == 1.0 {
+        return eval_dropout(tape, x, keep_prob, inverted);
+    }
+    let kept = if inverted { T::c(1.0 / p) } else { T::one() };
+    let mask = dropout_mask(rng, tape.value(x).numel(), 1.0 - p, kept);
+    scale_by_mask(tape, x, mask)
 }

@@ -34,7 +34,7 @@ use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
 use crate::graph::{EdgeIndex, Graph};
 use crate::init::Init;
-use crate::nn::dropout::{dropout, KeepProb};
+use crate::nn::dropout::{Dropout, KeepProb};
 use crate::nn::graph_ops::{
     edge_add, edge_dot, edge_softmax, head_scores, max_aggregate, uniform_weights,
     weighted_aggregate,
@@ -110,11 +110,7 @@ pub fn train_dropout<T: Element>(
     p: f64,
     ctx: &mut Ctx<'_>,
 ) -> Result<Var> {
-    if !ctx.train || p == 0.0 {
-        return Ok(x);
-    }
-    let keep = KeepProb::from_torch_drop_prob(p)?;
-    dropout(tape, x, keep, true, true, ctx.rng("dropout")?)
+    Dropout::new(KeepProb::from_torch_drop_prob(p)?).apply(tape, x, ctx)
 }
 
 /// The message function `f_ji`.

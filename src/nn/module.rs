@@ -231,10 +231,6 @@ impl<'a, T: Element> VarBuilder<'a, T> {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
-    /// Whether parameters are being freshly initialized (not loaded or bound).
-    pub fn is_init(&self) -> bool {
-        matches!(self.backend, Backend::Init { .. })
-    }
     /// The parameter `name` of `shape`: initialized with `init`, loaded, or bound, by mode.
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<ParamId> {
         let full = self.path(name);
