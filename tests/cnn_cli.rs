@@ -143,7 +143,7 @@ fn train_eval_resume_predict() {
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(logits_of(&out).len(), 2 * 6, "6 synthetic classes");
+    assert_eq!(logits_of(&out).len(), 2 * 10, "10 synthetic classes");
 }
 
 #[test]
