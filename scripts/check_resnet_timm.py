@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet, downsample_conv
 
 
 def build(sd):
@@ -44,14 +44,29 @@ def build(sd):
         layers,
         num_classes=classes,
         in_chans=in_chans,
-        stem_width=stem_width,
         channels=tuple(channels),
     )
+    if len(layers) > 4:
+        raise SystemExit(f"{len(layers)} stages: timm's ResNet.forward runs layer1..layer4 only")
+    # timm's forward calls layer1..layer4 by name: a net of fewer stages passes through the rest.
+    for i in range(len(layers) + 1, 5):
+        setattr(model, f"layer{i}", nn.Identity())
+    if k not in (3, 7):
+        raise SystemExit(f"conv1 has a {k}x{k} kernel: not a nabla/timm ResNet stem")
     if k == 3:
         model.conv1 = nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
-    elif k != 7:
-        raise SystemExit(f"conv1 has a {k}x{k} kernel: not a nabla/timm ResNet stem")
+    if stem_width != 64:
+        # timm's plain stem is always 64 wide (stem_width only sizes its deep stems): a
+        # narrower or wider stem means conv1, bn1 and the first block built for that width.
+        block = Bottleneck if bottleneck else BasicBlock
+        out = channels[0] * block.expansion
+        if k == 7:
+            model.conv1 = nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=False)
+        model.bn1 = nn.BatchNorm2d(stem_width)
+        ds = downsample_conv(stem_width, out, 1, 1, norm_layer=nn.BatchNorm2d) \
+            if stem_width != out else None
+        model.layer1[0] = block(stem_width, channels[0], downsample=ds)
     desc = dict(block="bottleneck" if bottleneck else "basic", layers=layers,
                 channels=channels, stem_width=stem_width, stem="small" if k == 3 else "default",
                 in_chans=in_chans, classes=classes)

@@ -12,13 +12,18 @@
 //! head      global average pool → fc                                 (N, classes)
 //! ```
 //!
-//! **The small-image stem** (3×3 stride-1 `conv1`, no max-pool: 28–32 px inputs keep their
-//! resolution into `layer1`) is not a stock timm option. The weights are the same tensors under
-//! the same names; a timm user builds the same network with
-//! `m = timm.models.resnet.ResNet(block, layers, channels=..., stem_width=..., ...)`, then
+//! **In timm.** With 4 stages and a 64-wide stem this is exactly
+//! `timm.models.resnet.ResNet(block, layers, channels=..., in_chans=..., num_classes=...)`
+//! (the fixtures check it). Three things are not stock timm options, though every tensor keeps
+//! its timm name and shape: the **small-image stem** (3×3 stride-1 `conv1`, no max-pool, so
+//! 28–32 px inputs keep their resolution into `layer1`) — in timm, replace
 //! `m.conv1 = nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False)` and
-//! `m.maxpool = nn.Identity()`, and loads the state dict (`scripts/check_resnet_timm.py` does
-//! exactly that). The stem is read back from the shape of `conv1.weight` (7×7 or 3×3).
+//! `m.maxpool = nn.Identity()`; a **stem width other than 64** (timm's `stem_width` sizes only
+//! its deep stems) — replace `m.bn1` and `m.layer1[0]` built for that width; **fewer than 4
+//! stages** (timm's `forward` calls `layer1`…`layer4` by name) — set the missing `layer{i}` to
+//! `nn.Identity()`. `scripts/check_resnet_timm.py` builds any nabla checkpoint that way, loads
+//! it strictly and compares the logits. The stem is read back from the kernel of `conv1.weight`
+//! (7×7 or 3×3), so no metadata is needed.
 
 use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::error::Result;
