@@ -154,13 +154,13 @@ fn bad_input_fails_cleanly() {
     // A checkpoint that is not a ResNet.
     let w = Tensor::<f32>::zeros(&[8, 1, 7, 7]);
     nabla::io::save_safetensors(
-        &p("vit.safetensors"),
+        p("vit.safetensors"),
         &[("patch_embed.proj.weight".into(), &w)],
         None,
     )
     .unwrap();
     let x = Tensor::<f32>::zeros(&[1, 1, 8, 8]);
-    nabla::io::save_safetensors(&p("x.safetensors"), &[("x".into(), &x)], None).unwrap();
+    nabla::io::save_safetensors(p("x.safetensors"), &[("x".into(), &x)], None).unwrap();
     let (code, _, err) = nabla(&[
         "cnn",
         "predict",
@@ -181,7 +181,7 @@ fn bad_input_fails_cleanly() {
     let mut sd = nabla::io::load_safetensors::<f32>(&ck).unwrap();
     sd.insert("layer2.0.conv2.weight".into(), Tensor::zeros(&[8, 7, 3, 3]));
     let list: Vec<(String, &Tensor<f32>)> = sd.iter().map(|(k, v)| (k.clone(), v)).collect();
-    nabla::io::save_safetensors(&p("bad.safetensors"), &list, None).unwrap();
+    nabla::io::save_safetensors(p("bad.safetensors"), &list, None).unwrap();
     let (code, _, err) = nabla(&[
         "cnn",
         "predict",
@@ -194,7 +194,7 @@ fn bad_input_fails_cleanly() {
     assert!(err.contains("layer2.0.conv2.weight"), "{err}");
     // An input with the wrong channel count.
     let x3 = Tensor::<f32>::zeros(&[1, 3, 28, 28]);
-    nabla::io::save_safetensors(&p("x3.safetensors"), &[("x".into(), &x3)], None).unwrap();
+    nabla::io::save_safetensors(p("x3.safetensors"), &[("x".into(), &x3)], None).unwrap();
     let (code, _, err) = nabla(&[
         "cnn",
         "predict",

@@ -133,9 +133,12 @@ fn pooling_gradients_match_finite_differences() {
         h: 1e-4,
         ..Default::default()
     };
-    let rep = check_gradients(&ParamStore::new(), &[x.clone()], &opts, |t, _, v| {
-        max_pool2d(t, v[0], 3, 2, 1)
-    })
+    let rep = check_gradients(
+        &ParamStore::new(),
+        std::slice::from_ref(&x),
+        &opts,
+        |t, _, v| max_pool2d(t, v[0], 3, 2, 1),
+    )
     .unwrap();
     assert!(rep.max_rel_error < 1e-6, "max_pool {:?}", rep.per_tensor);
     let rep = check_gradients(&ParamStore::new(), &[x], &opts, |t, _, v| {
@@ -167,7 +170,7 @@ fn batch_norm_2d_trains_and_evaluates() {
     let x = randn(&[4, 3, 5, 5], 2.0, &mut rng);
     let rep = check_gradients(
         &store,
-        &[x.clone()],
+        std::slice::from_ref(&x),
         &GradCheckOptions::default(),
         |t, s, v| {
             let train = Ctx {

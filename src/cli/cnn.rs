@@ -225,7 +225,7 @@ pub struct CnnPredictArgs {
 fn predict(a: &CnnPredictArgs) -> Result<()> {
     let (net, store, _) = load_model(&a.checkpoint)?;
     let tensors = crate::io::load_safetensors::<f32>(&a.input)?;
-    let x: &Tensor<f32> = crate::io::take(&tensors, "x", &a.input.display().to_string())?;
+    let x: &Tensor<f32> = crate::io::take(&tensors, "x", a.input.display().to_string())?;
     x.check_finite("the input x")?;
     let logits = net.predict(&store, x)?;
     if a.json {
