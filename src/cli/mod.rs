@@ -13,6 +13,7 @@ pub mod gnn;
 pub mod plot;
 pub mod resume;
 pub mod rnn;
+pub mod study;
 pub mod vit;
 pub mod vit_predict;
 pub mod vit_train;
@@ -110,6 +111,9 @@ pub enum Command {
     /// Vision Transformer: predict, train, eval, analyze.
     #[command(subcommand)]
     Vit(vit::VitCommand),
+    /// Experiments across models: the ViT paper's data-size study.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -329,6 +333,7 @@ pub fn run(cli: Cli, typed: &resume::Typed) -> Result<()> {
             out,
         } => reproduce(json, only.as_deref(), format, out),
         Command::Vit(c) => vit::run(c, typed),
+        Command::Study(c) => study::run(c),
         Command::Bench(BenchCommand::Vit(a)) => {
             let cfg = crate::models::vit::VitConfig {
                 image_size: a.image_size,
