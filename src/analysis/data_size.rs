@@ -23,18 +23,20 @@
 //! every point, and a rerun of the same study skips the points it already holds and resumes an
 //! interrupted point from its checkpoint.
 
-use crate::cli::vit_train;
+use crate::cli::{cnn, vit_train};
 use crate::data;
 use crate::errln;
 use crate::error::{NablaError, Result};
 use crate::invalid;
+use crate::models::cnn_task::{self, build_task as build_cnn_task, CnnTask, CnnTaskConfig};
 use crate::models::resample::Interp;
+use crate::models::resnet::{BlockKind, Stem};
 use crate::models::vit::{Pool, Vit, VitConfig};
 use crate::models::vit_task::{build_task, resolve_checkpoint, VitTask, VitTaskConfig};
 use crate::plot::{write_charts, Axis, Chart, Mark, Series};
 use crate::train::{
-    AnyOptimizer, OptimArgs, ProgressMode, TrainArgs, TrainConfig, TrainDefaults, TrainModel,
-    Trainer,
+    AnyOptimizer, ImageDataArgs, OptimArgs, ProgressMode, TrainArgs, TrainConfig, TrainDefaults,
+    TrainModel, Trainer,
 };
 use crate::ParamStore;
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,8 @@ pub enum StudyModel {
     Vit,
     /// The same ViT fine-tuned from the `transfer` checkpoint.
     VitTransfer,
+    /// The ResNet of `cnn train` (small-image stem, BasicBlocks).
+    Resnet,
 }
 
 impl StudyModel {
@@ -59,6 +63,7 @@ impl StudyModel {
         match self {
             StudyModel::Vit => "vit",
             StudyModel::VitTransfer => "vit-transfer",
+            StudyModel::Resnet => "resnet",
         }
     }
     /// How the plot's legend names it.
@@ -66,6 +71,7 @@ impl StudyModel {
         match self {
             StudyModel::Vit => "ViT (from scratch)",
             StudyModel::VitTransfer => "ViT (pre-trained, fine-tuned)",
+            StudyModel::Resnet => "ResNet (from scratch)",
         }
     }
 }
@@ -75,8 +81,9 @@ impl std::str::FromStr for StudyModel {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "vit" => Ok(StudyModel::Vit),
+            "resnet" => Ok(StudyModel::Resnet),
             _ => Err(invalid!(
-                "unknown study model {s:?}: the models are vit (vit-transfer comes with --transfer)"
+                "unknown study model {s:?}: the models are vit and resnet (vit-transfer comes with --transfer)"
             )),
         }
     }
@@ -150,6 +157,26 @@ impl Default for VitArch {
     }
 }
 
+/// The ResNet of the study (the flags of `cnn train` it varies; BasicBlocks, small-image stem).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResnetArch {
+    pub layers: Vec<usize>,
+    pub channels: Vec<usize>,
+    pub stem_width: usize,
+}
+
+impl Default for ResnetArch {
+    /// `cnn train`'s defaults: stages `[1, 1, 1]` of widths `[16, 32, 64]`, a 16-wide 3×3
+    /// stem.
+    fn default() -> Self {
+        ResnetArch {
+            layers: cnn_task::DEFAULT_LAYERS.to_vec(),
+            channels: cnn_task::DEFAULT_CHANNELS.to_vec(),
+            stem_width: cnn_task::DEFAULT_STEM_WIDTH,
+        }
+    }
+}
+
 /// Everything a study needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StudyConfig {
@@ -168,6 +195,7 @@ pub struct StudyConfig {
     /// Validation images carved from the end of the training set (not trained on).
     pub val_size: usize,
     pub vit: VitArch,
+    pub resnet: ResnetArch,
     /// A ViT run folder / checkpoint pre-trained on another data set: adds `vit-transfer`.
     pub transfer: Option<PathBuf>,
     pub progress: ProgressMode,
@@ -186,6 +214,7 @@ pub struct StudySettings {
     /// How the steps were chosen ("--steps", "--quick", or the budget's calibration).
     pub steps_from: String,
     pub vit: VitArch,
+    pub resnet: ResnetArch,
     /// The `transfer` checkpoint and the data it was trained on.
     pub transfer: Option<TransferSource>,
     /// How a point is trained and evaluated, in words.
@@ -323,9 +352,10 @@ fn vit_task(c: &StudyConfig, model: StudyModel, n: usize, seed: u64) -> Result<V
         seed,
         train_limit: Some(n),
         eval_limit: None,
-        finetune_from: match model {
-            StudyModel::Vit => None,
-            StudyModel::VitTransfer => c.transfer.clone(),
+        finetune_from: if model == StudyModel::VitTransfer {
+            c.transfer.clone()
+        } else {
+            None
         },
         pos_interp: Interp::Bicubic,
         finetune_heads: Some(a.heads),
@@ -399,12 +429,66 @@ fn point_config(
     a.config(&defaults.out)
 }
 
-/// Trains one point on the shared trainer and reads its test record.
+/// The ResNet task of one point.
+fn resnet_task(c: &StudyConfig, n: usize, seed: u64) -> Result<CnnTask> {
+    build_cnn_task(&CnnTaskConfig {
+        data: ImageDataArgs {
+            data: c.data.clone(),
+            val_size: Some(c.val_size),
+            image_size: None,
+            batch: c.batch.min(n),
+            label_smoothing: 0.1,
+            crop_pad: 2,
+            hflip: true,
+            train_limit: Some(n),
+            eval_limit: None,
+        },
+        block: BlockKind::Basic,
+        layers: c.resnet.layers.clone(),
+        channels: c.resnet.channels.clone(),
+        stem_width: c.resnet.stem_width,
+        stem: Stem::Small,
+        seed,
+    })
+}
+
+/// The optimizer of each model: its command's default (`vit train`: AdamW 2e-3, weight decay
+/// 0.05; `cnn train`: SGD with Nesterov momentum 0.9, 0.1, weight decay 5e-4), the command's
+/// trainer defaults and its base rate.
+fn optimizer(model: StudyModel) -> Result<(AnyOptimizer<f32>, TrainDefaults, f64)> {
+    Ok(match model {
+        StudyModel::Vit | StudyModel::VitTransfer => (
+            OptimArgs::default().build::<f32>(vit_train::OPTIM_DEFAULTS)?,
+            vit_train::train_defaults(),
+            vit_train::OPTIM_DEFAULTS.lr,
+        ),
+        StudyModel::Resnet => (
+            OptimArgs {
+                nesterov: true,
+                ..OptimArgs::default()
+            }
+            .build::<f32>(cnn::OPTIM_DEFAULTS)?,
+            cnn::train_defaults(),
+            cnn::OPTIM_DEFAULTS.lr,
+        ),
+    })
+}
+
+/// Trains one point on the shared trainer; `None` when it was interrupted. `cost` is
+/// (parameters, forward FLOPs per image, batch).
+#[allow(clippy::too_many_arguments)]
 fn fit_point<M: TrainModel<f32>>(
+    c: &StudyConfig,
     task: &mut M,
-    opt: AnyOptimizer<f32>,
-    cfg: TrainConfig,
-) -> Result<Option<(crate::train::TrainSummary, f64, f64)>> {
+    cost: (usize, f64, usize),
+    model: StudyModel,
+    n: usize,
+    seed: u64,
+    steps: u64,
+    dir: &Path,
+) -> Result<Option<StudyRow>> {
+    let (opt, defaults, lr) = optimizer(model)?;
+    let cfg = point_config(c, &defaults, lr, steps, seed, dir)?;
     let summary = Trainer::new(cfg, opt).fit(task)?;
     if summary.outcome == crate::train::Outcome::Interrupted {
         return Ok(None);
@@ -412,41 +496,15 @@ fn fit_point<M: TrainModel<f32>>(
     let t = summary.test.as_ref().ok_or_else(|| {
         invalid!("the data has no test split: the study evaluates every point on the test set")
     })?;
-    let acc = t.metrics.get("test_acc").copied().unwrap_or(f64::NAN);
-    let loss = t.metrics.get("test_loss").copied().unwrap_or(f64::NAN);
-    Ok(Some((summary, acc, loss)))
-}
-
-/// Trains one point; `None` when it was interrupted.
-fn train_point(
-    c: &StudyConfig,
-    model: StudyModel,
-    n: usize,
-    seed: u64,
-    steps: u64,
-    dir: &Path,
-) -> Result<Option<StudyRow>> {
-    let (mut task, optim_defaults, defaults) = match model {
-        StudyModel::Vit | StudyModel::VitTransfer => (
-            vit_task(c, model, n, seed)?,
-            vit_train::OPTIM_DEFAULTS,
-            vit_train::train_defaults(),
-        ),
-    };
-    let opt = OptimArgs::default().build::<f32>(optim_defaults)?;
-    let cfg = point_config(c, &defaults, optim_defaults.lr, steps, seed, dir)?;
-    let batch = task.sampler.batch_size();
-    let (params, flops) = (task.store.num_elements(), vit_flops(&task.vit.cfg));
-    let Some((summary, test_acc, test_loss)) = fit_point(&mut task, opt, cfg)? else {
-        return Ok(None);
-    };
+    let metric = |k: &str| t.metrics.get(k).copied().unwrap_or(f64::NAN);
     let last = summary.last.as_ref();
+    let (params, flops, batch) = cost;
     Ok(Some(StudyRow {
         model,
         n,
         seed,
-        test_acc,
-        test_loss,
+        test_acc: metric("test_acc"),
+        test_loss: metric("test_loss"),
         params,
         flops_per_image: flops,
         train_seconds: summary.wall_time_s,
@@ -459,15 +517,41 @@ fn train_point(
     }))
 }
 
-/// Seconds per training step of `model` (median of a few, after one warm-up) and seconds to
-/// evaluate the test set once, for the budget's calibration.
-fn calibrate(c: &StudyConfig, model: StudyModel, n: usize) -> Result<(f64, f64)> {
-    let (mut task, optim_defaults) = match model {
+/// Trains one point; `None` when it was interrupted.
+fn train_point(
+    c: &StudyConfig,
+    model: StudyModel,
+    n: usize,
+    seed: u64,
+    steps: u64,
+    dir: &Path,
+) -> Result<Option<StudyRow>> {
+    match model {
         StudyModel::Vit | StudyModel::VitTransfer => {
-            (vit_task(c, model, n, 0)?, vit_train::OPTIM_DEFAULTS)
+            let mut t = vit_task(c, model, n, seed)?;
+            let cost = (
+                t.store.num_elements(),
+                vit_flops(&t.vit.cfg),
+                t.sampler.batch_size(),
+            );
+            fit_point(c, &mut t, cost, model, n, seed, steps, dir)
         }
-    };
-    let mut opt = OptimArgs::default().build::<f32>(optim_defaults)?;
+        StudyModel::Resnet => {
+            let mut t = resnet_task(c, n, seed)?;
+            let cost = (t.num_params(), t.flops_per_image(), t.sampler.batch_size());
+            fit_point(c, &mut t, cost, model, n, seed, steps, dir)
+        }
+    }
+}
+
+/// Seconds per optimizer step of `task` (median of three, after one warm-up) and seconds to
+/// evaluate `test_images` (from the time of one validation pass over `val_images`).
+fn time_task<M: TrainModel<f32>>(
+    task: &mut M,
+    mut opt: AnyOptimizer<f32>,
+    val_images: usize,
+    test_images: usize,
+) -> Result<(f64, f64)> {
     let mut rng = crate::init::Rng::new(0);
     let mut times = Vec::new();
     for step in 0..4 {
@@ -479,18 +563,32 @@ fn calibrate(c: &StudyConfig, model: StudyModel, n: usize) -> Result<(f64, f64)>
     }
     times.remove(0);
     times.sort_by(f64::total_cmp);
-    let step_s = times[times.len() / 2];
-    // The test set's cost from a slice of it.
-    let test = task
-        .test
-        .clone()
-        .ok_or_else(|| invalid!("the data has no test split: the study needs one"))?;
-    let k = test.len().min(500);
     let t0 = Instant::now();
-    task.test = Some(test.take(k));
-    task.test()?;
-    let eval_s = t0.elapsed().as_secs_f64() * test.len() as f64 / k as f64;
-    Ok((step_s, eval_s))
+    task.evaluate()?;
+    let eval_s = t0.elapsed().as_secs_f64() * test_images as f64 / val_images.max(1) as f64;
+    Ok((times[1], eval_s))
+}
+
+/// [`time_task`] of `model` on `n` images.
+fn calibrate(
+    c: &StudyConfig,
+    model: StudyModel,
+    n: usize,
+    test_images: usize,
+) -> Result<(f64, f64)> {
+    let (opt, _, _) = optimizer(model)?;
+    match model {
+        StudyModel::Vit | StudyModel::VitTransfer => {
+            let mut t = vit_task(c, model, n, 0)?;
+            let v = t.val.len();
+            time_task(&mut t, opt, v, test_images)
+        }
+        StudyModel::Resnet => {
+            let mut t = resnet_task(c, n, 0)?;
+            let v = t.data.val.len();
+            time_task(&mut t, opt, v, test_images)
+        }
+    }
 }
 
 /// Rows of `points` in the order they are trained: sizes ascending, then seeds, then models.
@@ -619,7 +717,7 @@ pub fn run_study(c: &StudyConfig) -> Result<StudyOutcome> {
             (p.settings.steps, p.settings.steps_from.clone())
         }
         (None, Some(m), None) => {
-            let s = budget_steps(c, &all_points, m)?;
+            let s = budget_steps(c, &all_points, m, test.len())?;
             (s, format!("--budget-minutes {m} (calibrated)"))
         }
         (None, None, _) => return Err(invalid!("give --steps N or --budget-minutes M")),
@@ -633,6 +731,7 @@ pub fn run_study(c: &StudyConfig) -> Result<StudyOutcome> {
         batch: c.batch,
         steps_from,
         vit: c.vit.clone(),
+        resnet: c.resnet.clone(),
         transfer,
         protocol: "every point: the first n training images, the same number of optimizer steps of the same batch (min(batch, n)), each model's own optimizer and schedule defaults (warm-up a tenth of the steps at most), crop-pad 2 augmentation, label smoothing 0.1; validation on the last val_size training images once at the end; test accuracy of the final weights on the full test set".into(),
     };
@@ -760,7 +859,12 @@ fn settings_diff(old: &StudySettings, new: &StudySettings) -> String {
 }
 
 /// Steps per point so that `points` fit in `minutes`, from a timed calibration of each model.
-fn budget_steps(c: &StudyConfig, points: &[(StudyModel, usize, u64)], minutes: f64) -> Result<u64> {
+fn budget_steps(
+    c: &StudyConfig,
+    points: &[(StudyModel, usize, u64)],
+    minutes: f64,
+    test_images: usize,
+) -> Result<u64> {
     let mut models: Vec<StudyModel> = points.iter().map(|p| p.0).collect();
     models.sort();
     models.dedup();
@@ -768,7 +872,7 @@ fn budget_steps(c: &StudyConfig, points: &[(StudyModel, usize, u64)], minutes: f
     let mut per_step = 0.0;
     let mut fixed = 0.0;
     for m in models {
-        let (step_s, eval_s) = calibrate(c, m, n0)?;
+        let (step_s, eval_s) = calibrate(c, m, n0, test_images)?;
         let count = points.iter().filter(|p| p.0 == m).count() as f64;
         errln!(
             "calibration: {} {:.3} s per step, {:.1} s per test evaluation ({} points)",
@@ -893,6 +997,11 @@ mod tests {
                 depth: 1,
                 heads: 2,
                 mlp_dim: 16,
+            },
+            resnet: ResnetArch {
+                layers: vec![1],
+                channels: vec![4],
+                stem_width: 4,
             },
             transfer: None,
             progress: ProgressMode::Quiet,

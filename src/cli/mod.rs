@@ -9,6 +9,7 @@ use std::io::Write;
 pub mod norm;
 use serde_json::json;
 
+pub mod cnn;
 pub mod gnn;
 pub mod plot;
 pub mod resume;
@@ -111,6 +112,9 @@ pub enum Command {
     /// Vision Transformer: predict, train, eval, analyze.
     #[command(subcommand)]
     Vit(vit::VitCommand),
+    /// Convolutional network (timm-compatible ResNet): train, eval, predict.
+    #[command(subcommand)]
+    Cnn(cnn::CnnCommand),
     /// Experiments across models: the ViT paper's data-size study.
     #[command(subcommand)]
     Study(study::StudyCommand),
@@ -333,6 +337,7 @@ pub fn run(cli: Cli, typed: &resume::Typed) -> Result<()> {
             out,
         } => reproduce(json, only.as_deref(), format, out),
         Command::Vit(c) => vit::run(c, typed),
+        Command::Cnn(c) => cnn::run(c, typed),
         Command::Study(c) => study::run(c),
         Command::Bench(BenchCommand::Vit(a)) => {
             let cfg = crate::models::vit::VitConfig {

@@ -1,7 +1,7 @@
 //! `nabla study data-size`: the ViT paper's data-size study ([`crate::analysis::data_size`]).
 
 use crate::analysis::data_size::{
-    markdown_table, parse_sizes, run_study, StudyConfig, StudyModel, VitArch,
+    markdown_table, parse_sizes, run_study, ResnetArch, StudyConfig, StudyModel, VitArch,
 };
 use crate::error::Result;
 use crate::invalid;
@@ -43,8 +43,8 @@ pub struct DataSizeArgs {
     /// Seeds per point (0..N): the spread in the plot [default: 1; --quick: 2].
     #[arg(long)]
     pub seeds: Option<u64>,
-    /// Models, comma-separated.
-    #[arg(long, default_value = "vit", value_delimiter = ',')]
+    /// Models, comma-separated: vit, resnet.
+    #[arg(long, default_value = "vit,resnet", value_delimiter = ',')]
     pub models: Vec<String>,
     /// Optimizer steps of every point [default: 1500; --quick: 120].
     #[arg(long, conflicts_with = "budget_minutes")]
@@ -77,6 +77,14 @@ pub struct DataSizeArgs {
     pub vit_heads: usize,
     #[arg(long, default_value_t = 128)]
     pub vit_mlp_dim: usize,
+    /// ResNet blocks per stage.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::models::cnn_task::DEFAULT_LAYERS)]
+    pub resnet_layers: Vec<usize>,
+    /// ResNet stage widths.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::models::cnn_task::DEFAULT_CHANNELS)]
+    pub resnet_channels: Vec<usize>,
+    #[arg(long, default_value_t = crate::models::cnn_task::DEFAULT_STEM_WIDTH)]
+    pub resnet_stem_width: usize,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -126,6 +134,11 @@ impl DataSizeArgs {
                 depth: self.vit_depth,
                 heads: self.vit_heads,
                 mlp_dim: self.vit_mlp_dim,
+            },
+            resnet: ResnetArch {
+                layers: self.resnet_layers.clone(),
+                channels: self.resnet_channels.clone(),
+                stem_width: self.resnet_stem_width,
             },
             transfer: self.transfer.clone(),
             progress: if self.quiet {

@@ -8,7 +8,8 @@ use crate::models::resample::Interp;
 use crate::models::vit::Pool;
 use crate::models::vit_task::{build_task, VitTaskConfig};
 use crate::train::{
-    Mode, OptimArgs, OptimDefaults, OptimizerKind, ScheduleKind, TrainDefaults, Trainer,
+    ImageDataArgs, Mode, OptimArgs, OptimDefaults, OptimizerKind, ScheduleKind, TrainDefaults,
+    Trainer,
 };
 use crate::{errln, outln};
 use clap::Args;
@@ -20,19 +21,6 @@ use std::path::PathBuf;
     after_help = "Defaults of vit train: --epochs 20, --optim adamw --lr 2e-3 --weight-decay 0.05, --warmup 300 then --schedule cosine to --min-lr = 1% of --lr, evaluation every epoch, --monitor val_acc, --out runs/vit."
 )]
 pub struct VitTrainArgs {
-    /// Data folder (MNIST-style IDX, CIFAR-10/100 binaries, PNG/JPEG folders by class:
-    /// train/<class>/ [+ test/<class>/] or <class>/); the built-in synthetic shapes if omitted.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Validation images, carved from the END of the training set (in file order): they select
-    /// best/ and drive --patience; the test set is used once, at the end, on best/. Default: a
-    /// tenth of the training images, at most 5000 (MNIST: the last 5,000 of the 60,000).
-    #[arg(long)]
-    pub val_size: Option<usize>,
-    /// Side of the (square) model input; images are resized bilinearly if it differs from the
-    /// data's. Default: the data's own size.
-    #[arg(long)]
-    pub image_size: Option<usize>,
     #[arg(long, default_value_t = 7)]
     pub patch: usize,
     #[arg(long, default_value_t = 64)]
@@ -45,24 +33,8 @@ pub struct VitTrainArgs {
     pub mlp_dim: usize,
     #[arg(long, default_value = "cls")]
     pub pool: Pool,
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub label_smoothing: f64,
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
-    /// Random-crop padding in pixels (0 = off).
-    #[arg(long, default_value_t = 2)]
-    pub crop_pad: usize,
-    /// Random horizontal flips (only applied to data sets where a flip keeps the class).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub hflip: bool,
-    /// Use only the first N training images (after the validation split is carved off).
-    #[arg(long)]
-    pub train_limit: Option<usize>,
-    /// Validate on the first N validation images only (the final test uses the whole test set).
-    #[arg(long)]
-    pub eval_limit: Option<usize>,
     /// Start from this checkpoint's weights and architecture (patch, dim, depth, heads, MLP) at
     /// --image-size: position embeddings are resampled, the head is re-initialized if the data
     /// has another number of classes.
@@ -74,6 +46,9 @@ pub struct VitTrainArgs {
     /// Heads of the --finetune-from checkpoint when it carries no configuration (timm files).
     #[arg(long)]
     pub finetune_heads: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: ImageDataArgs,
     #[command(flatten)]
     #[serde(flatten)]
     pub train: crate::train::TrainArgs,
@@ -108,24 +83,25 @@ pub fn train_defaults() -> TrainDefaults {
 impl VitTrainArgs {
     /// The model task's part of the flags.
     pub fn task_config(&self) -> Result<VitTaskConfig> {
+        let d = &self.data;
         Ok(VitTaskConfig {
-            data: self.data.clone(),
-            val_size: self.val_size,
-            image_size: self.image_size,
+            data: d.data.clone(),
+            val_size: d.val_size,
+            image_size: d.image_size,
             patch: self.patch,
             dim: self.dim,
             depth: self.depth,
             heads: self.heads,
             mlp_dim: self.mlp_dim,
             pool: self.pool,
-            batch: self.batch,
-            label_smoothing: self.label_smoothing,
+            batch: d.batch,
+            label_smoothing: d.label_smoothing,
             dropout: self.dropout,
-            crop_pad: self.crop_pad,
-            hflip: self.hflip,
+            crop_pad: d.crop_pad,
+            hflip: d.hflip,
             seed: self.train.seed,
-            train_limit: self.train_limit,
-            eval_limit: self.eval_limit,
+            train_limit: d.train_limit,
+            eval_limit: d.eval_limit,
             finetune_from: self.finetune_from.clone(),
             pos_interp: self.pos_interp.parse::<Interp>()?,
             finetune_heads: self.finetune_heads,

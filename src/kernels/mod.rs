@@ -3,6 +3,8 @@
 //!
 //! - [`attention`]: the attention core of one (item, head), forward and backward, fused;
 //! - [`attention_lanes`]: the same core for many short heads at once, one (item, head) per lane;
+//! - [`conv`]: im2col / col2im and max pooling of one image (the data movement of `Conv2d`,
+//!   whose products go through [`matmul`]);
 //! - [`matmul`]: matrix products through `gemm` (transposes as strides);
 //! - [`elementwise`]: exp/sigmoid/tanh/GELU/erf maps and their derivatives;
 //! - [`softmax`]: row softmax, log-softmax, their backward passes, the attention score row;
@@ -27,6 +29,7 @@
 
 pub mod attention;
 pub mod attention_lanes;
+pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod isa;

@@ -10,11 +10,13 @@ use crate::errln;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
-use crate::kernels::log_softmax_rows;
 use crate::models::resample::{resample_pos_embed, Interp};
 use crate::models::vit::{Pool, Vit, VitConfig};
 use crate::tensor::Tensor;
-use crate::train::{BatchSampler, Metrics, StepOutput, TrainModel};
+use crate::train::{
+    evaluate_classifier, BatchSampler, Classifier, ImageData, ImageDataArgs, Metrics, StepOutput,
+    TrainModel,
+};
 use crate::ParamStore;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -219,25 +221,25 @@ pub fn finetune_store(
 
 /// Builds the task (model, data, normalization) from its configuration.
 pub fn build_task(a: &VitTaskConfig) -> Result<VitTask> {
-    let splits = data::load(a.data.as_deref(), a.seed)?;
-    // Validation: the last N training images, carved off before anything else (so it is
-    // disjoint from every image trained on, whatever --train-limit says).
-    let val_size = a
-        .val_size
-        .unwrap_or_else(|| data::default_val_size(splits.train.len()));
-    let (mut train, mut val) = splits.train.split_off_val(val_size)?;
-    if let Some(n) = a.train_limit {
-        train = train.take(n);
-    }
-    if let Some(n) = a.eval_limit {
-        val = val.take(n);
-    }
-    // An empty test split (a single IDX pair of under six images) is no test split.
-    let test = splits.test.filter(|t| !t.is_empty());
-    if train.is_empty() || val.is_empty() {
-        return Err(invalid!("empty training or validation set"));
-    }
-    let image_size = a.image_size.unwrap_or(train.height);
+    let data_args = ImageDataArgs {
+        data: a.data.clone(),
+        val_size: a.val_size,
+        image_size: a.image_size,
+        batch: a.batch,
+        label_smoothing: a.label_smoothing,
+        crop_pad: a.crop_pad,
+        hflip: a.hflip,
+        train_limit: a.train_limit,
+        eval_limit: a.eval_limit,
+    };
+    let ImageData {
+        train,
+        val,
+        val_carved,
+        test,
+        batch_opts,
+    } = data_args.load(a.seed)?;
+    let image_size = batch_opts.image_size;
     let cfg = VitConfig {
         image_size,
         patch: a.patch,
@@ -254,12 +256,6 @@ pub fn build_task(a: &VitTaskConfig) -> Result<VitTask> {
     cfg.validate()?;
     if a.finetune_from.is_none() {
         cfg.memory(a.batch, true).check("vit train")?;
-    }
-    if !(0.0..1.0).contains(&a.label_smoothing) {
-        return Err(invalid!(
-            "--label-smoothing must be in [0, 1), got {}",
-            a.label_smoothing
-        ));
     }
     let (vit, store) = match &a.finetune_from {
         None => {
@@ -307,14 +303,6 @@ pub fn build_task(a: &VitTaskConfig) -> Result<VitTask> {
             (vit, store)
         }
     };
-    let (mean, std) = train.channel_stats();
-    let batch_opts = BatchOptions {
-        mean,
-        std,
-        image_size,
-        crop_pad: a.crop_pad,
-        hflip: a.hflip && train.flip_ok,
-    };
     let sampler = BatchSampler::new(train.len(), a.batch, true, a.seed)?;
     let data_name = train.name.clone();
     Ok(VitTask {
@@ -322,7 +310,7 @@ pub fn build_task(a: &VitTaskConfig) -> Result<VitTask> {
         store,
         train,
         val,
-        val_carved: val_size,
+        val_carved,
         test,
         sampler,
         batch_opts,
@@ -406,13 +394,6 @@ pub fn load_model(
     })
 }
 
-/// Index of the largest value (by `total_cmp`; the last of equal ones).
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len())
-        .max_by(|&i, &j| row[i].total_cmp(&row[j]))
-        .unwrap_or(0)
-}
-
 /// Accuracy and mean loss of `vit` on `ds` (no gradients kept).
 pub fn evaluate(
     vit: &Vit,
@@ -421,47 +402,11 @@ pub fn evaluate(
     opts: &BatchOptions,
     batch: usize,
 ) -> Result<(f64, f64)> {
-    if ds.channels != vit.cfg.in_chans {
-        return Err(invalid!(
-            "{} has {}-channel images, the model expects {} channels",
-            ds.name,
-            ds.channels,
-            vit.cfg.in_chans
-        ));
-    }
-    if ds.num_classes > vit.cfg.num_classes {
-        return Err(invalid!(
-            "{} has {} classes, the model's head has {}",
-            ds.name,
-            ds.num_classes,
-            vit.cfg.num_classes
-        ));
-    }
-    let (mut correct, mut loss) = (0usize, 0.0f64);
-    let idx: Vec<usize> = (0..ds.len()).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let (x, y) = data::make_batch(ds, chunk, opts, None)?;
-        let logits = vit.predict(store, &x)?; // (B, classes)
-        let c = vit.cfg.num_classes;
-        let mut logp = logits.data().to_vec();
-        log_softmax_rows(&mut logp, c);
-        for ((r, lp), &t) in logits.data().chunks(c).zip(logp.chunks(c)).zip(&y) {
-            correct += (argmax(r) == t) as usize;
-            loss -= lp[t] as f64;
-        }
-    }
-    if ds.is_empty() {
-        return Err(invalid!("{}: no images to evaluate", ds.name));
-    }
-    let n = ds.len() as f64;
-    // Non-finite logits (weights that overflow on this data) make the loss NaN and argmax
-    // meaningless: an error, never an accuracy printed with exit status 0.
-    if !loss.is_finite() {
-        return Err(NablaError::NonFinite(format!(
-            "the mean loss of the model on {} is {}: its logits are not finite",
-            ds.name,
-            loss / n
-        )));
-    }
-    Ok((correct as f64 / n, loss / n))
+    let logits = |x: &Tensor<f32>| vit.predict(store, x);
+    let model = Classifier {
+        in_chans: vit.cfg.in_chans,
+        num_classes: vit.cfg.num_classes,
+        logits: &logits,
+    };
+    evaluate_classifier(&model, ds, opts, batch)
 }

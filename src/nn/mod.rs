@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod dropout;
 pub mod graph_ops;
 pub mod linear;
@@ -16,6 +17,7 @@ pub mod rnn;
 pub mod sparse_linear;
 
 pub use activation::Activation;
+pub use conv::{conv2d, global_avg_pool, max_pool2d, BatchNorm2d, Conv2d, ConvSpec, MaxPool2d};
 pub use dropout::{dropout, Dropout, KeepProb};
 pub use linear::Linear;
 pub use module::{params_of, Ctx, Module, Sequential, VarBuilder};

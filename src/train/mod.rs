@@ -88,6 +88,7 @@
 mod checkpoint;
 mod config;
 mod final_test;
+mod image_data;
 mod metrics;
 mod optim_args;
 pub mod plot;
@@ -107,6 +108,7 @@ pub use config::{
     AUTO_CHECKPOINT_IO_SHARE, LENGTH_FLAGS, SESSION_FLAGS,
 };
 pub use final_test::{read_test_record, TestRecord};
+pub use image_data::{evaluate_classifier, Classifier, ImageData, ImageDataArgs};
 pub use metrics::{parse_metrics_jsonl, read_metrics_jsonl, MetricsRecord};
 pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
 pub use progress::format_log_line;
