@@ -69,7 +69,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     pub mark: Mark,
     /// The spread of each point, `(low, high)` (e.g. min and max over seeds), drawn as a
-    /// vertical error bar with caps; empty: none. One entry per point when given.
+    /// vertical error bar with caps where `high > low`; empty: none. One entry per point.
     pub spread: Vec<(f64, f64)>,
 }
 
@@ -491,7 +491,9 @@ where
                     .points
                     .iter()
                     .zip(&s.spread)
-                    .filter(|&(&(x, _), &(lo, hi))| visible(c, (x, lo)) && visible(c, (x, hi)));
+                    .filter(|&(&(x, _), &(lo, hi))| {
+                        hi > lo && visible(c, (x, lo)) && visible(c, (x, hi))
+                    });
                 for (&(x, _), &(lo, hi)) in bars {
                     // The bar in data coordinates, its caps 8 px wide in pixel offsets (so they
                     // are the same width on a log axis).

@@ -1034,7 +1034,11 @@ mod tests {
     #[test]
     fn tiny_study_writes_rows_resumes_and_transfers() {
         let dir = tempfile::tempdir().unwrap();
-        let c = tiny(dir.path());
+        let c = StudyConfig {
+            models: vec![StudyModel::Vit, StudyModel::Resnet],
+            seeds: 1,
+            ..tiny(dir.path())
+        };
         let out = run_study(&c).unwrap();
         assert_eq!((out.trained, out.skipped, out.interrupted), (4, 0, false));
         let s = read_study(&out.json).unwrap();
@@ -1045,21 +1049,31 @@ mod tests {
             assert_eq!(r.steps, 3);
             // 3 steps of 16 images over n images.
             assert!((r.epochs - 48.0 / r.n as f64).abs() < 1e-12);
-            // Width 8, 1 block, MLP 16, 7×7 patches of 28×28, 10 classes: 1250 parameters.
-            assert_eq!(r.params, 1250);
+            // ViT: width 8, 1 block, MLP 16, 7×7 patches of 28×28, 10 classes: 1250
+            // parameters. ResNet: 3×3 stem to 4 channels (36) + BN (8), one BasicBlock of two
+            // 4→4 convs with BNs (2 · (144 + 8)), fc 4→10 (50): 398.
+            let want = if r.model == StudyModel::Vit {
+                1250
+            } else {
+                398
+            };
+            assert_eq!(r.params, want, "{r:?}");
             assert!(r.flops_per_image > 0.0 && r.train_seconds > 0.0);
         }
-        // Summaries: one per (model, n) with the seed spread.
-        assert_eq!(s.summary.len(), 2);
+        // Summaries: one per (model, n); one seed: no spread.
+        assert_eq!(s.summary.len(), 4);
         let r = &s.summary[0];
-        assert_eq!((r.n, r.seeds), (32, 2));
-        assert!(r.min_test_acc <= r.mean_test_acc && r.mean_test_acc <= r.max_test_acc);
-        // The same seed gives the same bits: the rerun of a point reproduces its row.
+        assert_eq!((r.model, r.n, r.seeds), (StudyModel::Vit, 32, 1));
+        assert_eq!(
+            (r.min_test_acc, r.max_test_acc),
+            (r.mean_test_acc, r.mean_test_acc)
+        );
         let svg = std::fs::read_to_string(&out.plot).unwrap();
         assert!(svg.starts_with("<svg"));
-        // A rerun skips everything; another seed count trains only the new points.
+        // A rerun skips everything.
         let again = run_study(&c).unwrap();
         assert_eq!((again.trained, again.skipped), (0, 4));
+        assert_eq!(again.study.rows, s.rows);
         // Other settings are another study.
         let e = run_study(&StudyConfig {
             batch: 8,
@@ -1073,7 +1087,7 @@ mod tests {
         let t = StudyConfig {
             out: dir.path().join("transfer"),
             sizes: vec![Size::N(32)],
-            seeds: 1,
+            models: vec![StudyModel::Vit],
             transfer: Some(from.clone()),
             ..c.clone()
         };
@@ -1113,6 +1127,84 @@ mod tests {
             .expect("another architecture is an error")
             .to_string();
         assert!(e.contains("the same model"), "{e}");
+    }
+
+    #[test]
+    fn plot_has_one_error_bar_per_point_with_seeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |model, n, seed, acc| StudyRow {
+            model,
+            n,
+            seed,
+            test_acc: acc,
+            test_loss: 1.0,
+            params: 1000,
+            flops_per_image: 1e6,
+            train_seconds: 1.0,
+            steps: 10,
+            epochs: 1.0,
+            train_loss: 1.0,
+            val_acc: acc,
+        };
+        let settings = StudySettings {
+            data: "d".into(),
+            train_images: 100,
+            test_images: 10,
+            val_size: 1,
+            steps: 10,
+            batch: 4,
+            steps_from: "--steps".into(),
+            vit: VitArch::default(),
+            resnet: ResnetArch::default(),
+            transfer: None,
+            protocol: String::new(),
+        };
+        let mut s = StudyFile {
+            format: STUDY_FORMAT.into(),
+            settings,
+            sizes: vec![10, 100],
+            seeds: 1,
+            rows: vec![],
+            summary: vec![],
+        };
+        for (m, n, a) in [
+            (StudyModel::Vit, 10, 0.5),
+            (StudyModel::Vit, 100, 0.8),
+            (StudyModel::Resnet, 10, 0.7),
+            (StudyModel::Resnet, 100, 0.9),
+        ] {
+            s.rows.push(row(m, n, 0, a));
+        }
+        let lines = |s: &StudyFile| {
+            let p = dir.path().join("s.svg");
+            plot_study(&p, s).unwrap();
+            let svg = std::fs::read_to_string(&p).unwrap();
+            // Thin lines in the two series' colours: the error bars and their caps (the
+            // series' own lines are 2 px wide; the grid is grey).
+            ["#1F77B4", "#FF7F0E"]
+                .map(|c| {
+                    svg.matches(&format!("stroke=\"{c}\" stroke-width=\"1\""))
+                        .count()
+                })
+                .iter()
+                .sum::<usize>()
+        };
+        let one_seed = lines(&s);
+        assert_eq!(one_seed, 0);
+        for (m, n, a) in [(StudyModel::Vit, 10, 0.6), (StudyModel::Resnet, 100, 0.95)] {
+            s.rows.push(row(m, n, 1, a));
+        }
+        let sum = s.summarize();
+        assert_eq!((sum[0].min_test_acc, sum[0].max_test_acc), (0.5, 0.6));
+        assert!((sum[0].mean_test_acc - 0.55).abs() < 1e-12);
+        // The two points with a second seed get a bar with two caps (three lines each); a
+        // point of one seed has no spread and no bar.
+        assert_eq!(lines(&s), one_seed + 6);
+        let t = markdown_table(&s);
+        assert!(
+            t.contains("| 10 | 0.5500 (0.5000–0.6000) | 0.7000 |"),
+            "{t}"
+        );
     }
 
     #[test]
