@@ -22,12 +22,12 @@ pub const DEFAULT_STEPS: u64 = 1500;
 
 /// What --quick sets (where the flag is not given): under 5 minutes on 2 cores.
 pub const QUICK_SIZES: &str = "250,1000,4000";
-pub const QUICK_STEPS: u64 = 120;
+pub const QUICK_STEPS: u64 = 100;
 pub const QUICK_SEEDS: u64 = 2;
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Every point (model, n, seed) trains for the same number of optimizer steps of the same batch — the data size is the only thing that changes along a line, and the numbers do not depend on the machine's load; the FLOPs per image and the train seconds of each point are in study.json. Models: vit = `vit train`'s ViT (patch 7, dim 64, depth 4, 4 heads, MLP 128: 139,018 parameters on MNIST), AdamW 2e-3, cosine schedule. A rerun with the same flags skips the points already in study.json (and continues an interrupted one from its checkpoint)."
+    after_help = "Every point (model, n, seed) trains for the same number of optimizer steps of the same batch — the data size is the only thing that changes along a line, and the numbers do not depend on the machine's load; the FLOPs per image and the train seconds of each point are in study.json. Models (the defaults of their train commands, matched in parameter count within 2x): vit = `vit train`'s ViT (patch 7, dim 64, depth 4, 4 heads, MLP 128: 139,018 parameters on 28x28 grey images with 10 classes; 4.9 MFLOPs per image), AdamW 2e-3 with weight decay 0.05; resnet = `cnn train`'s ResNet (3x3 stem of 16, BasicBlock stages 1,1,1 of widths 16,32,64: 77,754 parameters; 18.7 MFLOPs per image), SGD 0.1 with Nesterov momentum 0.9 and weight decay 5e-4; both with a warm-up of a tenth of the steps (at most their command's) and a cosine schedule. vit-transfer (with --transfer) = the ViT fine-tuned from the checkpoint with a re-initialized head. A rerun with the same flags skips the points already in study.json (and continues an interrupted one from its checkpoint)."
 )]
 pub struct DataSizeArgs {
     /// Data folder with a test split (MNIST-style IDX, CIFAR binaries, PNG folders).
@@ -46,7 +46,7 @@ pub struct DataSizeArgs {
     /// Models, comma-separated: vit, resnet.
     #[arg(long, default_value = "vit,resnet", value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Optimizer steps of every point [default: 1500; --quick: 120].
+    /// Optimizer steps of every point [default: 1500; --quick: 100].
     #[arg(long, conflicts_with = "budget_minutes")]
     pub steps: Option<u64>,
     /// Wall-clock budget of the whole study: the steps per point (the same for every point) are
@@ -54,7 +54,7 @@ pub struct DataSizeArgs {
     #[arg(long, value_name = "M")]
     pub budget_minutes: Option<f64>,
     /// A small study that finishes in under 5 minutes on 2 cores (sizes 250,1000,4000, 2 seeds,
-    /// 120 steps), unless those flags are given.
+    /// 100 steps), unless those flags are given.
     #[arg(long)]
     pub quick: bool,
     /// A ViT run folder or checkpoint pre-trained on another data set: adds `vit-transfer`, that
