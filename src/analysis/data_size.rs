@@ -815,9 +815,7 @@ pub fn run_study(c: &StudyConfig) -> Result<StudyOutcome> {
             eta
         );
         study.rows.push(row);
-        study
-            .rows
-            .sort_by(|a, b| (a.model, a.n, a.seed).cmp(&(b.model, b.n, b.seed)));
+        study.rows.sort_by_key(|r| (r.model, r.n, r.seed));
         study.summary = study.summarize();
         write_study(&json_path, &study)?;
         plot_study(&plot_path, &study)?;
@@ -1036,14 +1034,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = StudyConfig {
             models: vec![StudyModel::Vit, StudyModel::Resnet],
+            sizes: vec![Size::N(32)],
             seeds: 1,
             ..tiny(dir.path())
         };
         let out = run_study(&c).unwrap();
-        assert_eq!((out.trained, out.skipped, out.interrupted), (4, 0, false));
+        assert_eq!((out.trained, out.skipped, out.interrupted), (2, 0, false));
         let s = read_study(&out.json).unwrap();
-        assert_eq!(s.rows.len(), 4);
-        assert_eq!(s.sizes, [32, 64]);
+        assert_eq!(s.rows.len(), 2);
+        assert_eq!(s.sizes, [32]);
         for r in &s.rows {
             assert!((0.0..=1.0).contains(&r.test_acc), "{r:?}");
             assert_eq!(r.steps, 3);
@@ -1061,7 +1060,7 @@ mod tests {
             assert!(r.flops_per_image > 0.0 && r.train_seconds > 0.0);
         }
         // Summaries: one per (model, n); one seed: no spread.
-        assert_eq!(s.summary.len(), 4);
+        assert_eq!(s.summary.len(), 2);
         let r = &s.summary[0];
         assert_eq!((r.model, r.n, r.seeds), (StudyModel::Vit, 32, 1));
         assert_eq!(
@@ -1072,7 +1071,7 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         // A rerun skips everything.
         let again = run_study(&c).unwrap();
-        assert_eq!((again.trained, again.skipped), (0, 4));
+        assert_eq!((again.trained, again.skipped), (0, 2));
         assert_eq!(again.study.rows, s.rows);
         // Other settings are another study.
         let e = run_study(&StudyConfig {
@@ -1083,7 +1082,7 @@ mod tests {
         .to_string();
         assert!(e.contains("other settings") && e.contains("batch"), "{e}");
         // Transfer from one of the runs: the ViT's weights but a fresh head.
-        let from = dir.path().join("runs/vit_n64_seed0");
+        let from = dir.path().join("runs/vit_n32_seed0");
         let t = StudyConfig {
             out: dir.path().join("transfer"),
             sizes: vec![Size::N(32)],

@@ -47,7 +47,7 @@ pub struct FilterPca {
 /// filters have lower rank than that: at most `min(D − 1, K)`).
 pub fn patch_embed_pca<T: Element>(weight: &Tensor<T>, keep: usize) -> Result<FilterPca> {
     let s = weight.shape();
-    if s.len() != 4 || s[2] != s[3] || s.iter().any(|&v| v == 0) {
+    if s.len() != 4 || s[2] != s[3] || s.contains(&0) {
         return Err(invalid!(
             "patch_embed.proj.weight must be (D, C, P, P), got {s:?}"
         ));
