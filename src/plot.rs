@@ -68,6 +68,9 @@ pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub mark: Mark,
+    /// The spread of each point, `(low, high)` (e.g. min and max over seeds), drawn as a
+    /// vertical error bar with caps where `high > low`; empty: none. One entry per point.
+    pub spread: Vec<(f64, f64)>,
 }
 
 impl Series {
@@ -76,7 +79,13 @@ impl Series {
             name: name.into(),
             points,
             mark,
+            spread: Vec::new(),
         }
+    }
+    /// Adds error bars from `low` to `high` at each point (see [`Series::spread`]).
+    pub fn with_spread(mut self, spread: Vec<(f64, f64)>) -> Series {
+        self.spread = spread;
+        self
     }
 }
 
@@ -415,7 +424,17 @@ where
     let lw = if text { legend_width(c) } else { 0 };
     let (w, _) = area.dim_in_pixel();
     let (plot, legend) = area.split_horizontally(w.saturating_sub(lw) as i32);
-    let pts = || c.series.iter().flat_map(|s| s.points.iter().copied());
+    // The value range covers the error bars as well as the points.
+    let pts = || {
+        c.series.iter().flat_map(|s| {
+            let bars = s
+                .spread
+                .iter()
+                .zip(&s.points)
+                .flat_map(|(&(lo, hi), &(x, _))| [(x, lo), (x, hi)]);
+            s.points.iter().copied().chain(bars)
+        })
+    };
     let xr = range_of(&c.x, pts().filter(|&p| visible(c, p)).map(|p| p.0));
     let yr = range_of(&c.y, pts().filter(|&p| visible(c, p)).map(|p| p.1));
     let mut b = ChartBuilder::on(&plot);
@@ -466,6 +485,29 @@ where
                 if shows_markers(c, s) {
                     chart
                         .draw_series(data.iter().map(|&p| Circle::new(p, 3, col.filled())))
+                        .map_err(e)?;
+                }
+                let bars = s
+                    .points
+                    .iter()
+                    .zip(&s.spread)
+                    .filter(|&(&(x, _), &(lo, hi))| {
+                        hi > lo && visible(c, (x, lo)) && visible(c, (x, hi))
+                    });
+                for (&(x, _), &(lo, hi)) in bars {
+                    // The bar in data coordinates, its caps 8 px wide in pixel offsets (so they
+                    // are the same width on a log axis).
+                    chart
+                        .draw_series([PathElement::new(
+                            vec![(x, lo), (x, hi)],
+                            col.stroke_width(1),
+                        )])
+                        .map_err(e)?;
+                    chart
+                        .draw_series([lo, hi].map(|y| {
+                            EmptyElement::at((x, y))
+                                + PathElement::new(vec![(-4, 0), (4, 0)], col.stroke_width(1))
+                        }))
                         .map_err(e)?;
                 }
             }
@@ -574,6 +616,308 @@ pub fn write_charts(path: &Path, charts: &[Chart]) -> Result<()> {
         )
         .map_err(err)?;
         encode_png(&buf, size)?
+    };
+    crate::io::atomic_write(path, &bytes)
+}
+
+/// How the values of a [`Tiles`] figure map to colours.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TileScale {
+    /// Each tile on its own scale `[−m, m]`, `m` its largest magnitude (principal components,
+    /// whose sign and size are arbitrary).
+    SymmetricPerTile,
+    /// One scale `[lo, hi]` for every tile (e.g. cosine similarity in `[−1, 1]`).
+    Fixed(f64, f64),
+}
+
+/// A grid of small images — filters, principal components, similarity maps — with a
+/// diverging colour map (blue below the middle of the scale, white at it, red above) and a
+/// colour bar; drawn by [`write_tiles`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tiles {
+    pub title: String,
+    /// `(rows, columns)` of values in each tile.
+    pub tile: (usize, usize),
+    /// One row-major `rows × columns` image per tile.
+    pub data: Vec<Vec<f64>>,
+    /// A caption under each tile (empty: none).
+    pub captions: Vec<String>,
+    /// Tiles per row of the figure.
+    pub columns: usize,
+    pub scale: TileScale,
+    /// Pixels per value.
+    pub zoom: usize,
+    /// What the rows and the columns of tiles stand for (empty: unlabelled).
+    pub rows_label: String,
+    pub columns_label: String,
+    /// What the colour means, beside the colour bar.
+    pub colour_label: String,
+}
+
+/// The diverging colour of `t` in `[−1, 1]`: blue (−1) through white (0) to red (1).
+fn diverging(t: f64) -> RGBColor {
+    let t = if t.is_finite() {
+        t.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (end, a) = if t < 0.0 {
+        ([59.0, 76.0, 192.0], -t)
+    } else {
+        ([180.0, 4.0, 38.0], t)
+    };
+    let mix = |k: usize| (255.0 + a * (end[k] - 255.0)).round() as u8;
+    RGBColor(mix(0), mix(1), mix(2))
+}
+
+fn draw_tiles<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    t: &Tiles,
+    layout: &TileLayout,
+    text: bool,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let (th, tw) = t.tile;
+    let z = t.zoom as i32;
+    let font = |sz: i32| ("sans-serif", sz).into_font().color(&BLACK);
+    for (k, tile) in t.data.iter().enumerate() {
+        let (x0, y0) = layout.origin(k);
+        let m = match t.scale {
+            TileScale::SymmetricPerTile => tile.iter().fold(0.0f64, |a, v| a.max(v.abs())),
+            TileScale::Fixed(..) => 0.0,
+        };
+        for (i, &v) in tile.iter().enumerate().take(th * tw) {
+            let u = match t.scale {
+                TileScale::SymmetricPerTile if m > 0.0 => v / m,
+                TileScale::SymmetricPerTile => 0.0,
+                TileScale::Fixed(lo, hi) => 2.0 * (v - lo) / (hi - lo) - 1.0,
+            };
+            let (px, py) = (x0 + (i % tw) as i32 * z, y0 + (i / tw) as i32 * z);
+            root.draw(&Rectangle::new(
+                [(px, py), (px + z, py + z)],
+                diverging(u).filled(),
+            ))
+            .map_err(e)?;
+        }
+        if text {
+            if let Some(c) = t.captions.get(k).filter(|c| !c.is_empty()) {
+                root.draw(&Text::new(
+                    c.clone(),
+                    (x0, y0 + th as i32 * z + 2),
+                    font(11),
+                ))
+                .map_err(e)?;
+            }
+        }
+    }
+    // The colour bar: top = top of the scale.
+    let (bx, by, bh) = layout.bar;
+    for y in 0..bh {
+        let u = 1.0 - 2.0 * y as f64 / (bh - 1).max(1) as f64;
+        root.draw(&Rectangle::new(
+            [(bx, by + y), (bx + 14, by + y + 1)],
+            diverging(u).filled(),
+        ))
+        .map_err(e)?;
+    }
+    if text {
+        root.draw(&Text::new(t.title.clone(), (12, 8), font(16)))
+            .map_err(e)?;
+        let (lo, mid, hi) = match t.scale {
+            TileScale::SymmetricPerTile => {
+                ("−max".to_string(), "0".to_string(), "+max".to_string())
+            }
+            TileScale::Fixed(lo, hi) => (
+                format!("{lo}"),
+                format!("{}", (lo + hi) / 2.0),
+                format!("{hi}"),
+            ),
+        };
+        for (frac, label) in [(0.0, hi), (0.5, mid), (1.0, lo)] {
+            let y = by + (frac * (bh - 1) as f64) as i32;
+            root.draw(&PathElement::new(vec![(bx + 14, y), (bx + 18, y)], BLACK))
+                .map_err(e)?;
+            root.draw(&Text::new(label, (bx + 21, y - 6), font(12)))
+                .map_err(e)?;
+        }
+        root.draw(&Text::new(
+            t.colour_label.clone(),
+            (bx, by + bh + 8),
+            font(12),
+        ))
+        .map_err(e)?;
+        if !t.columns_label.is_empty() {
+            let (x0, y0) = layout.origin(0);
+            root.draw(&Text::new(
+                format!("{} →", t.columns_label),
+                (x0, y0 - 18),
+                font(13),
+            ))
+            .map_err(e)?;
+        }
+        if !t.rows_label.is_empty() {
+            let (x0, y0) = layout.origin(0);
+            let style = font(13).transform(FontTransform::Rotate270);
+            root.draw(&Text::new(
+                format!("← {}", t.rows_label),
+                (x0 - 20, y0 + layout.grid_h),
+                style,
+            ))
+            .map_err(e)?;
+        }
+    }
+    root.present().map_err(e)
+}
+
+/// Pixel positions of a [`Tiles`] figure.
+struct TileLayout {
+    left: i32,
+    top: i32,
+    /// Pitch from one tile to the next, across and down.
+    step: (i32, i32),
+    columns: usize,
+    /// Height of the tile grid in pixels.
+    grid_h: i32,
+    /// Colour bar: x, y, height.
+    bar: (i32, i32, i32),
+    size: (u32, u32),
+}
+
+impl TileLayout {
+    fn new(t: &Tiles, text: bool) -> TileLayout {
+        let (th, tw) = t.tile;
+        let z = t.zoom as i32;
+        let n = t.data.len().max(1);
+        let columns = t.columns.clamp(1, n);
+        let rows = n.div_ceil(columns) as i32;
+        // Gaps between tiles: a quarter of a tile, 2 to 8 px; captions need a line.
+        let gap = ((th.min(tw) as i32 * z) / 4).clamp(2, 8);
+        let caption = if text && t.captions.iter().any(|c| !c.is_empty()) {
+            16
+        } else {
+            0
+        };
+        let step = (
+            tw as i32 * z + gap.max(if caption > 0 { 10 } else { 0 }),
+            th as i32 * z + gap + caption,
+        );
+        let left = 12
+            + if text && !t.rows_label.is_empty() {
+                24
+            } else {
+                0
+            };
+        let top = if text { 36 } else { 12 }
+            + if text && !t.columns_label.is_empty() {
+                22
+            } else {
+                0
+            };
+        let grid_w = columns as i32 * step.0 - gap;
+        let grid_h = rows * step.1 - gap;
+        let bar_h = grid_h.clamp(60, 240);
+        let bar = (left + grid_w + 16, top, bar_h);
+        let right = bar.0 + if text { 14 + 60 } else { 14 + 12 };
+        // Room for the colour label under the bar and for the title across the top.
+        let label_w = if text {
+            7 * t.colour_label.chars().count() as i32
+        } else {
+            0
+        };
+        let title_w = if text {
+            9 * t.title.chars().count() as i32 + 24
+        } else {
+            0
+        };
+        let w = (right.max(bar.0 + label_w + 12)).max(title_w);
+        let h = (top + grid_h).max(top + bar_h + if text { 28 } else { 0 }) + 12;
+        TileLayout {
+            left,
+            top,
+            step,
+            columns,
+            grid_h,
+            bar,
+            size: (w as u32, h as u32),
+        }
+    }
+    fn origin(&self, k: usize) -> (i32, i32) {
+        (
+            self.left + (k % self.columns) as i32 * self.step.0,
+            self.top + (k / self.columns) as i32 * self.step.1,
+        )
+    }
+}
+
+/// Draws a [`Tiles`] figure into `path` (`.svg` or `.png` by its extension, written through
+/// [`crate::io::atomic_write`]).
+pub fn write_tiles(path: &Path, t: &Tiles) -> Result<()> {
+    let (th, tw) = t.tile;
+    if th == 0 || tw == 0 || t.zoom == 0 || t.data.is_empty() {
+        return Err(invalid!(
+            "{}: tiles need a positive size and zoom and at least one tile",
+            path.display()
+        ));
+    }
+    if let Some(bad) = t.data.iter().position(|d| d.len() != th * tw) {
+        return Err(invalid!(
+            "{}: tile {bad} has {} values, not {th}×{tw}",
+            path.display(),
+            t.data[bad].len()
+        ));
+    }
+    if let TileScale::Fixed(lo, hi) = t.scale {
+        if !(lo < hi && lo.is_finite() && hi.is_finite()) {
+            return Err(invalid!(
+                "{}: colour scale [{lo}, {hi}] is empty",
+                path.display()
+            ));
+        }
+    }
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let text = font().is_some();
+    let layout = TileLayout::new(t, text);
+    let err = |e: String| NablaError::Other(format!("drawing {}: {e}", path.display()));
+    let bytes = match ext.as_str() {
+        "svg" => {
+            let mut s = String::new();
+            draw_tiles(
+                SVGBackend::with_string(&mut s, layout.size).into_drawing_area(),
+                t,
+                &layout,
+                text,
+            )
+            .map_err(err)?;
+            s.into_bytes()
+        }
+        "png" => {
+            if !text {
+                return Err(no_font_error(path));
+            }
+            let (w, h) = layout.size;
+            let mut buf = vec![0u8; (w * h * 3) as usize];
+            draw_tiles(
+                BitMapBackend::with_buffer(&mut buf, layout.size).into_drawing_area(),
+                t,
+                &layout,
+                text,
+            )
+            .map_err(err)?;
+            encode_png(&buf, layout.size)?
+        }
+        _ => {
+            return Err(invalid!(
+                "plot file {} has extension {ext:?}; use .svg or .png",
+                path.display()
+            ))
+        }
     };
     crate::io::atomic_write(path, &bytes)
 }

@@ -796,3 +796,152 @@ fn resume_restores_the_runs_configuration() {
         );
     }
 }
+
+/// `vit analyze` writes Figure 7's three panels, each an SVG with its JSON beside it.
+#[test]
+fn analyze_writes_the_three_figure7_panels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let an = tmp.path().join("an");
+    let (code, _, err) = nabla_out(&[
+        "vit",
+        "train",
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--dim",
+        "8",
+        "--depth",
+        "2",
+        "--heads",
+        "2",
+        "--mlp-dim",
+        "16",
+        "--quiet",
+        "--plot",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, stdout, err) = nabla_out(&[
+        "vit",
+        "analyze",
+        "--checkpoint",
+        run.join("best").to_str().unwrap(),
+        "--out",
+        an.to_str().unwrap(),
+        "--images",
+        "8",
+        "--rollouts",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for f in [
+        "patch_embed_pca",
+        "pos_embed_similarity",
+        "attention_distance",
+    ] {
+        let svg = std::fs::read_to_string(an.join(format!("{f}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{f}");
+        assert!(an.join(format!("{f}.json")).is_file(), "{f}");
+    }
+    let pca: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(an.join("patch_embed_pca.json")).unwrap()).unwrap();
+    // 8 filters of 7×7: at most 7 components of a centred rank-7 set, each of 49 values.
+    let comps = pca["pca"]["components"].as_array().unwrap();
+    assert_eq!(comps.len(), 7);
+    assert!(comps.iter().all(|c| c.as_array().unwrap().len() == 49));
+    let ratios: Vec<f64> = pca["pca"]["explained_variance_ratio"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(ratios.windows(2).all(|w| w[0] >= w[1]), "{ratios:?}");
+    assert!(
+        (ratios.iter().sum::<f64>() - 1.0).abs() < 1e-6,
+        "{ratios:?}"
+    );
+    let pos: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(an.join("pos_embed_similarity.json")).unwrap())
+            .unwrap();
+    assert_eq!(pos["grid"], 4);
+    let sim = pos["similarity"].as_array().unwrap();
+    assert_eq!(sim.len(), 16);
+    assert!((sim[5][5].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert!(
+        stdout.contains("patch-embedding PCA: 7 components"),
+        "{stdout}"
+    );
+    let (code, err) = nabla(&[
+        "vit",
+        "analyze",
+        "--checkpoint",
+        run.join("best").to_str().unwrap(),
+        "--out",
+        an.to_str().unwrap(),
+        "--components",
+        "0",
+    ]);
+    assert!(code != 0 && err.contains("--components"), "{err}");
+}
+
+/// `study data-size` on bad input: sizes beyond the data, an empty list, a missing folder.
+#[test]
+fn study_bad_inputs_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    mnist_dir(&data, false);
+    let out = tmp.path().join("study");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let base = [
+        "study",
+        "data-size",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--val-size",
+        "1",
+        "--steps",
+        "1",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        nabla(&a)
+    };
+    let (code, err) = with(&["--sizes", "2,10"]);
+    assert!(
+        code != 0 && err.contains("--sizes 10") && err.contains("3 training images"),
+        "{err}"
+    );
+    for empty in ["", ","] {
+        let (code, err) = with(&["--sizes", empty]);
+        assert!(
+            code != 0 && err.contains("--sizes is empty"),
+            "{empty:?}: {err}"
+        );
+    }
+    let (code, err) = with(&["--sizes", "2,0"]);
+    assert!(code != 0 && err.contains("0 images"), "{err}");
+    let missing = tmp.path().join("missing");
+    let (code, err) = nabla(&[
+        "study",
+        "data-size",
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
+    assert!(
+        code != 0 && err.contains("missing") && err.contains("no such folder"),
+        "{err}"
+    );
+    let (code, err) = with(&["--models", "vit,transformer"]);
+    assert!(code != 0 && err.contains("transformer"), "{err}");
+    let (code, err) = with(&["--budget-minutes", "1"]);
+    assert!(code != 0 && err.contains("--budget-minutes"), "{err}");
+    assert!(!out.join("study.json").exists());
+}

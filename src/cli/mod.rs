@@ -14,6 +14,7 @@ pub mod gnn;
 pub mod plot;
 pub mod resume;
 pub mod rnn;
+pub mod study;
 pub mod vit;
 pub mod vit_predict;
 pub mod vit_train;
@@ -114,6 +115,9 @@ pub enum Command {
     /// Convolutional network (timm-compatible ResNet): train, eval, predict.
     #[command(subcommand)]
     Cnn(cnn::CnnCommand),
+    /// Experiments across models: the ViT paper's data-size study.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -334,6 +338,7 @@ pub fn run(cli: Cli, typed: &resume::Typed) -> Result<()> {
         } => reproduce(json, only.as_deref(), format, out),
         Command::Vit(c) => vit::run(c, typed),
         Command::Cnn(c) => cnn::run(c, typed),
+        Command::Study(c) => study::run(c),
         Command::Bench(BenchCommand::Vit(a)) => {
             let cfg = crate::models::vit::VitConfig {
                 image_size: a.image_size,

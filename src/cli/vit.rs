@@ -3,6 +3,7 @@
 use crate::analysis::vit_attention::{
     attention_distance_sums, attention_rollout, plot_distances, write_rollout_png,
 };
+use crate::analysis::vit_embeddings::write_embedding_panels;
 use crate::data::{self, BatchOptions};
 use crate::error::{NablaError, Result};
 use crate::invalid;
@@ -25,7 +26,9 @@ pub enum VitCommand {
     Train(Box<crate::cli::vit_train::VitTrainArgs>),
     /// Test accuracy and loss of a checkpoint on a data set.
     Eval(EvalArgs),
-    /// Mean attention distance per head/layer (JSON + SVG plot) and attention-rollout PNGs.
+    /// Figure 7 of the ViT paper, one SVG + JSON per panel: principal components of the
+    /// patch-embedding filters, position-embedding similarity, mean attention distance per
+    /// head and layer; and attention-rollout PNGs.
     Analyze(AnalyzeArgs),
 }
 
@@ -67,6 +70,9 @@ pub struct AnalyzeArgs {
     /// Images for which a rollout PNG is written.
     #[arg(long, default_value_t = 8)]
     pub rollouts: usize,
+    /// Principal components of the patch-embedding filters drawn (Figure 7, left).
+    #[arg(long, default_value_t = 28)]
+    pub components: usize,
 }
 
 /// Normalization of the model's training data (saved config) or of the data's own statistics.
@@ -129,6 +135,10 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     let opts = saved_batch_options(&a.checkpoint)
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
     std::fs::create_dir_all(&a.out).map_err(|e| NablaError::io(&a.out, e))?;
+    if a.components == 0 {
+        return Err(invalid!("--components must be at least 1"));
+    }
+    let panels = write_embedding_panels(&store, &vit.cfg, &a.out, a.components)?;
     let (grid, patch, depth, heads) = (vit.cfg.grid(), vit.cfg.patch, vit.cfg.depth, vit.cfg.heads);
     let mut sums = vec![vec![0.0f64; heads]; depth];
     let mut count = 0usize;
@@ -235,8 +245,36 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
         let mean = hs.iter().sum::<f64>() / hs.len().max(1) as f64;
         outln!("{:>5}{cells} {mean:>7.2}", l + 1)?;
     }
+    let ratios: Vec<String> = panels
+        .pca
+        .explained_variance_ratio
+        .iter()
+        .take(6)
+        .map(|r| format!("{:.1}%", 100.0 * r))
+        .collect();
     outln!(
-        "wrote {}, {} and {rollout_done} rollout PNGs in {}",
+        "patch-embedding PCA: {} components of {} filters; variance share of the first: {}",
+        panels.pca.components.len(),
+        panels.pca.filters,
+        ratios.join(", ")
+    )?;
+    let near_far: Vec<String> = panels
+        .by_distance
+        .iter()
+        .map(|(d, s, _)| format!("{d:.2}: {s:.3}"))
+        .collect();
+    outln!(
+        "position-embedding similarity by grid distance (patches: mean cosine): {}",
+        near_far.join(", ")
+    )?;
+    let names: Vec<String> = panels
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    outln!(
+        "wrote {}, {}, {} and {rollout_done} rollout PNGs in {}",
+        names.join(", "),
         jp.display(),
         sp.display(),
         a.out.display()
