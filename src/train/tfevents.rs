@@ -324,22 +324,23 @@ impl EventWriter {
         let now = unix_now();
         let path = dir.join(format!("{FILE_PREFIX}{}.{}", now as u64, hostname()));
         let mut bytes = Vec::new();
+        // Training time counted back from now: the replay keeps the spacing of the curves,
+        // and the file's first records are stamped at the (reconstructed) start of the run.
+        let then = |t: f64| now - (wall_time_s - t).max(0.0);
         let version = Event {
-            wall_time: now,
+            wall_time: then(0.0),
             step: 0,
             what: Some(What::FileVersion(FILE_VERSION.into())),
         };
         write_record(&version.encode_to_vec(), &mut bytes);
         let start = Event {
-            wall_time: now,
+            wall_time: then(0.0),
             step: 0,
             what: Some(What::SessionLog(SessionLog {
                 status: SessionLog::START,
             })),
         };
         write_record(&start.encode_to_vec(), &mut bytes);
-        // Training time counted back from now: the replay keeps the spacing of the curves.
-        let then = |t: f64| now - (wall_time_s - t).max(0.0);
         for rec in history {
             let wall = then(rec.wall_time_s);
             for (s, loss) in logged_points(rec) {
