@@ -608,41 +608,50 @@ fn jsonl_scalars(dir: &Path) -> Vec<(String, u64, f32)> {
     out
 }
 
-/// The run folder's one events file: its scalars as `(tag, step, value)`, after checking the
-/// first two records (the file version, the session start) and that wall times are Unix times
-/// that never go back.
-fn event_scalars(dir: &Path) -> Vec<(String, u64, f32)> {
+/// The scalars of a run folder's events files as `(tag, step, value)`, read as TensorBoard
+/// reads them: the files in name order, each opening with the file version and a session
+/// start, which drops the scalars read so far at its step and later. Checks that there are
+/// `files` files and that wall times are Unix times.
+fn event_scalars(dir: &Path, files: usize) -> Vec<(String, u64, f32)> {
     use nabla::train::tfevents::{event_files, read_event_file, What, FILE_PREFIX, FILE_VERSION};
-    let files = event_files(dir).unwrap();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
-    let stamp: u64 = name[FILE_PREFIX.len()..]
-        .split('.')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(stamp > 1_600_000_000, "{name}");
-    let events = read_event_file(&files[0]).unwrap();
-    assert_eq!(events[0].what, Some(What::FileVersion(FILE_VERSION.into())));
-    assert!(matches!(&events[1].what, Some(What::SessionLog(s)) if s.status == 1));
-    let mut out = Vec::new();
-    for w in events.windows(2) {
-        assert!(w[1].wall_time >= w[0].wall_time, "{w:?}");
-    }
-    for e in &events[2..] {
-        assert!(e.wall_time > 1.6e9, "{e:?}");
-        let sc = e.scalars();
-        assert!(!sc.is_empty(), "{e:?}");
-        out.extend(sc.iter().map(|&(t, v)| (t.to_string(), e.step as u64, v)));
+    let paths = event_files(dir).unwrap();
+    assert_eq!(paths.len(), files, "{paths:?}");
+    let mut out: Vec<(String, u64, f32)> = Vec::new();
+    for p in &paths {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let stamp: u64 = name[FILE_PREFIX.len()..]
+            .split('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(stamp > 1_600_000_000, "{name}");
+        let events = read_event_file(p).unwrap();
+        assert_eq!(events[0].what, Some(What::FileVersion(FILE_VERSION.into())));
+        let Some(What::SessionLog(s)) = &events[1].what else {
+            panic!("{name}: no session start: {:?}", events[1]);
+        };
+        assert_eq!(s.status, 1);
+        out.retain(|x| x.1 < events[1].step as u64);
+        for w in events.windows(2) {
+            assert!(w[1].wall_time >= w[0].wall_time, "{w:?}");
+        }
+        for e in &events[2..] {
+            assert!(e.wall_time > 1.6e9, "{e:?}");
+            let sc = e.scalars();
+            assert!(!sc.is_empty(), "{e:?}");
+            out.extend(sc.iter().map(|&(t, v)| (t.to_string(), e.step as u64, v)));
+        }
     }
     out
 }
 
 /// Every scalar of `metrics.jsonl` is in the TensorBoard events file, tag, step and value as
 /// f32 bits, in order — with evaluations at log steps, between them and without any log line
-/// in their interval (eval every 10, log every 15) — and a run interrupted between two log lines
-/// and resumed leaves one events file equal to that of the uninterrupted run (timings aside).
+/// in their interval (eval every 10, log every 15). A run interrupted between two log lines and
+/// resumed adds a second file, and the two read as that of the uninterrupted run (timings
+/// aside); what a crashed session wrote after its checkpoint is dropped by the next session's
+/// start; `--overwrite` leaves one file again.
 #[test]
 fn tensorboard_events_hold_every_scalar_and_survive_resume() {
     let tmp = tempfile::tempdir().unwrap();
@@ -656,7 +665,7 @@ fn tensorboard_events_hold_every_scalar_and_survive_resume() {
     Trainer::new(cfg(&a_dir), adamw())
         .fit(&mut Mlp::new(3, 8))
         .unwrap();
-    let (ev_a, js_a) = (event_scalars(&a_dir), jsonl_scalars(&a_dir));
+    let (ev_a, js_a) = (event_scalars(&a_dir, 1), jsonl_scalars(&a_dir));
     // 3 evaluations of 9 scalars (6 of the trainer's, train_acc, val_acc, val_loss), and the
     // logged losses at 10 (no log line there: its train_loss), 15 and 30.
     assert_eq!(ev_a.len(), 3 * 9 + 3, "{ev_a:?}");
@@ -679,15 +688,47 @@ fn tensorboard_events_hold_every_scalar_and_survive_resume() {
             .cloned()
             .collect()
     };
-    let partial = untimed(&event_scalars(&b_dir));
+    let partial = untimed(&event_scalars(&b_dir, 1));
     assert_eq!(partial[..], untimed(&ev_a)[..partial.len()]);
     assert_eq!(partial.last().unwrap().1, 15);
+    // As if the session had crashed after evaluating at step 20, past its checkpoint at 17.
+    let first = nabla::train::tfevents::event_files(&b_dir)
+        .unwrap()
+        .remove(0);
+    let mut orphan = Vec::new();
+    let ev = nabla::train::tfevents::Event {
+        wall_time: 2e9,
+        step: 20,
+        what: Some(nabla::train::tfevents::What::Summary(
+            nabla::train::tfevents::Summary {
+                value: vec![nabla::train::tfevents::Value {
+                    tag: "val_acc".into(),
+                    simple_value: Some(-1.0),
+                }],
+            },
+        )),
+    };
+    nabla::train::tfevents::write_record(&prost::Message::encode_to_vec(&ev), &mut orphan);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.extend_from_slice(&orphan);
+    std::fs::write(&first, bytes).unwrap();
     let mut resume = cfg(&b_dir);
     resume.resume = Some(b_dir.clone());
     Trainer::new(resume, adamw())
         .fit(&mut Mlp::new(3, 8))
         .unwrap();
-    let ev_b = event_scalars(&b_dir);
+    let ev_b = event_scalars(&b_dir, 2);
     assert_eq!(ev_b, jsonl_scalars(&b_dir));
     assert_eq!(untimed(&ev_b), untimed(&ev_a));
+
+    // --overwrite starts afresh: one file, the new run's.
+    let mut over = cfg(&b_dir);
+    over.overwrite = true;
+    over.max_steps = Some(10);
+    Trainer::new(over, adamw())
+        .fit(&mut Mlp::new(3, 8))
+        .unwrap();
+    let ev_c = event_scalars(&b_dir, 1);
+    assert_eq!(ev_c, jsonl_scalars(&b_dir));
+    assert_eq!(ev_c.last().unwrap().1, 10);
 }

@@ -3,7 +3,7 @@
 A tiny `nabla gnn train` run (a 4-node graph, 3 epochs, then resumed to 6) writes
 `events.out.tfevents.*` next to its `metrics.jsonl`; TensorBoard's `EventAccumulator` must
 find every scalar of `metrics.jsonl` there: the same tags, steps and values (as float32),
-nothing else, and one events file after the resume.
+nothing else — after the resume too, which adds a second file.
 
 The binary: $NABLA_BIN, else target/release/nabla or target/debug/nabla under the repository
 root (the newer of the two); the test is skipped, saying so, when there is none.
@@ -24,6 +24,8 @@ event_accumulator = pytest.importorskip(
 event_file_loader = pytest.importorskip(
     "tensorboard.backend.event_processing.event_file_loader"
 )
+from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: E402
+from tensorboard.summary.writer import record_writer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,10 +89,14 @@ def expected_scalars(metrics_jsonl: Path):
     return out
 
 
-def tensorboard_scalars(run: Path):
-    acc = event_accumulator.EventAccumulator(
+def accumulator(run: Path):
+    return event_accumulator.EventAccumulator(
         str(run), size_guidance={event_accumulator.SCALARS: 0}
     )
+
+
+def tensorboard_scalars(run: Path, acc=None):
+    acc = acc or accumulator(run)
     acc.Reload()
     return {
         tag: [(e.step, e.value) for e in acc.Scalars(tag)]
@@ -121,15 +127,24 @@ def test_events_file_holds_every_scalar_of_metrics_jsonl(tmp_path):
 
     want = expected_scalars(run / "metrics.jsonl")
     assert {"train_loss", "lr", "items_per_s", "val_acc", "test_acc"} <= set(want)
-    assert tensorboard_scalars(run) == want
+    live = accumulator(run)
+    assert tensorboard_scalars(run, live) == want
 
-    # A resumed run leaves one events file holding the whole run once: 6 evaluations and the
-    # test record of the finished run, as metrics.jsonl.
+    # As if the session had crashed after writing step 4, past its checkpoint at step 3.
+    orphan = event_pb2.Event(wall_time=2e9, step=4, summary=summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag="val_acc", simple_value=-1.0)]))
+    with open(files[0], "ab") as f:
+        record_writer.RecordWriter(f).write(orphan.SerializeToString())
+
+    # A resumed run adds a second events file, whose session start drops the steps from 4 on:
+    # TensorBoard shows the run once, 6 evaluations and the test record of the finished run,
+    # as metrics.jsonl; so does a TensorBoard that was watching it (the same accumulator,
+    # reloaded).
     train(nabla, data, "--epochs", "6", "--resume", str(run))
     files = sorted(run.glob("events.out.tfevents.*"))
-    assert len(files) == 1, files
+    assert len(files) == 2, files
     want = expected_scalars(run / "metrics.jsonl")
     assert [s for s, _ in want["val_acc"]] == [1, 2, 3, 4, 5, 6]
     assert [s for s, _ in want["test_acc"]] == [6]
     assert tensorboard_scalars(run) == want
-
+    assert tensorboard_scalars(run, live) == want

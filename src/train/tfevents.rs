@@ -3,7 +3,9 @@
 //!
 //! # Format
 //!
-//! `RUN/events.out.tfevents.<unix seconds>.<hostname>` (TensorBoard's own naming) is a sequence
+//! `RUN/events.out.tfevents.<unix seconds>.<hostname>` (TensorBoard's own naming; the seconds
+//! are one more than those of the folder's previous file when a resume follows it within the
+//! same second, since TensorBoard moves on only to a file whose name sorts later) is a sequence
 //! of TFRecords, each
 //!
 //! ```text
@@ -15,7 +17,7 @@
 //!
 //! where `masked(c) = ((c >> 15) | (c << 17)) + 0xa282ead8` (wrapping), so that a CRC of bytes
 //! that themselves hold CRCs is not degenerate. The first record is the file version
-//! (`file_version: "brain.Event:2"`), the second a `SessionLog` START at step 0 (see *Resume*),
+//! (`file_version: "brain.Event:2"`), the second a `SessionLog` START (see *Resume*),
 //! every other one an `Event { wall_time, step, summary }` whose `Summary` holds one
 //! `Value { tag, simple_value }` per scalar. The messages are declared below with `prost`
 //! derives, field numbers as in TensorFlow's `event.proto` and `summary.proto`; `simple_value`
@@ -40,17 +42,23 @@
 //!
 //! # Resume
 //!
-//! A run folder holds one events file. Every session (a fresh run, `--overwrite`, `--resume`)
-//! writes a new file that replays the history kept in the checkpoint — the records from which
-//! `metrics.jsonl` is rewritten, and the log lines since the last evaluation — and then removes
-//! the folder's older events files. So the folder never holds a step twice, nor the evaluations
-//! a crashed session made after its last checkpoint (they are gone from `metrics.jsonl`
-//! alike). A TensorBoard already showing the run reads the new file after the old one: its
-//! `SessionLog` START at step 0 is TensorBoard's restart marker, on which it drops everything it
-//! holds of the run at that step and later (TensorBoard's Rust data server drops the points of
-//! a tag whose step goes back, to the same effect), and then reads the replay. Wall times of
-//! replayed events are reconstructed from the training time (`wall_time_s`), counted back from
-//! the start of the session.
+//! Each session writes a new events file, which TensorBoard reads after the folder's older ones
+//! (by name), so that it merges them into one run. Its second record, a `SessionLog` START, is
+//! TensorBoard's restart marker: on it TensorBoard drops what it holds of the run at that
+//! step and later, so the steps of a session never appear twice.
+//! - `--resume` with the folder's events files present keeps them, and the START is at the
+//!   checkpoint's step: what a crashed session wrote after its last checkpoint, and a
+//!   finished run's test record — both gone from `metrics.jsonl` too, which `--resume`
+//!   rewrites from the checkpoint — are dropped; the new file writes again what the
+//!   checkpoint holds at that step, and the resumed session's steps follow.
+//! - A fresh run, `--overwrite`, and `--resume` of a folder without events files remove the
+//!   folder's events files; the new file starts at step 0 and replays the history kept in the
+//!   checkpoint (its evaluations, and the log lines since the last one), with wall times
+//!   reconstructed from the training time (`wall_time_s`), counted back from the start of the
+//!   session. (A TensorBoard already reading a removed file keeps showing it: restart it.)
+//!
+//! Read in name order with that rule (a START drops the scalars collected so far at its step
+//! and later), the folder's events files hold exactly the scalars of `metrics.jsonl`.
 
 use super::final_test::TestRecord;
 use super::metrics::MetricsRecord;
@@ -92,7 +100,7 @@ pub enum What {
     FileVersion(String),
     #[prost(message, tag = "5")]
     Summary(Summary),
-    /// The second record of a file: [`SessionLog::START`] at step 0.
+    /// The second record of a file: [`SessionLog::START`] (see *Resume* in the module docs).
     #[prost(message, tag = "7")]
     SessionLog(SessionLog),
 }
@@ -311,46 +319,72 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Starts the events file of the session training into `dir`: a new file holding the file
-    /// version and the replay of `history` (the run's evaluations so far) and `pending_logged`
-    /// (its log lines since the last one), training time `wall_time_s` so far; then removes the
-    /// folder's other events files.
+    /// Starts the events file of the session training into `dir` (see *Resume* in the
+    /// [module docs](self)). `resumed_at`: the checkpoint's step when the session resumes a run.
+    /// A resumed run whose folder holds its events files keeps them, and the new file starts
+    /// with a session start at the checkpoint's step; otherwise the folder's events files are
+    /// removed and the new one starts at step 0. From there the file replays `history` (the
+    /// run's evaluations so far) and `pending_logged` (its log lines since the last one), over
+    /// `wall_time_s`, the training time so far.
     pub fn start(
         dir: &Path,
+        resumed_at: Option<u64>,
         history: &[MetricsRecord],
         pending_logged: &[(u64, f64)],
         wall_time_s: f64,
     ) -> Result<Self> {
         let now = unix_now();
-        let path = dir.join(format!("{FILE_PREFIX}{}.{}", now as u64, hostname()));
-        let mut bytes = Vec::new();
-        // Training time counted back from now: the replay keeps the spacing of the curves,
-        // and the file's first records are stamped at the (reconstructed) start of the run.
+        // TensorBoard reads a folder's events files in name order and moves on only to a name
+        // after the one it is reading: the new file must sort after the old ones, also when a
+        // resume follows its session within the same second.
+        let old = event_files(dir)?;
+        let stamp = old
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                name[FILE_PREFIX.len()..]
+                    .split('.')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|s| s + 1)
+            .fold(now as u64, u64::max);
+        let path = dir.join(format!("{FILE_PREFIX}{stamp}.{}", hostname()));
+        let continues = resumed_at.filter(|_| !old.is_empty());
+        // The session starts at the checkpoint's step when it continues the files, since a
+        // finished run's test record at that step is gone from `metrics.jsonl` on resume; what
+        // else the history holds at that step is written again below.
+        let from = continues.unwrap_or(0);
+        // Replayed events count training time back from now: that keeps the spacing of the
+        // curves; the file's first records are stamped at the (reconstructed) start of the run.
         let then = |t: f64| now - (wall_time_s - t).max(0.0);
-        let version = Event {
+        let session = |what| Event {
             wall_time: then(0.0),
             step: 0,
-            what: Some(What::FileVersion(FILE_VERSION.into())),
+            what: Some(what),
         };
-        write_record(&version.encode_to_vec(), &mut bytes);
-        let start = Event {
-            wall_time: then(0.0),
-            step: 0,
-            what: Some(What::SessionLog(SessionLog {
-                status: SessionLog::START,
-            })),
-        };
+        let mut bytes = Vec::new();
+        write_record(
+            &session(What::FileVersion(FILE_VERSION.into())).encode_to_vec(),
+            &mut bytes,
+        );
+        let mut start = session(What::SessionLog(SessionLog {
+            status: SessionLog::START,
+        }));
+        start.step = i64::try_from(from)
+            .map_err(|_| invalid!("step {from} does not fit an event file's int64 step"))?;
         write_record(&start.encode_to_vec(), &mut bytes);
-        for rec in history {
+        for rec in history.iter().filter(|r| r.step >= from) {
             let wall = then(rec.wall_time_s);
-            for (s, loss) in logged_points(rec) {
+            for (s, loss) in logged_points(rec).into_iter().filter(|p| p.0 >= from) {
                 let ev = summary_event(wall, s, &[(LOGGED_TRAIN_LOSS, loss)])?;
                 write_record(&ev.encode_to_vec(), &mut bytes);
             }
             let ev = summary_event(wall, rec.step, &record_scalars(rec))?;
             write_record(&ev.encode_to_vec(), &mut bytes);
         }
-        for &(s, loss) in pending_logged {
+        for &(s, loss) in pending_logged.iter().filter(|p| p.0 >= from) {
             let ev = summary_event(now, s, &[(LOGGED_TRAIN_LOSS, loss)])?;
             write_record(&ev.encode_to_vec(), &mut bytes);
         }
@@ -359,9 +393,9 @@ impl EventWriter {
             .append(true)
             .open(&path)
             .map_err(|e| NablaError::io(&path, e))?;
-        for old in event_files(dir)? {
-            if old != path {
-                std::fs::remove_file(&old).map_err(|e| NablaError::io(&old, e))?;
+        if continues.is_none() {
+            for old in &old {
+                std::fs::remove_file(old).map_err(|e| NablaError::io(old, e))?;
             }
         }
         Ok(EventWriter { path, file })

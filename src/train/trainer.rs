@@ -316,6 +316,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         self.flush_metrics(&mut run, true)?;
         run.events = Some(EventWriter::start(
             &run_dir,
+            cfg.resume.as_ref().map(|_| run.st.step),
             &run.st.metrics,
             &run.st.interval.logged,
             run.st.wall_time_s,
