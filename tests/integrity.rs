@@ -547,6 +547,9 @@ fn stale_temporaries_are_recovered_or_removed_on_start() {
             "best",
             "checkpoint",
             "config.json",
+            // One events file per session: the run, its resume, and this resume.
+            "events.out.tfevents.*",
+            "events.out.tfevents.*",
             "events.out.tfevents.*",
             "metrics.jsonl",
             "metrics.svg"

@@ -45,7 +45,8 @@
 //! Each session writes a new events file, which TensorBoard reads after the folder's older ones
 //! (by name), so that it merges them into one run. Its second record, a `SessionLog` START, is
 //! TensorBoard's restart marker: on it TensorBoard drops what it holds of the run at that
-//! step and later, so the steps of a session never appear twice.
+//! step and later (its event accumulator does so for files of version 2; checked by
+//! `python/tests/test_tensorboard.py`), so the steps of a session never appear twice.
 //! - `--resume` with the folder's events files present keeps them, and the START is at the
 //!   checkpoint's step: what a crashed session wrote after its last checkpoint, and a
 //!   finished run's test record — both gone from `metrics.jsonl` too, which `--resume`
