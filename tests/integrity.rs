@@ -111,6 +111,14 @@ fn names(dir: &Path) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        // The TensorBoard events file is named by its time of creation and the host.
+        .map(|n| {
+            if n.starts_with(nabla::train::tfevents::FILE_PREFIX) {
+                "events.out.tfevents.*".into()
+            } else {
+                n
+            }
+        })
         .collect();
     v.sort();
     v
@@ -539,6 +547,10 @@ fn stale_temporaries_are_recovered_or_removed_on_start() {
             "best",
             "checkpoint",
             "config.json",
+            // One events file per session: the run, its resume, and this resume.
+            "events.out.tfevents.*",
+            "events.out.tfevents.*",
+            "events.out.tfevents.*",
             "metrics.jsonl",
             "metrics.svg"
         ]

@@ -583,3 +583,152 @@ fn bar_mode_trains_like_the_other_modes() {
 fn every_kernel_path() {
     common::rerun_on_other_kernel_paths(&["resume_after_interrupt_is_bit_identical"]);
 }
+
+/// `(tag, step, value)` of every scalar a run folder's `metrics.jsonl` holds, in the order
+/// the events file writes them (see `nabla::train::tfevents`): per evaluation its training loss
+/// at log resolution, then its other scalars; the final test record last.
+fn jsonl_scalars(dir: &Path) -> Vec<(String, u64, f32)> {
+    use nabla::train::tfevents::{logged_points, record_scalars, LOGGED_TRAIN_LOSS};
+    let mut out = Vec::new();
+    for rec in read_metrics_jsonl(dir.join("metrics.jsonl")).unwrap() {
+        for (s, v) in logged_points(&rec) {
+            out.push((LOGGED_TRAIN_LOSS.to_string(), s, v as f32));
+        }
+        for (tag, v) in record_scalars(&rec) {
+            out.push((tag.to_string(), rec.step, v as f32));
+        }
+    }
+    if let Some(t) = nabla::train::read_test_record(dir.join("metrics.jsonl")).unwrap() {
+        out.extend(
+            t.metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), t.step, *v as f32)),
+        );
+    }
+    out
+}
+
+/// The scalars of a run folder's events files as `(tag, step, value)`, read as TensorBoard
+/// reads them: the files in name order, each opening with the file version and a session
+/// start, which drops the scalars read so far at its step and later. Checks that there are
+/// `files` files and that wall times are Unix times.
+fn event_scalars(dir: &Path, files: usize) -> Vec<(String, u64, f32)> {
+    use nabla::train::tfevents::{event_files, read_event_file, What, FILE_PREFIX, FILE_VERSION};
+    let paths = event_files(dir).unwrap();
+    assert_eq!(paths.len(), files, "{paths:?}");
+    let mut out: Vec<(String, u64, f32)> = Vec::new();
+    for p in &paths {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let stamp: u64 = name[FILE_PREFIX.len()..]
+            .split('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(stamp > 1_600_000_000, "{name}");
+        let events = read_event_file(p).unwrap();
+        assert_eq!(events[0].what, Some(What::FileVersion(FILE_VERSION.into())));
+        let Some(What::SessionLog(s)) = &events[1].what else {
+            panic!("{name}: no session start: {:?}", events[1]);
+        };
+        assert_eq!(s.status, 1);
+        out.retain(|x| x.1 < events[1].step as u64);
+        for w in events.windows(2) {
+            assert!(w[1].wall_time >= w[0].wall_time, "{w:?}");
+        }
+        for e in &events[2..] {
+            assert!(e.wall_time > 1.6e9, "{e:?}");
+            let sc = e.scalars();
+            assert!(!sc.is_empty(), "{e:?}");
+            out.extend(sc.iter().map(|&(t, v)| (t.to_string(), e.step as u64, v)));
+        }
+    }
+    out
+}
+
+/// Every scalar of `metrics.jsonl` is in the TensorBoard events file, tag, step and value as
+/// f32 bits, in order — with evaluations at log steps, between them and without any log line
+/// in their interval (eval every 10, log every 15). A run interrupted between two log lines and
+/// resumed adds a second file, and the two read as that of the uninterrupted run (timings
+/// aside); what a crashed session wrote after its checkpoint is dropped by the next session's
+/// start; `--overwrite` leaves one file again.
+#[test]
+fn tensorboard_events_hold_every_scalar_and_survive_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = |dir: &Path| TrainConfig {
+        eval_every: 10,
+        log_every: 15,
+        plot: PlotFormat::None,
+        ..config(dir, 30)
+    };
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    Trainer::new(cfg(&a_dir), adamw())
+        .fit(&mut Mlp::new(3, 8))
+        .unwrap();
+    let (ev_a, js_a) = (event_scalars(&a_dir, 1), jsonl_scalars(&a_dir));
+    // 3 evaluations of 9 scalars (6 of the trainer's, train_acc, val_acc, val_loss), and the
+    // logged losses at 10 (no log line there: its train_loss), 15 and 30.
+    assert_eq!(ev_a.len(), 3 * 9 + 3, "{ev_a:?}");
+    assert_eq!(ev_a, js_a);
+    let logged: Vec<u64> = ev_a
+        .iter()
+        .filter(|s| s.0 == "logged_train_loss")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(logged, [10, 15, 30]);
+
+    // Interrupted during step 16 (after the log line of 15): resumed from the checkpoint at 17.
+    let mut b = Mlp::new(3, 8);
+    let mut tb = Trainer::new(cfg(&b_dir), adamw());
+    b.interrupt_at = Some((16, tb.interrupt_handle()));
+    assert_eq!(tb.fit(&mut b).unwrap().outcome, Outcome::Interrupted);
+    let untimed = |v: &[(String, u64, f32)]| -> Vec<(String, u64, f32)> {
+        v.iter()
+            .filter(|s| s.0 != "wall_time_s" && s.0 != "items_per_s")
+            .cloned()
+            .collect()
+    };
+    let partial = untimed(&event_scalars(&b_dir, 1));
+    assert_eq!(partial[..], untimed(&ev_a)[..partial.len()]);
+    assert_eq!(partial.last().unwrap().1, 15);
+    // As if the session had crashed after evaluating at step 20, past its checkpoint at 17.
+    let first = nabla::train::tfevents::event_files(&b_dir)
+        .unwrap()
+        .remove(0);
+    let mut orphan = Vec::new();
+    let ev = nabla::train::tfevents::Event {
+        wall_time: 2e9,
+        step: 20,
+        what: Some(nabla::train::tfevents::What::Summary(
+            nabla::train::tfevents::Summary {
+                value: vec![nabla::train::tfevents::Value {
+                    tag: "val_acc".into(),
+                    simple_value: Some(-1.0),
+                }],
+            },
+        )),
+    };
+    nabla::train::tfevents::write_record(&prost::Message::encode_to_vec(&ev), &mut orphan);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.extend_from_slice(&orphan);
+    std::fs::write(&first, bytes).unwrap();
+    let mut resume = cfg(&b_dir);
+    resume.resume = Some(b_dir.clone());
+    Trainer::new(resume, adamw())
+        .fit(&mut Mlp::new(3, 8))
+        .unwrap();
+    let ev_b = event_scalars(&b_dir, 2);
+    assert_eq!(ev_b, jsonl_scalars(&b_dir));
+    assert_eq!(untimed(&ev_b), untimed(&ev_a));
+
+    // --overwrite starts afresh: one file, the new run's.
+    let mut over = cfg(&b_dir);
+    over.overwrite = true;
+    over.max_steps = Some(10);
+    Trainer::new(over, adamw())
+        .fit(&mut Mlp::new(3, 8))
+        .unwrap();
+    let ev_c = event_scalars(&b_dir, 1);
+    assert_eq!(ev_c, jsonl_scalars(&b_dir));
+    assert_eq!(ev_c.last().unwrap().1, 10);
+}

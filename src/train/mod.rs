@@ -79,6 +79,9 @@
 //! OUT/config.json          trainer + model configuration of the run
 //! OUT/metrics.jsonl        one JSON object per evaluation (see [`MetricsRecord`]), then the
 //!                          final test record on the selected weights (see [`TestRecord`])
+//! OUT/events.out.tfevents.<unix seconds>.<host>
+//!                          the same scalars for TensorBoard, live (`tensorboard --logdir runs/`;
+//!                          see [`tfevents`])
 //! OUT/metrics.svg|.png     loss and metric curves, written at the end (`nabla plot` redraws them)
 //! OUT/checkpoint/          latest checkpoint: model.safetensors, optimizer.safetensors, state.json
 //! OUT/best/                weights (+ state.json) at the best value of the monitored metric
@@ -95,6 +98,7 @@ pub mod plot;
 mod progress;
 mod sampler;
 pub mod signals;
+pub mod tfevents;
 mod trainer;
 
 pub(crate) use checkpoint::checkpoint_dir;

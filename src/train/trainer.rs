@@ -10,6 +10,7 @@ use super::config::{
 use super::metrics::{to_jsonl, MetricsRecord, RESERVED};
 use super::progress::{fmt_duration, fmt_num, format_log_line, Progress};
 use super::signals::{install_stop_handlers, stop_signal, StopSignal};
+use super::tfevents::{EventWriter, LOGGED_TRAIN_LOSS};
 use super::{Metrics, StepOutput, TrainModel, TrainOptimizer};
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
@@ -149,6 +150,9 @@ struct Run<T: Element> {
     /// more than a percent of the run in file I/O.
     metrics_written: Option<Instant>,
     metrics_dirty: bool,
+    /// The TensorBoard events file, appended to at every log line and evaluation (started
+    /// once the run's history is known: [`super::tfevents::EventWriter::start`]).
+    events: Option<EventWriter>,
 }
 
 /// The shortest time between two rewrites of `metrics.jsonl` during training.
@@ -280,6 +284,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 pending_best: None,
                 metrics_written: None,
                 metrics_dirty: false,
+                events: None,
             },
             Some(dir) => {
                 let run = self.restore(model, dir, &model_config, &train_config, &mut notes)?;
@@ -309,6 +314,13 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         )?;
         run.metrics_dirty = true;
         self.flush_metrics(&mut run, true)?;
+        run.events = Some(EventWriter::start(
+            &run_dir,
+            cfg.resume.as_ref().map(|_| run.st.step),
+            &run.st.metrics,
+            &run.st.interval.logged,
+            run.st.wall_time_s,
+        )?);
         if cfg.handle_signals {
             if let Err(e) = install_stop_handlers() {
                 notes.push(format!(
@@ -345,6 +357,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 run.st.step,
             )?,
         };
+        if let (Some(t), Some(ev)) = (&test, &mut run.events) {
+            ev.test(t)?;
+        }
 
         let plot = match cfg.plot {
             PlotFormat::None => None,
@@ -428,6 +443,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             pending_best: None,
             metrics_written: None,
             metrics_dirty: false,
+            events: None,
         })
     }
 
@@ -573,6 +589,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 progress.train_line(&format_log_line("train", step, total, &fields));
                 let log_mean = iv.log_loss_sum / iv.log_items.max(1) as f64;
                 iv.logged.push((step, log_mean));
+                if let Some(ev) = &mut run.events {
+                    ev.scalars(step, &[(LOGGED_TRAIN_LOSS, log_mean)])?;
+                }
                 (iv.log_loss_sum, iv.log_items) = (0.0, 0);
                 (log_t, log_items) = (Instant::now(), 0);
             }
@@ -625,6 +644,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                     metrics: all,
                 };
                 st.metrics.push(rec.clone());
+                if let Some(ev) = &mut run.events {
+                    ev.record(&rec, !iv.logged.is_empty())?;
+                }
                 run.metrics_dirty = true;
                 self.flush_metrics(run, false)?;
                 let st = &mut run.st;
