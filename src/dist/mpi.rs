@@ -89,8 +89,9 @@ fn start_watchdog(rank: usize, size: usize) {
         .name("nabla-mpi-watchdog".into())
         .spawn(move || {
             let mut signalled_at: Option<Instant> = None;
+            let mut told = false;
             loop {
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(Duration::from_millis(100));
                 let start = CALL_START_MS.load(Ordering::SeqCst);
                 if crate::train::stop_signal().is_some() && signalled_at.is_none() {
                     signalled_at = Some(Instant::now());
@@ -99,6 +100,19 @@ fn start_watchdog(rank: usize, size: usize) {
                     continue;
                 }
                 let waited = (now_ms().saturating_sub(start)) as f64 / 1e3;
+                // mpirun sends SIGTERM to the survivors of a dead rank and SIGKILL soon after:
+                // say at once what a wait under a stop signal means (in a healthy job the
+                // wait ends, and rank 0 checkpoints and stops every rank at the next step).
+                if signalled_at.is_some() && waited >= 0.3 && !told {
+                    told = true;
+                    crate::errln!(
+                        "rank {rank}/{size}: {} while waiting for the other ranks: if a rank \
+                         died (mpirun names it), the job ends here; the last checkpoint in the \
+                         run folder stays intact (rank 0 writes it atomically) and --resume \
+                         continues from it, with any number of ranks",
+                        crate::train::stop_signal().map_or("a stop signal", |s| s.name())
+                    );
+                }
                 let after_signal = signalled_at
                     .map(|t| t.elapsed().as_secs_f64())
                     .filter(|&s| s >= AFTER_SIGNAL_S && waited >= AFTER_SIGNAL_S);
