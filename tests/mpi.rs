@@ -19,7 +19,10 @@ fn without_the_feature_a_rank_of_several_refuses_to_train() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("built without MPI") && err.contains("--features mpi"), "{err}");
+    assert!(
+        err.contains("built without MPI") && err.contains("--features mpi"),
+        "{err}"
+    );
     assert!(!d.path().join("run").exists(), "nothing may be written");
 }
 
@@ -32,15 +35,54 @@ mod with_mpi {
 
     /// A tiny ViT on the built-in shapes: 96 images per step = 3 micro-batches of 32.
     const VIT: &[&str] = &[
-        "vit", "train", "--dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32",
-        "--batch", "96", "--train-limit", "384", "--eval-limit", "32", "--dropout", "0.1",
-        "--schedule", "constant", "--warmup", "0", "--plot", "none", "--quiet",
+        "vit",
+        "train",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--batch",
+        "96",
+        "--train-limit",
+        "384",
+        "--eval-limit",
+        "32",
+        "--dropout",
+        "0.1",
+        "--schedule",
+        "constant",
+        "--warmup",
+        "0",
+        "--plot",
+        "none",
+        "--quiet",
     ];
 
     /// A tiny LSTM character model: 48 streams = 3 micro-batches of 16.
     const RNN: &[&str] = &[
-        "rnn", "train", "--cell", "lstm", "--hidden", "16", "--batch", "48", "--k1", "5", "--k2",
-        "8", "--eval-every", "100", "--schedule", "constant", "--plot", "none", "--quiet",
+        "rnn",
+        "train",
+        "--cell",
+        "lstm",
+        "--hidden",
+        "16",
+        "--batch",
+        "48",
+        "--k1",
+        "5",
+        "--k2",
+        "8",
+        "--eval-every",
+        "100",
+        "--schedule",
+        "constant",
+        "--plot",
+        "none",
+        "--quiet",
     ];
 
     fn tmp() -> tempfile::TempDir {
@@ -53,7 +95,14 @@ mod with_mpi {
             Command::new(BIN)
         } else {
             let mut c = Command::new("mpirun");
-            c.args(["--oversubscribe", "--bind-to", "none", "-np", &n.to_string(), BIN]);
+            c.args([
+                "--oversubscribe",
+                "--bind-to",
+                "none",
+                "-np",
+                &n.to_string(),
+                BIN,
+            ]);
             c
         };
         c.args(args)
@@ -100,7 +149,10 @@ mod with_mpi {
             let d = tmp();
             let run = |n: usize, tag: &str, extra: &[&str]| -> PathBuf {
                 let out = d.path().join(format!("{name}-{tag}"));
-                ok(&launch(n, args, &out, extra), &format!("{name} on {n} ranks ({tag})"));
+                ok(
+                    &launch(n, args, &out, extra),
+                    &format!("{name} on {n} ranks ({tag})"),
+                );
                 out
             };
             let base = run(0, "plain", &["--steps", "4"]);
@@ -111,13 +163,24 @@ mod with_mpi {
                     ckpt(&out) == reference,
                     "{name}: weights or optimizer state after 4 steps on {n} ranks differ from one process"
                 );
-                assert_eq!(train_losses(&out), train_losses(&base), "{name} on {n} ranks");
+                assert_eq!(
+                    train_losses(&out),
+                    train_losses(&base),
+                    "{name} on {n} ranks"
+                );
             }
             // 2 steps on 3 ranks, then resumed to 4 on 2 ranks: the uninterrupted run's bits.
             let out = run(3, "resumed", &["--steps", "2"]);
             let o = launch(
                 2,
-                &[name, "train", "--resume", out.to_str().unwrap(), "--steps", "4"],
+                &[
+                    name,
+                    "train",
+                    "--resume",
+                    out.to_str().unwrap(),
+                    "--steps",
+                    "4",
+                ],
                 &out,
                 &[],
             );
@@ -151,7 +214,10 @@ mod with_mpi {
         let secs = t.elapsed().as_secs_f64();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "the job must fail when a rank dies");
-        assert!(secs < 60.0, "the job took {secs:.0} s to end: a survivor hung");
+        assert!(
+            secs < 60.0,
+            "the job took {secs:.0} s to end: a survivor hung"
+        );
         assert!(
             err.contains("rank 1") || err.contains("exited on signal") || err.contains("rank 0/2"),
             "no message naming the failure: {err}"
@@ -164,7 +230,14 @@ mod with_mpi {
         assert!(t.contains_key("head.weight"));
         let o = launch(
             0,
-            &["rnn", "train", "--resume", out.to_str().unwrap(), "--steps", &(st.step + 1).to_string()],
+            &[
+                "rnn",
+                "train",
+                "--resume",
+                out.to_str().unwrap(),
+                "--steps",
+                &(st.step + 1).to_string(),
+            ],
             &out,
             &[],
         );
@@ -179,10 +252,24 @@ mod with_mpi {
         let mut c = Command::new("mpirun");
         c.args(["--oversubscribe", "--bind-to", "none", "-np", "1", BIN])
             .args(VIT)
-            .args(["--steps", "1", "--seed", "1", "--out", out.to_str().unwrap()])
+            .args([
+                "--steps",
+                "1",
+                "--seed",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ])
             .args([":", "-np", "1", BIN])
             .args(VIT)
-            .args(["--steps", "1", "--seed", "2", "--out", out.to_str().unwrap()])
+            .args([
+                "--steps",
+                "1",
+                "--seed",
+                "2",
+                "--out",
+                out.to_str().unwrap(),
+            ])
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
             .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
@@ -208,8 +295,19 @@ mod with_mpi {
     fn bench_vit_reports_the_communication() {
         let o = Command::new("mpirun")
             .args(["--oversubscribe", "--bind-to", "none", "-np", "2", BIN])
-            .args(["bench", "vit", "--json", "--dim", "16", "--depth", "1", "--heads", "2"])
-            .args(["--mlp-dim", "32", "--batch", "64", "--min-time", "0", "--warmup", "1"])
+            .args([
+                "bench", "vit", "--json", "--dim", "16", "--depth", "1", "--heads", "2",
+            ])
+            .args([
+                "--mlp-dim",
+                "32",
+                "--batch",
+                "64",
+                "--min-time",
+                "0",
+                "--warmup",
+                "1",
+            ])
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
             .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")

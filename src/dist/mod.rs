@@ -22,8 +22,8 @@
 //!
 //! The gradients of all parameters are flattened into one buffer (in the parameter store's
 //! order) and communicated in buckets of at most [`bucket_bytes`] (25 MiB, PyTorch DDP's
-//! default; `NABLA_BUCKET_MB` sets another cap): one send, one receive and one broadcast per
-//! bucket, never one per tensor. The chain is pipelined over buckets (rank `r + 1` adds bucket
+//! default; `NABLA_BUCKET_MB` sets another cap) and at most 1/N of the gradient: one send, one
+//! receive and one broadcast per bucket, never one per tensor. The chain is pipelined over buckets (rank `r + 1` adds bucket
 //! `k` while rank `r` adds bucket `k + 1`).
 //!
 //! Overlap with the backward pass: a micro-batch's gradients exist only when its tape's whole
@@ -84,10 +84,14 @@ impl Transport for Local {
         1
     }
     fn send(&self, to: usize, _buf: &[u8]) -> Result<()> {
-        Err(NablaError::Other(format!("send to rank {to} in a one-rank group")))
+        Err(NablaError::Other(format!(
+            "send to rank {to} in a one-rank group"
+        )))
     }
     fn recv(&self, from: usize, _buf: &mut [u8]) -> Result<()> {
-        Err(NablaError::Other(format!("receive from rank {from} in a one-rank group")))
+        Err(NablaError::Other(format!(
+            "receive from rank {from} in a one-rank group"
+        )))
     }
     fn broadcast(&self, _root: usize, _buf: &mut [u8]) -> Result<()> {
         Ok(())
@@ -282,9 +286,7 @@ fn as_bytes<T: Element>(x: &[T]) -> &[u8] {
 fn as_bytes_mut<T: Element>(x: &mut [T]) -> &mut [u8] {
     debug_assert!(T::DTYPE == "f32" || T::DTYPE == "f64");
     // SAFETY: as in `as_bytes`; every byte pattern is a valid f32/f64.
-    unsafe {
-        std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(x))
-    }
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
 }
 
 /// A group of ranks with the operations built on its [`Transport`].
@@ -320,11 +322,13 @@ impl Group {
             )));
         }
         let (rank, size) = (self.rank(), self.size());
-        let cap = (bucket_bytes() / std::mem::size_of::<T>()).max(1);
-        let buckets: Vec<Range<usize>> = (0..n)
-            .step_by(cap)
-            .map(|s| s..(s + cap).min(n))
-            .collect();
+        // At most the cap, and at most 1/N of the gradient: the chain then pipelines over at
+        // least N buckets (its time ≈ (2N + log₂N)·(bytes/N/bandwidth + latency) instead of
+        // (N + log₂N)·bytes/bandwidth for one bucket). Buckets do not change the bits.
+        let cap = (bucket_bytes() / std::mem::size_of::<T>())
+            .min(n.div_ceil(size))
+            .max(1);
+        let buckets: Vec<Range<usize>> = (0..n).step_by(cap).map(|s| s..(s + cap).min(n)).collect();
         for b in &buckets {
             let acc = &mut out[b.clone()];
             if rank == 0 {
@@ -423,7 +427,9 @@ impl Group {
     /// One `u64` of every rank, in rank order.
     pub fn all_gather_u64(&self, x: u64) -> Result<Vec<u64>> {
         let mut out = vec![0u8; 8 * self.size()];
-        timed(8, out.len(), || self.t.all_gather(&x.to_le_bytes(), &mut out))?;
+        timed(8, out.len(), || {
+            self.t.all_gather(&x.to_le_bytes(), &mut out)
+        })?;
         Ok(out
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -443,7 +449,11 @@ impl Group {
             return Ok(bytes);
         }
         let n = self.broadcast_u64(bytes.len() as u64)? as usize;
-        let mut buf = if self.rank() == 0 { bytes } else { vec![0u8; n] };
+        let mut buf = if self.rank() == 0 {
+            bytes
+        } else {
+            vec![0u8; n]
+        };
         // MPI counts are C ints: pieces of at most 1 GiB.
         for piece in buf.chunks_mut(1 << 30) {
             let len = piece.len();
@@ -516,7 +526,11 @@ mod tests {
     #[test]
     fn local_ordered_sum_is_the_left_fold() {
         let parts: Vec<Vec<f32>> = (0..5)
-            .map(|i| (0..7).map(|j| 1.0 / (1.0 + i as f32 * 3.0 + j as f32)).collect())
+            .map(|i| {
+                (0..7)
+                    .map(|j| 1.0 / (1.0 + i as f32 * 3.0 + j as f32))
+                    .collect()
+            })
             .collect();
         let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
         let mut out = vec![9f32; 7];

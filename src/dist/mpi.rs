@@ -53,8 +53,8 @@ const AFTER_SIGNAL_S: f64 = 5.0;
 
 impl MpiWorld {
     pub fn init() -> Result<(MpiWorld, Finalize)> {
-        let (universe, _provided) =
-            mpi::initialize_with_threading(mpi::Threading::Serialized).ok_or_else(|| {
+        let (universe, _provided) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+            .ok_or_else(|| {
                 NablaError::Other("MPI was already initialized in this process".into())
             })?;
         let world = universe.world();

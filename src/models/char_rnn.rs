@@ -425,9 +425,7 @@ impl TrainModel<f32> for CharRnnTask {
                 Ok((scalars, tape.take_param_grads(), states.floats()))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.peak_state_floats = self
-            .peak_state_floats
-            .max(parts.iter().map(|p| p.2).sum());
+        self.peak_state_floats = self.peak_state_floats.max(parts.iter().map(|p| p.2).sum());
         let local: Vec<f64> = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
         let all = group.gather_f64(&local)?;
         // Per micro-batch, in order: its loss share, then its carried h (and c) rows.
@@ -455,7 +453,9 @@ impl TrainModel<f32> for CharRnnTask {
         )?;
         self.state = StreamState {
             h: Tensor::new(&[batch, hidden], h)?,
-            c: has_c.then(|| Tensor::new(&[batch, hidden], c)).transpose()?,
+            c: has_c
+                .then(|| Tensor::new(&[batch, hidden], c))
+                .transpose()?,
         };
         Ok(StepOutput::new(loss, batch * k1))
     }

@@ -80,16 +80,20 @@ pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<B
     let comm = crate::dist::stats() - before;
     let n = r.reps.max(1) as f64;
     r.extra.insert("ranks".into(), json!(group.size()));
-    r.extra
-        .insert("micro_batches_per_rank".into(), json!(group.share(micro).len()));
+    r.extra.insert(
+        "micro_batches_per_rank".into(),
+        json!(group.share(micro).len()),
+    );
     r.extra
         .insert("comm_s_per_step".into(), json!(comm.seconds / n));
     r.extra.insert(
         "bytes_reduced_per_step".into(),
         json!(comm.bytes_reduced as f64 / n),
     );
-    r.extra
-        .insert("bytes_sent_per_step".into(), json!(comm.bytes_sent as f64 / n));
+    r.extra.insert(
+        "bytes_sent_per_step".into(),
+        json!(comm.bytes_sent as f64 / n),
+    );
     r.extra.insert(
         "bucket_mib".into(),
         json!(crate::dist::bucket_bytes() as f64 / (1 << 20) as f64),

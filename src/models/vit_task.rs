@@ -122,7 +122,10 @@ impl TrainModel<f32> for VitTask {
             .iter()
             .flat_map(|p| [p.loss, p.correct as f64])
             .collect();
-        group.sum_grads(&mut self.store, parts.into_iter().map(|p| p.grads).collect())?;
+        group.sum_grads(
+            &mut self.store,
+            parts.into_iter().map(|p| p.grads).collect(),
+        )?;
         let (mut loss, mut correct) = (0.0f64, 0.0f64);
         for lc in group.gather_f64(&scalars)?.chunks(2) {
             loss += lc[0];

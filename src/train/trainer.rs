@@ -4,6 +4,7 @@ use super::checkpoint::{
     checkpoint_dir, claim_run_dir, load_checkpoint_state, load_tensors, write_checkpoint,
     BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT, MODEL_FILE, OPTIM_FILE,
 };
+use super::config::ProgressMode;
 use super::config::{
     PlotFormat, TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
 };
@@ -11,7 +12,6 @@ use super::metrics::{to_jsonl, MetricsRecord, RESERVED};
 use super::progress::{fmt_duration, fmt_num, format_log_line, Progress};
 use super::signals::{install_stop_handlers, stop_signal, StopSignal};
 use super::{Metrics, StepOutput, TrainModel, TrainOptimizer};
-use super::config::ProgressMode;
 use crate::dist::Group;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
@@ -878,10 +878,15 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         }
         let from = Path::new("<rank 0's state>");
         let st = super::checkpoint::parse_state_bytes(&state, from)?;
-        super::final_test::load_weights(model, crate::io::parse_safetensors(&weights, from)?, from)?;
+        super::final_test::load_weights(
+            model,
+            crate::io::parse_safetensors(&weights, from)?,
+            from,
+        )?;
         let opt_tensors = crate::io::parse_safetensors::<T>(&optim, from)?;
         if !opt_tensors.is_empty() {
-            self.opt.load_state_tensors(&opt_tensors, st.optimizer_step)?;
+            self.opt
+                .load_state_tensors(&opt_tensors, st.optimizer_step)?;
         }
         self.opt.set_lr(st.lr);
         run.st = st;
