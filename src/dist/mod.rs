@@ -323,8 +323,9 @@ impl Group {
         }
         let (rank, size) = (self.rank(), self.size());
         // At most the cap, and at most 1/N of the gradient: the chain then pipelines over at
-        // least N buckets (its time ≈ (2N + log₂N)·(bytes/N/bandwidth + latency) instead of
-        // (N + log₂N)·bytes/bandwidth for one bucket). Buckets do not change the bits.
+        // least N buckets: chain + broadcast ≈ (3N + log₂N − 3)·(bytes/N/bandwidth + latency)
+        // instead of (N + log₂N − 1)·(bytes/bandwidth + latency) with one bucket (k buckets:
+        // N − 2 + k chain hops and log₂N − 1 + k broadcast hops). Buckets do not change bits.
         let cap = (bucket_bytes() / std::mem::size_of::<T>())
             .min(n.div_ceil(size))
             .max(1);
