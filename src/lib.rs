@@ -13,6 +13,7 @@
 //! - [`analysis`]: experiments on trained or constructed models (gradient flow in RNNs);
 //! - [`plot`]: the one chart helper (labelled axes, integer ticks, legends beside the data);
 //! - [`data`]: data sets (character text, synthetic corpora); [`models`]: whole models;
+//! - [`dist`]: data-parallel training across processes (MPI, feature `mpi`);
 //! - [`cli`]: the `nabla` command line (the binary is a thin shell over it).
 
 pub mod analysis;
@@ -20,6 +21,7 @@ pub mod autograd;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod exercises;
 pub mod gradcheck;

@@ -24,6 +24,8 @@ pub enum GnnCommand {
     /// the test accuracy of the best-validation model (mean over --seeds runs). Defaults: the
     /// paper's epochs, patience, Adam rate and weight decay; --monitor val_acc; --out
     /// runs/gnn-<model> (runs/gnn-<model>-2, -3, … when taken; --overwrite replaces it).
+    /// Single process only: the whole graph is one batch, with nothing to split across MPI
+    /// ranks (`mpirun -np N` with N > 1 is refused).
     Train(GnnTrainArgs),
     /// Which nodes can influence node i after L rounds, and the Jacobian influence by hop
     /// distance, on the data set's graph and on a chain (JSON + SVG plot).

@@ -357,6 +357,10 @@ pub fn run(cli: Cli, typed: &resume::Typed) -> Result<()> {
             let r = bench::with_threads(a.threads, || {
                 crate::models::vit_bench::bench_vit(&cfg, a.batch, &opts)
             })?;
+            // Under mpirun every rank measures; rank 0 reports.
+            if !crate::dist::is_root() {
+                return Ok(());
+            }
             print_bench(&[r], a.common.json)
         }
         Command::Gnn(c) => gnn::run(&c, typed),
@@ -409,18 +413,50 @@ pub fn main() -> i32 {
         errln!("error: {e}");
         return 2;
     }
+    // One rank of a data-parallel job when launched by mpirun (see `dist`).
+    let _dist = match crate::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            errln!("error: {e}");
+            return 1;
+        }
+    };
     // Run the command on a worker of the rayon pool rather than on the main thread: otherwise
     // the serial parts (an RNN's time loop, the tape) run beside the pool's threads, which spin
     // for a while after each parallel section — three busy threads on two cores.
-    let pool = rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build();
-    let result = match pool {
+    let mut builder = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
+    if let Some(n) = rank_threads() {
+        builder = builder.num_threads(n);
+    }
+    let result = match builder.build() {
         Ok(pool) => pool.install(|| run(cli, &typed)),
         Err(_) => run(cli, &typed),
     };
+    // An error on one rank of a data-parallel job ends all of them (the others would wait
+    // for it); the error is printed first.
+    if let Err(e) = &result {
+        if !e.is_broken_pipe() {
+            crate::dist::abort_job(&e.to_string());
+        }
+    }
     if let Some(table) = crate::autograd::profile::report() {
         errln!("{table}");
     }
     exit_status(result)
+}
+
+/// Threads per rank when several ranks share this machine and `RAYON_NUM_THREADS` is unset:
+/// the cores divided among the machine's ranks (`OMPI_COMM_WORLD_LOCAL_SIZE`), so that
+/// `mpirun -np 2` on 2 cores runs 2 × 1 threads, not 2 × 2.
+fn rank_threads() -> Option<usize> {
+    if crate::dist::world().size() == 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    let local: usize = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some((cores / local.max(1)).max(1))
 }
 
 /// The exit status of a command that ended with `result`, after writing what stdout still

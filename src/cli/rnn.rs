@@ -30,6 +30,9 @@ pub enum RnnCommand {
     Analyze(AnalyzeArgs),
     /// Trains the character-level language model with TBPTT(k1, k2) on the shared trainer
     /// (default Adam 2e-3, gradient clipping at 5, 2000 updates, best/ on val_loss).
+    /// Data-parallel under `mpirun -np N` (built with `--features mpi`): the --batch streams
+    /// are shared among the ranks in micro-batches of 16, same weights as one process, bit for
+    /// bit; rank 0 writes the run folder.
     Train(Box<RnnTrainArgs>),
     /// Samples text from a trained character-level model.
     Sample(SampleArgs),
@@ -195,6 +198,9 @@ fn train(a: &RnnTrainArgs, typed: &Typed) -> Result<()> {
         test_frac: a.test_frac,
     };
     let r = crate::models::char_rnn::train(&c, tc, opt)?;
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     outln!(
         "{}",
         serde_json::to_string(&r).map_err(|e| NablaError::Other(format!("JSON: {e}")))?

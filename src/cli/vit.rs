@@ -22,7 +22,9 @@ pub enum VitCommand {
     /// with the run's own normalization and class names.
     Predict(crate::cli::vit_predict::PredictArgs),
     /// Train a ViT (AdamW, warm-up + cosine, per-epoch validation, checkpoints, --resume DIR),
-    /// or fine-tune one at another resolution (--finetune-from).
+    /// or fine-tune one at another resolution (--finetune-from). Data-parallel under
+    /// `mpirun -np N` (built with `--features mpi`): each rank computes its share of every
+    /// --batch, same weights as one process, bit for bit; rank 0 writes the run folder.
     Train(Box<crate::cli::vit_train::VitTrainArgs>),
     /// Test accuracy and loss of a checkpoint on a data set.
     Eval(EvalArgs),

@@ -133,7 +133,8 @@ pub fn train(a: &VitTrainArgs, typed: &Typed) -> Result<()> {
     } else {
         format!("class names from {}", task.train.classes_from)
     };
-    errln!(
+    if crate::dist::is_root() {
+        errln!(
             "ViT {} params on {} ({} train / {} validation (the last {} of the training set; they select best/) / {test_note}; {classes_note}; {}x{}x{} → {}x{}), {} steps/epoch",
             task.store.num_elements(),
             task.data_name,
@@ -147,7 +148,11 @@ pub fn train(a: &VitTrainArgs, typed: &Typed) -> Result<()> {
             task.vit.cfg.image_size,
             task.sampler.steps_per_epoch()
         );
+    }
     let summary = Trainer::new(cfg, opt).fit(&mut task)?;
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     outln!("{}", summary.describe())?;
     if task.test.is_none() && summary.outcome != crate::train::Outcome::Interrupted {
         outln!("no test_acc: the data has no test split (validation only)")?;

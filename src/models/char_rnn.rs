@@ -279,6 +279,11 @@ pub struct CharTrainConfig {
     pub test_frac: f64,
 }
 
+/// Streams per micro-batch of a training step ([`CharRnnTask`]'s `train_step_shard`): the
+/// unit of parallelism across threads and ranks, fixed so that the bits of a step depend on
+/// `batch` only.
+pub const STREAM_CHUNK: usize = 16;
+
 /// Names of the carried stream state in checkpoints (`state.c`: the LSTM's cell state).
 const STATE_H: &str = "state.h";
 const STATE_C: &str = "state.c";
@@ -340,47 +345,119 @@ impl TrainModel<f32> for CharRnnTask {
     fn params_mut(&mut self) -> &mut ParamStore<f32> {
         &mut self.model.store
     }
-    fn train_step(&mut self, step: u64, _rng: &mut Rng) -> Result<StepOutput> {
+    fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput> {
+        self.train_step_shard(step, rng, crate::dist::Group::local())
+    }
+    fn data_parallel(&self) -> bool {
+        true
+    }
+    /// The streams are cut into micro-batches of [`STREAM_CHUNK`] streams, each forwarded
+    /// and back-propagated on its own tape (in parallel), its loss seeded with its share of
+    /// the streams; rank `r` computes its contiguous share of the micro-batches and the
+    /// gradients, losses and carried states are combined in micro-batch order
+    /// ([`crate::dist`]), so the bits depend on `batch`, not on the rank or thread count.
+    fn train_step_shard(
+        &mut self,
+        step: u64,
+        _rng: &mut Rng,
+        group: crate::dist::Group,
+    ) -> Result<StepOutput> {
+        use rayon::prelude::*;
         let cfg = &self.model.config;
-        let (batch, k1) = (cfg.batch, self.sched.k1);
+        let (batch, k1, hidden) = (cfg.batch, self.sched.k1, cfg.hidden);
         let consumed = step as usize * k1;
         let end = consumed + k1;
         let win = self.sched.window_ending(end, consumed);
         let len = win.end - win.start;
+        // Stream r's inputs and targets are xi[r·len..(r+1)·len] (and yi's).
         let (xi, yi) = self.streams.window(&self.corpus.train, win.start, win.end);
-        // Only the last k1 steps' losses are new; earlier ones were counted by earlier updates.
-        let mask: Vec<bool> = (0..batch * len)
-            .map(|r| win.start + r % len >= win.loss_from)
-            .collect();
-        let v = self.model.vocab.len();
-        let mut tape = Tape::<f32>::new();
-        let x = tape.constant(self.model.one_hot(&xi, batch));
-        let (y, states) = self
-            .model
-            .rnn
-            .forward(&mut tape, &self.model.store, x, &self.state)?;
-        self.peak_state_floats = self.peak_state_floats.max(states.floats());
-        let logits = reshape(&mut tape, y, &[batch * len, v])?; // (B·len, V)
-        let loss = cross_entropy(
-            &mut tape,
-            logits,
-            &yi,
-            &CrossEntropyOptions {
-                mask: Some(mask),
-                ..Default::default()
-            },
-        )?;
-        let lv = tape.value(loss).item() as f64;
-        if !lv.is_finite() {
-            // The trainer stops on it (with the step and the last good checkpoint).
-            return Ok(StepOutput::new(lv, batch * k1));
-        }
-        tape.backward(loss)?;
-        tape.accumulate_grads(&mut self.model.store)?;
         // The next window starts k2 − k1 steps before the next update's end.
         let next = self.sched.window_ending(end + k1, end);
-        self.state = states.at(next.start - win.start);
-        Ok(StepOutput::new(lv, batch * k1))
+        let chunks: Vec<(usize, usize)> = (0..batch)
+            .step_by(STREAM_CHUNK)
+            .map(|s| (s, (s + STREAM_CHUNK).min(batch)))
+            .collect();
+        let rows = |t: &Tensor<f32>, s: usize, e: usize| {
+            Tensor::new(&[e - s, hidden], t.data()[s * hidden..e * hidden].to_vec())
+        };
+        let model = &self.model;
+        let state = &self.state;
+        let v = model.vocab.len();
+        let parts = chunks[group.share(chunks.len())]
+            .par_iter()
+            .map(|&(s, e)| -> Result<_> {
+                let nb = e - s;
+                let st = StreamState {
+                    h: rows(&state.h, s, e)?,
+                    c: state.c.as_ref().map(|c| rows(c, s, e)).transpose()?,
+                };
+                // Only the last k1 steps' losses are new; earlier ones were counted by
+                // earlier updates.
+                let mask: Vec<bool> = (0..nb * len)
+                    .map(|r| win.start + r % len >= win.loss_from)
+                    .collect();
+                let mut tape = Tape::<f32>::new();
+                let x = tape.constant(model.one_hot(&xi[s * len..e * len], nb));
+                let (y, states) = model.rnn.forward(&mut tape, &model.store, x, &st)?;
+                let logits = reshape(&mut tape, y, &[nb * len, v])?; // (nb·len, V)
+                let loss = cross_entropy(
+                    &mut tape,
+                    logits,
+                    &yi[s * len..e * len],
+                    &CrossEntropyOptions {
+                        mask: Some(mask),
+                        ..Default::default()
+                    },
+                )?;
+                let share = nb as f64 / batch as f64;
+                let lv = tape.value(loss).item() as f64 * share;
+                // A non-finite loss stops the run (the trainer reports it): no backward.
+                if lv.is_finite() {
+                    let seed = Tensor::full(tape.shape(loss), share as f32);
+                    tape.backward_with(loss, seed)?;
+                }
+                let carried = states.at(next.start - win.start);
+                let mut scalars = vec![lv];
+                scalars.extend(carried.h.data().iter().map(|&x| x as f64));
+                if let Some(c) = &carried.c {
+                    scalars.extend(c.data().iter().map(|&x| x as f64));
+                }
+                Ok((scalars, tape.take_param_grads(), states.floats()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.peak_state_floats = self.peak_state_floats.max(parts.iter().map(|p| p.2).sum());
+        let local: Vec<f64> = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
+        let all = group.gather_f64(&local)?;
+        // Per micro-batch, in order: its loss share, then its carried h (and c) rows.
+        let has_c = self.state.c.is_some();
+        let (mut loss, mut at) = (0.0f64, 0);
+        let mut h = Vec::with_capacity(batch * hidden);
+        let mut c = Vec::with_capacity(if has_c { batch * hidden } else { 0 });
+        for &(s, e) in &chunks {
+            let n = (e - s) * hidden;
+            loss += all[at];
+            h.extend(all[at + 1..at + 1 + n].iter().map(|&x| x as f32));
+            at += 1 + n;
+            if has_c {
+                c.extend(all[at..at + n].iter().map(|&x| x as f32));
+                at += n;
+            }
+        }
+        if !loss.is_finite() {
+            // The trainer stops on it (with the step and the last good checkpoint).
+            return Ok(StepOutput::new(loss, batch * k1));
+        }
+        group.sum_grads(
+            &mut self.model.store,
+            parts.into_iter().map(|p| p.1).collect(),
+        )?;
+        self.state = StreamState {
+            h: Tensor::new(&[batch, hidden], h)?,
+            c: has_c
+                .then(|| Tensor::new(&[batch, hidden], c))
+                .transpose()?,
+        };
+        Ok(StepOutput::new(loss, batch * k1))
     }
     fn evaluate(&mut self) -> Result<Metrics> {
         let mut m = Metrics::new();
@@ -590,6 +667,22 @@ pub fn train<O: Optimizer<f32>>(
     config.train_memory(corpus.vocab.len()).check("rnn train")?;
     let mut task = CharRnnTask::new(model, corpus)?;
     let summary = Trainer::new(tc, opt).fit(&mut task)?;
+    if !crate::dist::is_root() {
+        // Ranks other than 0 of a data-parallel job neither evaluate nor own the run folder.
+        return Ok(TrainReport {
+            steps: summary.step,
+            outcome: summary.outcome.as_str().into(),
+            seconds: summary.wall_time_s,
+            train_loss: f64::NAN,
+            val_nats: None,
+            val_bpc: None,
+            test_nats: None,
+            test_bpc: None,
+            tokens_per_s: 0.0,
+            peak_state_floats: task.peak_state_floats,
+            run_dir: summary.run_dir,
+        });
+    }
     // The last evaluation is the final state unless the run was interrupted between two; then
     // the loss since that evaluation comes from the checkpoint's running interval.
     let st = load_checkpoint_state(&summary.checkpoint)?;

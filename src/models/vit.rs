@@ -286,6 +286,20 @@ pub fn argmax<T: Element>(row: &[T]) -> usize {
 /// Images per micro-batch of [`Vit::loss_and_grads`].
 pub const MICRO_BATCH: usize = 32;
 
+/// Micro-batches of [`Vit::loss_and_grads`] in a batch of `b` images.
+pub fn micro_batches(b: usize) -> usize {
+    b.div_ceil(MICRO_BATCH)
+}
+
+/// One micro-batch of a step ([`Vit::micro_batch_grads`]).
+pub struct MicroBatch<T: Element> {
+    /// Its cross-entropy times its share of the batch (the batch mean is the sum of these).
+    pub loss: f64,
+    pub correct: usize,
+    /// Its share of the batch mean's gradients.
+    pub grads: Vec<(ParamId, Tensor<T>)>,
+}
+
 /// What one forward/backward of a batch yields besides the gradients.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
@@ -556,6 +570,36 @@ impl Vit {
         label_smoothing: f64,
         rng: Option<&mut Rng>,
     ) -> Result<StepStats> {
+        let all = 0..micro_batches(x.shape().first().copied().unwrap_or(0));
+        let parts = self.micro_batch_grads(store, x, y, label_smoothing, rng, all)?;
+        let mut stats = StepStats {
+            loss: 0.0,
+            correct: 0,
+        };
+        for part in parts {
+            stats.loss += part.loss;
+            stats.correct += part.correct;
+            for (id, g) in part.grads {
+                store.get_mut(id).grad.axpy(T::one(), &g)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The micro-batches `range` (of [`micro_batches`]`(B)`) of [`Vit::loss_and_grads`], each
+    /// with its share-weighted loss, its correct count and its gradients, in order: what one
+    /// rank of a data-parallel step computes ([`crate::dist`]), the sum over all of them being
+    /// the whole batch's. `rng` is forked once per micro-batch of the *whole* batch, so the
+    /// streams and the state `rng` is left in do not depend on `range`.
+    pub fn micro_batch_grads<T: Element>(
+        &self,
+        store: &ParamStore<T>,
+        x: &Tensor<T>,
+        y: &[usize],
+        label_smoothing: f64,
+        rng: Option<&mut Rng>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<MicroBatch<T>>> {
         use rayon::prelude::*;
         if x.ndim() != 4 {
             return Err(shape_err!(
@@ -577,16 +621,23 @@ impl Vit {
             .step_by(MICRO_BATCH)
             .map(|s| (s, (s + MICRO_BATCH).min(b)))
             .collect();
+        if range.end > chunks.len() {
+            return Err(invalid!(
+                "micro-batches {range:?} of a batch of {} ({} micro-batches)",
+                b,
+                chunks.len()
+            ));
+        }
         let train = rng.is_some();
         let mut seeds = vec![None; chunks.len()];
         if let Some(rng) = rng {
             seeds.iter_mut().for_each(|s| *s = Some(rng.fork()));
         }
         let c = self.cfg.num_classes;
-        let shared: &ParamStore<T> = store;
-        let parts = chunks
+        chunks[range.clone()]
+            .to_vec()
             .into_par_iter()
-            .zip(seeds)
+            .zip(seeds[range].to_vec())
             .map(|((s, e), mut rng)| -> Result<_> {
                 let mut shape = x.shape().to_vec();
                 shape[0] = e - s;
@@ -598,7 +649,7 @@ impl Vit {
                     rng: rng.as_mut(),
                     need_attn: false,
                 };
-                let out = self.forward(&mut tape, shared, xv, opts)?;
+                let out = self.forward(&mut tape, store, xv, opts)?;
                 let ce = ops::CrossEntropyOptions {
                     label_smoothing,
                     ..Default::default()
@@ -615,22 +666,13 @@ impl Vit {
                 let l = tape.value(loss).item().as_f64() * share;
                 let seed = Tensor::full(tape.shape(loss), T::c(share));
                 tape.backward_with(loss, seed)?;
-                Ok((l, correct, tape.take_param_grads()))
+                Ok(MicroBatch {
+                    loss: l,
+                    correct,
+                    grads: tape.take_param_grads(),
+                })
             })
-            .collect::<Vec<_>>();
-        let mut stats = StepStats {
-            loss: 0.0,
-            correct: 0,
-        };
-        for part in parts {
-            let (l, correct, grads) = part?;
-            stats.loss += l;
-            stats.correct += correct;
-            for (id, g) in grads {
-                store.get_mut(id).grad.axpy(T::one(), &g)?;
-            }
-        }
-        Ok(stats)
+            .collect()
     }
 
     /// Inference convenience: logits of a batch of images, no tape kept.

@@ -38,19 +38,66 @@ pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<B
         "depth": cfg.depth, "heads": cfg.heads, "mlp_dim": cfg.mlp_dim, "batch": batch,
         "threads": rayon::current_num_threads(),
     });
-    let mut r = bench::run("vit_train_step", params, opts, || {
+    // The trainer's step: this rank's micro-batches, the ordered sum across ranks (one rank
+    // outside MPI), the optimizer.
+    let group = crate::dist::world();
+    let micro = crate::models::vit::micro_batches(batch);
+    let mut step = || {
         let res = (|| -> Result<()> {
             store.zero_grad();
-            vit.loss_and_grads(&mut store, &x, &y, 0.0, None)?;
+            let parts = vit.micro_batch_grads(&store, &x, &y, 0.0, None, group.share(micro))?;
+            group.sum_grads(&mut store, parts.into_iter().map(|p| p.grads).collect())?;
             opt.step(&mut store)
         })();
         if let Err(e) = res {
             err.get_or_insert(e);
         }
-    });
+    };
+    // Every rank must run the same number of steps (each one communicates): rank 0 times the
+    // warm-up steps and chooses the repetitions for all.
+    let mut opts = opts.clone();
+    if group.size() > 1 {
+        let t = std::time::Instant::now();
+        for _ in 0..opts.warmup.max(1) {
+            step();
+        }
+        let per = t.elapsed().as_secs_f64() / opts.warmup.max(1) as f64;
+        let want = ((opts.min_time_s / per.max(1e-9)).ceil() as usize)
+            .clamp(opts.min_reps.max(1), opts.max_reps.max(1));
+        let reps = group.broadcast_u64(want as u64)? as usize;
+        opts = BenchOptions {
+            warmup: 0,
+            min_reps: reps,
+            min_time_s: 0.0,
+            max_reps: reps,
+        };
+    }
+    let before = crate::dist::stats();
+    let mut r = bench::run("vit_train_step", params, &opts, &mut step);
     if let Some(e) = err {
         return Err(e);
     }
+    let comm = crate::dist::stats() - before;
+    let n = r.reps.max(1) as f64;
+    r.extra.insert("ranks".into(), json!(group.size()));
+    r.extra.insert(
+        "micro_batches_per_rank".into(),
+        json!(group.share(micro).len()),
+    );
+    r.extra
+        .insert("comm_s_per_step".into(), json!(comm.seconds / n));
+    r.extra.insert(
+        "bytes_reduced_per_step".into(),
+        json!(comm.bytes_reduced as f64 / n),
+    );
+    r.extra.insert(
+        "bytes_sent_per_step".into(),
+        json!(comm.bytes_sent as f64 / n),
+    );
+    r.extra.insert(
+        "bucket_mib".into(),
+        json!(crate::dist::bucket_bytes() as f64 / (1 << 20) as f64),
+    );
     let flops = 6.0 * cfg.forward_macs() * batch as f64;
     let gflops = flops / r.median_s / 1e9;
     let mm_opts = BenchOptions {

@@ -94,13 +94,46 @@ impl TrainModel<f32> for VitTask {
         &mut self.store
     }
     fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput> {
+        self.train_step_shard(step, rng, crate::dist::Group::local())
+    }
+    fn data_parallel(&self) -> bool {
+        true
+    }
+    /// Every rank draws the whole batch and its augmentation (the same `rng` draws on every
+    /// rank, so the stream stays the same for any rank count) and computes its contiguous
+    /// share of the micro-batches; gradients and per-micro-batch losses are summed in
+    /// micro-batch order ([`crate::dist`]).
+    fn train_step_shard(
+        &mut self,
+        step: u64,
+        rng: &mut Rng,
+        group: crate::dist::Group,
+    ) -> Result<StepOutput> {
         let idx = self.sampler.batch(step);
         let (x, y) = data::make_batch(&self.train, &idx, &self.batch_opts, Some(rng))?;
-        let st =
-            self.vit
-                .loss_and_grads(&mut self.store, &x, &y, self.label_smoothing, Some(rng))?;
-        Ok(StepOutput::new(st.loss, idx.len())
-            .with("train_acc", st.correct as f64 / idx.len() as f64))
+        let mine = group.share(crate::models::vit::micro_batches(idx.len()));
+        let parts = self.vit.micro_batch_grads(
+            &self.store,
+            &x,
+            &y,
+            self.label_smoothing,
+            Some(rng),
+            mine,
+        )?;
+        let scalars: Vec<f64> = parts
+            .iter()
+            .flat_map(|p| [p.loss, p.correct as f64])
+            .collect();
+        group.sum_grads(
+            &mut self.store,
+            parts.into_iter().map(|p| p.grads).collect(),
+        )?;
+        let (mut loss, mut correct) = (0.0f64, 0.0f64);
+        for lc in group.gather_f64(&scalars)?.chunks(2) {
+            loss += lc[0];
+            correct += lc[1];
+        }
+        Ok(StepOutput::new(loss, idx.len()).with("train_acc", correct / idx.len() as f64))
     }
     fn evaluate(&mut self) -> Result<Metrics> {
         let (acc, loss) = self.accuracy_and_loss(&self.val)?;

@@ -201,6 +201,26 @@ impl TrainConfig {
 /// `DEFAULT-2`, `DEFAULT-3`, … (said on stderr): a repeated command without `--out` never
 /// replaces an earlier run (`--overwrite` does, on purpose).
 pub fn fresh_run_dir(default: &Path) -> PathBuf {
+    // In a data-parallel job rank 0 chooses (and says so) for all: ranks looking at the
+    // folders one after the other would see rank 0's new run and pick different ones.
+    let group = crate::dist::world();
+    if group.size() > 1 {
+        use std::os::unix::ffi::OsStrExt;
+        let mine = if group.rank() == 0 {
+            fresh_run_dir_here(default)
+        } else {
+            PathBuf::new()
+        };
+        let bytes = mine.as_os_str().as_bytes().to_vec();
+        return match group.broadcast_bytes(bytes) {
+            Ok(b) => PathBuf::from(std::ffi::OsStr::from_bytes(&b)),
+            Err(_) => mine,
+        };
+    }
+    fresh_run_dir_here(default)
+}
+
+fn fresh_run_dir_here(default: &Path) -> PathBuf {
     let taken = |p: &Path| {
         p.exists()
             && std::fs::read_dir(p)

@@ -164,6 +164,27 @@ pub trait TrainModel<T: Element> {
     /// into [`TrainModel::params_mut`] (zeroed by the trainer just before). The batch must be a
     /// function of `step` and `rng` only (see the module docs), so resumed runs are exact.
     fn train_step(&mut self, step: u64, rng: &mut Rng) -> Result<StepOutput>;
+    /// Whether [`TrainModel::train_step_shard`] splits the batch across the ranks of a
+    /// data-parallel job ([`crate::dist`]). Full-batch models (the GNNs) keep `false` and
+    /// train in one process only.
+    fn data_parallel(&self) -> bool {
+        false
+    }
+    /// [`TrainModel::train_step`] as one rank of `group`: this rank computes the gradients of
+    /// its share of the step's micro-batches and sums them with the other ranks' in the
+    /// single-process order ([`crate::dist::Group::sum_grads`]), so every rank ends with the
+    /// gradients (and the returned loss) of the whole batch, bit for bit as one process. The
+    /// trainer calls this, with the one-rank group outside MPI; the default is the
+    /// one-process step (the trainer refuses more ranks unless [`TrainModel::data_parallel`]).
+    fn train_step_shard(
+        &mut self,
+        step: u64,
+        rng: &mut Rng,
+        group: crate::dist::Group,
+    ) -> Result<StepOutput> {
+        let _ = group;
+        self.train_step(step, rng)
+    }
     /// Validation metrics (e.g. `val_loss`, `val_acc`), computed without recording a tape.
     /// They select `best/` and drive early stopping, so they must never come from the test set.
     fn evaluate(&mut self) -> Result<Metrics>;

@@ -4,6 +4,7 @@ use super::checkpoint::{
     checkpoint_dir, claim_run_dir, load_checkpoint_state, load_tensors, write_checkpoint,
     BestRecord, CheckpointState, IntervalState, CHECKPOINT_FORMAT, MODEL_FILE, OPTIM_FILE,
 };
+use super::config::ProgressMode;
 use super::config::{
     PlotFormat, TrainConfig, AUTO_CHECKPOINT_INTERVAL_S, AUTO_CHECKPOINT_IO_SHARE,
 };
@@ -12,6 +13,7 @@ use super::progress::{fmt_duration, fmt_num, format_log_line, Progress};
 use super::signals::{install_stop_handlers, stop_signal, StopSignal};
 use super::tfevents::{EventWriter, LOGGED_TRAIN_LOSS};
 use super::{Metrics, StepOutput, TrainModel, TrainOptimizer};
+use crate::dist::Group;
 use crate::error::{NablaError, Result};
 use crate::init::Rng;
 use crate::invalid;
@@ -133,6 +135,9 @@ pub struct Trainer<T: Element, O: TrainOptimizer<T>> {
     opt: O,
     interrupt: Arc<AtomicBool>,
     sink: Option<Box<dyn Write + Send>>,
+    /// The ranks of a data-parallel job (one outside MPI): rank 0 owns the run folder and the
+    /// output; every rank trains ([`crate::dist`]).
+    group: Group,
     _t: PhantomData<T>,
 }
 
@@ -182,6 +187,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             opt,
             interrupt: Arc::new(AtomicBool::new(false)),
             sink: None,
+            group: crate::dist::world(),
             _t: PhantomData,
         }
     }
@@ -235,8 +241,32 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             cfg.eval_every
         };
         let run_dir = cfg.out_dir.clone();
+        let group = self.group;
+        let root = group.rank() == 0;
+        if group.size() > 1 && !model.data_parallel() {
+            return Err(invalid!(
+                "this model trains in one process only (it has no batch to split across ranks); \
+                 run it without mpirun"
+            ));
+        }
+        let model_config = model.config_json();
+        let train_config = serde_json::to_value(&cfg)
+            .map_err(|e| NablaError::Other(format!("serializing the trainer config: {e}")))?;
+        // Ranks started with other flags (or data, or binary) would train different models
+        // into one run folder: compared before anything else.
+        group.check_same(
+            "configuration",
+            serde_json::json!({
+                "model": model_config, "train": train_config,
+                "num_params": model.params().num_elements(), "dtype": T::DTYPE,
+                "nabla_version": env!("CARGO_PKG_VERSION"),
+            })
+            .to_string()
+            .as_bytes(),
+        )?;
 
-        // Everything that can be checked before training is checked before training.
+        // Everything that can be checked before training is checked before training; the run
+        // folder is rank 0's alone.
         let param_bytes = (model.params().num_elements()
             + model
                 .state_tensors()
@@ -244,25 +274,27 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 .map(|(_, t)| t.numel())
                 .sum::<usize>())
             * std::mem::size_of::<T>();
-        prepare_run_dir(&run_dir, (4 * param_bytes).min(256 << 20) as u64)?;
-        // One writer per run folder, held to the end of the run; what dead writers left in it
-        // is recovered or removed before anything reads it.
-        let _writer = claim_run_dir(&run_dir)?;
-        if cfg.resume.is_none() && !cfg.overwrite && run_dir.join("checkpoint").exists() {
-            return Err(invalid!(
-                "run folder {} already holds a checkpoint; pass --resume {} to continue it, \
-                 --overwrite to start afresh, or another --out",
-                run_dir.display(),
-                run_dir.display()
-            ));
-        }
-        let model_config = model.config_json();
-        let train_config = serde_json::to_value(&cfg)
-            .map_err(|e| NablaError::Other(format!("serializing the trainer config: {e}")))?;
+        let claim = || -> Result<_> {
+            prepare_run_dir(&run_dir, (4 * param_bytes).min(256 << 20) as u64)?;
+            // One writer per run folder, held to the end of the run; what dead writers left
+            // in it is recovered or removed before anything reads it.
+            let writer = claim_run_dir(&run_dir)?;
+            if cfg.resume.is_none() && !cfg.overwrite && run_dir.join("checkpoint").exists() {
+                return Err(invalid!(
+                    "run folder {} already holds a checkpoint; pass --resume {} to continue it, \
+                     --overwrite to start afresh, or another --out",
+                    run_dir.display(),
+                    run_dir.display()
+                ));
+            }
+            Ok(writer)
+        };
+        let _writer = group.agree(if root { claim().map(Some) } else { Ok(None) })?;
 
         let mut notes = Vec::new();
-        let mut run = match &cfg.resume {
-            None => Run {
+        let resume = cfg.resume.as_ref().filter(|_| root);
+        let run = match resume {
+            None => Ok(Run {
                 st: CheckpointState {
                     format: CHECKPOINT_FORMAT.into(),
                     step: 0,
@@ -285,19 +317,24 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 metrics_written: None,
                 metrics_dirty: false,
                 events: None,
-            },
-            Some(dir) => {
-                let run = self.restore(model, dir, &model_config, &train_config, &mut notes)?;
-                if run.st.step > total {
-                    return Err(invalid!(
-                        "the checkpoint in {} is at step {}, beyond this run's {total} steps",
-                        dir.display(),
-                        run.st.step
-                    ));
-                }
-                run
-            }
+            }),
+            Some(dir) => self
+                .restore(model, dir, &model_config, &train_config, &mut notes)
+                .and_then(|run| {
+                    if run.st.step > total {
+                        return Err(invalid!(
+                            "the checkpoint in {} is at step {}, beyond this run's {total} steps",
+                            dir.display(),
+                            run.st.step
+                        ));
+                    }
+                    Ok(run)
+                }),
         };
+        let mut run = group.agree(run)?;
+        if group.size() > 1 {
+            self.sync_from_root(model, &mut run)?;
+        }
         let config_json = serde_json::json!({
             "model": model_config,
             "train": train_config,
@@ -308,19 +345,24 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             "steps_per_epoch": spe,
             "nabla_version": env!("CARGO_PKG_VERSION"),
         });
-        atomic_write(
-            run_dir.join("config.json"),
-            &serde_json::to_vec_pretty(&config_json).expect("json values serialize"),
-        )?;
+        if root {
+            atomic_write(
+                run_dir.join("config.json"),
+                &serde_json::to_vec_pretty(&config_json).expect("json values serialize"),
+            )?;
+        }
         run.metrics_dirty = true;
         self.flush_metrics(&mut run, true)?;
-        run.events = Some(EventWriter::start(
-            &run_dir,
-            cfg.resume.as_ref().map(|_| run.st.step),
-            &run.st.metrics,
-            &run.st.interval.logged,
-            run.st.wall_time_s,
-        )?);
+        // Rank 0 alone writes the run folder, the events file with it.
+        if root {
+            run.events = Some(EventWriter::start(
+                &run_dir,
+                cfg.resume.as_ref().map(|_| run.st.step),
+                &run.st.metrics,
+                &run.st.interval.logged,
+                run.st.wall_time_s,
+            )?);
+        }
         if cfg.handle_signals {
             if let Err(e) = install_stop_handlers() {
                 notes.push(format!(
@@ -329,7 +371,13 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             }
         }
 
-        let mut progress = Progress::new(cfg.progress, self.sink.take(), total, run.st.step);
+        // Progress from rank 0 only.
+        let mode = if root {
+            cfg.progress
+        } else {
+            ProgressMode::Quiet
+        };
+        let mut progress = Progress::new(mode, self.sink.take(), total, run.st.step);
         for n in &notes {
             progress.line(&format!("note {n}"));
         }
@@ -350,6 +398,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         // The test split, once, on the selected weights — only when the run is finished.
         let test = match outcome {
             Outcome::Interrupted => None,
+            _ if !root => None,
             _ => super::final_test::evaluate_selected(
                 model,
                 &run_dir,
@@ -363,6 +412,7 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
 
         let plot = match cfg.plot {
             PlotFormat::None => None,
+            _ if !root => None,
             f if !run.st.metrics.is_empty() => {
                 let ext = if f == PlotFormat::Png { "png" } else { "svg" };
                 let p = run_dir.join(format!("metrics.{ext}"));
@@ -492,7 +542,18 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                         )
                     })
             };
+            // Rank 0 decides for all (the ranks' clocks and signals differ).
+            let stop = match self.group.size() {
+                1 => stop,
+                _ => {
+                    let code = self.group.broadcast_u64(stop_code(stop.as_ref()))?;
+                    stop.or_else(|| stop_of_code(code))
+                }
+            };
             if let Some((outcome, why)) = stop {
+                if self.group.rank() != 0 {
+                    return Ok(outcome);
+                }
                 run.st.wall_time_s = wall_base + session.elapsed().as_secs_f64();
                 let p = self.save(model, run, &rng)?;
                 progress.notice(&format!(
@@ -504,9 +565,10 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 return Ok(outcome);
             }
             let s = run.st.step;
+            crate::dist::fault_point(s);
             let t0 = Instant::now();
             model.params_mut().zero_grad();
-            let out: StepOutput = model.train_step(s, &mut rng)?;
+            let out: StepOutput = model.train_step_shard(s, &mut rng, self.group)?;
             if !out.loss.is_finite() {
                 return Err(non_finite(
                     format!("training loss {}", out.loss),
@@ -600,7 +662,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
             let do_eval = step == total
                 || (cfg.eval_every > 0 && step.is_multiple_of(eval_every))
                 || (cfg.eval_every == 0 && epoch_end);
-            if do_eval {
+            // Only rank 0 evaluates: the others have the same weights and write nothing; an
+            // early stop reaches them with the next step's decision.
+            if do_eval && self.group.rank() == 0 {
                 let metrics = model.evaluate()?;
                 for (k, v) in &metrics {
                     if RESERVED.contains(&k.as_str()) {
@@ -711,6 +775,10 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
                 if let Some(es) = &cfg.early_stopping {
                     if run.st.evals_without_improvement >= es.patience {
                         self.save(model, run, &rng)?;
+                        if self.group.size() > 1 && step < total {
+                            self.group
+                                .broadcast_u64(stop_code(Some(&(Outcome::EarlyStopped, ()))))?;
+                        }
                         progress.line(&format!(
                             "note early stopping at step {step}: no improvement of {} for {} evaluations",
                             cfg.monitor.as_ref().map_or("", |m| m.0.as_str()),
@@ -741,6 +809,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
     /// current step; returns the checkpoint folder. `best/` goes first, so the best record in
     /// every checkpoint names weights that are on disk.
     fn save<M: TrainModel<T>>(&self, model: &M, run: &mut Run<T>, rng: &Rng) -> Result<PathBuf> {
+        if self.group.rank() != 0 {
+            return Ok(self.cfg.out_dir.join("checkpoint"));
+        }
         self.flush_metrics(run, true)?;
         self.write_pending_best(run)?;
         if let Some((p, s)) = &run.last_ckpt {
@@ -770,6 +841,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
     /// durable copy of every record is in the checkpoint's state.json, from which `--resume`
     /// rewrites this file.
     fn flush_metrics(&self, run: &mut Run<T>, force: bool) -> Result<()> {
+        if self.group.rank() != 0 {
+            return Ok(());
+        }
         let due = force
             || run
                 .metrics_written
@@ -787,6 +861,9 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
 
     /// Writes `best/` (weights and state.json, no optimizer state) from the in-memory copy.
     fn write_pending_best(&self, run: &mut Run<T>) -> Result<()> {
+        if self.group.rank() != 0 {
+            return Ok(());
+        }
         if let Some((tensors, st)) = run.pending_best.take() {
             let list: Vec<(String, &Tensor<T>)> =
                 tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
@@ -794,6 +871,72 @@ impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
         }
         Ok(())
     }
+}
+
+impl<T: Element, O: TrainOptimizer<T>> Trainer<T, O> {
+    /// Gives every rank rank 0's weights, model buffers, optimizer state and run state (the
+    /// checkpoint rank 0 resumed from, or its fresh start): the ranks start alike whatever the
+    /// folder they can see, and `--resume` works with any number of ranks.
+    fn sync_from_root<M: TrainModel<T>>(&mut self, model: &mut M, run: &mut Run<T>) -> Result<()> {
+        let root = self.group.rank() == 0;
+        let (weights, optim, state) = if root {
+            let list = model_tensors(model)?;
+            let refs: Vec<(String, &Tensor<T>)> =
+                list.iter().map(|(k, t)| (k.clone(), t)).collect();
+            let opt = self.opt.state_tensors();
+            let opt_refs: Vec<(String, &Tensor<T>)> =
+                opt.iter().map(|(k, t)| (k.clone(), t)).collect();
+            (
+                crate::io::safetensors_bytes(&refs, None)?,
+                crate::io::safetensors_bytes(&opt_refs, None)?,
+                serde_json::to_vec(&run.st)
+                    .map_err(|e| NablaError::Other(format!("serializing the run state: {e}")))?,
+            )
+        } else {
+            Default::default()
+        };
+        let weights = self.group.broadcast_bytes(weights)?;
+        let optim = self.group.broadcast_bytes(optim)?;
+        let state = self.group.broadcast_bytes(state)?;
+        if root {
+            return Ok(());
+        }
+        let from = Path::new("<rank 0's state>");
+        let st = super::checkpoint::parse_state_bytes(&state, from)?;
+        super::final_test::load_weights(
+            model,
+            crate::io::parse_safetensors(&weights, from)?,
+            from,
+        )?;
+        let opt_tensors = crate::io::parse_safetensors::<T>(&optim, from)?;
+        if !opt_tensors.is_empty() {
+            self.opt
+                .load_state_tensors(&opt_tensors, st.optimizer_step)?;
+        }
+        self.opt.set_lr(st.lr);
+        run.st = st;
+        Ok(())
+    }
+}
+
+/// The stop decision broadcast from rank 0 before every step: 0 = go on.
+fn stop_code<W>(stop: Option<&(Outcome, W)>) -> u64 {
+    match stop.map(|s| &s.0) {
+        None | Some(Outcome::Completed) => 0,
+        Some(Outcome::Interrupted) => 1,
+        Some(Outcome::TimeLimit) => 2,
+        Some(Outcome::EarlyStopped) => 3,
+    }
+}
+
+fn stop_of_code(code: u64) -> Option<(Outcome, String)> {
+    let o = match code {
+        1 => Outcome::Interrupted,
+        2 => Outcome::TimeLimit,
+        3 => Outcome::EarlyStopped,
+        _ => return None,
+    };
+    Some((o, "stopped by rank 0".into()))
 }
 
 /// Parameters and model buffers by name, as checkpoints store them.
