@@ -1,9 +1,7 @@
 //! NumPy arrays ↔ nabla tensors.
 
 use nabla::Tensor;
-use numpy::{
-    PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -59,7 +57,9 @@ pub fn tensor_from<T: Float>(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Ten
     let a = obj.cast::<PyArrayDyn<T>>().map_err(|_| {
         PyValueError::new_err(format!(
             "{name} must be a numpy array of dtype {} like the call's other arrays, got {}",
-            std::any::type_name::<T>().replace("f32", "float32").replace("f64", "float64"),
+            std::any::type_name::<T>()
+                .replace("f32", "float32")
+                .replace("f64", "float64"),
             describe(obj)
         ))
     })?;

@@ -108,14 +108,22 @@ fn backward_typed<'py, T: Float>(
 #[pymethods]
 impl Backward {
     /// backward(dy) -> the gradients of the inputs (a tuple, or one array for one input)
-    fn __call__<'py>(&self, py: Python<'py>, dy: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        dy: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         match &self.layer {
             AnyLayer::F32(l) => backward_typed(py, l, self.name, dy),
             AnyLayer::F64(l) => backward_typed(py, l, self.name, dy),
         }
     }
     fn __repr__(&self) -> String {
-        format!("<backward of {}: dy -> d({})>", self.name, self.names.join(", "))
+        format!(
+            "<backward of {}: dy -> d({})>",
+            self.name,
+            self.names.join(", ")
+        )
     }
 }
 
@@ -203,7 +211,11 @@ fn layer_norm_py<'py>(
     eps: f64,
     normalized_ndim: Option<usize>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    by_dtype!(x, "x", layer_norm_typed(py, x, weight, bias, eps, normalized_ndim))
+    by_dtype!(
+        x,
+        "x",
+        layer_norm_typed(py, x, weight, bias, eps, normalized_ndim)
+    )
 }
 
 /// Which per-channel normalization.
@@ -267,7 +279,11 @@ fn batch_norm_py<'py>(
     bias: Option<&Bound<'py, PyAny>>,
     eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    by_dtype!(x, "x", channel_norm_typed(py, ChannelNorm::Batch, x, weight, bias, eps))
+    by_dtype!(
+        x,
+        "x",
+        channel_norm_typed(py, ChannelNorm::Batch, x, weight, bias, eps)
+    )
 }
 
 /// group_norm(x, groups, weight=None, bias=None, eps=1e-5) -> (y, backward)
@@ -284,7 +300,11 @@ fn group_norm_py<'py>(
     bias: Option<&Bound<'py, PyAny>>,
     eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    by_dtype!(x, "x", channel_norm_typed(py, ChannelNorm::Group(groups), x, weight, bias, eps))
+    by_dtype!(
+        x,
+        "x",
+        channel_norm_typed(py, ChannelNorm::Group(groups), x, weight, bias, eps)
+    )
 }
 
 /// instance_norm(x, weight=None, bias=None, eps=1e-5) -> (y, backward)
@@ -300,7 +320,11 @@ fn instance_norm_py<'py>(
     bias: Option<&Bound<'py, PyAny>>,
     eps: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    by_dtype!(x, "x", channel_norm_typed(py, ChannelNorm::Instance, x, weight, bias, eps))
+    by_dtype!(
+        x,
+        "x",
+        channel_norm_typed(py, ChannelNorm::Instance, x, weight, bias, eps)
+    )
 }
 
 /// A boolean mask array (True = that position may not be attended to).
@@ -310,7 +334,9 @@ fn bool_mask(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<(Vec<usize>, Vec<bo
             "{name} must be a numpy array of dtype bool (True = masked out)"
         ))
     })?;
-    let ro = a.try_readonly().map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let ro = a
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((ro.shape().to_vec(), ro.as_array().iter().copied().collect()))
 }
 
@@ -361,7 +387,10 @@ fn attention<'py>(
     mask: Option<&Bound<'py, PyAny>>,
     key_padding_mask: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let m = match (mask.filter(|m| !m.is_none()), key_padding_mask.filter(|m| !m.is_none())) {
+    let m = match (
+        mask.filter(|m| !m.is_none()),
+        key_padding_mask.filter(|m| !m.is_none()),
+    ) {
         (Some(_), Some(_)) => {
             return Err(PyValueError::new_err(
                 "give mask or key_padding_mask, not both",

@@ -38,8 +38,7 @@ pub(crate) fn to_pyerr(e: NablaError) -> PyErr {
         None => e.to_string(),
     };
     match &e {
-        NablaError::Io { source, .. } | NablaError::Stdout(source) => match source.raw_os_error()
-        {
+        NablaError::Io { source, .. } | NablaError::Stdout(source) => match source.raw_os_error() {
             // (errno, message): Python picks the subclass (FileNotFoundError, PermissionError…).
             Some(n) => PyOSError::new_err((n, msg)),
             None => PyOSError::new_err(msg),
@@ -97,7 +96,10 @@ pub(crate) fn detached<R: Send>(
 
 /// A JSON value as the Python object `json.loads` makes of it (exact floats: serde_json's
 /// `float_roundtrip` writes the shortest text that reads back to the same bits).
-pub(crate) fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn json_to_py<'py>(
+    py: Python<'py>,
+    v: &serde_json::Value,
+) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(v).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     py.import("json")?.call_method1("loads", (text,))
 }
@@ -129,14 +131,27 @@ fn param_names(cell: CellKind) -> &'static [&'static str] {
             "V",
             "bias_ih, bias_hh, h0, c0 (optional)",
         ],
-        CellKind::Gru => &["weight_ih", "weight_hh", "V", "bias_ih, bias_hh, h0 (optional)"],
+        CellKind::Gru => &[
+            "weight_ih",
+            "weight_hh",
+            "V",
+            "bias_ih, bias_hh, h0 (optional)",
+        ],
     }
 }
 
 fn check_keys(params: &Bound<'_, PyDict>, cell: CellKind) -> PyResult<()> {
     let known: &[&str] = match cell {
         CellKind::Elman => &["W", "U", "V", "h0"],
-        CellKind::Lstm => &["weight_ih", "weight_hh", "bias_ih", "bias_hh", "V", "h0", "c0"],
+        CellKind::Lstm => &[
+            "weight_ih",
+            "weight_hh",
+            "bias_ih",
+            "bias_hh",
+            "V",
+            "h0",
+            "c0",
+        ],
         CellKind::Gru => &["weight_ih", "weight_hh", "bias_ih", "bias_hh", "V", "h0"],
     };
     for k in params.keys() {
@@ -291,7 +306,9 @@ fn rnn_grad<'py>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cell = CellKind::parse(cell).map_err(to_pyerr)?;
     if truncate == Some(0) {
-        return Err(PyValueError::new_err("truncate must be at least 1 (or None)"));
+        return Err(PyValueError::new_err(
+            "truncate must be at least 1 (or None)",
+        ));
     }
     match dtype_of(x, "x")? {
         DType::F32 => grads_to_py(py, rnn_grad_typed::<f32>(py, params, x, z, cell, truncate)?),
@@ -359,7 +376,11 @@ impl VitModel {
     ///
     /// The attention probabilities softmax(q kᵀ / √d_head) of every block for images x
     /// (rows = queries, columns = keys, token 0 = the class token).
-    fn attention<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    fn attention<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let x = self.images(x)?;
         let maps = detached(py, || {
             x.check_finite("x")?;

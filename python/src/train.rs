@@ -63,12 +63,12 @@ fn argv(task: &str, flags: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> 
             }
             continue;
         }
-        let items: Vec<Bound<'_, PyAny>> = if v.cast::<PyList>().is_ok() || v.cast::<PyTuple>().is_ok()
-        {
-            v.try_iter()?.collect::<PyResult<_>>()?
-        } else {
-            vec![v]
-        };
+        let items: Vec<Bound<'_, PyAny>> =
+            if v.cast::<PyList>().is_ok() || v.cast::<PyTuple>().is_ok() {
+                v.try_iter()?.collect::<PyResult<_>>()?
+            } else {
+                vec![v]
+            };
         for item in items {
             // Paths (os.PathLike) by their file-system name, everything else by str().
             let text: String = match item.extract::<PathBuf>() {
@@ -239,7 +239,9 @@ pub fn train<'py>(
         Ok(h) => h,
         Err(e) => {
             relay.stop(py);
-            return Err(PyRuntimeError::new_err(format!("cannot start the run: {e}")));
+            return Err(PyRuntimeError::new_err(format!(
+                "cannot start the run: {e}"
+            )));
         }
     };
     let mut interrupted: Option<PyErr> = None;
