@@ -19,6 +19,9 @@ use std::sync::Arc;
 /// The layer applied to its inputs on a tape (`None` for an absent optional input).
 type Build<T> = Arc<dyn Fn(&mut Tape<T>, &[Option<Var>]) -> nabla::Result<Var> + Send + Sync>;
 
+/// A layer call's output and the gradients of its inputs.
+type Outputs<T> = (Tensor<T>, Vec<Option<Tensor<T>>>);
+
 /// One layer call: its inputs and the layer.
 struct Layer<T: Float> {
     inputs: Vec<Option<Tensor<T>>>,
@@ -27,7 +30,7 @@ struct Layer<T: Float> {
 
 impl<T: Float> Layer<T> {
     /// The output, and with `dy` the gradient of every given input (zeros where none flows).
-    fn run(&self, dy: Option<Tensor<T>>) -> nabla::Result<(Tensor<T>, Vec<Option<Tensor<T>>>)> {
+    fn run(&self, dy: Option<Tensor<T>>) -> nabla::Result<Outputs<T>> {
         let mut tape = Tape::<T>::new();
         let vars: Vec<Option<Var>> = self
             .inputs
