@@ -47,6 +47,18 @@ pub struct MseBptt<T: Element> {
 }
 
 impl<T: Element> MseBptt<T> {
+    /// `(name, gradient)` in `nabla rnn grad`'s names: `W`, `U`, `V` (and `b_h`, `b_y` when
+    /// the model has biases).
+    pub fn named(&self) -> Vec<(&'static str, &Tensor<T>)> {
+        let mut v = vec![("W", &self.w), ("U", &self.u), ("V", &self.v)];
+        if let Some(b) = &self.b_h {
+            v.push(("b_h", b));
+        }
+        if let Some(b) = &self.b_y {
+            v.push(("b_y", b));
+        }
+        v
+    }
     /// Concatenation of `∇_W, ∇_U, ∇_V` (and the biases) as one f64 vector.
     pub fn flat_weight_grad(&self) -> Vec<f64> {
         let mut v = self.w.to_f64_vec();

@@ -565,12 +565,7 @@ pub fn load_problem(cell: CellKind, params: &Path, batch: &Path) -> Result<Gated
 /// ["h0": …, "c0": …]}}`, the `nabla rnn grad --cell lstm|gru` output.
 pub fn grad_json(p: &GatedProblem, truncate: Option<usize>) -> Result<Value> {
     let g = p.bptt(truncate, false)?;
-    if !g.loss.is_finite() {
-        return Err(NablaError::NonFinite(format!(
-            "the loss is {} (inputs too large for the model?)",
-            g.loss
-        )));
-    }
+    crate::analysis::rnn::finite_loss(g.loss)?;
     let mut grad = serde_json::Map::new();
     for (name, t) in g.named() {
         grad.insert(name.into(), t.to_json());

@@ -101,20 +101,27 @@ pub fn load_problem(params: &Path, batch: &Path) -> Result<RnnProblem> {
 /// `{"loss": …, "grad": {"W": …, "U": …, "V": …, ["h0": …]}}`, the `nabla rnn grad` output.
 pub fn grad_json(p: &RnnProblem, truncate: Option<usize>) -> Result<Value> {
     let g = p.bptt(truncate, false)?;
-    if !g.loss.is_finite() {
-        return Err(NablaError::NonFinite(format!(
-            "the loss is {} (inputs too large for the model?)",
-            g.loss
-        )));
-    }
+    finite_loss(g.loss)?;
     let mut grad = serde_json::Map::new();
-    grad.insert("W".into(), g.w.to_json());
-    grad.insert("U".into(), g.u.to_json());
-    grad.insert("V".into(), g.v.to_json());
+    for (name, t) in g.named() {
+        grad.insert(name.into(), t.to_json());
+    }
     if p.h0.is_some() {
         grad.insert("h0".into(), g.h0.to_json());
     }
     Ok(json!({"loss": g.loss, "grad": grad}))
+}
+
+/// `loss` when it is finite; otherwise the error of `nabla rnn grad` (an overflowing model
+/// gives NaN gradients that must not be reported as numbers).
+pub fn finite_loss(loss: f64) -> Result<f64> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(NablaError::NonFinite(format!(
+            "the loss is {loss} (inputs too large for the model?)"
+        )))
+    }
 }
 
 /// `‖∇_{h_t}L‖` (Frobenius over the batch) for t = 1..T: the total gradient of the recursion

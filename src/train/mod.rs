@@ -117,7 +117,10 @@ pub use metrics::{parse_metrics_jsonl, read_metrics_jsonl, MetricsRecord};
 pub use optim_args::{AnyOptimizer, OptimArgs, OptimDefaults, OptimizerKind};
 pub use progress::format_log_line;
 pub use sampler::{select_rows, BatchSampler};
-pub use signals::{install_stop_handlers, stop_signal, StopSignal};
+pub use signals::{
+    clear_stop_signal, host_handles_signals, install_stop_handlers, raise_stop_signal, stop_signal,
+    StopSignal,
+};
 pub use trainer::{Outcome, TrainSummary, Trainer};
 
 use crate::autograd::ParamStore;

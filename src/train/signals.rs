@@ -18,13 +18,16 @@
 
 use super::progress::BAR_ON_SCREEN;
 use crate::error::{NablaError, Result};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// The first stop signal received (its number), 0 while none has arrived. Only lock-free atomic
 /// operations touch it inside the handler, which keeps the handler async-signal-safe.
 static RECEIVED: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+/// Set by [`host_handles_signals`]: the embedding process (a Python interpreter) keeps its own
+/// handlers and forwards a stop with [`raise_stop_signal`].
+static HOSTED: AtomicBool = AtomicBool::new(false);
 
 /// A signal that asked the process to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,9 @@ impl StopSignal {
 /// Installs (once per process) the handlers of SIGINT, SIGTERM, SIGHUP and SIGPIPE described in
 /// the [module docs](self).
 pub fn install_stop_handlers() -> Result<()> {
+    if HOSTED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     INSTALLED
         .get_or_init(|| {
             for sig in StopSignal::ALL {
@@ -116,6 +122,21 @@ pub fn install_stop_handlers() -> Result<()> {
 /// (`gnn train --seeds N`) can stop starting new ones.
 pub fn stop_signal() -> Option<StopSignal> {
     StopSignal::from_number(RECEIVED.load(Ordering::SeqCst))
+}
+
+/// For a process that embeds nabla and owns the signals itself (the Python module: the
+/// interpreter's SIGINT handler raises `KeyboardInterrupt`): from now on the trainer installs
+/// no handlers, and the host reports a stop through [`raise_stop_signal`]. Without this, the
+/// handlers' "second signal exits at once" would end an interactive interpreter (a notebook
+/// kernel) on the second Ctrl-C of a session.
+pub fn host_handles_signals() {
+    HOSTED.store(true, Ordering::SeqCst);
+}
+
+/// Records `sig` as received, exactly as its handler would (the first one wins): a running
+/// trainer checkpoints and stops before its next step. For hosts ([`host_handles_signals`]).
+pub fn raise_stop_signal(sig: StopSignal) {
+    let _ = RECEIVED.compare_exchange(0, sig.number() as usize, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 /// Forgets a received stop signal (for a program that trains again after an interruption).

@@ -1,0 +1,77 @@
+"""Shared helpers of nabla's Python tests.
+
+The shared folder (data and PyTorch/timm fixtures) is located as the Rust tests do
+(tests/common): ``$NABLA_SHARED``, else ``../shared`` beside the checkout; tests that need it
+skip with the reason when it is absent. The ``nabla`` binary (for comparisons with the command
+line) is ``$NABLA_BIN``, else the checkout's target/{debug,release}/nabla.
+"""
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_dir():
+    env = os.environ.get("NABLA_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def fixture(rel):
+    """``shared/fixtures/rel``, or skip the test (with the reason) when it is absent."""
+    p = shared_dir() / "fixtures" / rel
+    if not p.exists():
+        pytest.skip(f"{p} is absent (no shared folder: NABLA_SHARED or ../shared)")
+    return p
+
+
+def nabla_bin():
+    env = os.environ.get("NABLA_BIN")
+    cands = [Path(env)] if env else [REPO / "target" / d / "nabla" for d in ("debug", "release")]
+    for c in cands:
+        if c.is_file():
+            return c
+    pytest.skip("no nabla binary (build it with cargo build, or set NABLA_BIN)")
+
+
+def run_cli(*args):
+    """Runs the nabla binary; its stdout (``--json`` output) parsed line by line."""
+    r = subprocess.run([str(nabla_bin()), *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, f"nabla {' '.join(map(str, args))} failed:\n{r.stderr}"
+    return r.stdout
+
+
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64}
+
+
+def load_safetensors(path):
+    """The tensors of a safetensors file as NumPy arrays (8-byte header length, JSON header,
+    little-endian data): the fixtures' files, read without another dependency."""
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        dt = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+        out[name] = np.frombuffer(data[a:b], dtype=dt).reshape(info["shape"]).astype(dt.newbyteorder("="))
+    return out
+
+
+def assert_close(got, want, tol, what=""):
+    """|got − want| <= tol · max(1, max |want|) elementwise (the fixtures' stated criterion)."""
+    want = np.asarray(want, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(want))) if want.size else 0.0)
+    assert err <= tol * scale, f"{what}: max abs error {err:.3e} > {tol:.1e} * {scale:.3g}"
