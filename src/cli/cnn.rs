@@ -193,19 +193,14 @@ fn eval(a: &CnnEvalArgs) -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     let (acc, loss) = evaluate(&net, &store, &test, &opts, a.batch)?;
-    let secs = t0.elapsed().as_secs_f64();
-    if a.json {
-        outln!(
-            "{}",
-            json!({"data": test.name, "images": test.len(), "accuracy": acc, "loss": loss, "seconds": secs})
-        )?;
-    } else {
-        outln!(
-            "{}: {} images, accuracy {acc:.4}, loss {loss:.4} ({secs:.1} s)",
-            test.name,
-            test.len()
-        )?;
-    }
+    crate::cli::vit::print_eval(
+        &test.name,
+        test.len(),
+        acc,
+        loss,
+        t0.elapsed().as_secs_f64(),
+        a.json,
+    )?;
     Ok(())
 }
 

@@ -109,20 +109,33 @@ fn eval(a: &EvalArgs) -> Result<()> {
         .unwrap_or_else(|| batch_options(&splits.train, vit.cfg.image_size));
     let t0 = std::time::Instant::now();
     let (acc, loss) = evaluate(&vit, &store, &test, &opts, a.batch)?;
-    let secs = t0.elapsed().as_secs_f64();
-    if a.json {
+    print_eval(
+        &test.name,
+        test.len(),
+        acc,
+        loss,
+        t0.elapsed().as_secs_f64(),
+        a.json,
+    )?;
+    Ok(())
+}
+
+/// The result line of `vit eval` and `cnn eval` (`--json`: one object).
+pub(crate) fn print_eval(
+    data: &str,
+    images: usize,
+    acc: f64,
+    loss: f64,
+    secs: f64,
+    as_json: bool,
+) -> Result<()> {
+    if as_json {
         outln!(
             "{}",
-            json!({"data": test.name, "images": test.len(), "accuracy": acc, "loss": loss, "seconds": secs})
+            json!({"data": data, "images": images, "accuracy": acc, "loss": loss, "seconds": secs})
         )?;
     } else {
-        outln!(
-            "{}: {} images, accuracy {:.4}, loss {:.4} ({secs:.1} s)",
-            test.name,
-            test.len(),
-            acc,
-            loss
-        )?;
+        outln!("{data}: {images} images, accuracy {acc:.4}, loss {loss:.4} ({secs:.1} s)")?;
     }
     Ok(())
 }

@@ -14,8 +14,8 @@ use crate::models::resnet::{BlockKind, Resnet, ResnetConfig, Stem};
 use crate::models::vit_task::resolve_checkpoint;
 use crate::tensor::Tensor;
 use crate::train::{
-    evaluate_classifier, BatchSampler, Classifier, ImageData, ImageDataArgs, Metrics, StepOutput,
-    TrainModel,
+    classification_metrics, evaluate_classifier, BatchSampler, Classifier, ImageData,
+    ImageDataArgs, Metrics, StepOutput, TrainModel,
 };
 use crate::{data, ParamStore};
 use serde_json::json;
@@ -112,21 +112,19 @@ impl TrainModel<f32> for CnnTask {
     }
     fn evaluate(&mut self) -> Result<Metrics> {
         let (acc, loss) = self.accuracy_and_loss(&self.data.val)?;
-        let mut m = Metrics::new();
-        m.insert("val_acc".into(), acc);
-        m.insert("val_loss".into(), loss);
-        Ok(m)
+        Ok(classification_metrics(
+            "val",
+            acc,
+            loss,
+            self.data.val.len(),
+        ))
     }
     fn test(&mut self) -> Result<Option<Metrics>> {
         let Some(test) = &self.data.test else {
             return Ok(None);
         };
         let (acc, loss) = self.accuracy_and_loss(test)?;
-        let mut m = Metrics::new();
-        m.insert("test_acc".into(), acc);
-        m.insert("test_loss".into(), loss);
-        m.insert("test_images".into(), test.len() as f64);
-        Ok(Some(m))
+        Ok(Some(classification_metrics("test", acc, loss, test.len())))
     }
     fn config_json(&self) -> serde_json::Value {
         let o = &self.data.batch_opts;

@@ -132,6 +132,18 @@ use std::collections::BTreeMap;
 /// Named scalar metrics (`val_loss`, `val_acc`, …), ordered by name for stable output.
 pub type Metrics = BTreeMap<String, f64>;
 
+/// A classifier's metrics on one split: `{split}_acc`, `{split}_loss` and, for the test split,
+/// `test_images` (the ViT's and the ResNet's `evaluate`/`test` report the same names).
+pub fn classification_metrics(split: &str, acc: f64, loss: f64, images: usize) -> Metrics {
+    let mut m = Metrics::new();
+    m.insert(format!("{split}_acc"), acc);
+    m.insert(format!("{split}_loss"), loss);
+    if split == "test" {
+        m.insert("test_images".into(), images as f64);
+    }
+    m
+}
+
 /// What one training step reports.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOutput {
