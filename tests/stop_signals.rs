@@ -175,7 +175,7 @@ fn time_limit_is_its_own_outcome_and_exits_0() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "sigterm_checkpoints_exits_143_and_resume_is_bit_identical",
     ]);
 }

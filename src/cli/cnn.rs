@@ -34,7 +34,7 @@ pub enum CnnCommand {
 
 #[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[command(
-    after_help = "Defaults of cnn train: a small-image-stem ResNet (3x3 stride-1 conv1, no max-pool) with BasicBlocks, --layers 1,1,1 --channels 16,32,64 --stem-width 16; --epochs 4, --optim sgd --nesterov --lr 0.1 --weight-decay 5e-4, --warmup 100 then --schedule cosine to 0, evaluation every epoch, --monitor val_acc, --out runs/cnn."
+    after_help = "Defaults of cnn train: a small-image-stem ResNet (3x3 stride-1 conv1, no max-pool) with BasicBlocks, --layers 1,1,1 --channels 16,32,64 --stem-width 16; --epochs 10, --optim sgd --nesterov --lr 0.1 --weight-decay 5e-4, --warmup 100 then --schedule cosine to 0, evaluation every epoch, --monitor val_acc, --out runs/cnn."
 )]
 pub struct CnnTrainArgs {
     /// Residual block type.
@@ -74,11 +74,11 @@ pub const OPTIM_DEFAULTS: OptimDefaults = OptimDefaults {
     weight_decay: 5e-4,
 };
 
-/// The ResNet's trainer defaults: 4 epochs, 100 warm-up steps, cosine to 0, validation every
+/// The ResNet's trainer defaults: 10 epochs, 100 warm-up steps, cosine to 0, validation every
 /// epoch, best/ on `val_acc`.
 pub fn train_defaults() -> TrainDefaults {
     TrainDefaults {
-        epochs: Some(4),
+        epochs: Some(10),
         schedule: ScheduleKind::Cosine,
         warmup: 100,
         min_lr_ratio: 0.0,

@@ -8,7 +8,7 @@
 //!
 //! `NABLA_SHARED=DIR` replaces `../shared`; `.ci/run` runs the suite a second time with
 //! `NABLA_SHARED=/nonexistent`, which is exactly what a fresh clone sees, because no test finds
-//! the folder any other way (`tests/cli.rs::shared_folder_is_located_only_by_tests_common`
+//! the folder any other way (`tests/suite/cli.rs::shared_folder_is_located_only_by_tests_common`
 //! fails on any other `../shared` path in code).
 
 use std::collections::BTreeSet;
@@ -25,8 +25,9 @@ fn root() -> PathBuf {
 }
 
 /// `ROOT/rel` if it exists, else `None`: the tests that need it return early. The first miss
-/// of each `rel` in this test binary writes `SKIPPED <binary>: ...` to stderr.
+/// of each `rel` in each test file writes `SKIPPED <file>: ...` to stderr.
 #[allow(dead_code)] // each test binary compiles this module; not every one uses both helpers
+#[track_caller]
 pub fn shared(rel: &str) -> Option<PathBuf> {
     locate(
         rel,
@@ -36,33 +37,35 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
 }
 
 /// `ROOT/rel` if it exists, else `None`: the caller substitutes built-in data, described by
-/// `fallback` in the one line written on the first miss (`FALLBACK <binary>: ...`).
+/// `fallback` in the one line written on the first miss (`FALLBACK <file>: ...`).
 #[allow(dead_code)]
+#[track_caller]
 pub fn shared_or_fallback(rel: &str, fallback: &str) -> Option<PathBuf> {
     locate(rel, "FALLBACK", fallback)
 }
 
-/// The test binary's name without cargo's hash suffix (`norm-0123abcd` → `norm`).
-fn binary_name() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(a, _)| a.to_string()))
+/// The calling test file's name (`tests/suite/vit.rs` → `vit`): the suite is one binary.
+#[track_caller]
+fn caller_file() -> String {
+    let file = std::path::Path::new(std::panic::Location::caller().file());
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
+#[track_caller]
 fn locate(rel: &str, tag: &str, consequence: &str) -> Option<PathBuf> {
     let p = root().join(rel);
     if p.exists() {
         return Some(p);
     }
-    static REPORTED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let bin = caller_file();
+    static REPORTED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
     let first = REPORTED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(rel.to_string());
+        .insert((bin.clone(), rel.to_string()));
     if first {
-        let bin = binary_name();
         // One write of one whole line, so parallel tests cannot split it.
         let line = format!(
             "{tag} {bin}: {} is absent, so {consequence} (NABLA_SHARED=DIR points elsewhere)\n",
@@ -76,7 +79,9 @@ fn locate(rel: &str, tag: &str, consequence: &str) -> Option<PathBuf> {
 /// Set in the child processes of [`rerun_on_other_kernel_paths`], so they do not recurse.
 const RERUN_ENV: &str = "NABLA_TEST_KERNEL_PATH_RERUN";
 
-/// Runs the tests `names` (full names, e.g. `grad_losses`) of this test binary again, each time
+/// Runs the tests `names` (names within the calling file, e.g. `grad_losses`; `module` is the
+/// caller's `module_path!()`, which gives the prefix they have in the one-binary suite,
+/// `tests/suite/`) of this test binary again, each time
 /// in one child process, on every kernel path this CPU has besides the one this process uses
 /// (`NABLA_ISA=scalar`, `avx2`, … — the path is fixed per process at the first kernel call, so
 /// a child is the only way to switch it). Asserts that each child ran exactly those tests and
@@ -85,17 +90,21 @@ const RERUN_ENV: &str = "NABLA_TEST_KERNEL_PATH_RERUN";
 /// The integration tests that matter across paths — gradient checks, PyTorch fixtures, exact
 /// resume — call this from one test per binary, so the default run exercises every path.
 #[allow(dead_code)]
-pub fn rerun_on_other_kernel_paths(names: &[&str]) -> Vec<&'static str> {
+pub fn rerun_on_other_kernel_paths(module: &str, names: &[&str]) -> Vec<&'static str> {
     use nabla::kernels::isa;
     if std::env::var_os(RERUN_ENV).is_some() {
         return Vec::new();
     }
+    // libtest names a test by its path below the crate root: `vit::grad_losses` in the suite,
+    // `grad_losses` in a binary of its own.
+    let prefix = module.split_once("::").map(|(_, m)| format!("{m}::")).unwrap_or_default();
+    let names: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
     let exe = std::env::current_exe().expect("the test binary's path");
     let here = isa::selected();
     let mut ran = Vec::new();
     for path in isa::detected().into_iter().filter(|&p| p != here) {
         let out = std::process::Command::new(&exe)
-            .args(names)
+            .args(&names)
             .args(["--exact", "--quiet"])
             .env("NABLA_ISA", path.name())
             .env(RERUN_ENV, "1")
@@ -134,10 +143,10 @@ pub fn rerun_on_other_kernel_paths(names: &[&str]) -> Vec<&'static str> {
     }
     if !ran.is_empty() {
         // One line past libtest's capture (as the skip lines above), so a plain `cargo test`
-        // shows which paths each binary's tests ran on.
+        // shows which paths each file's tests ran on.
         let line = format!(
             "KERNEL PATHS {}: {} tests passed again on {}\n",
-            binary_name(),
+            module.split_once("::").map_or(module, |(_, m)| m),
             names.len(),
             ran.join(", ")
         );

@@ -2,7 +2,7 @@
 //! f32 to 1e-5 relative to the largest value), f64 gradient checks (< 1e-6) with and without
 //! masks, and the fused ops against the reference path unrolled into primitive ops.
 
-mod common;
+use crate::common;
 
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::nn::norm::{self, RefKind};
@@ -841,7 +841,7 @@ fn layer_norm_bias_grad_is_the_bias_grad_kernel() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "row_norms_match_pytorch_fixtures",
         "row_norms_gradcheck_with_and_without_mask",
         "masked_fused_equals_masked_reference_and_ignores_padding",

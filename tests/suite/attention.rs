@@ -2,7 +2,7 @@
 //! reference path, and PyTorch `nn.MultiheadAttention` fixtures (|Δ| ≤ 1e-10 in f64,
 //! ≤ 1e-5·max(1, |want|) in f32).
 
-mod common;
+use crate::common;
 
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::nn::attention::{
@@ -465,7 +465,7 @@ fn mhsa_f32_lane_core_matches_f64() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "mhsa_gradcheck_f64_all_variants",
         "mhsa_fused_matches_reference_path",
         "sdpa_gradcheck_f64_cross_and_masked",

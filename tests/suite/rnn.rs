@@ -1,7 +1,7 @@
 //! Elman RNN: fused BPTT vs the unrolled primitive-op reference vs finite differences, the
 //! chunked and Williams–Peng truncations, and the PyTorch fixtures.
 
-mod common;
+use crate::common;
 
 use nabla::autograd::{ParamStore, Tape, Var};
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
@@ -757,7 +757,7 @@ fn tanh_f32_matches_f64() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "fused_equals_unrolled_f64",
         "fused_matches_finite_differences",
         "direct_mse_bptt_equals_tape_path",

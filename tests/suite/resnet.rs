@@ -3,7 +3,7 @@
 //! the architecture inferred back from a state dict, an f64 gradient check of a whole small
 //! network in training mode, FLOPs by hand, and bad checkpoints / inputs as errors.
 
-mod common;
+use crate::common;
 
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::models::resnet::{BlockKind, Resnet, ResnetConfig, Stem};

@@ -4,7 +4,7 @@
 //! Covers exact resume, determinism, the NaN stop, the plain log format, the unwritable-folder
 //! check, early stopping, best checkpoints, metrics JSONL and the plot.
 
-mod common;
+use crate::common;
 
 use nabla::ops::{self, CrossEntropyOptions};
 use nabla::optim::{AdamConfig, AdamW, Optimizer, Sgd, SgdConfig};
@@ -581,7 +581,7 @@ fn bar_mode_trains_like_the_other_modes() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&["resume_after_interrupt_is_bit_identical"]);
+    common::rerun_on_other_kernel_paths(module_path!(), &["resume_after_interrupt_is_bit_identical"]);
 }
 
 /// `(tag, step, value)` of every scalar a run folder's `metrics.jsonl` holds, in the order

@@ -1,6 +1,6 @@
 //! Tier 1: every primitive op's hand-derived backward against central finite differences in f64,
 //! through the same generic op code that trains in f32. Tolerance: max relative error < 1e-6.
-mod common;
+use crate::common;
 
 use nabla::gradcheck::{check_gradients, check_inputs, randn, GradCheckOptions};
 use nabla::ops;
@@ -438,7 +438,7 @@ fn no_grad_tape_records_nothing() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "grad_add_sub_mul_div_broadcast",
         "grad_activations",
         "activation_values",

@@ -2,7 +2,7 @@
 //! every iterate w_k, k = 0..20, to |got − want| ≤ 1e-6 · max(1, |want|); plus clipping,
 //! schedules, checkpointed state and argument validation.
 
-mod common;
+use crate::common;
 
 use nabla::optim::{
     clip_grad_norm, Adam, AdamConfig, AdamW, LrSchedule, Optimizer, Sgd, SgdConfig,
@@ -264,7 +264,7 @@ fn bad_optimizer_arguments_are_errors() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "optimizers_match_torch_trajectories",
         "checkpointed_state_resumes_identically",
         "clip_grad_norm_matches_torch_formula",

@@ -3,7 +3,7 @@
 //! PyTorch fixtures (`lstm/`, `gru/`: every case, exact and every K) through the library and
 //! through `nabla rnn grad --cell`, and the modules' PyTorch names.
 
-mod common;
+use crate::common;
 
 use nabla::analysis::gated::{self, GatedWeights};
 use nabla::autograd::{ParamStore, Tape, Var};
@@ -671,7 +671,7 @@ fn f32_fused_matches_f64() {
 /// The tests above again on every other kernel path this CPU has.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "fused_equals_unrolled_f64",
         "fixtures_full_and_truncated_gradients",
         "fixtures_float32_through_the_modules",

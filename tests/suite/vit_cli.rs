@@ -1,6 +1,6 @@
 //! `nabla vit …` on bad input: a clear message on stderr, exit status ≠ 0, no panic.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

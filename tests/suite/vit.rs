@@ -2,7 +2,7 @@
 //! vs reference paths, timm fixtures (logits ≤ 1e-4 in f32, ≤ 1e-9 in f64; attention ≤ 1e-9),
 //! checkpoint round trip and bad-input errors.
 
-mod common;
+use crate::common;
 
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::models::vit::{param_shapes, ForwardOptions, Pool, Vit, VitConfig};
@@ -580,7 +580,7 @@ fn micro_batched_step_rejects_bad_shapes() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "grad_layer_norm_f64",
         "grad_mlp_f64_and_matches_reference",
         "grad_patch_embed_f64",

@@ -2,7 +2,7 @@
 //! a tiny train → eval → resume → predict round trip on the built-in data; bad checkpoints and
 //! inputs fail with a clear message and exit status ≠ 0.
 
-mod common;
+use crate::common;
 
 use nabla::Tensor;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! and every gradient, in f64 (1e-12) and f32 (1e-5); and it reproduces PyTorch's
 //! `nn.MultiheadAttention` fixtures (../shared/fixtures/attention).
 
-mod common;
+use crate::common;
 
 use nabla::autograd::{ParamStore, Tape};
 use nabla::graph::Graph;
@@ -293,7 +293,7 @@ fn matches_pytorch_multihead_attention_fixtures() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&[
+    common::rerun_on_other_kernel_paths(module_path!(), &[
         "complete_graph_attention_equals_dense_attention",
         "sparse_graph_attention_equals_masked_dense_attention",
         "attention_gradchecks",

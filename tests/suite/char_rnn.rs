@@ -1,5 +1,5 @@
 //! The character-level Elman language model: learning, TBPTT memory, resume, sampling, bad input.
-mod common;
+use crate::common;
 
 use nabla::models::char_rnn::{load_checkpoint, CharRnn, CharTrainConfig, TrainReport};
 use nabla::optim::{Adam, AdamConfig};
@@ -297,5 +297,5 @@ fn cli_train_and_sample() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(&["resume_continues_exactly"]);
+    common::rerun_on_other_kernel_paths(module_path!(), &["resume_continues_exactly"]);
 }
