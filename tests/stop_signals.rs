@@ -175,9 +175,10 @@ fn time_limit_is_its_own_outcome_and_exits_0() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "sigterm_checkpoints_exits_143_and_resume_is_bit_identical",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &["sigterm_checkpoints_exits_143_and_resume_is_bit_identical"],
+    );
 }
 
 /// The reader of the progress lines goes away (`nabla rnn train 2>&1 | head`): SIGPIPE stops the

@@ -97,7 +97,10 @@ pub fn rerun_on_other_kernel_paths(module: &str, names: &[&str]) -> Vec<&'static
     }
     // libtest names a test by its path below the crate root: `vit::grad_losses` in the suite,
     // `grad_losses` in a binary of its own.
-    let prefix = module.split_once("::").map(|(_, m)| format!("{m}::")).unwrap_or_default();
+    let prefix = module
+        .split_once("::")
+        .map(|(_, m)| format!("{m}::"))
+        .unwrap_or_default();
     let names: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
     let exe = std::env::current_exe().expect("the test binary's path");
     let here = isa::selected();

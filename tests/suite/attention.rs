@@ -465,12 +465,15 @@ fn mhsa_f32_lane_core_matches_f64() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "mhsa_gradcheck_f64_all_variants",
-        "mhsa_fused_matches_reference_path",
-        "sdpa_gradcheck_f64_cross_and_masked",
-        "sdpa_fully_masked_row_is_zero_and_bad_mask_is_error",
-        "mhsa_matches_pytorch_fixtures",
-        "mhsa_f32_lane_core_matches_f64",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "mhsa_gradcheck_f64_all_variants",
+            "mhsa_fused_matches_reference_path",
+            "sdpa_gradcheck_f64_cross_and_masked",
+            "sdpa_fully_masked_row_is_zero_and_bad_mask_is_error",
+            "mhsa_matches_pytorch_fixtures",
+            "mhsa_f32_lane_core_matches_f64",
+        ],
+    );
 }

@@ -293,10 +293,13 @@ fn matches_pytorch_multihead_attention_fixtures() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "complete_graph_attention_equals_dense_attention",
-        "sparse_graph_attention_equals_masked_dense_attention",
-        "attention_gradchecks",
-        "matches_pytorch_multihead_attention_fixtures",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "complete_graph_attention_equals_dense_attention",
+            "sparse_graph_attention_equals_masked_dense_attention",
+            "attention_gradchecks",
+            "matches_pytorch_multihead_attention_fixtures",
+        ],
+    );
 }

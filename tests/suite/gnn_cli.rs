@@ -402,5 +402,8 @@ fn cora_tsv_matches_the_readme_counts() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &["train_writes_a_run_folder_and_resume_continues_it"]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &["train_writes_a_run_folder_and_resume_continues_it"],
+    );
 }

@@ -841,19 +841,22 @@ fn layer_norm_bias_grad_is_the_bias_grad_kernel() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "row_norms_match_pytorch_fixtures",
-        "row_norms_gradcheck_with_and_without_mask",
-        "masked_fused_equals_masked_reference_and_ignores_padding",
-        "layer_norm_module_vit_shape_and_large_parallel_path",
-        "batch_norm_matches_pytorch_fixture",
-        "batch_norm_masked_equals_reference_and_ignores_padding",
-        "batch_norm_gradcheck_train_eval_masked",
-        "batch_norm_eval_uses_running_stats_and_4d_layout",
-        "fused_forward_backward_equals_tape_path",
-        "four_d_layout_group_instance_layer_gradcheck_and_reference",
-        "batch_norm_module_buffers_checkpoint_and_modes",
-        "group_and_instance_norm_modules_match_fixtures",
-        "layer_norm_bias_grad_is_the_bias_grad_kernel",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "row_norms_match_pytorch_fixtures",
+            "row_norms_gradcheck_with_and_without_mask",
+            "masked_fused_equals_masked_reference_and_ignores_padding",
+            "layer_norm_module_vit_shape_and_large_parallel_path",
+            "batch_norm_matches_pytorch_fixture",
+            "batch_norm_masked_equals_reference_and_ignores_padding",
+            "batch_norm_gradcheck_train_eval_masked",
+            "batch_norm_eval_uses_running_stats_and_4d_layout",
+            "fused_forward_backward_equals_tape_path",
+            "four_d_layout_group_instance_layer_gradcheck_and_reference",
+            "batch_norm_module_buffers_checkpoint_and_modes",
+            "group_and_instance_norm_modules_match_fixtures",
+            "layer_norm_bias_grad_is_the_bias_grad_kernel",
+        ],
+    );
 }

@@ -438,16 +438,19 @@ fn no_grad_tape_records_nothing() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "grad_add_sub_mul_div_broadcast",
-        "grad_activations",
-        "activation_values",
-        "grad_matmul_variants",
-        "grad_reductions_softmax",
-        "grad_shape_ops",
-        "grad_gather_scatter",
-        "grad_losses",
-        "cross_entropy_matches_pytorch_values",
-        "f32_and_f64_run_the_same_code",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "grad_add_sub_mul_div_broadcast",
+            "grad_activations",
+            "activation_values",
+            "grad_matmul_variants",
+            "grad_reductions_softmax",
+            "grad_shape_ops",
+            "grad_gather_scatter",
+            "grad_losses",
+            "cross_entropy_matches_pytorch_values",
+            "f32_and_f64_run_the_same_code",
+        ],
+    );
 }

@@ -264,9 +264,12 @@ fn bad_optimizer_arguments_are_errors() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "optimizers_match_torch_trajectories",
-        "checkpointed_state_resumes_identically",
-        "clip_grad_norm_matches_torch_formula",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "optimizers_match_torch_trajectories",
+            "checkpointed_state_resumes_identically",
+            "clip_grad_norm_matches_torch_formula",
+        ],
+    );
 }

@@ -223,5 +223,8 @@ fn latex_output_compiles_where_pdflatex_is_installed() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &["every_exercise_is_ok_with_the_exact_values"]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &["every_exercise_is_ok_with_the_exact_values"],
+    );
 }

@@ -757,14 +757,17 @@ fn tanh_f32_matches_f64() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "fused_equals_unrolled_f64",
-        "fused_matches_finite_differences",
-        "direct_mse_bptt_equals_tape_path",
-        "fixtures_full_and_truncated_gradients",
-        "cli_rnn_grad_matches_fixture_and_rejects_bad_files",
-        "fused_bptt_matches_five_point_differences_to_1e9",
-        "sigmoid_f32_matches_f64",
-        "tanh_f32_matches_f64",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "fused_equals_unrolled_f64",
+            "fused_matches_finite_differences",
+            "direct_mse_bptt_equals_tape_path",
+            "fixtures_full_and_truncated_gradients",
+            "cli_rnn_grad_matches_fixture_and_rejects_bad_files",
+            "fused_bptt_matches_five_point_differences_to_1e9",
+            "sigmoid_f32_matches_f64",
+            "tanh_f32_matches_f64",
+        ],
+    );
 }

@@ -671,12 +671,15 @@ fn f32_fused_matches_f64() {
 /// The tests above again on every other kernel path this CPU has.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "fused_equals_unrolled_f64",
-        "fixtures_full_and_truncated_gradients",
-        "fixtures_float32_through_the_modules",
-        "f32_fused_matches_f64",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "fused_equals_unrolled_f64",
+            "fixtures_full_and_truncated_gradients",
+            "fixtures_float32_through_the_modules",
+            "f32_fused_matches_f64",
+        ],
+    );
 }
 
 /// `rnn analyze --cell`: the three series on a small delay task, and their sanity: at t = T

@@ -581,7 +581,10 @@ fn bar_mode_trains_like_the_other_modes() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &["resume_after_interrupt_is_bit_identical"]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &["resume_after_interrupt_is_bit_identical"],
+    );
 }
 
 /// `(tag, step, value)` of every scalar a run folder's `metrics.jsonl` holds, in the order

@@ -580,14 +580,17 @@ fn micro_batched_step_rejects_bad_shapes() {
 /// (`NABLA_ISA=scalar`, `avx2`, … in child processes): see `common::rerun_on_other_kernel_paths`.
 #[test]
 fn every_kernel_path() {
-    common::rerun_on_other_kernel_paths(module_path!(), &[
-        "grad_layer_norm_f64",
-        "grad_mlp_f64_and_matches_reference",
-        "grad_patch_embed_f64",
-        "grad_one_block_and_whole_model_f64",
-        "timm_fixture_logits_attention_and_features",
-        "micro_batched_step_equals_the_whole_batch_and_ignores_thread_count",
-    ]);
+    common::rerun_on_other_kernel_paths(
+        module_path!(),
+        &[
+            "grad_layer_norm_f64",
+            "grad_mlp_f64_and_matches_reference",
+            "grad_patch_embed_f64",
+            "grad_one_block_and_whole_model_f64",
+            "timm_fixture_logits_attention_and_features",
+            "micro_batched_step_equals_the_whole_batch_and_ignores_thread_count",
+        ],
+    );
 }
 
 /// The parameter count the memory estimate uses is the count of the model built.
