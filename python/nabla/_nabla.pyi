@@ -49,7 +49,8 @@ def reproduce(only: Optional[str] = None) -> Dict[str, Any]:
 def train(task: Literal["vit", "rnn", "gnn"], **flags: Any) -> Dict[str, Any]:
     """``nabla TASK train`` with the keyword arguments as flags (out= or resume= required);
     returns run_dir, step, last, best, test. Ctrl-C checkpoints, then raises
-    KeyboardInterrupt."""
+    KeyboardInterrupt (where Python handles SIGINT: not in a process started with it
+    ignored)."""
 
 def layer_norm(
     x: FloatArray,
