@@ -107,11 +107,7 @@ impl<T: Element> ElmanWeights<T> {
         self.w.dim(0)
     }
     /// Sizes from `x (B, T, I)` and `h0 (B, H)`, checked against every weight.
-    fn dims<'x>(
-        &self,
-        x: impl Into<TensorView<'x, T>>,
-        h0: Option<&Tensor<T>>,
-    ) -> Result<SeqDims> {
+    fn dims<'x>(&self, x: impl Into<TensorView<'x, T>>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
         let x = x.into();
         check_shapes(
             x.shape(),
