@@ -41,4 +41,4 @@ pub mod train;
 pub use autograd::{ParamId, ParamStore, Tape, Var};
 pub use error::{NablaError, Result};
 pub use init::{Init, Rng};
-pub use tensor::{Element, Tensor};
+pub use tensor::{Element, Tensor, TensorView};

@@ -60,6 +60,54 @@ impl Element for f64 {
     }
 }
 
+/// A borrowed dense row-major tensor: a shape and its elements in C order, read in place. What
+/// read-only entry points take (as `impl Into<TensorView>`), so that an owned [`Tensor`] and
+/// memory nabla does not own — a NumPy array's buffer in the Python module — go the same way,
+/// without a copy.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a, T = f32> {
+    shape: &'a [usize],
+    data: &'a [T],
+}
+
+impl<'a, T: Element> TensorView<'a, T> {
+    /// A view of `data` as `shape`, checking that the element count matches.
+    pub fn new(shape: &'a [usize], data: &'a [T]) -> Result<Self> {
+        if numel(shape) != data.len() {
+            return Err(shape_err!(
+                "TensorView::new",
+                "shape {:?} needs {} elements, got {}",
+                shape,
+                numel(shape),
+                data.len()
+            ));
+        }
+        Ok(TensorView { shape, data })
+    }
+    pub fn shape(&self) -> &'a [usize] {
+        self.shape
+    }
+    pub fn data(&self) -> &'a [T] {
+        self.data
+    }
+    /// Error if any element is NaN or infinite; `what` names the tensor in the message.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        if let Some(i) = self.data.iter().position(|x| !x.is_finite()) {
+            return Err(NablaError::NonFinite(format!(
+                "{what} has a non-finite value {} at flat index {i} (shape {:?})",
+                self.data[i], self.shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'a, T: Element> From<&'a Tensor<T>> for TensorView<'a, T> {
+    fn from(t: &'a Tensor<T>) -> Self {
+        t.view()
+    }
+}
+
 /// A dense row-major tensor.
 #[derive(Clone, PartialEq)]
 pub struct Tensor<T = f32> {
@@ -222,13 +270,14 @@ impl<T: Element> Tensor<T> {
     }
     /// Error if any element is NaN or infinite; `what` names the tensor in the message.
     pub fn check_finite(&self, what: &str) -> Result<()> {
-        if let Some(i) = self.data.iter().position(|x| !x.is_finite()) {
-            return Err(NablaError::NonFinite(format!(
-                "{what} has a non-finite value {} at flat index {i} (shape {:?})",
-                self.data[i], self.shape
-            )));
+        self.view().check_finite(what)
+    }
+    /// The tensor borrowed as a [`TensorView`].
+    pub fn view(&self) -> TensorView<'_, T> {
+        TensorView {
+            shape: &self.shape,
+            data: &self.data,
         }
-        Ok(())
     }
     /// Maximum absolute elementwise difference (f64).
     pub fn max_abs_diff(&self, other: &Tensor<T>) -> Result<f64> {

@@ -27,6 +27,14 @@ class VitModel:
     def attention(self, x: FloatArray) -> List[npt.NDArray[np.float32]]:
         """Per block, the attention probabilities (B, heads, T, T)."""
 
+class ResnetModel:
+    """A ResNet with float32 weights (timm names), in evaluation mode."""
+
+    @property
+    def config(self) -> Dict[str, Any]: ...
+    def predict(self, x: FloatArray) -> npt.NDArray[np.float32]:
+        """Logits (B, classes) of images x (B, C, H, W), fed as given."""
+
 def rnn_grad(
     params: Dict[str, FloatArray],
     x: FloatArray,
@@ -36,12 +44,20 @@ def rnn_grad(
 ) -> Tuple[float, Dict[str, FloatArray]]:
     """Loss Σ‖z − V h‖² and its exact (or chunked-truncated) BPTT gradients, named as the
     parameters (W, U, V, h0 for the Elman RNN; weight_ih, weight_hh, bias_ih, bias_hh, V,
-    h0, c0 for LSTM/GRU), in the inputs' dtype."""
+    h0, c0 for LSTM/GRU), in the inputs' dtype. A C-contiguous x and z are read in place,
+    other layouts copied once."""
 
 def load_vit(
     path: PathLike, heads: Optional[int] = None, pool: Optional[Literal["cls", "avg"]] = None
 ) -> VitModel:
     """A ViT from a timm-named .safetensors file (heads required) or a nabla run/checkpoint."""
+
+def load_resnet(path: PathLike) -> ResnetModel:
+    """A ResNet from a timm-named .safetensors file (architecture inferred from the names and
+    shapes) or a ``nabla cnn train`` run/checkpoint."""
+
+def _copies() -> int:
+    """Input arrays copied so far (into owned tensors, or gathered from non-C layouts): tests."""
 
 def reproduce(only: Optional[str] = None) -> Dict[str, Any]:
     """The assignment's exercises, as ``nabla reproduce --json`` (``only``: one id, e.g. "1.4")."""
@@ -49,7 +65,8 @@ def reproduce(only: Optional[str] = None) -> Dict[str, Any]:
 def train(task: Literal["vit", "rnn", "gnn"], **flags: Any) -> Dict[str, Any]:
     """``nabla TASK train`` with the keyword arguments as flags (out= or resume= required);
     returns run_dir, step, last, best, test. Ctrl-C checkpoints, then raises
-    KeyboardInterrupt."""
+    KeyboardInterrupt (where Python handles SIGINT: not in a process started with it
+    ignored)."""
 
 def layer_norm(
     x: FloatArray,

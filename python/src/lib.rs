@@ -4,10 +4,12 @@
 //! converts the result back.
 //!
 //! Rules every function follows:
-//! - arrays in: float32 or float64 NumPy arrays (all arrays of one call of one dtype); a
-//!   C-contiguous array is read as one slice, any other layout (a transpose, a strided view)
-//!   is gathered in logical order; nabla's tensors own their storage, so either way the values
-//!   are copied once into the tensor the library computes on;
+//! - arrays in: float32 or float64 NumPy arrays (all arrays of one call of one dtype). The data
+//!   arrays of `rnn_grad` (x, z) are read in place when C-contiguous ([`array::Input`], a
+//!   `TensorView` of NumPy's buffer, read with the GIL released) and gathered in logical order
+//!   once for any other layout (a transpose, a strided view); what nabla keeps or puts on a
+//!   tape — weights, a layer's inputs that its `backward` reuses, a model's input images (the
+//!   tape owns its values) — is copied once into an owned tensor ([`array::tensor_from`]);
 //! - arrays out: a nabla tensor's buffer becomes the NumPy array's (no copy);
 //! - errors: [`to_pyerr`] maps nabla's error type to `ValueError` (shapes, dtypes, values,
 //!   malformed files), `OSError` (the file system), `KeyError` (a missing parameter) and
@@ -18,12 +20,13 @@ mod array;
 mod layers;
 mod train;
 
-use array::{dtype_of, out_array, tensor_from, DType, Float};
+use array::{dtype_of, out_array, tensor_from, DType, Float, Input};
 use nabla::analysis::elman::ElmanWeights;
 use nabla::analysis::gated::GatedWeights;
+use nabla::models::resnet::Resnet;
 use nabla::models::vit::{ForwardOptions, Pool, Vit};
 use nabla::nn::rnn::{Activation, BackwardOptions, CellKind};
-use nabla::{NablaError, ParamStore, Tape, Tensor};
+use nabla::{NablaError, ParamStore, Tape, Tensor, TensorView};
 use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -168,7 +171,7 @@ fn check_keys(params: &Bound<'_, PyDict>, cell: CellKind) -> PyResult<()> {
     Ok(())
 }
 
-fn check_finite<T: Float>(named: &[(&str, Option<&Tensor<T>>)]) -> nabla::Result<()> {
+fn check_finite<T: Float>(named: &[(&str, Option<TensorView<'_, T>>)]) -> nabla::Result<()> {
     for (name, t) in named {
         if let Some(t) = t {
             t.check_finite(name)?;
@@ -189,8 +192,9 @@ fn rnn_grad_typed<T: Float>(
     truncate: Option<usize>,
 ) -> PyResult<Grads<T>> {
     check_keys(params, cell)?;
-    let x = tensor_from::<T>(x, "x")?;
-    let z = tensor_from::<T>(z, "z")?;
+    // Read in place (C-contiguous) for the whole call; the views are what crosses into nabla.
+    let (x, z) = (Input::<T>::new(x, "x")?, Input::<T>::new(z, "z")?);
+    let (x, z) = (x.view(), z.view());
     let h0 = param::<T>(params, "h0", false, cell)?;
     let opts = BackwardOptions {
         truncate,
@@ -213,14 +217,14 @@ fn rnn_grad_typed<T: Float>(
             };
             detached(py, move || {
                 check_finite(&[
-                    ("W", Some(&w.w)),
-                    ("U", Some(&w.u)),
-                    ("V", Some(&w.v)),
-                    ("h0", h0.as_ref()),
-                    ("x", Some(&x)),
-                    ("z", Some(&z)),
+                    ("W", Some(w.w.view())),
+                    ("U", Some(w.u.view())),
+                    ("V", Some(w.v.view())),
+                    ("h0", h0.as_ref().map(Tensor::view)),
+                    ("x", Some(x)),
+                    ("z", Some(z)),
                 ])?;
-                let g = w.mse_bptt(&x, &z, h0.as_ref(), &opts)?;
+                let g = w.mse_bptt(x, z, h0.as_ref(), &opts)?;
                 let loss = nabla::analysis::rnn::finite_loss(g.loss)?;
                 let mut named: Vec<(&'static str, Tensor<T>)> =
                     g.named().into_iter().map(|(n, t)| (n, t.clone())).collect();
@@ -246,17 +250,17 @@ fn rnn_grad_typed<T: Float>(
             };
             detached(py, move || {
                 check_finite(&[
-                    ("weight_ih", Some(&w.w_ih)),
-                    ("weight_hh", Some(&w.w_hh)),
-                    ("bias_ih", w.b_ih.as_ref()),
-                    ("bias_hh", w.b_hh.as_ref()),
-                    ("V", Some(&w.v)),
-                    ("h0", h0.as_ref()),
-                    ("c0", c0.as_ref()),
-                    ("x", Some(&x)),
-                    ("z", Some(&z)),
+                    ("weight_ih", Some(w.w_ih.view())),
+                    ("weight_hh", Some(w.w_hh.view())),
+                    ("bias_ih", w.b_ih.as_ref().map(Tensor::view)),
+                    ("bias_hh", w.b_hh.as_ref().map(Tensor::view)),
+                    ("V", Some(w.v.view())),
+                    ("h0", h0.as_ref().map(Tensor::view)),
+                    ("c0", c0.as_ref().map(Tensor::view)),
+                    ("x", Some(x)),
+                    ("z", Some(z)),
                 ])?;
-                let g = w.mse_bptt(&x, &z, h0.as_ref(), c0.as_ref(), &opts)?;
+                let g = w.mse_bptt(x, z, h0.as_ref(), c0.as_ref(), &opts)?;
                 let loss = nabla::analysis::rnn::finite_loss(g.loss)?;
                 let mut named: Vec<(&'static str, Tensor<T>)> =
                     g.named().into_iter().map(|(n, t)| (n, t.clone())).collect();
@@ -347,13 +351,11 @@ struct VitModel {
     store: ParamStore<f32>,
 }
 
-impl VitModel {
-    /// `x` as the float32 images the model computes on (a float64 array is converted).
-    fn images(&self, x: &Bound<'_, PyAny>) -> PyResult<Tensor<f32>> {
-        match dtype_of(x, "x")? {
-            DType::F32 => tensor_from::<f32>(x, "x"),
-            DType::F64 => Ok(tensor_from::<f64>(x, "x")?.cast::<f32>()),
-        }
+/// `x` as the float32 images a model computes on (a float64 array is converted).
+fn images(x: &Bound<'_, PyAny>) -> PyResult<Tensor<f32>> {
+    match dtype_of(x, "x")? {
+        DType::F32 => tensor_from::<f32>(x, "x"),
+        DType::F64 => Ok(tensor_from::<f64>(x, "x")?.cast::<f32>()),
     }
 }
 
@@ -364,7 +366,7 @@ impl VitModel {
     /// The model's forward (evaluation mode) on images x (B, C, H, W), already normalized as
     /// the model expects (as timm's `model(x)`); float64 input is converted to float32.
     fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let x = self.images(x)?;
+        let x = images(x)?;
         let logits = detached(py, || {
             x.check_finite("x")?;
             self.vit.predict(&self.store, &x)
@@ -381,7 +383,7 @@ impl VitModel {
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let x = self.images(x)?;
+        let x = images(x)?;
         let maps = detached(py, || {
             x.check_finite("x")?;
             let mut tape = Tape::<f32>::no_grad();
@@ -426,6 +428,59 @@ impl VitModel {
     }
 }
 
+/// A ResNet loaded from timm-named safetensors or a nabla run: float32 weights, evaluation
+/// mode (BatchNorm's running statistics).
+#[pyclass(module = "nabla", frozen)]
+struct ResnetModel {
+    net: Resnet<f32>,
+    store: ParamStore<f32>,
+}
+
+#[pymethods]
+impl ResnetModel {
+    /// predict(x) -> logits (B, classes), float32
+    ///
+    /// The network's forward in evaluation mode on images x (B, C, H, W), fed as given (as
+    /// timm's `model.eval()(x)`); float64 input is converted to float32.
+    fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let x = images(x)?;
+        let logits = detached(py, || {
+            x.check_finite("x")?;
+            self.net.predict(&self.store, &x)
+        })?;
+        out_array(py, logits)
+    }
+
+    /// The architecture (block, layers, channels, stem_width, stem, in_chans, num_classes),
+    /// as inferred from the state dict, as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = serde_json::to_value(&self.net.cfg)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        json_to_py(py, &v)
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.net.cfg;
+        format!(
+            "ResnetModel(block={:?}, layers={:?}, channels={:?}, in_chans={}, classes={})",
+            c.block, c.layers, c.channels, c.in_chans, c.num_classes
+        )
+    }
+}
+
+/// load_resnet(path) -> ResnetModel
+///
+/// Loads a ResNet as `nabla cnn predict` does: a timm-named .safetensors file (the
+/// architecture — block type, layer counts, widths, stem, classes — is inferred from the
+/// tensor names and shapes) or a nabla run / checkpoint folder of `nabla cnn train`.
+#[pyfunction]
+fn load_resnet(py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<ResnetModel> {
+    let path = path_arg(path)?;
+    let (net, store, _) = detached(py, || nabla::models::cnn_task::load_model(&path))?;
+    Ok(ResnetModel { net, store })
+}
+
 /// load_vit(path, heads=None, pool=None) -> VitModel
 ///
 /// Loads a Vision Transformer as `nabla vit predict` does: a timm-named .safetensors file
@@ -466,6 +521,16 @@ fn reproduce(py: Python<'_>, only: Option<String>) -> PyResult<Bound<'_, PyAny>>
     json_to_py(py, &v)
 }
 
+/// _copies() -> int
+///
+/// Input arrays copied by nabla so far in this process (into an owned tensor, or gathered from
+/// a layout other than C order). For tests: a C-contiguous `x` and `z` of `rnn_grad` add
+/// nothing, a transposed or Fortran-ordered one adds one each.
+#[pyfunction]
+fn _copies() -> usize {
+    array::copies()
+}
+
 #[pymodule]
 fn _nabla(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The interpreter owns SIGINT (KeyboardInterrupt); `train` forwards it to the trainer.
@@ -474,10 +539,13 @@ fn _nabla(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nabla::kernels::isa::init().map_err(|e| PyValueError::new_err(e.to_string()))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<VitModel>()?;
+    m.add_class::<ResnetModel>()?;
     m.add_class::<layers::Backward>()?;
     m.add_function(wrap_pyfunction!(rnn_grad, m)?)?;
     m.add_function(wrap_pyfunction!(load_vit, m)?)?;
+    m.add_function(wrap_pyfunction!(load_resnet, m)?)?;
     m.add_function(wrap_pyfunction!(reproduce, m)?)?;
+    m.add_function(wrap_pyfunction!(_copies, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
     layers::register(m)?;
     Ok(())

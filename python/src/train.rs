@@ -12,7 +12,7 @@ use crate::{json_to_py, panic_message, pool, to_pyerr};
 use clap::{CommandFactory, FromArgMatches};
 use nabla::cli::{resume::Typed, Cli};
 use nabla::train::{clear_stop_signal, raise_stop_signal, StopSignal};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
 use std::io::Write;
@@ -120,9 +120,24 @@ impl Relay {
         }
         Ok(Relay { pipes })
     }
-    /// Copies what the pipes hold to Python's streams.
-    fn drain(&self, py: Python<'_>) {
-        let Ok(sys) = py.import("sys") else { return };
+    /// Copies what the pipes hold to Python's streams. A stream's `write` is Python code (a
+    /// notebook's, pytest's capture), and a pending Ctrl-C raises its KeyboardInterrupt inside
+    /// it: that exception (or any other that is not an `Exception`: SystemExit from a signal
+    /// handler) is returned, never dropped — the signal's flag is spent by then, and a later
+    /// `check_signals` would not see it again. An ordinary error of a stream is ignored: the
+    /// output is lost, the run goes on.
+    fn drain(&self, py: Python<'_>) -> Option<PyErr> {
+        let mut raised = None;
+        let mut keep = |r: PyResult<Bound<'_, PyAny>>| {
+            if let Err(e) = r {
+                if raised.is_none() && !e.is_instance_of::<PyException>(py) {
+                    raised = Some(e);
+                }
+            }
+        };
+        let Ok(sys) = py.import("sys") else {
+            return None;
+        };
         for &(_, _, r, name) in &self.pipes {
             let mut bytes = Vec::new();
             let mut buf = [0u8; 8192];
@@ -138,13 +153,15 @@ impl Relay {
                 continue;
             }
             if let Ok(s) = sys.getattr(name) {
-                let _ = s.call_method1("write", (String::from_utf8_lossy(&bytes),));
-                let _ = s.call_method0("flush");
+                keep(s.call_method1("write", (String::from_utf8_lossy(&bytes),)));
+                keep(s.call_method0("flush"));
             }
         }
+        raised
     }
-    /// Restores the descriptors and copies what is left.
-    fn stop(self, py: Python<'_>) {
+    /// Restores the descriptors and copies what is left (an exception raised meanwhile, as
+    /// [`Relay::drain`]).
+    fn stop(self, py: Python<'_>) -> Option<PyErr> {
         let _ = std::io::stdout().flush();
         for &(fd, saved, _, _) in &self.pipes {
             // SAFETY: restoring our saved copy of the descriptor.
@@ -153,11 +170,12 @@ impl Relay {
                 libc::close(saved);
             }
         }
-        self.drain(py);
+        let raised = self.drain(py);
         for &(_, _, r, _) in &self.pipes {
             // SAFETY: closing the read end this relay opened.
             unsafe { libc::close(r) };
         }
+        raised
     }
 }
 
@@ -187,7 +205,8 @@ fn final_metrics(dir: &Path) -> nabla::Result<serde_json::Value> {
 /// (or `resume`) is required: the run folder whose final metrics are returned (run_dir, step,
 /// last, best, test). Progress lines are printed to sys.stderr as the run goes. Ctrl-C
 /// (KeyboardInterrupt) stops the run with a checkpoint, then raises KeyboardInterrupt; pass
-/// resume=OUT to continue it.
+/// resume=OUT to continue it. That takes Python's SIGINT handler: an interpreter started with
+/// SIGINT ignored (a background job of a non-interactive shell) ignores Ctrl-C here too.
 #[pyfunction]
 #[pyo3(signature = (task, **flags))]
 pub fn train<'py>(
@@ -238,7 +257,7 @@ pub fn train<'py>(
     let handle = match spawned {
         Ok(h) => h,
         Err(e) => {
-            relay.stop(py);
+            let _ = relay.stop(py);
             return Err(PyRuntimeError::new_err(format!(
                 "cannot start the run: {e}"
             )));
@@ -250,7 +269,7 @@ pub fn train<'py>(
             Ok(rx) => rx.recv_timeout(Duration::from_millis(100)),
             Err(_) => Err(mpsc::RecvTimeoutError::Disconnected),
         });
-        relay.drain(py);
+        let raised = relay.drain(py);
         match got {
             Ok(r) => break r,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -258,14 +277,17 @@ pub fn train<'py>(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if let Err(e) = py.check_signals() {
+        if let Some(e) = raised.or_else(|| py.check_signals().err()) {
             // The trainer checkpoints and stops before its next step; the exception waits.
             raise_stop_signal(StopSignal::Interrupt);
             interrupted.get_or_insert(e);
         }
     };
     let _ = handle.join();
-    relay.stop(py);
+    if let Some(e) = relay.stop(py) {
+        // Raised as the run ended: it has nothing left to stop, the exception still counts.
+        interrupted.get_or_insert(e);
+    }
     clear_stop_signal();
     match result {
         Err(p) => {

@@ -144,3 +144,29 @@ def test_truncation_with_k_at_least_t_is_exact():
         np.testing.assert_array_equal(gk[k], g[k])
     _, g1 = nabla.rnn_grad(p, x, z, truncate=1)
     assert not np.allclose(g1["U"], g["U"]), "K = 1 must drop the recurrent terms"
+
+
+@pytest.mark.parametrize("cell,folder", [("elman", "rnn"), ("lstm", "lstm")])
+def test_c_contiguous_data_is_read_in_place_other_layouts_copied(cell, folder):
+    _, params, batch, _ = load_case(folder, "case1")
+    x, z = batch["x"], batch["z"]
+    assert x.flags.c_contiguous and z.flags.c_contiguous
+    before = nabla._nabla._copies()
+    loss, grads = nabla.rnn_grad(params, x, z, cell=cell)
+    # The parameters are copied into the cell's weights (nabla keeps them); x and z are not.
+    assert nabla._nabla._copies() - before == len(params)
+    # The same values in Fortran order and as a transposed view: one gather each.
+    layouts = [
+        (np.asfortranarray(x), np.asfortranarray(z)),
+        (x.transpose(1, 0, 2).copy().transpose(1, 0, 2), z.transpose(1, 0, 2).copy().transpose(1, 0, 2)),
+    ]
+    for xf, zf in layouts:
+        assert not xf.flags.c_contiguous and not zf.flags.c_contiguous
+        np.testing.assert_array_equal(xf, x)
+        before = nabla._nabla._copies()
+        loss_f, grads_f = nabla.rnn_grad(params, xf, zf, cell=cell)
+        assert nabla._nabla._copies() - before == len(params) + 2
+        # Same elements in the same logical order: the same bits.
+        assert loss_f == loss
+        for name in grads:
+            np.testing.assert_array_equal(grads_f[name], grads[name], err_msg=name)

@@ -12,7 +12,7 @@ use crate::nn::rnn::{
     backward_tm, backward_tm_into, check_shapes, forward_tm, forward_tm_into, Activation,
     BackwardOptions, ForwardState, SeqDims, SeqGrads, TbpttSchedule, WeightsRef,
 };
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, TensorView};
 use crate::{invalid, shape_err};
 
 /// Owned weights for direct (tape-free) use: the `nabla rnn grad` interface, the analyses and the
@@ -107,7 +107,8 @@ impl<T: Element> ElmanWeights<T> {
         self.w.dim(0)
     }
     /// Sizes from `x (B, T, I)` and `h0 (B, H)`, checked against every weight.
-    fn dims(&self, x: &Tensor<T>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
+    fn dims<'x>(&self, x: impl Into<TensorView<'x, T>>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
+        let x = x.into();
         check_shapes(
             x.shape(),
             h0.map(|h| h.shape()),
@@ -119,7 +120,13 @@ impl<T: Element> ElmanWeights<T> {
         )
     }
     /// Checks every shape against `x (B, T, I)`, `z (B, T, O)` and `h0 (B, H)`.
-    pub fn check(&self, x: &Tensor<T>, z: &Tensor<T>, h0: Option<&Tensor<T>>) -> Result<SeqDims> {
+    pub fn check<'x>(
+        &self,
+        x: impl Into<TensorView<'x, T>>,
+        z: impl Into<TensorView<'x, T>>,
+        h0: Option<&Tensor<T>>,
+    ) -> Result<SeqDims> {
+        let (x, z) = (x.into(), z.into());
         let d = self.dims(x, h0)?;
         if z.shape() != [d.batch, d.seq_len, d.output] {
             return Err(shape_err!(
@@ -144,11 +151,12 @@ impl<T: Element> ElmanWeights<T> {
             .unwrap_or_else(|| vec![T::zero(); d.batch * d.hidden]);
         Ok(forward_tm(&self.as_ref(), d, &x_tm, &h0v))
     }
-    /// Loss `Σ ‖z − y‖²` and its (exact or chunked-truncated) gradients.
-    pub fn mse_bptt(
+    /// Loss `Σ ‖z − y‖²` and its (exact or chunked-truncated) gradients; `x` and `z` are read
+    /// in place (an owned tensor or a borrowed [`TensorView`]).
+    pub fn mse_bptt<'x>(
         &self,
-        x: &Tensor<T>,
-        z: &Tensor<T>,
+        x: impl Into<TensorView<'x, T>>,
+        z: impl Into<TensorView<'x, T>>,
         h0: Option<&Tensor<T>>,
         opts: &BackwardOptions,
     ) -> Result<MseBptt<T>> {
@@ -159,14 +167,15 @@ impl<T: Element> ElmanWeights<T> {
     }
     /// [`Self::mse_bptt`] into the reused buffers of `ws` (gradients in `ws.grads`, time-major
     /// states in `ws.state`); returns the loss. Allocation-free once `ws` has seen these sizes.
-    pub fn mse_bptt_ws(
+    pub fn mse_bptt_ws<'x>(
         &self,
         ws: &mut RnnWorkspace<T>,
-        x: &Tensor<T>,
-        z: &Tensor<T>,
+        x: impl Into<TensorView<'x, T>>,
+        z: impl Into<TensorView<'x, T>>,
         h0: Option<&Tensor<T>>,
         opts: &BackwardOptions,
     ) -> Result<f64> {
+        let (x, z) = (x.into(), z.into());
         if opts.truncate == Some(0) {
             return Err(invalid!("truncation length k must be at least 1"));
         }

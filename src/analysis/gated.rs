@@ -16,7 +16,7 @@ use crate::nn::rnn::{
     gru, lstm, BackwardOptions, CellGrads, CellKind, CellRef, CellScratch, CellState, SeqDims,
     TbpttSchedule,
 };
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, TensorView};
 use crate::{invalid, shape_err};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -123,13 +123,14 @@ impl<T: Element> GatedWeights<T> {
     }
     /// Checks every shape against `x (B, T, I)`, `z (B, T, O)`, `h0`, `c0 (B, H)`; the sizes
     /// (with `output` = rows of V).
-    pub fn check(
+    pub fn check<'x>(
         &self,
-        x: &Tensor<T>,
-        z: &Tensor<T>,
+        x: impl Into<TensorView<'x, T>>,
+        z: impl Into<TensorView<'x, T>>,
         h0: Option<&Tensor<T>>,
         c0: Option<&Tensor<T>>,
     ) -> Result<SeqDims> {
+        let (x, z) = (x.into(), z.into());
         let op = match self.cell {
             CellKind::Lstm => "lstm",
             CellKind::Gru => "gru",
@@ -279,15 +280,16 @@ impl<T: Element> GatedWeights<T> {
         ))
     }
     /// Loss and its (exact or chunked-truncated) gradients into `ws`; returns the loss.
-    pub fn mse_bptt_ws(
+    pub fn mse_bptt_ws<'x>(
         &self,
         ws: &mut GatedWorkspace<T>,
-        x: &Tensor<T>,
-        z: &Tensor<T>,
+        x: impl Into<TensorView<'x, T>>,
+        z: impl Into<TensorView<'x, T>>,
         h0: Option<&Tensor<T>>,
         c0: Option<&Tensor<T>>,
         opts: &BackwardOptions,
     ) -> Result<f64> {
+        let (x, z) = (x.into(), z.into());
         if opts.truncate == Some(0) {
             return Err(invalid!("truncation length k must be at least 1"));
         }
@@ -315,11 +317,12 @@ impl<T: Element> GatedWeights<T> {
         );
         Ok(loss)
     }
-    /// Loss `Σ ‖z − V h‖²` and its gradients.
-    pub fn mse_bptt(
+    /// Loss `Σ ‖z − V h‖²` and its gradients; `x` and `z` are read in place (an owned tensor
+    /// or a borrowed [`TensorView`]).
+    pub fn mse_bptt<'x>(
         &self,
-        x: &Tensor<T>,
-        z: &Tensor<T>,
+        x: impl Into<TensorView<'x, T>>,
+        z: impl Into<TensorView<'x, T>>,
         h0: Option<&Tensor<T>>,
         c0: Option<&Tensor<T>>,
         opts: &BackwardOptions,
