@@ -310,7 +310,12 @@ fn add_into<T: Element>(acc: &mut [T], x: &[T]) {
 /// start: the last layers' gradients are final first in a backward pass. Buckets do not change
 /// bits (the sum is element by element).
 fn buckets<T>(n: usize, size: usize) -> Vec<Range<usize>> {
-    let cap = (bucket_bytes() / std::mem::size_of::<T>())
+    buckets_of::<T>(n, size, bucket_bytes())
+}
+
+/// [`buckets`] with a cap of `cap_bytes`.
+fn buckets_of<T>(n: usize, size: usize, cap_bytes: usize) -> Vec<Range<usize>> {
+    let cap = (cap_bytes / std::mem::size_of::<T>())
         .min(n.div_ceil(size))
         .max(1);
     let mut b: Vec<Range<usize>> = (0..n).step_by(cap).map(|s| s..(s + cap).min(n)).collect();
@@ -555,7 +560,10 @@ impl Group {
             let layout = &layout;
             let comm = std::thread::Builder::new()
                 .name("nabla-dist-comm".into())
-                .spawn_scoped(s, move || self.reduce_announced(shared, layout, local, rx));
+                .spawn_scoped(s, move || {
+                    let buckets = buckets::<T>(layout.n, self.size());
+                    self.reduce_announced(shared, layout, &buckets, local, rx)
+                });
             let comm = match comm {
                 Ok(c) => c,
                 Err(e) => {
@@ -592,11 +600,11 @@ impl Group {
         &self,
         store: &ParamStore<T>,
         layout: &Layout,
+        buckets: &[Range<usize>],
         local: usize,
         rx: std::sync::mpsc::Receiver<Announce<T>>,
     ) -> Result<Vec<T>> {
         let n = layout.n;
-        let buckets = buckets::<T>(n, self.size());
         // The buckets (indices into `buckets`) that parameter p's floats fall into.
         let mut of_param: Vec<Vec<usize>> = vec![Vec::new(); layout.offsets.len()];
         let mut waiting = vec![0usize; buckets.len()];
@@ -774,6 +782,81 @@ mod tests {
                 assert_eq!(next, n);
             }
         }
+    }
+
+    /// The communication thread's bookkeeping: gradients announced in any order (a parameter
+    /// twice on a tape, one never announced, micro-batches interleaved), many buckets — the
+    /// totals of `sum_grads`, bit for bit, and a backward that ends early is an error, not a
+    /// hang.
+    #[test]
+    fn announced_gradients_reduce_to_the_bits_of_sum_grads() {
+        let mut store = ParamStore::<f32>::new();
+        let shapes: [&[usize]; 4] = [&[7, 5], &[3], &[40], &[2, 9]];
+        let ids: Vec<ParamId> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| store.add(format!("p{i}"), Tensor::zeros(s)).unwrap())
+            .collect();
+        let g = |m: usize, p: usize, k: usize| {
+            Tensor::from_fn(shapes[p], |j| {
+                ((m * 131 + p * 17 + k * 7 + j) as f32 * 0.61).sin()
+            })
+        };
+        // Micro-batch m: p0 twice, p1 and p3 once, p2 never (not on its tape).
+        let parts: Parts<f32> = (0..3)
+            .map(|m| {
+                vec![
+                    (ids[0], g(m, 0, 0)),
+                    (ids[1], g(m, 1, 0)),
+                    (ids[3], g(m, 3, 0)),
+                    (ids[0], g(m, 0, 1)),
+                ]
+            })
+            .collect();
+        let mut want = store.clone();
+        Group::local().sum_grads(&mut want, parts.clone()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Announced latest micro-batch first, parameters in reverse, p0's two values together.
+        for m in (0..3).rev() {
+            for p in [3, 1, 0] {
+                let grads = parts[m]
+                    .iter()
+                    .filter(|(id, _)| *id == ids[p])
+                    .map(|(_, t)| t.data().to_vec())
+                    .collect();
+                tx.send(Announce::Final {
+                    micro: m,
+                    id: ids[p],
+                    grads,
+                })
+                .unwrap();
+            }
+            tx.send(Announce::Done(m)).unwrap();
+        }
+        drop(tx);
+        let layout = Layout::of(&store);
+        let buckets = buckets_of::<f32>(layout.n, 1, 104); // 26 floats each
+        assert_eq!(buckets.len(), 4);
+        let total = Group::local()
+            .reduce_announced(&store, &layout, &buckets, 3, rx)
+            .unwrap();
+        let mut got = store.clone();
+        layout.set_grads(&mut got, &total);
+        for (a, b) in got.iter().zip(want.iter()) {
+            let bits = |t: &Tensor<f32>| t.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.grad), bits(&b.grad), "{}", a.name);
+        }
+        // Micro-batch 1 never finishes: the thread reports it once the channel closes.
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(Announce::Done(0)).unwrap();
+        drop(tx);
+        let e = Group::local()
+            .reduce_announced(&store, &layout, &buckets, 2, rx)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("before every gradient was final"),
+            "{e}"
+        );
     }
 
     #[test]
