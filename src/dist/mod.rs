@@ -26,15 +26,15 @@
 //! receive and one broadcast per bucket, never one per tensor. The chain is pipelined over buckets (rank `r + 1` adds bucket
 //! `k` while rank `r` adds bucket `k + 1`).
 //!
-//! Overlap with the backward pass: a micro-batch's gradients exist only when its tape's whole
-//! backward has run (`Tape::backward` then `take_param_grads`), and a bucket of rank `r` is
-//! complete only when *all* of `r`'s micro-batches are done (they are added in order onto the
-//! partial sum of the ranks before it). So the chain starts when a rank's last micro-batch
-//! ends; what overlaps is rank `r`'s chain traffic with the compute of ranks that are still
-//! running. Overlapping within a rank would need per-parameter "gradient final" hooks in
-//! `Tape::backward` (a parameter's gradient is final once the reverse sweep passes its first
-//! use), so that the buckets of the last layers of the rank's last micro-batch are added and
-//! sent while the earlier layers' backward still runs.
+//! Overlap with the backward pass ([`Group::sum_grads_overlapped`]): a bucket of rank `r` is
+//! complete when its parameters' gradients are final in *all* of `r`'s micro-batches (they are
+//! added in order onto the partial sum of the ranks before it). `Tape::backward_with_hook`
+//! announces each parameter the moment the reverse sweep has passed its earliest read, and a
+//! communication thread runs each bucket's link of the chain as soon as it is complete —
+//! buckets in reverse parameter order, so the last layers' buckets travel while the rank's
+//! last micro-batch still computes the first layers' gradients. The bits are those of the
+//! plain [`Group::sum_grads`] (the same additions in the same order), which runs instead when
+//! the rank has no core to spare for the thread ([`overlap_enabled`]).
 //!
 //! # Failure
 //!
@@ -324,10 +324,24 @@ fn buckets_of<T>(n: usize, size: usize, cap_bytes: usize) -> Vec<Range<usize>> {
 }
 
 /// Whether [`Group::sum_grads_overlapped`] overlaps the reduction with the backward pass:
-/// yes unless `NABLA_DIST_OVERLAP=0` (for A/B measurements; the bits are the same).
+/// `NABLA_DIST_OVERLAP=1` yes, `=0` no (the bits are the same); by default only when the rank
+/// has a core to spare for the communication thread (the machine's cores over the ranks on it,
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, exceed the rank's rayon threads). Measured on a 2-core machine
+/// with 2 ranks × 1 thread (README): the extra thread, waiting beside the compute thread on a
+/// core it does not have, costs more than the hidden traffic saves.
 pub fn overlap_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("NABLA_DIST_OVERLAP").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| match std::env::var("NABLA_DIST_OVERLAP") {
+        Ok(v) => v.trim() != "0",
+        Err(_) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1);
+            cores / local.max(1) > rayon::current_num_threads()
+        }
+    })
 }
 
 /// This rank's micro-batch gradients, in order, as `Tape::take_param_grads` returns them.
@@ -539,7 +553,7 @@ impl Group {
     /// first), so the traffic of the last layers runs beside the first layers' backward; then
     /// it broadcasts the totals, which end up in `store`'s gradients — the bits of
     /// [`Group::sum_grads`] of the returned gradients, which is what runs instead (and `compute`
-    /// gets no sink) in a one-rank group or with `NABLA_DIST_OVERLAP=0`.
+    /// gets no sink) in a one-rank group or when [`overlap_enabled`] says no.
     pub fn sum_grads_overlapped<T: Element, R>(
         &self,
         store: &mut ParamStore<T>,
