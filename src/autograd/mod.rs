@@ -64,6 +64,9 @@ struct Record<T: Element> {
     outputs: Vec<Var>,
 }
 
+/// What [`Tape::backward_with_hook`] calls with a parameter and its final gradients.
+pub type FinalHook<'a, T> = dyn FnMut(ParamId, &[&Tensor<T>]) + 'a;
+
 /// The autodiff tape. Generic over the element type so `f64` gradient checks run the same ops.
 pub struct Tape<T: Element = f32> {
     values: Vec<Tensor<T>>,
@@ -207,7 +210,7 @@ impl<T: Element> Tape<T> {
         &mut self,
         v: Var,
         seed: Tensor<T>,
-        on_final: &mut dyn FnMut(ParamId, &[&Tensor<T>]),
+        on_final: &mut FinalHook<'_, T>,
     ) -> Result<()> {
         self.sweep(v, seed, Some(on_final))
     }
@@ -240,7 +243,7 @@ impl<T: Element> Tape<T> {
         at
     }
     /// Calls `on_final` with parameter `id`'s gradients (see [`Tape::backward_with_hook`]).
-    fn announce(&self, id: ParamId, on_final: &mut dyn FnMut(ParamId, &[&Tensor<T>])) {
+    fn announce(&self, id: ParamId, on_final: &mut FinalHook<'_, T>) {
         let grads: Vec<&Tensor<T>> = self
             .params
             .iter()
@@ -253,7 +256,7 @@ impl<T: Element> Tape<T> {
         &mut self,
         v: Var,
         seed: Tensor<T>,
-        mut on_final: Option<&mut dyn FnMut(ParamId, &[&Tensor<T>])>,
+        mut on_final: Option<&mut FinalHook<'_, T>>,
     ) -> Result<()> {
         self.values[v.0].check_same_shape("backward seed", &seed)?;
         accumulate(&mut self.grads[v.0], seed)?;

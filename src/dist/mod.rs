@@ -671,7 +671,7 @@ impl Group {
                 }
             }
         }
-        self.broadcast_buckets(&mut total, &buckets)?;
+        self.broadcast_buckets(&mut total, buckets)?;
         REDUCED.fetch_add(
             std::mem::size_of_val(total.as_slice()) as u64,
             Ordering::Relaxed,
