@@ -91,6 +91,17 @@ mod with_mpi {
 
     /// `mpirun -np n BIN args…` on loopback, as root if need be (`n = 0`: BIN alone, no MPI).
     fn launch(n: usize, args: &[&str], out: &Path, extra: &[&str]) -> Output {
+        launch_env(n, args, out, extra, &[])
+    }
+
+    /// [`launch`] with extra environment variables.
+    fn launch_env(
+        n: usize,
+        args: &[&str],
+        out: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut c = if n == 0 {
             Command::new(BIN)
         } else {
@@ -113,7 +124,8 @@ mod with_mpi {
             // Containers often forbid the cross-memory-attach copies of the shared-memory
             // transport; plain copies through shared memory work everywhere.
             .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-            .env("RAYON_NUM_THREADS", "1");
+            .env("RAYON_NUM_THREADS", "1")
+            .envs(env.iter().copied());
         c.output().expect("mpirun (Open MPI) on PATH")
     }
 
@@ -189,6 +201,35 @@ mod with_mpi {
                 ckpt(&out) == reference,
                 "{name}: 2 steps on 3 ranks + 2 on 2 ranks differ from 4 steps in one process"
             );
+        }
+    }
+
+    /// The reduction overlapped with the backward pass (the default) in many small buckets
+    /// (so that buckets become ready one after the other during the last micro-batch's
+    /// backward), and not overlapped: the one-process bits either way.
+    #[test]
+    fn overlap_and_bucket_size_do_not_change_the_bits() {
+        let d = tmp();
+        let steps = ["--steps", "2"];
+        let base = d.path().join("plain");
+        ok(&launch(0, VIT, &base, &steps), "vit in one process");
+        for (tag, env) in [
+            (
+                "small buckets",
+                [("NABLA_BUCKET_MB", "0.002"), ("NABLA_DIST_OVERLAP", "1")],
+            ),
+            (
+                "no overlap",
+                [("NABLA_BUCKET_MB", "25"), ("NABLA_DIST_OVERLAP", "0")],
+            ),
+        ] {
+            let out = d.path().join(tag.replace(' ', "-"));
+            ok(&launch_env(2, VIT, &out, &steps, &env), tag);
+            assert!(
+                ckpt(&out) == ckpt(&base),
+                "vit on 2 ranks, {tag}: other bits"
+            );
+            assert_eq!(train_losses(&out), train_losses(&base), "{tag}");
         }
     }
 

@@ -64,6 +64,9 @@ struct Record<T: Element> {
     outputs: Vec<Var>,
 }
 
+/// What [`Tape::backward_with_hook`] calls with a parameter and its final gradients.
+pub type FinalHook<'a, T> = dyn FnMut(ParamId, &[&Tensor<T>]) + 'a;
+
 /// The autodiff tape. Generic over the element type so `f64` gradient checks run the same ops.
 pub struct Tape<T: Element = f32> {
     values: Vec<Tensor<T>>,
@@ -193,11 +196,88 @@ impl<T: Element> Tape<T> {
     }
     /// Backpropagates from `v` with the given seed gradient `∂L/∂v`.
     pub fn backward_with(&mut self, v: Var, seed: Tensor<T>) -> Result<()> {
+        self.sweep(v, seed, None)
+    }
+    /// [`Tape::backward_with`] that also calls `on_final(id, grads)` for every parameter on
+    /// the tape as soon as its gradient is final — when the reverse sweep has passed the
+    /// earliest recorded op that reads it (a parameter is a leaf: only ops that take it as an
+    /// input add to its gradient) — so that a data-parallel step can start reducing the last
+    /// layers' gradients while the first layers' backward still runs ([`crate::dist`]).
+    /// `grads` are the gradients of the parameter's tape values in the order they were brought
+    /// in (what [`Tape::take_param_grads`] returns for it; empty when none reached it), each
+    /// parameter once; a parameter no op reads is final before the sweep starts.
+    pub fn backward_with_hook(
+        &mut self,
+        v: Var,
+        seed: Tensor<T>,
+        on_final: &mut FinalHook<'_, T>,
+    ) -> Result<()> {
+        self.sweep(v, seed, Some(on_final))
+    }
+    /// For every parameter on the tape, the index of the earliest record that reads one of its
+    /// values (`None`: no record does), sorted by that index, latest first: the order in which
+    /// the reverse sweep makes the parameters' gradients final.
+    fn final_order(&self) -> Vec<(Option<usize>, ParamId)> {
+        let mut first_read = vec![None::<usize>; self.values.len()];
+        for (i, rec) in self.records.iter().enumerate().rev() {
+            for inp in &rec.inputs {
+                first_read[inp.0] = Some(i);
+            }
+        }
+        let mut at: Vec<(Option<usize>, ParamId)> = Vec::new();
+        for &(v, id) in &self.params {
+            match at.iter_mut().find(|(_, p)| *p == id) {
+                // The parameter's gradient is final when the earliest read of any of its values
+                // has been swept (None < Some: a value never read does not delay it).
+                Some(e) => {
+                    e.0 = match (e.0, first_read[v.0]) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                }
+                None => at.push((first_read[v.0], id)),
+            }
+        }
+        // Latest record first (a parameter read by no record comes first of all).
+        at.sort_by_key(|&(i, _)| std::cmp::Reverse(i.map_or(usize::MAX, |i| i)));
+        at
+    }
+    /// Calls `on_final` with parameter `id`'s gradients (see [`Tape::backward_with_hook`]).
+    fn announce(&self, id: ParamId, on_final: &mut FinalHook<'_, T>) {
+        let grads: Vec<&Tensor<T>> = self
+            .params
+            .iter()
+            .filter(|(_, p)| *p == id)
+            .filter_map(|(v, _)| self.grads[v.0].as_ref())
+            .collect();
+        on_final(id, &grads);
+    }
+    fn sweep(
+        &mut self,
+        v: Var,
+        seed: Tensor<T>,
+        mut on_final: Option<&mut FinalHook<'_, T>>,
+    ) -> Result<()> {
         self.values[v.0].check_same_shape("backward seed", &seed)?;
         accumulate(&mut self.grads[v.0], seed)?;
+        let order = match on_final {
+            Some(_) => self.final_order(),
+            None => Vec::new(),
+        };
+        let mut next_final = 0;
         let records = std::mem::take(&mut self.records);
         let result = (|| {
-            for rec in records.iter().rev() {
+            for (i, rec) in records.iter().enumerate().rev() {
+                if let Some(hook) = on_final.as_deref_mut() {
+                    // Every parameter first read after record i is final now.
+                    while let Some(&(at, id)) = order.get(next_final) {
+                        if at.is_some_and(|at| at <= i) {
+                            break;
+                        }
+                        self.announce(id, hook);
+                        next_final += 1;
+                    }
+                }
                 if rec.outputs.iter().all(|o| self.grads[o.0].is_none()) {
                     continue;
                 }
@@ -239,6 +319,11 @@ impl<T: Element> Tape<T> {
                 }
                 if let Some(t0) = t0 {
                     profile::add(rec.op.name(), true, t0.elapsed().as_secs_f64());
+                }
+            }
+            if let Some(hook) = on_final.as_deref_mut() {
+                for &(_, id) in &order[next_final..] {
+                    self.announce(id, hook);
                 }
             }
             Ok(())
@@ -288,6 +373,102 @@ fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) -> Result<
         None => {
             *slot = Some(g);
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops;
+    use std::sync::{Arc, Mutex};
+
+    /// The identity, whose backward writes its label into a log: marks the moments of the
+    /// reverse sweep.
+    struct Mark(&'static str, Arc<Mutex<Vec<String>>>);
+
+    impl Op<f64> for Mark {
+        fn name(&self) -> &'static str {
+            "mark"
+        }
+        fn backward(&self, ctx: &BackwardCtx<'_, f64>) -> Result<Vec<Option<Tensor<f64>>>> {
+            self.1.lock().unwrap().push(self.0.to_string());
+            Ok(vec![Some(ctx.grad().into_owned())])
+        }
+    }
+
+    /// `loss = Σ tanh(tanh(x·W1 + x·W1)·W2 + b)` with an unread parameter `u` and two marks
+    /// (after the inner and the outer tanh): the reverse sweep makes `u` final before any op's
+    /// backward (no op reads it), `b` and `W2` (read by the last ops) between the marks, and
+    /// `W1` (on the tape twice, read by the first ops) after both; each gradient handed to the
+    /// hook is, bit for bit, the one the tape holds at the end of backward.
+    #[test]
+    fn hook_announces_each_parameter_once_when_its_gradient_is_final() {
+        let mut store = ParamStore::<f64>::new();
+        let f = |shape: &[usize], k: f64| {
+            let n: usize = shape.iter().product();
+            Tensor::new(
+                shape,
+                (0..n).map(|i| ((i as f64 + k) * 0.37).sin()).collect(),
+            )
+            .unwrap()
+        };
+        let w1 = store.add("w1", f(&[3, 4], 1.0)).unwrap();
+        let u = store.add("u", f(&[2], 2.0)).unwrap();
+        let w2 = store.add("w2", f(&[4, 2], 3.0)).unwrap();
+        let b = store.add("b", f(&[1, 2], 4.0)).unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut tape = Tape::<f64>::new();
+        let x = tape.constant(f(&[5, 3], 5.0));
+        let w1a = tape.param(&store, w1);
+        let _ = tape.param(&store, u);
+        let w2v = tape.param(&store, w2);
+        let bv = tape.param(&store, b);
+        let w1b = tape.param(&store, w1);
+        let h1 = ops::matmul(&mut tape, x, w1a).unwrap();
+        let h2 = ops::matmul(&mut tape, x, w1b).unwrap();
+        let h = ops::add(&mut tape, h1, h2).unwrap();
+        let h = ops::tanh(&mut tape, h).unwrap();
+        let hv = tape.value(h).clone();
+        let h = tape.record1(Mark("inner", log.clone()), &[h], hv);
+        let z = ops::matmul(&mut tape, h, w2v).unwrap();
+        let z = ops::add(&mut tape, z, bv).unwrap();
+        let z = ops::tanh(&mut tape, z).unwrap();
+        let zv = tape.value(z).clone();
+        let z = tape.record1(Mark("outer", log.clone()), &[z], zv);
+        let loss = ops::sum_all(&mut tape, z).unwrap();
+        let name = |id: ParamId| store.get(id).name.clone();
+        let mut seen: Vec<(ParamId, Vec<Tensor<f64>>)> = Vec::new();
+        tape.backward_with_hook(loss, Tensor::ones(&[]), &mut |id, g| {
+            log.lock().unwrap().push(name(id));
+            seen.push((id, g.iter().map(|t| (*t).clone()).collect()));
+        })
+        .unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["u", "outer", "b", "w2", "inner", "w1"],
+            "the moments parameters become final"
+        );
+        assert!(seen[0].1.is_empty(), "an unread parameter has no gradient");
+        assert_eq!(seen[3].1.len(), 2, "w1 is on the tape twice");
+        let end = tape.take_param_grads();
+        assert_eq!(end.len(), 4);
+        for (id, grads) in &seen {
+            let at_end: Vec<&Tensor<f64>> = end
+                .iter()
+                .filter(|(p, _)| p == id)
+                .map(|(_, g)| g)
+                .collect();
+            assert_eq!(grads.len(), at_end.len(), "{id:?}");
+            for (a, b) in grads.iter().zip(at_end) {
+                let bits =
+                    |t: &Tensor<f64>| t.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(a),
+                    bits(b),
+                    "gradient of {id:?} changed after it was final"
+                );
+            }
         }
     }
 }

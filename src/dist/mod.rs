@@ -26,15 +26,15 @@
 //! receive and one broadcast per bucket, never one per tensor. The chain is pipelined over buckets (rank `r + 1` adds bucket
 //! `k` while rank `r` adds bucket `k + 1`).
 //!
-//! Overlap with the backward pass: a micro-batch's gradients exist only when its tape's whole
-//! backward has run (`Tape::backward` then `take_param_grads`), and a bucket of rank `r` is
-//! complete only when *all* of `r`'s micro-batches are done (they are added in order onto the
-//! partial sum of the ranks before it). So the chain starts when a rank's last micro-batch
-//! ends; what overlaps is rank `r`'s chain traffic with the compute of ranks that are still
-//! running. Overlapping within a rank would need per-parameter "gradient final" hooks in
-//! `Tape::backward` (a parameter's gradient is final once the reverse sweep passes its first
-//! use), so that the buckets of the last layers of the rank's last micro-batch are added and
-//! sent while the earlier layers' backward still runs.
+//! Overlap with the backward pass ([`Group::sum_grads_overlapped`]): a bucket of rank `r` is
+//! complete when its parameters' gradients are final in *all* of `r`'s micro-batches (they are
+//! added in order onto the partial sum of the ranks before it). `Tape::backward_with_hook`
+//! announces each parameter the moment the reverse sweep has passed its earliest read, and a
+//! communication thread runs each bucket's link of the chain as soon as it is complete —
+//! buckets in reverse parameter order, so the last layers' buckets travel while the rank's
+//! last micro-batch still computes the first layers' gradients. The bits are those of the
+//! plain [`Group::sum_grads`] (the same additions in the same order), which runs instead when
+//! the rank has no core to spare for the thread ([`overlap_enabled`]).
 //!
 //! # Failure
 //!
@@ -47,7 +47,7 @@
 #[cfg(feature = "mpi")]
 pub mod mpi;
 
-use crate::autograd::{ParamId, ParamStore};
+use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::error::{NablaError, Result};
 use crate::invalid;
 use crate::tensor::{Element, Tensor};
@@ -115,6 +115,9 @@ pub struct CommStats {
     pub bytes_received: u64,
     pub bytes_reduced: u64,
     pub seconds: f64,
+    /// Seconds the step waited for the reduction after its backward pass (the communication
+    /// not hidden behind compute; with overlap off, the whole reduction).
+    pub exposed_seconds: f64,
     pub calls: u64,
 }
 
@@ -122,6 +125,7 @@ static SENT: AtomicU64 = AtomicU64::new(0);
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
 static REDUCED: AtomicU64 = AtomicU64::new(0);
 static NANOS: AtomicU64 = AtomicU64::new(0);
+static EXPOSED_NANOS: AtomicU64 = AtomicU64::new(0);
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// The counters since the start of the process (differences of two readings measure a span).
@@ -131,6 +135,7 @@ pub fn stats() -> CommStats {
         bytes_received: RECEIVED.load(Ordering::Relaxed),
         bytes_reduced: REDUCED.load(Ordering::Relaxed),
         seconds: NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
+        exposed_seconds: EXPOSED_NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
         calls: CALLS.load(Ordering::Relaxed),
     }
 }
@@ -143,6 +148,7 @@ impl std::ops::Sub for CommStats {
             bytes_received: self.bytes_received - o.bytes_received,
             bytes_reduced: self.bytes_reduced - o.bytes_reduced,
             seconds: self.seconds - o.seconds,
+            exposed_seconds: self.exposed_seconds - o.exposed_seconds,
             calls: self.calls - o.calls,
         }
     }
@@ -289,6 +295,143 @@ fn as_bytes_mut<T: Element>(x: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
 }
 
+/// `acc += x`, element by element (the one addition every sum of gradients here uses).
+fn add_into<T: Element>(acc: &mut [T], x: &[T]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// The buckets of an `n`-float gradient on `size` ranks, in the order every rank reduces them:
+/// at most [`bucket_bytes`] and at most 1/N of the gradient each (the chain then pipelines over
+/// at least N buckets: chain + broadcast ≈ (3N + log₂N − 3)·(bytes/N/bandwidth + latency)
+/// instead of (N + log₂N − 1)·(bytes/bandwidth + latency) with one bucket (k buckets: N − 2 + k
+/// chain hops and log₂N − 1 + k broadcast hops)), from the end of the parameter order to its
+/// start: the last layers' gradients are final first in a backward pass. Buckets do not change
+/// bits (the sum is element by element).
+fn buckets<T>(n: usize, size: usize) -> Vec<Range<usize>> {
+    buckets_of::<T>(n, size, bucket_bytes())
+}
+
+/// [`buckets`] with a cap of `cap_bytes`.
+fn buckets_of<T>(n: usize, size: usize, cap_bytes: usize) -> Vec<Range<usize>> {
+    let cap = (cap_bytes / std::mem::size_of::<T>())
+        .min(n.div_ceil(size))
+        .max(1);
+    let mut b: Vec<Range<usize>> = (0..n).step_by(cap).map(|s| s..(s + cap).min(n)).collect();
+    b.reverse();
+    b
+}
+
+/// Whether [`Group::sum_grads_overlapped`] overlaps the reduction with the backward pass:
+/// `NABLA_DIST_OVERLAP=1` yes, `=0` no (the bits are the same); by default only when the rank
+/// has a core to spare for the communication thread (the machine's cores over the ranks on it,
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, exceed the rank's rayon threads). Measured on a 2-core machine
+/// with 2 ranks × 1 thread (README): the extra thread, waiting beside the compute thread on a
+/// core it does not have, costs more than the hidden traffic saves.
+pub fn overlap_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("NABLA_DIST_OVERLAP") {
+        Ok(v) => v.trim() != "0",
+        Err(_) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1);
+            cores / local.max(1) > rayon::current_num_threads()
+        }
+    })
+}
+
+/// This rank's micro-batch gradients, in order, as `Tape::take_param_grads` returns them.
+pub type Parts<T> = Vec<Vec<(ParamId, Tensor<T>)>>;
+
+/// Where the parameters' gradients live in the flat buffer of a reduction (the store's order).
+struct Layout {
+    offsets: Vec<usize>,
+    lens: Vec<usize>,
+    n: usize,
+}
+
+impl Layout {
+    fn of<T: Element>(store: &ParamStore<T>) -> Layout {
+        let lens: Vec<usize> = store.iter().map(|p| p.grad.numel()).collect();
+        let mut offsets = Vec::with_capacity(lens.len());
+        let mut n = 0;
+        for &l in &lens {
+            offsets.push(n);
+            n += l;
+        }
+        Layout { offsets, lens, n }
+    }
+    /// Adds gradient `g` of parameter `id` into its place in `flat`.
+    fn add_grad<T: Element>(
+        &self,
+        store: &ParamStore<T>,
+        flat: &mut [T],
+        id: ParamId,
+        g: &[T],
+    ) -> Result<()> {
+        let len = self.lens[id.0];
+        if g.len() != len {
+            return Err(NablaError::Other(format!(
+                "gradient of {} has {} values, the parameter {len}",
+                store.get(id).name,
+                g.len()
+            )));
+        }
+        add_into(&mut flat[self.offsets[id.0]..][..len], g);
+        Ok(())
+    }
+    /// The store's gradients from the flat `total`.
+    fn set_grads<T: Element>(&self, store: &mut ParamStore<T>, total: &[T]) {
+        for (p, &o) in store.iter_mut().zip(&self.offsets) {
+            let len = p.grad.numel();
+            p.grad.data_mut().copy_from_slice(&total[o..o + len]);
+        }
+    }
+}
+
+/// What a local micro-batch's backward tells [`Group::sum_grads_overlapped`]'s thread.
+enum Announce<T> {
+    /// Parameter `id`'s gradients (one per time it was on the tape) are final.
+    Final {
+        micro: usize,
+        id: ParamId,
+        grads: Vec<Vec<T>>,
+    },
+    /// The micro-batch's backward is over: every parameter not announced has no gradient.
+    Done(usize),
+}
+
+/// The channel from a rank's micro-batch backward passes to the communication thread of
+/// [`Group::sum_grads_overlapped`]; shared by the micro-batches of the step (any thread).
+pub struct GradSink<T: Element> {
+    tx: std::sync::mpsc::Sender<Announce<T>>,
+}
+
+impl<T: Element> GradSink<T> {
+    /// `tape.backward_with(loss, seed)` for local micro-batch `micro` (0-based in this rank's
+    /// share), handing each parameter's gradients to the communication thread the moment they
+    /// are final ([`Tape::backward_with_hook`]).
+    pub fn backward(
+        &self,
+        micro: usize,
+        tape: &mut Tape<T>,
+        loss: Var,
+        seed: Tensor<T>,
+    ) -> Result<()> {
+        tape.backward_with_hook(loss, seed, &mut |id, grads| {
+            let grads = grads.iter().map(|g| g.data().to_vec()).collect();
+            // A closed channel: the thread stopped on an error, which the step reports.
+            let _ = self.tx.send(Announce::Final { micro, id, grads });
+        })?;
+        let _ = self.tx.send(Announce::Done(micro));
+        Ok(())
+    }
+}
+
 /// A group of ranks with the operations built on its [`Transport`].
 #[derive(Clone, Copy)]
 pub struct Group {
@@ -321,43 +464,57 @@ impl Group {
                 p.len()
             )));
         }
-        let (rank, size) = (self.rank(), self.size());
-        // At most the cap, and at most 1/N of the gradient: the chain then pipelines over at
-        // least N buckets: chain + broadcast ≈ (3N + log₂N − 3)·(bytes/N/bandwidth + latency)
-        // instead of (N + log₂N − 1)·(bytes/bandwidth + latency) with one bucket (k buckets:
-        // N − 2 + k chain hops and log₂N − 1 + k broadcast hops). Buckets do not change bits.
-        let cap = (bucket_bytes() / std::mem::size_of::<T>())
-            .min(n.div_ceil(size))
-            .max(1);
-        let buckets: Vec<Range<usize>> = (0..n).step_by(cap).map(|s| s..(s + cap).min(n)).collect();
+        let buckets = buckets::<T>(n, self.size());
         for b in &buckets {
-            let acc = &mut out[b.clone()];
-            if rank == 0 {
-                acc.fill(T::zero());
-            } else {
-                let bytes = as_bytes_mut(acc);
-                let len = bytes.len();
-                timed(0, len, || self.t.recv(rank - 1, bytes))?;
-            }
-            for p in parts {
-                for (a, &x) in acc.iter_mut().zip(&p[b.clone()]) {
-                    *a += x;
-                }
-            }
-            if rank + 1 < size {
-                let bytes = as_bytes(acc);
-                timed(bytes.len(), 0, || self.t.send(rank + 1, bytes))?;
-            }
+            self.chain_link(parts, out, b.clone())?;
         }
+        self.broadcast_buckets(out, &buckets)?;
+        REDUCED.fetch_add(std::mem::size_of_val(out) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bucket `b`'s link of the chain: `out[b]` = the partial sum of the ranks before this one
+    /// (zeros on rank 0) plus this rank's `parts[b]` in order, passed on to the next rank.
+    fn chain_link<T: Element, P: AsRef<[T]>>(
+        &self,
+        parts: &[P],
+        out: &mut [T],
+        b: Range<usize>,
+    ) -> Result<()> {
+        let (rank, size) = (self.rank(), self.size());
+        let acc = &mut out[b.clone()];
+        if rank == 0 {
+            acc.fill(T::zero());
+        } else {
+            let bytes = as_bytes_mut(acc);
+            let len = bytes.len();
+            timed(0, len, || self.t.recv(rank - 1, bytes))?;
+        }
+        for p in parts {
+            add_into(acc, &p.as_ref()[b.clone()]);
+        }
+        if rank + 1 < size {
+            let bytes = as_bytes(acc);
+            timed(bytes.len(), 0, || self.t.send(rank + 1, bytes))?;
+        }
+        Ok(())
+    }
+
+    /// The last rank's total of every bucket to all ranks, bucket by bucket.
+    fn broadcast_buckets<T: Element>(&self, out: &mut [T], buckets: &[Range<usize>]) -> Result<()> {
+        let size = self.size();
         if size > 1 {
-            for b in &buckets {
+            for b in buckets {
                 let bytes = as_bytes_mut(&mut out[b.clone()]);
                 let len = bytes.len();
-                let (s, r) = if rank == size - 1 { (len, 0) } else { (0, len) };
+                let (s, r) = if self.rank() == size - 1 {
+                    (len, 0)
+                } else {
+                    (0, len)
+                };
                 timed(s, r, || self.t.broadcast(size - 1, bytes))?;
             }
         }
-        REDUCED.fetch_add(std::mem::size_of_val(out) as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -369,40 +526,157 @@ impl Group {
         store: &mut ParamStore<T>,
         parts: Vec<Vec<(ParamId, Tensor<T>)>>,
     ) -> Result<()> {
-        let mut offsets = Vec::with_capacity(store.len());
-        let mut n = 0;
-        for p in store.iter() {
-            offsets.push(n);
-            n += p.grad.numel();
-        }
+        let layout = Layout::of(store);
         let flat: Vec<Vec<T>> = parts
             .into_iter()
             .map(|grads| -> Result<Vec<T>> {
-                let mut v = vec![T::zero(); n];
+                let mut v = vec![T::zero(); layout.n];
                 for (id, g) in grads {
-                    let len = store.get(id).grad.numel();
-                    if g.numel() != len {
-                        return Err(NablaError::Other(format!(
-                            "gradient of {} has {} values, the parameter {len}",
-                            store.get(id).name,
-                            g.numel()
-                        )));
-                    }
-                    for (a, &x) in v[offsets[id.0]..][..len].iter_mut().zip(g.data()) {
-                        *a += x;
-                    }
+                    layout.add_grad(store, &mut v, id, g.data())?;
                 }
                 Ok(v)
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&[T]> = flat.iter().map(|v| v.as_slice()).collect();
-        let mut total = vec![T::zero(); n];
+        let mut total = vec![T::zero(); layout.n];
         self.ordered_sum(&refs, &mut total)?;
-        for (p, &o) in store.iter_mut().zip(&offsets) {
-            let len = p.grad.numel();
-            p.grad.data_mut().copy_from_slice(&total[o..o + len]);
-        }
+        layout.set_grads(store, &total);
         Ok(())
+    }
+
+    /// A data-parallel step's gradients with the reduction overlapping the backward pass:
+    /// `compute` runs this rank's `local` micro-batches, passing each one's backward through
+    /// the [`GradSink`] it is given (micro-batch `0..local`, in order), and returns its result
+    /// with the micro-batch gradients. A communication thread starts a bucket's link of the
+    /// chain as soon as every parameter in it is final in all of this rank's micro-batches
+    /// (buckets in reverse parameter order, as PyTorch DDP: the last layers' gradients are final
+    /// first), so the traffic of the last layers runs beside the first layers' backward; then
+    /// it broadcasts the totals, which end up in `store`'s gradients — the bits of
+    /// [`Group::sum_grads`] of the returned gradients, which is what runs instead (and `compute`
+    /// gets no sink) in a one-rank group or when [`overlap_enabled`] says no.
+    pub fn sum_grads_overlapped<T: Element, R>(
+        &self,
+        store: &mut ParamStore<T>,
+        local: usize,
+        compute: impl FnOnce(&ParamStore<T>, Option<&GradSink<T>>) -> Result<(R, Parts<T>)>,
+    ) -> Result<R> {
+        if self.size() == 1 || !overlap_enabled() {
+            let (r, parts) = compute(store, None)?;
+            let t = Instant::now();
+            self.sum_grads(store, parts)?;
+            EXPOSED_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            return Ok(r);
+        }
+        let shared: &ParamStore<T> = store;
+        let layout = Layout::of(shared);
+        let (computed, total) = std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let layout = &layout;
+            let comm = std::thread::Builder::new()
+                .name("nabla-dist-comm".into())
+                .spawn_scoped(s, move || {
+                    let buckets = buckets::<T>(layout.n, self.size());
+                    self.reduce_announced(shared, layout, &buckets, local, rx)
+                });
+            let comm = match comm {
+                Ok(c) => c,
+                Err(e) => {
+                    let e =
+                        NablaError::Other(format!("cannot start the communication thread: {e}"));
+                    return (Err(e), Err(NablaError::Other(String::new())));
+                }
+            };
+            let sink = GradSink { tx };
+            let computed = compute(shared, Some(&sink));
+            // Dropping the sink tells the thread that no more gradients come (after a failed
+            // backward it then stops at the next bucket instead of waiting).
+            drop(sink);
+            let t = Instant::now();
+            let total = comm.join().unwrap_or_else(|_| {
+                Err(NablaError::Other(
+                    "the communication thread panicked".into(),
+                ))
+            });
+            EXPOSED_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            (computed, total)
+        });
+        let (r, _parts) = computed?;
+        let total = total?;
+        layout.set_grads(store, &total);
+        Ok(r)
+    }
+
+    /// The communication thread of [`Group::sum_grads_overlapped`]: collects the announced
+    /// gradients into one flat buffer per local micro-batch and runs each bucket's link of the
+    /// chain once all its parameters are final in every local micro-batch, in the bucket order
+    /// of [`buckets`] (every rank's), then broadcasts the totals.
+    fn reduce_announced<T: Element>(
+        &self,
+        store: &ParamStore<T>,
+        layout: &Layout,
+        buckets: &[Range<usize>],
+        local: usize,
+        rx: std::sync::mpsc::Receiver<Announce<T>>,
+    ) -> Result<Vec<T>> {
+        let n = layout.n;
+        // The buckets (indices into `buckets`) that parameter p's floats fall into.
+        let mut of_param: Vec<Vec<usize>> = vec![Vec::new(); layout.offsets.len()];
+        let mut waiting = vec![0usize; buckets.len()];
+        for (k, b) in buckets.iter().enumerate() {
+            for (p, (&o, &len)) in layout.offsets.iter().zip(&layout.lens).enumerate() {
+                if o < b.end && b.start < o + len {
+                    of_param[p].push(k);
+                    waiting[k] += local;
+                }
+            }
+        }
+        let mut flat = vec![vec![T::zero(); n]; local];
+        let mut is_final = vec![vec![false; layout.offsets.len()]; local];
+        let mut total = vec![T::zero(); n];
+        let mut next = 0;
+        let mut mark = |micro: usize, p: usize, waiting: &mut [usize]| {
+            if !std::mem::replace(&mut is_final[micro][p], true) {
+                for &k in &of_param[p] {
+                    waiting[k] -= 1;
+                }
+            }
+        };
+        while next < buckets.len() {
+            if waiting[next] == 0 {
+                self.chain_link(&flat, &mut total, buckets[next].clone())?;
+                next += 1;
+                continue;
+            }
+            let msg = rx.recv().map_err(|_| {
+                NablaError::Other("the backward pass ended before every gradient was final".into())
+            })?;
+            let (Announce::Final { micro, .. } | Announce::Done(micro)) = msg;
+            if micro >= local {
+                return Err(NablaError::Other(format!(
+                    "gradients of local micro-batch {micro} of {local}"
+                )));
+            }
+            match msg {
+                Announce::Final { id, grads, .. } => {
+                    for g in &grads {
+                        layout.add_grad(store, &mut flat[micro], id, g)?;
+                    }
+                    mark(micro, id.0, &mut waiting);
+                }
+                // Parameters the micro-batch's tape never held have no gradient: final now.
+                Announce::Done(_) => {
+                    for p in 0..layout.offsets.len() {
+                        mark(micro, p, &mut waiting);
+                    }
+                }
+            }
+        }
+        self.broadcast_buckets(&mut total, buckets)?;
+        REDUCED.fetch_add(
+            std::mem::size_of_val(total.as_slice()) as u64,
+            Ordering::Relaxed,
+        );
+        Ok(total)
     }
 
     /// Every rank's `local` (any length) concatenated in rank order, on every rank.
@@ -522,6 +796,81 @@ mod tests {
                 assert_eq!(next, n);
             }
         }
+    }
+
+    /// The communication thread's bookkeeping: gradients announced in any order (a parameter
+    /// twice on a tape, one never announced, micro-batches interleaved), many buckets — the
+    /// totals of `sum_grads`, bit for bit, and a backward that ends early is an error, not a
+    /// hang.
+    #[test]
+    fn announced_gradients_reduce_to_the_bits_of_sum_grads() {
+        let mut store = ParamStore::<f32>::new();
+        let shapes: [&[usize]; 4] = [&[7, 5], &[3], &[40], &[2, 9]];
+        let ids: Vec<ParamId> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| store.add(format!("p{i}"), Tensor::zeros(s)).unwrap())
+            .collect();
+        let g = |m: usize, p: usize, k: usize| {
+            Tensor::from_fn(shapes[p], |j| {
+                ((m * 131 + p * 17 + k * 7 + j) as f32 * 0.61).sin()
+            })
+        };
+        // Micro-batch m: p0 twice, p1 and p3 once, p2 never (not on its tape).
+        let parts: Parts<f32> = (0..3)
+            .map(|m| {
+                vec![
+                    (ids[0], g(m, 0, 0)),
+                    (ids[1], g(m, 1, 0)),
+                    (ids[3], g(m, 3, 0)),
+                    (ids[0], g(m, 0, 1)),
+                ]
+            })
+            .collect();
+        let mut want = store.clone();
+        Group::local().sum_grads(&mut want, parts.clone()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Announced latest micro-batch first, parameters in reverse, p0's two values together.
+        for m in (0..3).rev() {
+            for p in [3, 1, 0] {
+                let grads = parts[m]
+                    .iter()
+                    .filter(|(id, _)| *id == ids[p])
+                    .map(|(_, t)| t.data().to_vec())
+                    .collect();
+                tx.send(Announce::Final {
+                    micro: m,
+                    id: ids[p],
+                    grads,
+                })
+                .unwrap();
+            }
+            tx.send(Announce::Done(m)).unwrap();
+        }
+        drop(tx);
+        let layout = Layout::of(&store);
+        let buckets = buckets_of::<f32>(layout.n, 1, 104); // 26 floats each
+        assert_eq!(buckets.len(), 4);
+        let total = Group::local()
+            .reduce_announced(&store, &layout, &buckets, 3, rx)
+            .unwrap();
+        let mut got = store.clone();
+        layout.set_grads(&mut got, &total);
+        for (a, b) in got.iter().zip(want.iter()) {
+            let bits = |t: &Tensor<f32>| t.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.grad), bits(&b.grad), "{}", a.name);
+        }
+        // Micro-batch 1 never finishes: the thread reports it once the channel closes.
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(Announce::Done(0)).unwrap();
+        drop(tx);
+        let e = Group::local()
+            .reduce_announced(&store, &layout, &buckets, 2, rx)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("before every gradient was final"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub struct Finalize {
 }
 
 /// The world communicator. All calls go through one mutex (MPI is initialized at
-/// `MPI_THREAD_SERIALIZED`: the trainer calls it from one thread at a time, but that thread
-/// may be any of rayon's workers).
+/// `MPI_THREAD_SERIALIZED`: one thread at a time calls it, but that thread may be any of
+/// rayon's workers or the reduction's communication thread).
 pub struct MpiWorld {
     comm: Mutex<Comm>,
     rank: usize,
@@ -53,10 +53,26 @@ const AFTER_SIGNAL_S: f64 = 5.0;
 
 impl MpiWorld {
     pub fn init() -> Result<(MpiWorld, Finalize)> {
-        let (universe, _provided) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+        // Open MPI busy-polls while a call waits. The communication thread of an overlapped
+        // reduction waits beside the rank's compute threads, and ranks on one machine share
+        // its cores: a spinning wait takes a core from the backward pass. Yield it instead,
+        // unless the user chose (the variable is read by MPI_Init; no other thread exists yet).
+        const YIELD: &str = "OMPI_MCA_mpi_yield_when_idle";
+        if std::env::var_os(YIELD).is_none() {
+            std::env::set_var(YIELD, "1");
+        }
+        // Serialized: calls come from one thread at a time (the trainer's, or the reduction's
+        // communication thread while the trainer waits for it), serialized by `comm`'s mutex.
+        let (universe, provided) = mpi::initialize_with_threading(mpi::Threading::Serialized)
             .ok_or_else(|| {
                 NablaError::Other("MPI was already initialized in this process".into())
             })?;
+        if provided < mpi::Threading::Serialized {
+            return Err(NablaError::Other(format!(
+                "this MPI provides thread level {provided:?}; nabla needs MPI_THREAD_SERIALIZED \
+                 (its gradient reduction runs on a communication thread)"
+            )));
+        }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         start_watchdog(rank, size);

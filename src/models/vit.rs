@@ -571,7 +571,7 @@ impl Vit {
         rng: Option<&mut Rng>,
     ) -> Result<StepStats> {
         let all = 0..micro_batches(x.shape().first().copied().unwrap_or(0));
-        let parts = self.micro_batch_grads(store, x, y, label_smoothing, rng, all)?;
+        let parts = self.micro_batch_grads(store, x, y, label_smoothing, rng, all, None)?;
         let mut stats = StepStats {
             loss: 0.0,
             correct: 0,
@@ -590,7 +590,11 @@ impl Vit {
     /// with its share-weighted loss, its correct count and its gradients, in order: what one
     /// rank of a data-parallel step computes ([`crate::dist`]), the sum over all of them being
     /// the whole batch's. `rng` is forked once per micro-batch of the *whole* batch, so the
-    /// streams and the state `rng` is left in do not depend on `range`.
+    /// streams and the state `rng` is left in do not depend on `range`. With a `sink`, each
+    /// micro-batch's backward hands its gradients to a data-parallel reduction as they become
+    /// final ([`crate::dist::Group::sum_grads_overlapped`]; micro-batch `range.start + i` is
+    /// the sink's `i`).
+    #[allow(clippy::too_many_arguments)]
     pub fn micro_batch_grads<T: Element>(
         &self,
         store: &ParamStore<T>,
@@ -599,6 +603,7 @@ impl Vit {
         label_smoothing: f64,
         rng: Option<&mut Rng>,
         range: std::ops::Range<usize>,
+        sink: Option<&crate::dist::GradSink<T>>,
     ) -> Result<Vec<MicroBatch<T>>> {
         use rayon::prelude::*;
         if x.ndim() != 4 {
@@ -638,7 +643,8 @@ impl Vit {
             .to_vec()
             .into_par_iter()
             .zip(seeds[range].to_vec())
-            .map(|((s, e), mut rng)| -> Result<_> {
+            .enumerate()
+            .map(|(i, ((s, e), mut rng))| -> Result<_> {
                 let mut shape = x.shape().to_vec();
                 shape[0] = e - s;
                 let xs = Tensor::new(&shape, x.data()[s * per..e * per].to_vec())?;
@@ -665,7 +671,10 @@ impl Vit {
                 let share = (e - s) as f64 / b as f64;
                 let l = tape.value(loss).item().as_f64() * share;
                 let seed = Tensor::full(tape.shape(loss), T::c(share));
-                tape.backward_with(loss, seed)?;
+                match sink {
+                    Some(sink) => sink.backward(i, &mut tape, loss, seed)?,
+                    None => tape.backward_with(loss, seed)?,
+                }
                 Ok(MicroBatch {
                     loss: l,
                     correct,

@@ -45,8 +45,11 @@ pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<B
     let mut step = || {
         let res = (|| -> Result<()> {
             store.zero_grad();
-            let parts = vit.micro_batch_grads(&store, &x, &y, 0.0, None, group.share(micro))?;
-            group.sum_grads(&mut store, parts.into_iter().map(|p| p.grads).collect())?;
+            let mine = group.share(micro);
+            group.sum_grads_overlapped(&mut store, mine.len(), |store, sink| {
+                let parts = vit.micro_batch_grads(store, &x, &y, 0.0, None, mine, sink)?;
+                Ok(((), parts.into_iter().map(|p| p.grads).collect()))
+            })?;
             opt.step(&mut store)
         })();
         if let Err(e) = res {
@@ -86,6 +89,13 @@ pub fn bench_vit(cfg: &VitConfig, batch: usize, opts: &BenchOptions) -> Result<B
     );
     r.extra
         .insert("comm_s_per_step".into(), json!(comm.seconds / n));
+    // The part of the reduction the step waited for after its backward (not overlapped).
+    r.extra.insert(
+        "exposed_comm_s_per_step".into(),
+        json!(comm.exposed_seconds / n),
+    );
+    r.extra
+        .insert("overlap".into(), json!(crate::dist::overlap_enabled()));
     r.extra.insert(
         "bytes_reduced_per_step".into(),
         json!(comm.bytes_reduced as f64 / n),

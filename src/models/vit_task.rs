@@ -112,22 +112,15 @@ impl TrainModel<f32> for VitTask {
         let idx = self.sampler.batch(step);
         let (x, y) = data::make_batch(&self.train, &idx, &self.batch_opts, Some(rng))?;
         let mine = group.share(crate::models::vit::micro_batches(idx.len()));
-        let parts = self.vit.micro_batch_grads(
-            &self.store,
-            &x,
-            &y,
-            self.label_smoothing,
-            Some(rng),
-            mine,
-        )?;
-        let scalars: Vec<f64> = parts
-            .iter()
-            .flat_map(|p| [p.loss, p.correct as f64])
-            .collect();
-        group.sum_grads(
-            &mut self.store,
-            parts.into_iter().map(|p| p.grads).collect(),
-        )?;
+        let (vit, ls) = (&self.vit, self.label_smoothing);
+        let scalars = group.sum_grads_overlapped(&mut self.store, mine.len(), |store, sink| {
+            let parts = vit.micro_batch_grads(store, &x, &y, ls, Some(rng), mine, sink)?;
+            let scalars: Vec<f64> = parts
+                .iter()
+                .flat_map(|p| [p.loss, p.correct as f64])
+                .collect();
+            Ok((scalars, parts.into_iter().map(|p| p.grads).collect()))
+        })?;
         let (mut loss, mut correct) = (0.0f64, 0.0f64);
         for lc in group.gather_f64(&scalars)?.chunks(2) {
             loss += lc[0];
