@@ -90,6 +90,10 @@ impl<'a, T: Element> TensorView<'a, T> {
     pub fn data(&self) -> &'a [T] {
         self.data
     }
+    /// An owned copy (for what must keep the values: a recording tape's input).
+    pub fn to_tensor(&self) -> Tensor<T> {
+        Tensor::from_parts(self.shape.to_vec(), self.data.to_vec())
+    }
     /// Error if any element is NaN or infinite; `what` names the tensor in the message.
     pub fn check_finite(&self, what: &str) -> Result<()> {
         if let Some(i) = self.data.iter().position(|x| !x.is_finite()) {

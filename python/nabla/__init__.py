@@ -12,8 +12,10 @@ Functions (see their docstrings, and ``help(nabla)``):
   ``message_passing``: ``(y, backward)``, where ``backward(dy)`` returns the input gradients.
 
 Arrays are float32 or float64 (one dtype per call); results have the inputs' dtype.
-``rnn_grad`` reads a C-contiguous ``x`` and ``z`` in place and copies any other layout once;
-weights, layer inputs and images are copied once into the tensors nabla keeps. Errors are
+``rnn_grad`` (``x``, ``z``) and the models' ``predict`` and ``attention`` (images, float32 for
+the float32 models) read a C-contiguous array in place and copy any other layout (or a
+float64 image array) once; weights and layer inputs are copied once into the tensors nabla
+keeps (a layer's ``backward`` reruns it from them after the call). Errors are
 ``ValueError`` (shapes, dtypes, values), ``OSError`` (files) and ``KeyError`` (a missing
 parameter), with nabla's message.
 """

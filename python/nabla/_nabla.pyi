@@ -23,9 +23,10 @@ class VitModel:
     @property
     def config(self) -> Dict[str, Any]: ...
     def predict(self, x: FloatArray) -> npt.NDArray[np.float32]:
-        """Logits (B, classes) of normalized images x (B, C, H, W)."""
+        """Logits (B, classes) of normalized images x (B, C, H, W). A C-contiguous float32
+        x is read in place; another layout is copied once, float64 converted (a copy)."""
     def attention(self, x: FloatArray) -> List[npt.NDArray[np.float32]]:
-        """Per block, the attention probabilities (B, heads, T, T)."""
+        """Per block, the attention probabilities (B, heads, T, T); x read as by predict."""
 
 class ResnetModel:
     """A ResNet with float32 weights (timm names), in evaluation mode."""
@@ -33,7 +34,8 @@ class ResnetModel:
     @property
     def config(self) -> Dict[str, Any]: ...
     def predict(self, x: FloatArray) -> npt.NDArray[np.float32]:
-        """Logits (B, classes) of images x (B, C, H, W), fed as given."""
+        """Logits (B, classes) of images x (B, C, H, W), fed as given. A C-contiguous
+        float32 x is read in place; another layout is copied once, float64 converted."""
 
 def rnn_grad(
     params: Dict[str, FloatArray],
@@ -57,7 +59,8 @@ def load_resnet(path: PathLike) -> ResnetModel:
     shapes) or a ``nabla cnn train`` run/checkpoint."""
 
 def _copies() -> int:
-    """Input arrays copied so far (into owned tensors, or gathered from non-C layouts): tests."""
+    """Input arrays copied so far (into owned tensors, gathered from non-C layouts, or
+    converted from float64 for a float32 model): for the tests."""
 
 def reproduce(only: Optional[str] = None) -> Dict[str, Any]:
     """The assignment's exercises, as ``nabla reproduce --json`` (``only``: one id, e.g. "1.4")."""
@@ -75,7 +78,8 @@ def layer_norm(
     eps: float = 1e-5,
     normalized_ndim: Optional[int] = None,
 ) -> Tuple[FloatArray, Backward]:
-    """Fused LayerNorm; backward(dy) -> (dx, dweight, dbias)."""
+    """Fused LayerNorm; backward(dy) -> (dx, dweight, dbias).
+    Inputs copied once (backward reruns the layer from them)."""
 
 def batch_norm(
     x: FloatArray,
@@ -83,7 +87,8 @@ def batch_norm(
     bias: Optional[FloatArray] = None,
     eps: float = 1e-5,
 ) -> Tuple[FloatArray, Backward]:
-    """Fused BatchNorm (training mode) on (N, C, ...); backward(dy) -> (dx, dweight, dbias)."""
+    """Fused BatchNorm (training mode) on (N, C, ...); backward(dy) -> (dx, dweight, dbias).
+    Inputs copied once (backward reruns the layer from them)."""
 
 def group_norm(
     x: FloatArray,
@@ -92,7 +97,8 @@ def group_norm(
     bias: Optional[FloatArray] = None,
     eps: float = 1e-5,
 ) -> Tuple[FloatArray, Backward]:
-    """Fused GroupNorm on (N, C, ...); backward(dy) -> (dx, dweight, dbias)."""
+    """Fused GroupNorm on (N, C, ...); backward(dy) -> (dx, dweight, dbias).
+    Inputs copied once (backward reruns the layer from them)."""
 
 def instance_norm(
     x: FloatArray,
@@ -100,7 +106,8 @@ def instance_norm(
     bias: Optional[FloatArray] = None,
     eps: float = 1e-5,
 ) -> Tuple[FloatArray, Backward]:
-    """Fused InstanceNorm on (N, C, ...); backward(dy) -> (dx, dweight, dbias)."""
+    """Fused InstanceNorm on (N, C, ...); backward(dy) -> (dx, dweight, dbias).
+    Inputs copied once (backward reruns the layer from them)."""
 
 def attention(
     q: FloatArray,
@@ -110,7 +117,8 @@ def attention(
     key_padding_mask: Optional[npt.NDArray[np.bool_]] = None,
 ) -> Tuple[FloatArray, Backward]:
     """Scaled-dot-product attention on (B, H, T, d) heads (mask True = not attended);
-    backward(do) -> (dq, dk, dv)."""
+    backward(do) -> (dq, dk, dv).
+    Inputs copied once (backward reruns the layer from them)."""
 
 def message_passing(
     x: FloatArray,
@@ -118,4 +126,5 @@ def message_passing(
     aggr: Literal["add", "mean", "max"] = "add",
 ) -> Tuple[FloatArray, Backward]:
     """out[i] = AGG over edges j→i of x[j] (edge_index (2, E): sources, targets);
-    backward(dout) -> dx."""
+    backward(dout) -> dx.
+    Inputs copied once (backward reruns the layer from them)."""

@@ -1,7 +1,8 @@
 //! NumPy arrays ↔ nabla tensors.
 //!
 //! In: [`Input`] reads a C-contiguous array in place (a [`TensorView`] of NumPy's buffer) and
-//! gathers any other layout into one owned copy in C order; [`tensor_from`] copies into an
+//! gathers any other layout into one owned copy in C order (or converts another float type,
+//! [`Input::converted`]: a copy too); [`tensor_from`] copies into an
 //! owned [`Tensor`], for the arguments nabla keeps (weights, a tape's inputs). Every copy is
 //! counted ([`copies`], `nabla._nabla._copies()`), so that a test can tell the two apart.
 //!
@@ -115,6 +116,17 @@ impl<'py, T: Float> Input<'py, T> {
             InputData::Gathered(ro.as_array().iter().copied().collect())
         };
         Ok(Input { shape, data })
+    }
+    /// An array of another float type `S`, converted to `T` element by element in logical
+    /// order: always one copy (counted), whatever the layout.
+    pub fn converted<S: Float>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Self> {
+        let ro = readonly::<S>(obj, name)?;
+        COPIES.fetch_add(1, Ordering::Relaxed);
+        let data = ro.as_array().iter().map(|&v| T::c(v.as_f64())).collect();
+        Ok(Input {
+            shape: ro.shape().to_vec(),
+            data: InputData::Gathered(data),
+        })
     }
     /// The elements in C order, borrowed (`Send`: readable with the GIL released).
     pub fn view(&self) -> TensorView<'_, T> {

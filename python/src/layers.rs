@@ -204,6 +204,9 @@ fn layer_norm_typed<'py, T: Float>(
 /// `normalized_ndim` when there is no weight, default 1): y = γ (x − μ)/√(σ² + ε) + β with the
 /// population variance. `backward(dy)` -> (dx, dweight, dbias) (None for an absent weight or
 /// bias).
+///
+/// The arrays are copied once into the call's tensors: `backward` reruns the layer from them
+/// after the call has returned (a view of the caller's buffer could not outlive the call).
 #[pyfunction(name = "layer_norm")]
 #[pyo3(signature = (x, weight = None, bias = None, eps = 1e-5, normalized_ndim = None))]
 fn layer_norm_py<'py>(
@@ -273,6 +276,9 @@ fn channel_norm_typed<'py, T: Float>(
 ///
 /// nabla's fused BatchNorm in training mode on x (N, C, ...): per channel, statistics over the
 /// batch and the trailing axes; weight, bias (C). `backward(dy)` -> (dx, dweight, dbias).
+///
+/// The arrays are copied once into the call's tensors: `backward` reruns the layer from them
+/// after the call has returned (a view of the caller's buffer could not outlive the call).
 #[pyfunction(name = "batch_norm")]
 #[pyo3(signature = (x, weight = None, bias = None, eps = 1e-5))]
 fn batch_norm_py<'py>(
@@ -293,6 +299,9 @@ fn batch_norm_py<'py>(
 ///
 /// nabla's fused GroupNorm on x (N, C, ...): the C channels in `groups` consecutive groups, each
 /// normalized per sample; weight, bias (C). `backward(dy)` -> (dx, dweight, dbias).
+///
+/// The arrays are copied once into the call's tensors: `backward` reruns the layer from them
+/// after the call has returned (a view of the caller's buffer could not outlive the call).
 #[pyfunction(name = "group_norm")]
 #[pyo3(signature = (x, groups, weight = None, bias = None, eps = 1e-5))]
 fn group_norm_py<'py>(
@@ -314,6 +323,9 @@ fn group_norm_py<'py>(
 ///
 /// nabla's fused InstanceNorm on x (N, C, ...): per sample and channel; weight, bias (C).
 /// `backward(dy)` -> (dx, dweight, dbias).
+///
+/// The arrays are copied once into the call's tensors: `backward` reruns the layer from them
+/// after the call has returned (a view of the caller's buffer could not outlive the call).
 #[pyfunction(name = "instance_norm")]
 #[pyo3(signature = (x, weight = None, bias = None, eps = 1e-5))]
 fn instance_norm_py<'py>(
@@ -380,6 +392,9 @@ fn attention_typed<'py, T: Float>(
 /// k, v (B, H, Tk, d). mask: bool (Tq, Tk) or (B, Tq, Tk), True = query i may not attend to
 /// key j (PyTorch nn.MultiheadAttention's polarity); key_padding_mask: bool (B, Tk), True =
 /// padding. `backward(do)` -> (dq, dk, dv).
+///
+/// The arrays are copied once into the call's tensors: `backward` reruns the layer from them
+/// after the call has returned (a view of the caller's buffer could not outlive the call).
 #[pyfunction]
 #[pyo3(signature = (q, k, v, mask = None, key_padding_mask = None))]
 fn attention<'py>(
@@ -472,6 +487,9 @@ fn message_passing_typed<'py, T: Float>(
 /// edges j → i of edge_index (2, E) (integers; row 0 = sources, row 1 = targets, PyTorch
 /// Geometric's convention), aggr "add" (sum), "mean" or "max" (elementwise; 0 for a node
 /// without incoming edges). x is (N, F). `backward(dout)` -> dx.
+///
+/// The arrays are copied once into the call's tensors: `backward` reruns the layer from them
+/// after the call has returned (a view of the caller's buffer could not outlive the call).
 #[pyfunction]
 #[pyo3(signature = (x, edge_index, aggr = "add"))]
 fn message_passing<'py>(

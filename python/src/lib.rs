@@ -5,11 +5,14 @@
 //!
 //! Rules every function follows:
 //! - arrays in: float32 or float64 NumPy arrays (all arrays of one call of one dtype). The data
-//!   arrays of `rnn_grad` (x, z) are read in place when C-contiguous ([`array::Input`], a
-//!   `TensorView` of NumPy's buffer, read with the GIL released) and gathered in logical order
-//!   once for any other layout (a transpose, a strided view); what nabla keeps or puts on a
-//!   tape — weights, a layer's inputs that its `backward` reuses, a model's input images (the
-//!   tape owns its values) — is copied once into an owned tensor ([`array::tensor_from`]);
+//!   arrays of `rnn_grad` (x, z) and the images of the models' `predict` and `attention` are
+//!   read in place when C-contiguous ([`array::Input`], a `TensorView` of NumPy's buffer, read
+//!   with the GIL released) and gathered in logical order once for any other layout (a
+//!   transpose, a strided view); the models compute in float32, so float64 images are
+//!   converted (one copy). An inference forward needs its input only in its first layer, which
+//!   reads the view and puts only its output on the tape (`Vit::predict_view`,
+//!   `Resnet::predict_view`). What nabla keeps or puts on a tape — weights, a layer's inputs
+//!   that its `backward` reuses — is copied once into an owned tensor ([`array::tensor_from`]);
 //! - arrays out: a nabla tensor's buffer becomes the NumPy array's (no copy);
 //! - errors: [`to_pyerr`] maps nabla's error type to `ValueError` (shapes, dtypes, values,
 //!   malformed files), `OSError` (the file system), `KeyError` (a missing parameter) and
@@ -24,9 +27,9 @@ use array::{dtype_of, out_array, tensor_from, DType, Float, Input};
 use nabla::analysis::elman::ElmanWeights;
 use nabla::analysis::gated::GatedWeights;
 use nabla::models::resnet::Resnet;
-use nabla::models::vit::{ForwardOptions, Pool, Vit};
+use nabla::models::vit::{Pool, Vit};
 use nabla::nn::rnn::{Activation, BackwardOptions, CellKind};
-use nabla::{NablaError, ParamStore, Tape, Tensor, TensorView};
+use nabla::{NablaError, ParamStore, Tensor, TensorView};
 use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -351,11 +354,12 @@ struct VitModel {
     store: ParamStore<f32>,
 }
 
-/// `x` as the float32 images a model computes on (a float64 array is converted).
-fn images(x: &Bound<'_, PyAny>) -> PyResult<Tensor<f32>> {
+/// `x` as the float32 images a model computes on: a C-contiguous float32 array read in place,
+/// any other layout gathered once, a float64 array converted (one copy).
+fn images<'py>(x: &Bound<'py, PyAny>) -> PyResult<Input<'py, f32>> {
     match dtype_of(x, "x")? {
-        DType::F32 => tensor_from::<f32>(x, "x"),
-        DType::F64 => Ok(tensor_from::<f64>(x, "x")?.cast::<f32>()),
+        DType::F32 => Input::new(x, "x"),
+        DType::F64 => Input::converted::<f64>(x, "x"),
     }
 }
 
@@ -364,12 +368,14 @@ impl VitModel {
     /// predict(x) -> logits (B, classes), float32
     ///
     /// The model's forward (evaluation mode) on images x (B, C, H, W), already normalized as
-    /// the model expects (as timm's `model(x)`); float64 input is converted to float32.
+    /// the model expects (as timm's `model(x)`). A C-contiguous float32 x is read in place;
+    /// another layout is copied once, and float64 input is converted to float32 (a copy).
     fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let x = images(x)?;
+        let x = x.view();
         let logits = detached(py, || {
             x.check_finite("x")?;
-            self.vit.predict(&self.store, &x)
+            self.vit.predict_view(&self.store, x)
         })?;
         out_array(py, logits)
     }
@@ -377,31 +383,18 @@ impl VitModel {
     /// attention(x) -> list of (B, heads, T, T) float32 arrays, one per block
     ///
     /// The attention probabilities softmax(q kᵀ / √d_head) of every block for images x
-    /// (rows = queries, columns = keys, token 0 = the class token).
+    /// (rows = queries, columns = keys, token 0 = the class token). x is read as by
+    /// `predict`: in place when C-contiguous float32, else copied once.
     fn attention<'py>(
         &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let x = images(x)?;
+        let x = x.view();
         let maps = detached(py, || {
             x.check_finite("x")?;
-            let mut tape = Tape::<f32>::no_grad();
-            let xv = tape.constant(x);
-            let out = self.vit.forward(
-                &mut tape,
-                &self.store,
-                xv,
-                ForwardOptions {
-                    need_attn: true,
-                    ..Default::default()
-                },
-            )?;
-            Ok(out
-                .attn
-                .iter()
-                .map(|&v| tape.value(v).clone())
-                .collect::<Vec<_>>())
+            self.vit.attention_view(&self.store, x)
         })?;
         let l = PyList::empty(py);
         for m in maps {
@@ -441,12 +434,14 @@ impl ResnetModel {
     /// predict(x) -> logits (B, classes), float32
     ///
     /// The network's forward in evaluation mode on images x (B, C, H, W), fed as given (as
-    /// timm's `model.eval()(x)`); float64 input is converted to float32.
+    /// timm's `model.eval()(x)`). A C-contiguous float32 x is read in place; another layout
+    /// is copied once, and float64 input is converted to float32 (a copy).
     fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let x = images(x)?;
+        let x = x.view();
         let logits = detached(py, || {
             x.check_finite("x")?;
-            self.net.predict(&self.store, &x)
+            self.net.predict_view(&self.store, x)
         })?;
         out_array(py, logits)
     }
@@ -523,9 +518,10 @@ fn reproduce(py: Python<'_>, only: Option<String>) -> PyResult<Bound<'_, PyAny>>
 
 /// _copies() -> int
 ///
-/// Input arrays copied by nabla so far in this process (into an owned tensor, or gathered from
-/// a layout other than C order). For tests: a C-contiguous `x` and `z` of `rnn_grad` add
-/// nothing, a transposed or Fortran-ordered one adds one each.
+/// Input arrays copied by nabla so far in this process (into an owned tensor, gathered from
+/// a layout other than C order, or converted to another dtype). For tests: a C-contiguous `x`
+/// and `z` of `rnn_grad` add nothing, a transposed or Fortran-ordered one adds one each; a
+/// model's C-contiguous float32 images add nothing, other layouts and float64 one.
 #[pyfunction]
 fn _copies() -> usize {
     array::copies()

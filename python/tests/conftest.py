@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nabla
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -75,3 +77,46 @@ def assert_close(got, want, tol, what=""):
     err = float(np.max(np.abs(got - want))) if want.size else 0.0
     scale = max(1.0, float(np.max(np.abs(want))) if want.size else 0.0)
     assert err <= tol * scale, f"{what}: max abs error {err:.3e} > {tol:.1e} * {scale:.3g}"
+
+
+def other_layouts(x):
+    """The values of the C-contiguous array ``x`` in three other memory layouts — Fortran
+    order, a transposed view, a strided view — each of which nabla gathers once."""
+    # Swap two axes longer than 1 (NumPy calls an array contiguous whatever the strides of
+    # its length-1 axes).
+    i, j = [k for k, n in enumerate(x.shape) if n > 1][:2]
+    swap = list(range(x.ndim))
+    swap[i], swap[j] = j, i
+    out = {
+        "fortran": np.asfortranarray(x),
+        "transposed": x.transpose(swap).copy().transpose(swap),
+        "strided": np.repeat(x, 2, axis=-1)[..., ::2],
+    }
+    for name, a in out.items():
+        assert not a.flags.c_contiguous and np.array_equal(a, x), name
+    return out
+
+
+def copies_of(f, *args):
+    """``f(*args)`` and how many input arrays nabla copied meanwhile (``_copies()``)."""
+    before = nabla._nabla._copies()
+    out = f(*args)
+    return out, nabla._nabla._copies() - before
+
+
+def check_images_read_in_place(f, x):
+    """A model method ``f`` (predict, attention) reads the C-contiguous float32 images ``x`` in
+    place (no copy) and copies any other layout, or float64 images, exactly once — with the
+    same bits (the same float32 values in the same logical order)."""
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    want, n = copies_of(f, x)
+    assert n == 0, f"{n} copies of C-contiguous float32 images"
+    cases = {
+        **other_layouts(x),
+        "float64": x.astype(np.float64),
+        "float64, Fortran order": np.asfortranarray(x, dtype=np.float64),
+    }
+    for name, xl in cases.items():
+        got, n = copies_of(f, xl)
+        assert n == 1, f"{name}: {n} copies"
+        np.testing.assert_array_equal(got, want, err_msg=name)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nabla
-from conftest import fixture, load_safetensors, run_cli
+from conftest import check_images_read_in_place, fixture, load_safetensors, run_cli
 
 
 def model1():
@@ -29,6 +29,11 @@ def test_logits_match_timm():
     assert m.config["layers"] == [1, 1, 1, 1]
     # float64 input is converted to float32: the same logits.
     np.testing.assert_array_equal(m.predict(x.astype(np.float64)), logits)
+
+
+def test_c_contiguous_images_are_read_in_place_other_layouts_copied():
+    _, m, x, _ = model1()
+    check_images_read_in_place(m.predict, x)
 
 
 def test_matches_cnn_predict_on_the_command_line():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nabla
-from conftest import assert_close, fixture, load_safetensors, run_cli
+from conftest import assert_close, check_images_read_in_place, fixture, load_safetensors, run_cli
 
 
 def model1():
@@ -37,6 +37,12 @@ def test_logits_and_attention_match_timm():
 def test_float64_input_is_converted():
     _, m, x, _ = model1()
     np.testing.assert_array_equal(m.predict(x.astype(np.float64)), m.predict(x))
+
+
+@pytest.mark.parametrize("method", ["predict", "attention"])
+def test_c_contiguous_images_are_read_in_place_other_layouts_copied(method):
+    _, m, x, _ = model1()
+    check_images_read_in_place(getattr(m, method), x)
 
 
 def test_matches_vit_predict_on_the_command_line():

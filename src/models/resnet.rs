@@ -32,7 +32,7 @@ use crate::models::vit::{argmax, StepStats};
 use crate::nn::conv::{global_avg_pool, BatchNorm2d, Conv2d, ConvSpec, MaxPool2d};
 use crate::nn::{params_of, Ctx, Linear, Module, VarBuilder};
 use crate::ops;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, TensorView};
 use crate::{invalid, shape_err};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -540,8 +540,20 @@ impl<T: Element> Resnet<T> {
         ctx: &mut Ctx<'_>,
     ) -> Result<Var> {
         self.check_input(tape.shape(x))?;
-        let mut h = self.conv1.forward(tape, store, x, ctx)?;
-        h = self.bn1.forward(tape, store, h, ctx)?;
+        let h = self.conv1.forward(tape, store, x, ctx)?;
+        self.logits_after_conv1(tape, store, h, ctx)
+    }
+
+    /// The network from `conv1`'s output `(N, stem_width, H', W')` on: `bn1`, ReLU, the
+    /// max-pool, the stages and the head.
+    fn logits_after_conv1(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        h: Var,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Var> {
+        let mut h = self.bn1.forward(tape, store, h, ctx)?;
         h = ops::relu(tape, h)?;
         if let Some(p) = &self.maxpool {
             h = p.forward(tape, store, h, ctx)?;
@@ -599,9 +611,18 @@ impl<T: Element> Resnet<T> {
 
     /// Inference: logits of a batch in evaluation mode (running statistics), no tape kept.
     pub fn predict(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
+        self.predict_view(store, x.view())
+    }
+
+    /// [`Resnet::predict`] of borrowed images (a NumPy array's buffer, say), read in place:
+    /// nothing needs the input after `conv1`, so `conv1` runs on the borrowed slice and only
+    /// its output goes on the no-grad tape ([`Conv2d::forward_view`]).
+    pub fn predict_view(&self, store: &ParamStore<T>, x: TensorView<'_, T>) -> Result<Tensor<T>> {
+        self.check_input(x.shape())?;
         let mut tape = Tape::<T>::no_grad();
-        let xv = tape.constant(x.clone());
-        let out = self.logits(&mut tape, store, xv, &mut Ctx::eval())?;
+        let mut ctx = Ctx::eval();
+        let h = self.conv1.forward_view(&mut tape, store, x)?;
+        let out = self.logits_after_conv1(&mut tape, store, h, &mut ctx)?;
         Ok(tape.value(out).clone())
     }
 }

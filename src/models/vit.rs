@@ -22,7 +22,7 @@ use crate::nn::norm::LayerNorm;
 use crate::nn::patch_embed::TokenEmbed;
 use crate::nn::{params_of, Ctx, Dropout, KeepProb, Linear, Module, VarBuilder};
 use crate::ops;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, TensorView};
 use crate::{invalid, shape_err};
 use std::collections::BTreeMap;
 
@@ -472,7 +472,19 @@ impl Vit {
         x: Var,
         opts: &mut ForwardOptions<'_>,
     ) -> Result<(Var, Vec<Var>)> {
-        let xs = tape.shape(x).to_vec();
+        let z = self.tokens(tape, store, x)?;
+        self.blocks_of_tokens(tape, store, z, opts)
+    }
+
+    /// The embedded tokens `(B, 1+N, D)` of images `x (B, C, H, W)` on the tape.
+    fn tokens<T: Element>(&self, tape: &mut Tape<T>, store: &ParamStore<T>, x: Var) -> Result<Var> {
+        self.check_images(tape.shape(x))?;
+        // The embedding has no train/eval difference.
+        self.embed.forward(tape, store, x, &mut Ctx::eval())
+    }
+
+    /// Checks images `(B, C, H, W)` against the model: 4-D, the channels, the resolution.
+    fn check_images(&self, xs: &[usize]) -> Result<()> {
         let c = &self.cfg;
         if xs.len() != 4 {
             return Err(shape_err!(
@@ -500,11 +512,22 @@ impl Vit {
                 c.image_size
             ));
         }
+        Ok(())
+    }
+
+    /// From the embedded tokens `z (B, T, D)`: the position dropout and the blocks, as
+    /// [`Vit::forward_blocks`] returns them.
+    fn blocks_of_tokens<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        z: Var,
+        opts: &mut ForwardOptions<'_>,
+    ) -> Result<(Var, Vec<Var>)> {
         let mut ctx = Ctx {
             train: opts.train,
             rng: opts.rng.as_deref_mut(),
         };
-        let z = self.embed.forward(tape, store, x, &mut ctx)?; // (B, T, D)
         let mut z = self.drop.forward(tape, store, z, &mut ctx)?;
         let mut attn = Vec::new();
         for b in &self.blocks {
@@ -542,9 +565,37 @@ impl Vit {
         tape: &mut Tape<T>,
         store: &ParamStore<T>,
         x: Var,
+        opts: ForwardOptions<'_>,
+    ) -> Result<VitOutput> {
+        let z = self.tokens(tape, store, x)?;
+        self.forward_tokens(tape, store, z, opts)
+    }
+
+    /// [`Vit::forward`] of borrowed images (a NumPy array's buffer, say): on a no-grad tape
+    /// the patch embedding reads `x` in place and only the tokens go on the tape
+    /// ([`TokenEmbed::forward_view`]); a recording tape keeps its own copy of `x`.
+    pub fn forward_view<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: TensorView<'_, T>,
+        opts: ForwardOptions<'_>,
+    ) -> Result<VitOutput> {
+        self.check_images(x.shape())?;
+        let z = self.embed.forward_view(tape, store, x)?; // (B, T, D)
+        self.forward_tokens(tape, store, z, opts)
+    }
+
+    /// From the embedded tokens `z (B, T, D)` to the logits: the blocks, the pooling, the
+    /// head.
+    fn forward_tokens<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        z: Var,
         mut opts: ForwardOptions<'_>,
     ) -> Result<VitOutput> {
-        let (z, attn) = self.forward_blocks(tape, store, x, &mut opts)?;
+        let (z, attn) = self.blocks_of_tokens(tape, store, z, &mut opts)?;
         let f = self.pre_logits(tape, store, z)?;
         let logits = self.head.forward(tape, store, f, &mut Ctx::eval())?;
         Ok(VitOutput { logits, attn })
@@ -686,10 +737,35 @@ impl Vit {
 
     /// Inference convenience: logits of a batch of images, no tape kept.
     pub fn predict<T: Element>(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
+        self.predict_view(store, x.view())
+    }
+
+    /// [`Vit::predict`] of borrowed images, read in place ([`Vit::forward_view`]).
+    pub fn predict_view<T: Element>(
+        &self,
+        store: &ParamStore<T>,
+        x: TensorView<'_, T>,
+    ) -> Result<Tensor<T>> {
         let mut tape = Tape::<T>::no_grad();
-        let xv = tape.constant(x.clone());
-        let out = self.forward(&mut tape, store, xv, ForwardOptions::default())?;
+        let out = self.forward_view(&mut tape, store, x, ForwardOptions::default())?;
         Ok(tape.value(out.logits).clone())
+    }
+
+    /// The attention probabilities `(B, H, T, T)` of every block (rows = queries, columns =
+    /// keys, token 0 = the class token) for borrowed images, read in place, in evaluation
+    /// mode.
+    pub fn attention_view<T: Element>(
+        &self,
+        store: &ParamStore<T>,
+        x: TensorView<'_, T>,
+    ) -> Result<Vec<Tensor<T>>> {
+        let mut tape = Tape::<T>::no_grad();
+        let opts = ForwardOptions {
+            need_attn: true,
+            ..Default::default()
+        };
+        let out = self.forward_view(&mut tape, store, x, opts)?;
+        Ok(out.attn.iter().map(|&v| tape.value(v).clone()).collect())
     }
 }
 

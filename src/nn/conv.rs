@@ -46,7 +46,7 @@ use crate::kernels::{gemm, MatLayout};
 use crate::nn::module::{Ctx, Module, VarBuilder};
 use crate::nn::norm::BatchNorm;
 use crate::ops;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, TensorView};
 use crate::{invalid, shape_err};
 use rayon::prelude::*;
 
@@ -349,7 +349,44 @@ pub fn conv2d<T: Element>(
     bias: Option<Var>,
     spec: ConvSpec,
 ) -> Result<Var> {
-    let g = ConvGeom::new(tape.shape(x), tape.shape(weight), spec)?;
+    let (op, y) = conv2d_values(tape, tape.value(x).view(), weight, bias, spec)?;
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    Ok(tape.record1(op, &inputs, y))
+}
+
+/// [`conv2d`] of images that are not on the tape (a borrowed buffer: a NumPy array's).
+///
+/// On a no-grad tape the kernel reads `x` in place and only the output `(N, Co, Ho, Wo)` goes
+/// on the tape: an inference stem needs its input for nothing else. A recording tape keeps
+/// its own copy of `x` (the backward's `dW = Σ dy colsᵀ` reads it), so the result is the same
+/// either way.
+pub fn conv2d_view<T: Element>(
+    tape: &mut Tape<T>,
+    x: TensorView<'_, T>,
+    weight: Var,
+    bias: Option<Var>,
+    spec: ConvSpec,
+) -> Result<Var> {
+    if tape.grad_enabled() {
+        let xv = tape.constant(x.to_tensor());
+        return conv2d(tape, xv, weight, bias, spec);
+    }
+    let (op, y) = conv2d_values(tape, x, weight, bias, spec)?;
+    // No input on the tape, and a no-grad tape records nothing: `y` is a constant (the op
+    // only names the time in the profile).
+    Ok(tape.record1(op, &[], y))
+}
+
+/// The op (its checked geometry) and the output of [`conv2d`] of `x`, read from its slice.
+fn conv2d_values<T: Element>(
+    tape: &Tape<T>,
+    x: TensorView<'_, T>,
+    weight: Var,
+    bias: Option<Var>,
+    spec: ConvSpec,
+) -> Result<(Conv2dOp, Tensor<T>)> {
+    let g = ConvGeom::new(x.shape(), tape.shape(weight), spec)?;
     if let Some(b) = bias {
         if tape.shape(b) != [g.co] {
             return Err(shape_err!(
@@ -362,17 +399,15 @@ pub fn conv2d<T: Element>(
     }
     let y = conv_forward(
         &g,
-        tape.value(x).data(),
+        x.data(),
         tape.value(weight).data(),
         bias.map(|b| tape.value(b).data()),
     );
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
     let op = Conv2dOp {
         geom: g,
         has_bias: bias.is_some(),
     };
-    Ok(tape.record1(op, &inputs, Tensor::from_parts(g.out_shape(), y)))
+    Ok((op, Tensor::from_parts(g.out_shape(), y)))
 }
 
 /// The same convolution unrolled into primitive ops: the zero-padded patches gathered
@@ -522,6 +557,18 @@ impl Conv2d {
         let (ho, wo) = self.out_hw(h, w).unwrap_or((0, 0));
         let k = self.in_channels / self.spec.groups * self.kernel * self.kernel;
         (ho * wo * self.out_channels * k) as f64
+    }
+    /// [`Module::forward`] of borrowed images ([`conv2d_view`]: read in place on a no-grad
+    /// tape).
+    pub fn forward_view<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: TensorView<'_, T>,
+    ) -> Result<Var> {
+        let w = tape.param(store, self.weight);
+        let b = self.bias.map(|b| tape.param(store, b));
+        conv2d_view(tape, x, w, b, self.spec)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::init::Init;
 use crate::kernels::{col_sums, gemm, matmul_into, zip_into, MatLayout};
 use crate::nn::module::{Ctx, Module, VarBuilder};
 use crate::shape_err;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, TensorView};
 
 /// Geometry of a patch grid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,8 +166,41 @@ impl<T: Element> Op<T> for EmbedOp<T> {
 
 /// Images `x (B, C, H, W)` → tokens `(B, [1+]N, D)`.
 pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> Result<Var> {
+    let (op, z) = embed_values(tape, tape.value(x).view(), w)?;
+    let mut inputs = vec![x, w.proj_w, w.proj_b];
+    inputs.extend(w.cls);
+    inputs.push(w.pos);
+    Ok(tape.record1(op, &inputs, z))
+}
+
+/// [`patch_embed`] of images that are not on the tape (a borrowed buffer: a NumPy array's).
+///
+/// On a no-grad tape `x` is read in place (im2col copies its patches) and only the tokens go
+/// on the tape. A recording tape keeps its own copy of `x` (the op's inputs start with it), so
+/// the result is the same either way.
+pub fn patch_embed_view<T: Element>(
+    tape: &mut Tape<T>,
+    x: TensorView<'_, T>,
+    w: &EmbedWeights,
+) -> Result<Var> {
+    if tape.grad_enabled() {
+        let xv = tape.constant(x.to_tensor());
+        return patch_embed(tape, xv, w);
+    }
+    let (op, z) = embed_values(tape, x, w)?;
+    // No input on the tape, and a no-grad tape records nothing: `z` is a constant (the op
+    // only names the time in the profile).
+    Ok(tape.record1(op, &[], z))
+}
+
+/// The checked geometry and the tokens of [`patch_embed`] of `x`, read from its slice.
+fn embed_values<T: Element>(
+    tape: &Tape<T>,
+    x: TensorView<'_, T>,
+    w: &EmbedWeights,
+) -> Result<(EmbedOp<T>, Tensor<T>)> {
     const OP: &str = "patch_embed";
-    let xs = tape.shape(x).to_vec();
+    let xs = x.shape();
     let ws = tape.shape(w.proj_w).to_vec();
     if ws.len() != 4 || ws[2] != ws[3] || ws[2] == 0 {
         return Err(shape_err!(
@@ -233,7 +266,7 @@ pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> 
             tok
         ));
     }
-    let cols = im2col(tape.value(x).data(), &g);
+    let cols = im2col(x.data(), &g);
     let k = g.patch_len();
     let mut e = vec![T::zero(); g.b * n * d];
     for row in e.chunks_exact_mut(d) {
@@ -259,19 +292,13 @@ pub fn patch_embed<T: Element>(tape: &mut Tape<T>, x: Var, w: &EmbedWeights) -> 
         }
         zip_into(eb, &pos[extra * d..], zp, |a, b| a + b);
     }
-    let mut inputs = vec![x, w.proj_w, w.proj_b];
-    inputs.extend(w.cls);
-    inputs.push(w.pos);
-    Ok(tape.record1(
-        EmbedOp {
-            g,
-            d,
-            has_cls: w.cls.is_some(),
-            cols,
-        },
-        &inputs,
-        Tensor::from_parts(vec![g.b, tok, d], z),
-    ))
+    let op = EmbedOp {
+        g,
+        d,
+        has_cls: w.cls.is_some(),
+        cols,
+    };
+    Ok((op, Tensor::from_parts(vec![g.b, tok, d], z)))
 }
 
 /// The ViT's token embedding as a module over the fused [`patch_embed`]: timm's
@@ -325,6 +352,26 @@ impl TokenEmbed {
             pos_embed,
         })
     }
+    /// The parameters on the tape.
+    fn weights<T: Element>(&self, tape: &mut Tape<T>, store: &ParamStore<T>) -> EmbedWeights {
+        EmbedWeights {
+            proj_w: tape.param(store, self.proj_weight),
+            proj_b: tape.param(store, self.proj_bias),
+            cls: self.cls_token.map(|c| tape.param(store, c)),
+            pos: tape.param(store, self.pos_embed),
+        }
+    }
+    /// [`Module::forward`] of borrowed images ([`patch_embed_view`]: read in place on a
+    /// no-grad tape).
+    pub fn forward_view<T: Element>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: TensorView<'_, T>,
+    ) -> Result<Var> {
+        let w = self.weights(tape, store);
+        patch_embed_view(tape, x, &w)
+    }
 }
 
 impl<T: Element> Module<T> for TokenEmbed {
@@ -336,12 +383,7 @@ impl<T: Element> Module<T> for TokenEmbed {
         x: Var,
         _ctx: &mut Ctx<'_>,
     ) -> Result<Var> {
-        let w = EmbedWeights {
-            proj_w: tape.param(store, self.proj_weight),
-            proj_b: tape.param(store, self.proj_bias),
-            cls: self.cls_token.map(|c| tape.param(store, c)),
-            pos: tape.param(store, self.pos_embed),
-        };
+        let w = self.weights(tape, store);
         patch_embed(tape, x, &w)
     }
     fn params(&self) -> Vec<ParamId> {

@@ -8,7 +8,7 @@ use crate::common;
 use nabla::gradcheck::{check_gradients, randn, GradCheckOptions};
 use nabla::models::resnet::{BlockKind, Resnet, ResnetConfig, Stem};
 use nabla::nn::{Ctx, Module};
-use nabla::{ops, ParamStore, Rng, Tensor};
+use nabla::{ops, ParamStore, Rng, Tape, Tensor, TensorView};
 use std::collections::BTreeMap;
 
 fn cfg(block: BlockKind, layers: &[usize], channels: &[usize], stem: Stem) -> ResnetConfig {
@@ -182,6 +182,61 @@ fn architecture_is_inferred_from_a_state_dict() {
             net.predict(&store, &x).unwrap(),
             net2.predict(&store2, &x).unwrap()
         );
+    }
+}
+
+/// The bits of a tensor (`==` on floats would take -0 for 0).
+fn bits(t: &Tensor<f32>) -> Vec<u32> {
+    t.data().iter().map(|v| v.to_bits()).collect()
+}
+
+/// `predict_view` (conv1 on the borrowed slice, only its output on the tape) gives the bits of
+/// the tape path with the images as a constant, for both stems; on a recording tape
+/// `Conv2d::forward_view` keeps a copy of the images and gives the same parameter gradients.
+#[test]
+fn predict_view_reads_the_images_in_place_with_the_same_bits() {
+    for c in [
+        cfg(BlockKind::Basic, &[1, 1], &[3, 4], Stem::Small),
+        cfg(BlockKind::Bottleneck, &[1], &[2], Stem::Default),
+    ] {
+        let mut store = ParamStore::<f32>::new();
+        let net = Resnet::init(c, &mut store, 5).unwrap();
+        // The images in the middle of a larger buffer: memory no tensor owns.
+        let shape = [2, 2, 12, 12];
+        let n: usize = shape.iter().product();
+        let buf = randn(&[3 * n], 1.0, &mut Rng::new(6)).cast::<f32>();
+        let x = TensorView::new(&shape, &buf.data()[n..2 * n]).unwrap();
+        let mut tape = Tape::<f32>::no_grad();
+        let xv = tape.constant(x.to_tensor());
+        let out = net.logits(&mut tape, &store, xv, &mut Ctx::eval()).unwrap();
+        let want = tape.value(out).clone();
+        assert!(want.data().iter().any(|&v| v != 0.0));
+        assert_eq!(bits(&net.predict_view(&store, x).unwrap()), bits(&want));
+        assert_eq!(
+            bits(&net.predict(&store, &x.to_tensor()).unwrap()),
+            bits(&want)
+        );
+        // The checks are predict's.
+        let bad = TensorView::new(&[1, 4, 12, 12], &buf.data()[..576]).unwrap();
+        let e = net.predict_view(&store, bad).unwrap_err().to_string();
+        assert!(e.contains("4 channels") && e.contains("expects 2"), "{e}");
+        // A recording tape: conv1's weight gradient reads the images, so they are copied.
+        let grads = |view: bool| {
+            let mut tape = Tape::<f32>::new();
+            let y = if view {
+                net.conv1.forward_view(&mut tape, &store, x)
+            } else {
+                let xv = tape.constant(x.to_tensor());
+                net.conv1.forward(&mut tape, &store, xv, &mut Ctx::eval())
+            }
+            .unwrap();
+            let loss = ops::sum_all(&mut tape, y).unwrap();
+            tape.backward(loss).unwrap();
+            let g = tape.take_param_grads();
+            assert_eq!(g.len(), 1, "conv1 has one weight and no bias");
+            bits(&g[0].1)
+        };
+        assert_eq!(grads(true), grads(false));
     }
 }
 

@@ -10,7 +10,7 @@ use nabla::nn::mlp::{mlp, mlp_reference, MlpWeights};
 use nabla::nn::norm::layer_norm;
 use nabla::nn::patch_embed::{patch_embed, EmbedWeights};
 use nabla::nn::Module;
-use nabla::{ops, ParamStore, Rng, Tape, Tensor};
+use nabla::{ops, ParamStore, Rng, Tape, Tensor, TensorView};
 
 const TOL: f64 = 1e-6;
 
@@ -274,6 +274,62 @@ fn dropout_is_seeded_and_off_in_eval() {
     assert_ne!(run(true, 1), run(true, 2));
     assert_eq!(run(false, 1), run(false, 2));
     assert_eq!(run(false, 1), vit.predict(&store, &x).unwrap());
+}
+
+/// `predict_view` and `attention_view` (the patch embedding on the borrowed slice, only the
+/// tokens on the tape) give the bits of the tape path with the images as a constant; on a
+/// recording tape `forward_view` keeps a copy and gives the same parameter gradients.
+#[test]
+fn predict_and_attention_views_read_the_images_in_place_with_the_same_bits() {
+    let bits = |t: &Tensor<f64>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
+    for pool in [Pool::Cls, Pool::Avg] {
+        let (vit, store) = perturbed(tiny_cfg(pool), 21);
+        // The images in the middle of a larger buffer: memory no tensor owns.
+        let shape = [3, 2, 8, 8];
+        let n: usize = shape.iter().product();
+        let buf = randn(&[3 * n], 1.0, &mut Rng::new(22));
+        let x = TensorView::new(&shape, &buf.data()[n..2 * n]).unwrap();
+        let mut tape = Tape::<f64>::no_grad();
+        let xv = tape.constant(x.to_tensor());
+        let opts = ForwardOptions {
+            need_attn: true,
+            ..Default::default()
+        };
+        let out = vit.forward(&mut tape, &store, xv, opts).unwrap();
+        let attn = vit.attention_view(&store, x).unwrap();
+        assert_eq!(attn.len(), out.attn.len());
+        for (got, &want) in attn.iter().zip(&out.attn) {
+            assert_eq!(bits(got), bits(tape.value(want)));
+        }
+        let want = tape.value(out.logits);
+        assert_eq!(bits(&vit.predict_view(&store, x).unwrap()), bits(want));
+        assert_eq!(
+            bits(&vit.predict(&store, &x.to_tensor()).unwrap()),
+            bits(want)
+        );
+        // The checks are predict's.
+        let bad = TensorView::new(&[1, 2, 4, 4], &buf.data()[..32]).unwrap();
+        let e = vit.predict_view(&store, bad).unwrap_err().to_string();
+        assert!(e.contains("4x4") && e.contains("8x8"), "{e}");
+        // A recording tape: the same loss and parameter gradients as with the images on it.
+        let grads = |view: bool| {
+            let mut tape = Tape::<f64>::new();
+            let out = if view {
+                vit.forward_view(&mut tape, &store, x, ForwardOptions::default())
+            } else {
+                let xv = tape.constant(x.to_tensor());
+                vit.forward(&mut tape, &store, xv, ForwardOptions::default())
+            }
+            .unwrap();
+            let loss =
+                ops::cross_entropy(&mut tape, out.logits, &[0, 2, 1], &Default::default()).unwrap();
+            tape.backward(loss).unwrap();
+            let g: Vec<_> = tape.take_param_grads();
+            assert_eq!(g.len(), store.iter().count());
+            g.iter().map(|(_, t)| bits(t)).collect::<Vec<_>>()
+        };
+        assert_eq!(grads(true), grads(false));
+    }
 }
 
 fn fixture_dir() -> Option<std::path::PathBuf> {
